@@ -1,0 +1,581 @@
+//! The coordinator: the engine's public, thread-safe handle.
+//!
+//! It owns time. Every command goes to the workers through per-worker FIFO channels under one
+//! lock, so all workers see DDL in the same order and see data before the time advance that
+//! completes it. A ticker advances every source to the clock's time each `tick` (default 10 ms),
+//! so temporal filters and retention progress without input. A peek at time `T` first advances
+//! every input past `T`, then asks each worker for its share once its frontiers have passed `T`,
+//! which makes the result consistent across relations and workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::{JoinHandle, Thread};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use differential_dataflow::consolidation::consolidate;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::error::{EngineError, Result};
+use crate::plan::Plan;
+use crate::render::subscribe::WorkerUpdate;
+use crate::render::Time;
+use crate::row::{check_schema, rows_to_batch, Row};
+use crate::worker::{self, Command, PeekPart};
+
+/// Rows stamped further than this into the future are rejected.
+pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// Where the engine reads the time from.
+#[derive(Clone, Debug)]
+pub struct Clock(Option<Arc<AtomicU64>>);
+
+impl Clock {
+    /// The system's wall clock.
+    pub fn system() -> Self {
+        Clock(None)
+    }
+    /// A clock that only moves when told to (tests, replays).
+    pub fn manual(start_ms: u64) -> Self {
+        Clock(Some(Arc::new(AtomicU64::new(start_ms))))
+    }
+    /// Milliseconds since the Unix epoch.
+    pub fn now(&self) -> u64 {
+        match &self.0 {
+            Some(t) => t.load(Ordering::SeqCst),
+            None => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+    /// Moves a manual clock forward to `ms` (never backwards).
+    pub fn set(&self, ms: u64) -> Result<()> {
+        match &self.0 {
+            Some(t) => {
+                t.fetch_max(ms, Ordering::SeqCst);
+                Ok(())
+            }
+            None => Err(EngineError::Plan("the system clock cannot be set".into())),
+        }
+    }
+    pub fn is_manual(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// How to run the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Timely worker threads.
+    pub workers: usize,
+    /// How often inputs advance to the clock's time when no data arrives.
+    pub tick: Duration,
+    pub clock: Clock,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tick: Duration::from_millis(10),
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// What the engine knows of an object it runs.
+#[derive(Clone, Debug)]
+struct Object {
+    schema: SchemaRef,
+    source: Option<SourceInfo>,
+    deps: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SourceInfo {
+    ts_col: usize,
+    retain_ms: i64,
+}
+
+struct Coord {
+    senders: Vec<Sender<Command>>,
+    /// Every input has been told to advance to this time.
+    upper: Time,
+    next_worker: usize,
+    next_subscription: u64,
+    objects: HashMap<String, Object>,
+}
+
+struct Shared {
+    clock: Clock,
+    workers: usize,
+    coord: Mutex<Coord>,
+    threads: Vec<Thread>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+    stop: AtomicBool,
+    ticker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A running engine. Cheap to clone; the workers stop when the last clone (and subscription) is gone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+/// The result of pushing a batch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PushOutcome {
+    pub accepted: usize,
+    /// Rows that were refused, by row number in the batch, with the reason.
+    pub rejected: Vec<(usize, String)>,
+    /// The logical time the accepted rows arrived at.
+    pub time: u64,
+}
+
+/// The contents of relations at one logical time.
+#[derive(Debug)]
+pub struct PeekResult {
+    pub time: u64,
+    /// Per relation asked for, in order: its schema and rows.
+    pub relations: Vec<(SchemaRef, Vec<RecordBatch>)>,
+}
+
+impl Coord {
+    fn broadcast(&self, shared_threads: &[Thread], mk: impl Fn() -> Command) -> Result<()> {
+        for (tx, th) in self.senders.iter().zip(shared_threads) {
+            tx.send(mk()).map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
+            th.unpark();
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, threads: &[Thread], to: Time) -> Result<()> {
+        if to > self.upper {
+            self.upper = to;
+            self.broadcast(threads, || Command::AdvanceTo(to))?;
+        }
+        Ok(())
+    }
+}
+
+async fn collect<T>(mut rx: UnboundedReceiver<(usize, Result<T>)>, n: usize) -> Result<Vec<T>> {
+    let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let (w, r) = rx.recv().await.ok_or_else(|| EngineError::Unavailable("a worker stopped before answering".into()))?;
+        out[w] = Some(r?);
+    }
+    Ok(out.into_iter().map(|o| o.expect("every worker answered")).collect())
+}
+
+impl Engine {
+    /// Starts the workers.
+    pub fn start(config: EngineConfig) -> Result<Engine> {
+        let workers = config.workers.max(1);
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for _ in 0..workers {
+            let (tx, rx) = std::sync::mpsc::channel();
+            senders.push(tx);
+            receivers.push(Some(rx));
+        }
+        let receivers = Arc::new(Mutex::new(receivers));
+        let (thread_tx, thread_rx) = std::sync::mpsc::channel();
+        let thread_tx = Mutex::new(thread_tx);
+        let guards = timely::execute(timely::Config::process(workers), move |w| {
+            let rx = receivers.lock().expect("receivers")[w.index()].take().expect("one receiver per worker");
+            let _ = thread_tx.lock().expect("thread tx").send((w.index(), std::thread::current()));
+            worker::run(w, rx);
+        })
+        .map_err(EngineError::Unavailable)?;
+        let mut threads: Vec<Option<Thread>> = vec![None; workers];
+        for _ in 0..workers {
+            let (i, t) = thread_rx
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| EngineError::Unavailable("workers did not start".into()))?;
+            threads[i] = Some(t);
+        }
+        let now = config.clock.now();
+        let shared = Arc::new(Shared {
+            clock: config.clock,
+            workers,
+            coord: Mutex::new(Coord {
+                senders,
+                upper: 0,
+                next_worker: 0,
+                next_subscription: 0,
+                objects: HashMap::new(),
+            }),
+            threads: threads.into_iter().map(|t| t.expect("thread")).collect(),
+            guards: Mutex::new(Some(guards)),
+            stop: AtomicBool::new(false),
+            ticker: Mutex::new(None),
+        });
+        let engine = Engine { shared };
+        engine.coord()?.advance(&engine.shared.threads, now)?;
+        let weak: Weak<Shared> = Arc::downgrade(&engine.shared);
+        let tick = config.tick;
+        let ticker = std::thread::Builder::new()
+            .name("tocsin-ticker".into())
+            .spawn(move || loop {
+                std::thread::sleep(tick);
+                let Some(shared) = weak.upgrade() else { return };
+                if shared.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let now = shared.clock.now();
+                if let Ok(mut c) = shared.coord.lock() {
+                    let _ = c.advance(&shared.threads, now);
+                };
+            })
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        *engine.shared.ticker.lock().expect("ticker") = Some(ticker);
+        Ok(engine)
+    }
+
+    fn coord(&self) -> Result<MutexGuard<'_, Coord>> {
+        self.shared.coord.lock().map_err(|_| EngineError::Unavailable("engine state poisoned".into()))
+    }
+
+    pub fn workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
+    }
+
+    /// The engine's current logical time (milliseconds): what `now()` means right now.
+    pub fn now(&self) -> u64 {
+        let upper = self.coord().map_or(0, |c| c.upper);
+        self.shared.clock.now().max(upper)
+    }
+
+    /// Whether an object of this name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.coord().is_ok_and(|c| c.objects.contains_key(name))
+    }
+
+    /// The schema of a source, view or rule.
+    pub fn schema(&self, name: &str) -> Option<SchemaRef> {
+        self.coord().ok()?.objects.get(name).map(|o| o.schema.clone())
+    }
+
+    /// Creates a source. Its schema must have a `ts` column of type
+    /// `Timestamp(Millisecond, "UTC")`; rows leave it `retain` after their `ts`.
+    pub async fn create_source(&self, name: &str, schema: SchemaRef, retain: Duration) -> Result<()> {
+        check_schema(&schema)?;
+        let ts_col = schema.index_of("ts").map_err(|_| EngineError::Plan(format!("source \"{name}\" has no ts column")))?;
+        if !matches!(schema.field(ts_col).data_type(), DataType::Timestamp(TimeUnit::Millisecond, Some(_))) {
+            return Err(EngineError::Plan(format!("the ts column of source \"{name}\" must be a UTC timestamp in milliseconds")));
+        }
+        let retain_ms = i64::try_from(retain.as_millis()).map_err(|_| EngineError::Plan("retention too long".into()))?;
+        let (reply, rx) = unbounded_channel();
+        {
+            let mut c = self.coord()?;
+            if c.objects.contains_key(name) {
+                return Err(EngineError::Plan(format!("\"{name}\" already exists")));
+            }
+            c.broadcast(&self.shared.threads, || Command::CreateSource {
+                name: name.to_string(),
+                schema: schema.clone(),
+                ts_col,
+                retain_ms,
+                reply: reply.clone(),
+            })?;
+            c.objects.insert(
+                name.to_string(),
+                Object { schema: schema.clone(), source: Some(SourceInfo { ts_col, retain_ms }), deps: Vec::new() },
+            );
+        }
+        collect(rx, self.shared.workers).await.map(|_| ())
+    }
+
+    fn check_plan(c: &Coord, plan: &Plan) -> Result<Vec<String>> {
+        let deps = plan.dependencies();
+        for d in &deps {
+            if !c.objects.contains_key(d) {
+                return Err(EngineError::Plan(format!("relation \"{d}\" does not exist")));
+            }
+        }
+        check_schema(&plan.schema)?;
+        Ok(deps)
+    }
+
+    /// Creates a view or rule: a dataflow maintaining `plan`, arranged so that peeks, subscriptions
+    /// and other dataflows share it.
+    pub async fn create_relation(&self, name: &str, plan: Plan) -> Result<()> {
+        let (reply, rx) = unbounded_channel();
+        {
+            let mut c = self.coord()?;
+            if c.objects.contains_key(name) {
+                return Err(EngineError::Plan(format!("\"{name}\" already exists")));
+            }
+            let deps = Self::check_plan(&c, &plan)?;
+            let schema = plan.schema.clone();
+            c.broadcast(&self.shared.threads, || Command::CreateRelation {
+                name: name.to_string(),
+                plan: plan.clone(),
+                reply: reply.clone(),
+            })?;
+            c.objects.insert(name.to_string(), Object { schema, source: None, deps });
+        }
+        if let Err(e) = collect(rx, self.shared.workers).await {
+            let _ = self.drop_object(name);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Drops a source, view or rule. Fails while another object reads it.
+    pub fn drop_object(&self, name: &str) -> Result<()> {
+        let mut c = self.coord()?;
+        if !c.objects.contains_key(name) {
+            return Err(EngineError::Plan(format!("\"{name}\" does not exist")));
+        }
+        let mut users: Vec<&String> = c.objects.iter().filter(|(_, o)| o.deps.iter().any(|d| d == name)).map(|(n, _)| n).collect();
+        if !users.is_empty() {
+            users.sort();
+            let users: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
+            return Err(EngineError::Plan(format!("cannot drop \"{name}\": {} depend(s) on it", users.join(", "))));
+        }
+        c.broadcast(&self.shared.threads, || Command::Drop { name: name.to_string() })?;
+        c.objects.remove(name);
+        Ok(())
+    }
+
+    /// Pushes a batch of rows into a source. Rows whose `ts` is null, already older than the
+    /// source's retention, or more than five minutes in the future are rejected with a reason;
+    /// the others are accepted.
+    pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
+        let mut c = self.coord()?;
+        let obj = c.objects.get(name).ok_or_else(|| EngineError::Plan(format!("source \"{name}\" does not exist")))?;
+        let info = obj.source.ok_or_else(|| EngineError::Plan(format!("\"{name}\" is not a source")))?;
+        if batch.schema().fields() != obj.schema.fields() {
+            return Err(EngineError::Plan(format!(
+                "batch schema does not match source \"{name}\": expected {:?}, got {:?}",
+                obj.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>(),
+                batch.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()
+            )));
+        }
+        let time = self.shared.clock.now().max(c.upper);
+        let ts = batch.column(info.ts_col).as_primitive::<TimestampMillisecondType>();
+        let now = time as i64;
+        let mut rejected = Vec::new();
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                let reason = if ts.is_null(i) {
+                    Some("ts is null".to_string())
+                } else {
+                    let t = ts.value(i);
+                    if t.saturating_add(info.retain_ms) <= now {
+                        Some(format!("late: ts {} is older than the source's retention of {} ms", fmt_ms(t), info.retain_ms))
+                    } else if t > now + MAX_FUTURE_MS {
+                        Some(format!("ts {} is more than 5 minutes in the future", fmt_ms(t)))
+                    } else {
+                        None
+                    }
+                };
+                if let Some(r) = &reason {
+                    rejected.push((i, r.clone()));
+                }
+                Some(reason.is_none())
+            })
+            .collect();
+        let accepted = batch.num_rows() - rejected.len();
+        let batch = if rejected.is_empty() { batch } else { filter_record_batch(&batch, &keep)? };
+        if accepted > 0 {
+            let w = c.next_worker;
+            c.next_worker = (w + 1) % self.shared.workers;
+            c.senders[w]
+                .send(Command::Push { name: name.to_string(), time, batch })
+                .map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
+            self.shared.threads[w].unpark();
+        }
+        Ok(PushOutcome { accepted, rejected, time })
+    }
+
+    /// Reads the contents of relations (sources, views, rules) at one consistent time that
+    /// includes every row pushed before the call.
+    pub async fn peek(&self, names: &[&str]) -> Result<PeekResult> {
+        let (reply, rx) = unbounded_channel();
+        let (time, schemas) = {
+            let mut c = self.coord()?;
+            let mut schemas = Vec::new();
+            for n in names {
+                let o = c.objects.get(*n).ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
+                schemas.push(o.schema.clone());
+            }
+            let time = self.shared.clock.now().max(c.upper);
+            c.advance(&self.shared.threads, time + 1)?;
+            let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            c.broadcast(&self.shared.threads, || Command::Peek { names: names.clone(), time, reply: reply.clone() })?;
+            (time, schemas)
+        };
+        let parts = collect(rx, self.shared.workers).await?;
+        let mut relations = Vec::new();
+        for (i, schema) in schemas.into_iter().enumerate() {
+            let mut batches = Vec::new();
+            let mut rows: Vec<(Row, isize)> = Vec::new();
+            for worker_parts in &parts {
+                match &worker_parts[i] {
+                    PeekPart::Batches(b) => batches.extend(b.iter().cloned()),
+                    PeekPart::Rows(r) => rows.extend(r.iter().cloned()),
+                }
+            }
+            if !rows.is_empty() {
+                consolidate(&mut rows);
+                let mut expanded: Vec<&Row> = Vec::new();
+                for (r, n) in &rows {
+                    if *n < 0 {
+                        return Err(EngineError::Internal(format!("negative multiplicity {n} for a row of {}", names[i])));
+                    }
+                    expanded.extend(std::iter::repeat_n(r, *n as usize));
+                }
+                batches.push(rows_to_batch(&schema, expanded.iter().map(|r| &r[..]))?);
+            }
+            relations.push((schema, batches));
+        }
+        Ok(PeekResult { time, relations })
+    }
+
+    /// Subscribes to the changes of a plan (typically a relation): first the snapshot at the
+    /// current time, then every change with its time, and progress as times complete.
+    pub async fn subscribe(&self, plan: Plan) -> Result<Subscription> {
+        let (tx, updates) = unbounded_channel();
+        let (reply, rx) = unbounded_channel();
+        let (id, as_of) = {
+            let mut c = self.coord()?;
+            Self::check_plan(&c, &plan)?;
+            let id = c.next_subscription;
+            c.next_subscription += 1;
+            let as_of = self.shared.clock.now().max(c.upper);
+            c.broadcast(&self.shared.threads, || Command::Subscribe {
+                id,
+                plan: plan.clone(),
+                as_of,
+                tx: tx.clone(),
+                reply: reply.clone(),
+            })?;
+            (id, as_of)
+        };
+        let sub = Subscription {
+            engine: self.clone(),
+            id,
+            schema: plan.schema.clone(),
+            updates,
+            frontiers: vec![Some(as_of); self.shared.workers],
+            pending: BTreeMap::new(),
+            ready: Default::default(),
+            reported: as_of,
+        };
+        collect(rx, self.shared.workers).await?;
+        Ok(sub)
+    }
+
+    /// Evaluation errors a view or rule met (count, last message): rows it had to leave out.
+    pub async fn errors(&self, name: &str) -> Result<(u64, Option<String>)> {
+        let (reply, rx) = unbounded_channel();
+        self.coord()?.broadcast(&self.shared.threads, || Command::Errors { name: name.to_string(), reply: reply.clone() })?;
+        let per_worker = collect(rx, self.shared.workers).await?;
+        let count = per_worker.iter().map(|(c, _)| c).sum();
+        Ok((count, per_worker.into_iter().find_map(|(_, l)| l)))
+    }
+}
+
+fn fmt_ms(ms: i64) -> String {
+    datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms)
+        .map_or_else(|| ms.to_string(), |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(c) = self.coord.lock() {
+            let _ = c.broadcast(&self.threads, || Command::Shutdown);
+        }
+        if let Some(g) = self.guards.lock().ok().and_then(|mut g| g.take()) {
+            drop(g.join());
+        }
+    }
+}
+
+/// One event of a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeEvent {
+    /// The changes at one time (the first event holds the snapshot). Diff +1 inserts, -1 retracts.
+    Changes { time: u64, updates: Vec<(Row, isize)> },
+    /// Every change before this time has been reported.
+    Progress(u64),
+}
+
+/// A live subscription. Dropping it stops the dataflow behind it.
+pub struct Subscription {
+    engine: Engine,
+    id: u64,
+    schema: SchemaRef,
+    updates: UnboundedReceiver<(usize, WorkerUpdate)>,
+    frontiers: Vec<Option<Time>>,
+    pending: BTreeMap<Time, Vec<(Row, isize)>>,
+    ready: std::collections::VecDeque<SubscribeEvent>,
+    reported: Time,
+}
+
+impl Subscription {
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The next event, or `None` once the subscription can produce nothing more.
+    pub async fn next(&mut self) -> Option<SubscribeEvent> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            let (w, u) = self.updates.recv().await?;
+            match u {
+                WorkerUpdate::Changes(t, changes) => self.pending.entry(t).or_default().extend(changes),
+                WorkerUpdate::Frontier(f) => {
+                    self.frontiers[w] = f;
+                    // The least frontier over all workers; None means all are done.
+                    let min = self.frontiers.iter().flatten().min().copied();
+                    let all_done = self.frontiers.iter().all(Option::is_none);
+                    while let Some((&t, _)) = self.pending.first_key_value() {
+                        if !all_done && min.is_some_and(|m| t >= m) {
+                            break;
+                        }
+                        let (t, mut updates) = self.pending.pop_first().expect("non-empty");
+                        consolidate(&mut updates);
+                        if !updates.is_empty() {
+                            self.ready.push_back(SubscribeEvent::Changes { time: t, updates });
+                        }
+                    }
+                    match min {
+                        Some(m) if m > self.reported => {
+                            self.reported = m;
+                            self.ready.push_back(SubscribeEvent::Progress(m));
+                        }
+                        None if all_done => {
+                            if let Some(e) = self.ready.pop_front() {
+                                return Some(e);
+                            }
+                            return None;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(c) = self.engine.coord() {
+            let id = self.id;
+            let _ = c.broadcast(&self.engine.shared.threads, || Command::DropSubscription { id });
+        }
+    }
+}

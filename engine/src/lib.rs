@@ -1,0 +1,26 @@
+//! tocsin's continuous query engine: timely/differential workers that maintain views and rules
+//! incrementally as rows arrive.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`engine`] | the coordinator: the thread-safe handle, time, pushes, peeks, subscriptions |
+//! | [`plan`] | the plan IR the SQL frontend lowers to, and `EXPLAIN` |
+//! | `worker` | the timely worker loop and its commands |
+//! | `render` | plans into dataflows: one file per operator family |
+//! | `source` | a source's retained rows on one worker, shared by every reader |
+//! | [`row`] | compact rows and their conversion to and from Arrow |
+//!
+//! The engine knows nothing of SQL text, HTTP or SNMP: it takes plans and record batches.
+
+pub mod engine;
+pub mod error;
+pub mod plan;
+mod render;
+pub mod row;
+mod source;
+mod worker;
+
+pub use engine::{Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription};
+pub use error::{EngineError, Result};
+pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
+pub use row::{Datum, Row};

@@ -1,0 +1,245 @@
+//! The engine's plan: a small tree of relational operators that the SQL frontend lowers
+//! DataFusion's optimized logical plan into, and that [`crate::render`] turns into a dataflow.
+//!
+//! Every node carries the Arrow schema of the rows it produces. Scalar expressions are DataFusion
+//! physical expressions, bound to the schema of the node's input, so the stateless part of a plan
+//! (filters, projections, every scalar function) is evaluated vectorized on record batches.
+//!
+//! ```text
+//!   Source ──► Mfp (filter, project, temporal bounds on now()) ──► Reduce / Join / Union ──► Mfp ──► ...
+//!   Relation (a view's shared arrangement) ──► ...
+//! ```
+
+use std::fmt::{self, Write};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::row::Row;
+
+/// A scalar expression evaluated on record batches.
+pub type Expr = Arc<dyn PhysicalExpr>;
+
+/// A bound on `now()` computed from a row: `expr` evaluates to a timestamp (or integer
+/// milliseconds), and `offset_ms` is added to it.
+#[derive(Clone, Debug)]
+pub struct TimeBound {
+    pub expr: Expr,
+    pub offset_ms: i64,
+}
+
+/// One stateless step of a [`Node::Mfp`], applied to record batches in order.
+#[derive(Clone, Debug)]
+pub enum MfpStep {
+    /// Keep the rows for which the predicate is true (null counts as false).
+    Filter(Expr),
+    /// Replace the batch by the values of these expressions, with this schema.
+    Project { exprs: Vec<Expr>, schema: SchemaRef },
+    /// A temporal filter: the row is present while every `lower <= now()` and every `now() < upper`.
+    /// Rows enter the result when `now()` reaches the greatest lower bound and are retracted when it
+    /// reaches the least upper bound, without re-scanning anything.
+    Temporal {
+        lower: Vec<TimeBound>,
+        upper: Vec<TimeBound>,
+    },
+}
+
+/// How a join treats rows without a match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    /// Left rows without a match are kept, padded with nulls.
+    Left,
+}
+
+/// Sort order of one column, for `first_value(... ORDER BY ...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SortKey {
+    pub column: usize,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// An aggregate function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AggFunc {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    /// The argument's value on the first row of the group in this order (what DataFusion makes of
+    /// `DISTINCT ON`): the row the ordering puts first, ties broken by the whole row.
+    First(Vec<SortKey>),
+}
+
+/// One aggregate of a [`Node::Reduce`]. `arg` is a column of the reduce's input.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    pub func: AggFunc,
+    pub arg: usize,
+    pub distinct: bool,
+}
+
+impl Aggregate {
+    /// Aggregates that can be maintained as sums of differences, without revisiting the group.
+    pub fn is_accumulable(&self) -> bool {
+        !self.distinct && matches!(self.func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg)
+    }
+}
+
+/// A plan node and the schema of its output.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub node: Node,
+    pub schema: SchemaRef,
+}
+
+#[derive(Clone, Debug)]
+pub enum Node {
+    /// The live rows of a source: each row is present from its arrival until `ts + retain`.
+    Source { name: String },
+    /// The contents of a view or rule, read from its shared arrangement.
+    Relation { name: String },
+    /// Map, filter and project, vectorized.
+    Mfp { input: Box<Plan>, steps: Vec<MfpStep> },
+    /// GROUP BY the first `keys` input columns; the output is the key columns followed by one
+    /// column per aggregate. With `keys == 0` there is exactly one output row, also for no input.
+    Reduce { input: Box<Plan>, keys: usize, aggs: Vec<Aggregate> },
+    /// Equi-join on `left_keys[i] = right_keys[i]`; the output is the left columns, then the right.
+    Join {
+        left: Box<Plan>,
+        right: Box<Plan>,
+        left_keys: Vec<usize>,
+        right_keys: Vec<usize>,
+        kind: JoinKind,
+    },
+    /// UNION ALL.
+    Union { inputs: Vec<Plan> },
+    /// A fixed set of rows.
+    Constant { rows: Vec<Row> },
+}
+
+impl Plan {
+    /// The sources and relations this plan reads, each once, in first-use order.
+    pub fn dependencies(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.visit(&mut |p| {
+            if let Node::Source { name } | Node::Relation { name } = &p.node {
+                if !out.contains(name) {
+                    out.push(name.clone());
+                }
+            }
+        });
+        out
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&Plan)) {
+        f(self);
+        match &self.node {
+            Node::Source { .. } | Node::Relation { .. } | Node::Constant { .. } => {}
+            Node::Mfp { input, .. } | Node::Reduce { input, .. } => input.visit(f),
+            Node::Join { left, right, .. } => {
+                left.visit(f);
+                right.visit(f);
+            }
+            Node::Union { inputs } => inputs.iter().for_each(|i| i.visit(f)),
+        }
+    }
+
+    /// A readable, indented description of the dataflow this plan renders to (`EXPLAIN`).
+    pub fn explain(&self) -> String {
+        let mut s = String::new();
+        self.explain_into(&mut s, 0).expect("writing to a string");
+        s
+    }
+
+    fn explain_into(&self, s: &mut String, depth: usize) -> fmt::Result {
+        let pad = "  ".repeat(depth);
+        let cols = |schema: &SchemaRef| {
+            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+        };
+        match &self.node {
+            Node::Source { name } => writeln!(s, "{pad}Source {name} [{}] (retained rows)", cols(&self.schema))?,
+            Node::Relation { name } => {
+                writeln!(s, "{pad}Arrangement {name} [{}] (shared)", cols(&self.schema))?
+            }
+            Node::Constant { rows } => writeln!(s, "{pad}Constant {} rows", rows.len())?,
+            Node::Mfp { input, steps } => {
+                writeln!(s, "{pad}Map/Filter/Project (vectorized)")?;
+                for step in steps {
+                    match step {
+                        MfpStep::Filter(e) => writeln!(s, "{pad}  filter: {e}")?,
+                        MfpStep::Project { exprs, schema } => {
+                            let items: Vec<String> = exprs
+                                .iter()
+                                .zip(schema.fields())
+                                .map(|(e, f)| format!("{e} AS {}", f.name()))
+                                .collect();
+                            writeln!(s, "{pad}  project: {}", items.join(", "))?
+                        }
+                        MfpStep::Temporal { lower, upper } => {
+                            let b = |v: &Vec<TimeBound>| {
+                                v.iter()
+                                    .map(|b| format!("{} {:+}ms", b.expr, b.offset_ms))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            };
+                            writeln!(
+                                s,
+                                "{pad}  temporal filter: now() >= [{}], now() < [{}] (delayed retractions)",
+                                b(lower),
+                                b(upper)
+                            )?
+                        }
+                    }
+                }
+                input.explain_into(s, depth + 1)?;
+            }
+            Node::Reduce { input, keys, aggs } => {
+                let key_names: Vec<&str> = input.schema.fields().iter().take(*keys).map(|f| f.name().as_str()).collect();
+                let agg_names: Vec<String> = aggs
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{:?}({}{})",
+                            a.func,
+                            if a.distinct { "DISTINCT " } else { "" },
+                            input.schema.field(a.arg).name()
+                        )
+                    })
+                    .collect();
+                let how = if aggs.iter().all(Aggregate::is_accumulable) {
+                    "accumulated differences"
+                } else {
+                    "per-group reduce"
+                };
+                writeln!(
+                    s,
+                    "{pad}Reduce group by [{}] aggregates [{}] ({how}, exchanged by key)",
+                    key_names.join(", "),
+                    agg_names.join(", ")
+                )?;
+                input.explain_into(s, depth + 1)?;
+            }
+            Node::Join { left, right, left_keys, right_keys, kind } => {
+                let on: Vec<String> = left_keys
+                    .iter()
+                    .zip(right_keys)
+                    .map(|(l, r)| format!("{} = {}", left.schema.field(*l).name(), right.schema.field(*r).name()))
+                    .collect();
+                writeln!(s, "{pad}{kind:?} Join on [{}] (arranged by key)", on.join(", "))?;
+                left.explain_into(s, depth + 1)?;
+                right.explain_into(s, depth + 1)?;
+            }
+            Node::Union { inputs } => {
+                writeln!(s, "{pad}Union All")?;
+                for i in inputs {
+                    i.explain_into(s, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! Rendering plans into timely/differential dataflows.
+//!
+//! Invariant every file here relies on: a rendered relation is a differential collection of
+//! [`Row`]s whose columns follow the producing plan node's Arrow schema, with timestamps in logical
+//! milliseconds. Updates may carry times later than the capability they are sent under (temporal
+//! filters and retention send their retractions ahead); every consumer either arranges them or
+//! buffers them until the frontier passes.
+//!
+//! | file | renders |
+//! |---|---|
+//! | `mod.rs` | sources (log replay + follow), relations (shared arrangements), constants, unions, the dispatch |
+//! | `mfp.rs` | vectorized map/filter/project and temporal bounds |
+//! | `reduce.rs` | GROUP BY, DISTINCT, DISTINCT ON, global aggregates |
+//! | `join.rs` | inner and left equi-joins |
+//! | `subscribe.rs` | the sink that ships a collection's changes and progress to a subscriber |
+
+pub(crate) mod join;
+pub(crate) mod mfp;
+pub(crate) mod reduce;
+pub(crate) mod subscribe;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use datafusion::physical_expr::expressions::Column;
+use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::{AsCollection, VecCollection};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::operator::{source, Operator};
+use timely::dataflow::operators::ToStream;
+use timely::dataflow::Scope;
+
+use crate::error::{EngineError, Result};
+use crate::plan::{MfpStep, Node, Plan, TimeBound};
+use crate::row::{rows_to_batch, Row};
+use crate::source::SourceLog;
+
+/// Logical time: milliseconds.
+pub(crate) type Time = u64;
+/// A rendered relation.
+pub(crate) type Coll<'s> = VecCollection<'s, Time, Row, isize>;
+/// The shared arrangement of a view's or rule's rows.
+pub(crate) type RowTrace = TraceAgent<KeySpine<Row, Time, isize>>;
+type UpdateBuilder = CapacityContainerBuilder<Vec<(Row, Time, isize)>>;
+
+/// Errors met while a dataflow evaluates data, reported instead of losing them silently.
+#[derive(Default, Debug)]
+pub struct DataflowErrors {
+    pub count: u64,
+    pub last: Option<String>,
+}
+
+/// What rendering needs from the worker.
+pub(crate) struct Context<'a, 's> {
+    pub scope: Scope<'s, Time>,
+    pub sources: &'a HashMap<String, Rc<RefCell<SourceLog>>>,
+    pub traces: &'a mut HashMap<String, RowTrace>,
+    pub errors: Rc<RefCell<DataflowErrors>>,
+}
+
+impl<'s> Context<'_, 's> {
+    pub fn render(&mut self, plan: &Plan) -> Result<Coll<'s>> {
+        match &plan.node {
+            Node::Source { name } => self.render_source(name, &[]),
+            Node::Mfp { input, steps } => match &input.node {
+                Node::Source { name } => self.render_source(name, steps),
+                _ => {
+                    let coll = self.render(input)?;
+                    Ok(self.render_mfp(coll, input.schema.clone(), steps.clone()))
+                }
+            },
+            Node::Relation { name } => {
+                let trace = self
+                    .traces
+                    .get_mut(name)
+                    .ok_or_else(|| EngineError::Plan(format!("relation \"{name}\" does not exist")))?;
+                Ok(trace.import_named(self.scope, name).as_collection(|k, _| k.clone()))
+            }
+            Node::Constant { rows } => Ok(self.constant(rows.clone())),
+            Node::Union { inputs } => {
+                let mut colls = Vec::with_capacity(inputs.len());
+                for i in inputs {
+                    colls.push(self.render(i)?);
+                }
+                Ok(differential_dataflow::collection::concatenate(self.scope, colls))
+            }
+            Node::Reduce { input, keys, aggs } => {
+                let coll = self.render(input)?;
+                reduce::render_reduce(self, coll, &input.schema, &plan.schema, *keys, aggs)
+            }
+            Node::Join { left, right, left_keys, right_keys, kind } => {
+                let l = self.render(left)?;
+                let r = self.render(right)?;
+                Ok(join::render_join(l, r, left_keys, right_keys, *kind, right.schema.fields().len()))
+            }
+        }
+    }
+
+    /// Rows present from the start of the dataflow, produced by worker 0 only.
+    pub fn constant(&self, rows: Vec<Row>) -> Coll<'s> {
+        let rows = if self.scope.index() == 0 { rows } else { Vec::new() };
+        rows.into_iter()
+            .map(|r| (r, 0, 1isize))
+            .to_stream(self.scope)
+            .container::<Vec<_>>()
+            .as_collection()
+    }
+
+    /// Replays a source's retained log and then follows it, applying `steps` to each batch.
+    /// Retention is the first step: every row is retracted at `ts + retain`.
+    fn render_source(&mut self, name: &str, steps: &[MfpStep]) -> Result<Coll<'s>> {
+        let log = self
+            .sources
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Plan(format!("source \"{name}\" does not exist")))?;
+        let (ts_col, retain_ms, schema) = {
+            let l = log.borrow();
+            (l.ts_col, l.retain_ms, l.schema.clone())
+        };
+        let retention = MfpStep::Temporal {
+            lower: Vec::new(),
+            upper: vec![TimeBound {
+                expr: Arc::new(Column::new(schema.field(ts_col).name(), ts_col)),
+                offset_ms: retain_ms,
+            }],
+        };
+        let mut all_steps = vec![retention];
+        all_steps.extend(steps.iter().cloned());
+        let scope = self.scope;
+        let errors = self.errors.clone();
+        let stream = source::<_, UpdateBuilder, _, _>(scope, &format!("Read {name}"), move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let cursor = log.borrow_mut().register(activator);
+            let mut cap = cap;
+            cap.downgrade(&log.borrow().upper);
+            let mut buffer = Vec::new();
+            move |output| {
+                let log = log.borrow();
+                let (entries, end) = log.read_from(cursor.get());
+                for e in entries {
+                    let t = e.time.max(*cap.time());
+                    mfp_into(&all_steps, &e.batch, &|_| t, &|_| 1, &mut buffer, &errors);
+                    output.session(&cap).give_iterator(buffer.drain(..));
+                }
+                cursor.set(end);
+                if log.upper > *cap.time() {
+                    cap.downgrade(&log.upper);
+                }
+            }
+        });
+        Ok(stream.as_collection())
+    }
+
+    /// Map/filter/project over rows: rows are gathered into a record batch per message and
+    /// evaluated vectorized.
+    pub fn render_mfp(&self, coll: Coll<'s>, schema: datafusion::arrow::datatypes::SchemaRef, steps: Vec<MfpStep>) -> Coll<'s> {
+        if steps.is_empty() {
+            return coll;
+        }
+        let errors = self.errors.clone();
+        coll.inner
+            .unary::<UpdateBuilder, _, _, _>(Pipeline, "Mfp", move |_cap, _info| {
+                let mut buffer = Vec::new();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let batch = match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
+                            Ok(b) => b,
+                            Err(e) => return record_error(&errors, e),
+                        };
+                        mfp_into(&steps, &batch, &|i| data[i].1, &|i| data[i].2, &mut buffer, &errors);
+                        output.session(&cap).give_iterator(buffer.drain(..));
+                    });
+                }
+            })
+            .as_collection()
+    }
+}
+
+fn mfp_into(
+    steps: &[MfpStep],
+    batch: &datafusion::arrow::record_batch::RecordBatch,
+    time_of: &dyn Fn(usize) -> Time,
+    diff_of: &dyn Fn(usize) -> isize,
+    out: &mut Vec<(Row, Time, isize)>,
+    errors: &Rc<RefCell<DataflowErrors>>,
+) {
+    mfp::mfp_updates(steps, batch, time_of, diff_of, out, &mut |e| record_error(errors, e));
+}
+
+pub(crate) fn record_error(errors: &Rc<RefCell<DataflowErrors>>, e: EngineError) {
+    let mut errs = errors.borrow_mut();
+    if errs.count == 0 || errs.count.is_power_of_two() {
+        tracing::warn!(error = %e, occurrences = errs.count + 1, "a row could not be evaluated and was left out");
+    }
+    errs.count += 1;
+    errs.last = Some(e.to_string());
+}

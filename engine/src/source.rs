@@ -1,0 +1,132 @@
+//! A source's retained rows on one worker.
+//!
+//! Sources are append-only: rows arrive and leave when `ts + retain` passes. Each worker keeps its
+//! share of a source as a log of the record batches pushed to it, each stamped with the logical
+//! time it arrived at. The log is the one copy of the source's state: every dataflow that reads the
+//! source replays it when it starts and then follows it, and peeks read it directly, so a hundred
+//! rules on one source share one copy of its rows instead of each arranging their own.
+//!
+//! Entries leave the log once every row in them has expired and every reader has read them.
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::record_batch::RecordBatch;
+use timely::scheduling::Activator;
+
+use crate::error::Result;
+
+pub(crate) struct Entry {
+    pub time: u64,
+    pub batch: RecordBatch,
+    /// The time at which the last row of this entry expires.
+    pub expires: i64,
+}
+
+pub(crate) struct SourceLog {
+    pub schema: SchemaRef,
+    pub ts_col: usize,
+    pub retain_ms: i64,
+    entries: VecDeque<Entry>,
+    /// Sequence number of `entries[0]`.
+    base_seq: u64,
+    /// Every entry appended from now on has a time at least this.
+    pub upper: u64,
+    readers: Vec<(Weak<Cell<u64>>, Activator)>,
+}
+
+impl SourceLog {
+    pub fn new(schema: SchemaRef, ts_col: usize, retain_ms: i64, upper: u64) -> Self {
+        SourceLog { schema, ts_col, retain_ms, entries: VecDeque::new(), base_seq: 0, upper, readers: Vec::new() }
+    }
+
+    /// The `ts` column of a batch, in epoch milliseconds.
+    pub fn ts_millis<'a>(&self, batch: &'a RecordBatch) -> &'a datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType> {
+        batch.column(self.ts_col).as_primitive::<TimestampMillisecondType>()
+    }
+
+    pub fn append(&mut self, time: u64, batch: RecordBatch) {
+        debug_assert!(time >= self.upper);
+        let ts = self.ts_millis(&batch);
+        let max_ts = ts.iter().flatten().max().unwrap_or(i64::MIN);
+        let expires = max_ts.saturating_add(self.retain_ms);
+        self.entries.push_back(Entry { time, batch, expires });
+        self.activate_readers();
+    }
+
+    pub fn advance(&mut self, upper: u64) {
+        if upper > self.upper {
+            self.upper = upper;
+            self.activate_readers();
+            self.prune();
+        }
+    }
+
+    fn activate_readers(&mut self) {
+        self.readers.retain(|(cursor, act)| {
+            let alive = cursor.strong_count() > 0;
+            if alive {
+                act.activate();
+            }
+            alive
+        });
+    }
+
+    /// Registers a reader starting at the beginning of the retained log; returns its cursor.
+    pub fn register(&mut self, activator: Activator) -> Rc<Cell<u64>> {
+        let cursor = Rc::new(Cell::new(self.base_seq));
+        self.readers.push((Rc::downgrade(&cursor), activator));
+        cursor
+    }
+
+    /// Entries from sequence number `from` on, and the sequence number after the last one.
+    pub fn read_from(&self, from: u64) -> (impl Iterator<Item = &Entry>, u64) {
+        let skip = from.saturating_sub(self.base_seq) as usize;
+        (self.entries.iter().skip(skip), self.base_seq + self.entries.len() as u64)
+    }
+
+    fn prune(&mut self) {
+        let min_cursor = self
+            .readers
+            .iter()
+            .filter_map(|(c, _)| c.upgrade().map(|c| c.get()))
+            .min()
+            .unwrap_or(u64::MAX);
+        while let Some(front) = self.entries.front() {
+            if front.expires <= self.upper as i64 && self.base_seq < min_cursor {
+                self.entries.pop_front();
+                self.base_seq += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The rows present at time `at`: arrived at or before `at` and not yet expired.
+    pub fn peek(&self, at: u64) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for e in &self.entries {
+            if e.time > at || e.expires <= at as i64 {
+                continue;
+            }
+            let ts = self.ts_millis(&e.batch);
+            let mask: BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t.saturating_add(self.retain_ms) > at as i64))).collect();
+            if mask.true_count() == e.batch.num_rows() {
+                out.push(e.batch.clone());
+            } else if mask.true_count() > 0 {
+                out.push(filter_record_batch(&e.batch, &mask)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of retained entries (for metrics and tests).
+    #[allow(dead_code)]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+}

@@ -1,0 +1,250 @@
+//! The timely worker loop: applies commands from the coordinator in the order it sent them,
+//! steps the dataflows, answers peeks once the frontiers allow, and compacts arrangements.
+//!
+//! Every worker receives the same sequence of DDL commands, so every worker builds the same
+//! dataflows in the same order, as timely requires. Data pushes go to one worker each.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
+use differential_dataflow::trace::TraceReader;
+use timely::progress::frontier::{Antichain, AntichainRef};
+use timely::worker::Worker;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::{EngineError, Result};
+use crate::plan::Plan;
+use crate::render::subscribe::{render_subscribe, WorkerUpdate};
+use crate::render::{Context, DataflowErrors, RowTrace, Time};
+use crate::row::Row;
+use crate::source::SourceLog;
+
+/// How long an idle worker parks before looking at the clock again.
+const PARK: Duration = Duration::from_millis(5);
+/// How far behind the write frontier arrangements keep distinct times.
+const COMPACTION_LAG_MS: u64 = 1_000;
+
+/// What one worker returns for one relation of a peek.
+#[derive(Debug)]
+pub(crate) enum PeekPart {
+    Batches(Vec<RecordBatch>),
+    Rows(Vec<(Row, isize)>),
+}
+
+pub(crate) type Reply<T> = UnboundedSender<(usize, Result<T>)>;
+
+pub(crate) enum Command {
+    AdvanceTo(Time),
+    CreateSource { name: String, schema: SchemaRef, ts_col: usize, retain_ms: i64, reply: Reply<()> },
+    CreateRelation { name: String, plan: Plan, reply: Reply<()> },
+    Subscribe { id: u64, plan: Plan, as_of: Time, tx: UnboundedSender<(usize, WorkerUpdate)>, reply: Reply<()> },
+    DropSubscription { id: u64 },
+    Drop { name: String },
+    Push { name: String, time: Time, batch: RecordBatch },
+    Peek { names: Vec<String>, time: Time, reply: Reply<Vec<PeekPart>> },
+    Errors { name: String, reply: Reply<(u64, Option<String>)> },
+    Shutdown,
+}
+
+struct PendingPeek {
+    names: Vec<String>,
+    time: Time,
+    reply: Reply<Vec<PeekPart>>,
+}
+
+#[derive(Default)]
+struct WorkerState {
+    index: usize,
+    upper: Time,
+    sources: HashMap<String, Rc<RefCell<SourceLog>>>,
+    traces: HashMap<String, RowTrace>,
+    dataflows: HashMap<String, usize>,
+    subscriptions: HashMap<u64, usize>,
+    errors: HashMap<String, Rc<RefCell<DataflowErrors>>>,
+    peeks: Vec<PendingPeek>,
+}
+
+pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
+    let mut state = WorkerState { index: worker.index(), ..Default::default() };
+    'outer: loop {
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => break 'outer,
+                Ok(cmd) => state.handle(worker, cmd),
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        worker.step_or_park(Some(PARK));
+        state.serve_peeks();
+        state.compact();
+    }
+    state.sources.clear();
+    state.traces.clear();
+    for df in worker.installed_dataflows() {
+        worker.drop_dataflow(df);
+    }
+}
+
+impl WorkerState {
+    fn handle(&mut self, worker: &mut Worker, cmd: Command) {
+        let index = self.index;
+        match cmd {
+            Command::AdvanceTo(t) => {
+                if t > self.upper {
+                    self.upper = t;
+                    for log in self.sources.values() {
+                        log.borrow_mut().advance(t);
+                    }
+                }
+            }
+            Command::CreateSource { name, schema, ts_col, retain_ms, reply } => {
+                let log = SourceLog::new(schema, ts_col, retain_ms, self.upper);
+                self.sources.insert(name, Rc::new(RefCell::new(log)));
+                let _ = reply.send((index, Ok(())));
+            }
+            Command::CreateRelation { name, plan, reply } => {
+                let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+                let df_index = worker.next_dataflow_index();
+                let result = worker.dataflow_named::<Time, _, _>(&name, |scope| {
+                    let mut ctx = Context {
+                        scope,
+                        sources: &self.sources,
+                        traces: &mut self.traces,
+                        errors: errors.clone(),
+                    };
+                    ctx.render(&plan).map(|coll| coll.arrange_by_self_named(&format!("Arrange {name}")).trace)
+                });
+                let result = match result {
+                    Ok(trace) => {
+                        self.traces.insert(name.clone(), trace);
+                        self.dataflows.insert(name.clone(), df_index);
+                        self.errors.insert(name, errors);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        worker.drop_dataflow(df_index);
+                        Err(e)
+                    }
+                };
+                let _ = reply.send((index, result));
+            }
+            Command::Subscribe { id, plan, as_of, tx, reply } => {
+                let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+                let df_index = worker.next_dataflow_index();
+                let result = worker.dataflow_named::<Time, _, _>(&format!("subscribe-{id}"), |scope| {
+                    let mut ctx = Context { scope, sources: &self.sources, traces: &mut self.traces, errors };
+                    ctx.render(&plan).map(|coll| render_subscribe(coll, as_of, index, tx))
+                });
+                if result.is_ok() {
+                    self.subscriptions.insert(id, df_index);
+                } else {
+                    worker.drop_dataflow(df_index);
+                }
+                let _ = reply.send((index, result));
+            }
+            Command::DropSubscription { id } => {
+                if let Some(df) = self.subscriptions.remove(&id) {
+                    worker.drop_dataflow(df);
+                }
+            }
+            Command::Drop { name } => {
+                self.sources.remove(&name);
+                self.traces.remove(&name);
+                self.errors.remove(&name);
+                if let Some(df) = self.dataflows.remove(&name) {
+                    worker.drop_dataflow(df);
+                }
+            }
+            Command::Push { name, time, batch } => {
+                if let Some(log) = self.sources.get(&name) {
+                    log.borrow_mut().append(time.max(self.upper), batch);
+                }
+            }
+            Command::Peek { names, time, reply } => self.peeks.push(PendingPeek { names, time, reply }),
+            Command::Errors { name, reply } => {
+                let e = self.errors.get(&name).map(|e| {
+                    let e = e.borrow();
+                    (e.count, e.last.clone())
+                });
+                let _ = reply.send((index, Ok(e.unwrap_or((0, None)))));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Answers the peeks whose time every relation they read has completed.
+    fn serve_peeks(&mut self) {
+        let mut waiting = Vec::new();
+        for peek in std::mem::take(&mut self.peeks) {
+            match self.try_peek(&peek) {
+                None => waiting.push(peek),
+                Some(result) => {
+                    let _ = peek.reply.send((self.index, result));
+                }
+            }
+        }
+        self.peeks = waiting;
+    }
+
+    fn try_peek(&mut self, peek: &PendingPeek) -> Option<Result<Vec<PeekPart>>> {
+        let t = peek.time;
+        let mut upper = Antichain::new();
+        for name in &peek.names {
+            if let Some(log) = self.sources.get(name) {
+                if log.borrow().upper <= t {
+                    return None;
+                }
+            } else if let Some(trace) = self.traces.get_mut(name) {
+                trace.read_upper(&mut upper);
+                if upper.less_equal(&t) {
+                    return None;
+                }
+            } else {
+                return Some(Err(EngineError::Plan(format!("relation \"{name}\" does not exist"))));
+            }
+        }
+        let mut parts = Vec::with_capacity(peek.names.len());
+        for name in &peek.names {
+            if let Some(log) = self.sources.get(name) {
+                match log.borrow().peek(t) {
+                    Ok(b) => parts.push(PeekPart::Batches(b)),
+                    Err(e) => return Some(Err(e)),
+                }
+            } else if let Some(trace) = self.traces.get_mut(name) {
+                parts.push(PeekPart::Rows(read_trace_at(trace, t)));
+            }
+        }
+        Some(Ok(parts))
+    }
+
+    /// Lets arrangements merge history older than a second behind the write frontier.
+    fn compact(&mut self) {
+        let since = [self.upper.saturating_sub(COMPACTION_LAG_MS)];
+        for trace in self.traces.values_mut() {
+            trace.set_logical_compaction(AntichainRef::new(&since));
+            trace.set_physical_compaction(AntichainRef::new(&since));
+        }
+    }
+}
+
+/// The rows of an arrangement at time `t`, with their multiplicities.
+fn read_trace_at(trace: &mut RowTrace, t: Time) -> Vec<(Row, isize)> {
+    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
+        return Vec::new();
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let mut out = Vec::new();
+    for ((row, ()), times) in cursor.to_vec(&storage, |k: &Row| k.clone(), |_| ()) {
+        let count: isize = times.iter().filter(|(time, _)| *time <= t).map(|(_, d)| *d).sum();
+        if count != 0 {
+            out.push((row, count));
+        }
+    }
+    out
+}

@@ -1,0 +1,101 @@
+//! The catalog: every source, view and rule with the SQL that made it.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::sql::sqlparser::ast::{ColumnDef, DataType as SqlType};
+use tocsin_engine::Plan;
+
+use crate::error::{Result, SqlError};
+use crate::lower::Relations;
+use crate::options::{RuleOptions, SourceOptions};
+use crate::parser::{normalize, ObjectKind};
+use crate::planner::ts_type;
+
+#[derive(Clone, Debug)]
+pub enum ObjectDef {
+    Source { connector: String, options: SourceOptions },
+    View { plan: Plan },
+    Rule { plan: Plan, options: RuleOptions },
+}
+
+/// One catalog entry.
+#[derive(Clone, Debug)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub schema: SchemaRef,
+    /// The statement that created it, as tocsin re-prints it.
+    pub sql: String,
+    pub def: ObjectDef,
+}
+
+impl CatalogEntry {
+    pub fn kind(&self) -> ObjectKind {
+        match self.def {
+            ObjectDef::Source { .. } => ObjectKind::Source,
+            ObjectDef::View { .. } => ObjectKind::View,
+            ObjectDef::Rule { .. } => ObjectKind::Rule,
+        }
+    }
+    pub fn plan(&self) -> Option<&Plan> {
+        match &self.def {
+            ObjectDef::View { plan } | ObjectDef::Rule { plan, .. } => Some(plan),
+            ObjectDef::Source { .. } => None,
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Catalog {
+    pub entries: BTreeMap<String, CatalogEntry>,
+}
+
+impl Relations for Catalog {
+    fn lookup(&self, name: &str) -> Option<(bool, SchemaRef)> {
+        self.entries.get(name).map(|e| (e.kind() == ObjectKind::Source, e.schema.clone()))
+    }
+}
+
+impl Catalog {
+    pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {
+        self.entries.values().map(|e| (e.name.as_str(), e.schema.clone()))
+    }
+}
+
+/// The Arrow type of a column type in `CREATE SOURCE`.
+fn column_type(t: &SqlType) -> Option<DataType> {
+    use SqlType::*;
+    Some(match t {
+        Text | Varchar(_) | String(_) | Char(_) | CharVarying(_) | Character(_) | CharacterVarying(_) => DataType::Utf8,
+        BigInt(_) | Int(_) | Integer(_) | SmallInt(_) | TinyInt(_) | Int2(_) | Int4(_) | Int8(_) | Int16 | Int32 | Int64 => DataType::Int64,
+        Double(_) | DoublePrecision | Float(_) | Real | Float4 | Float8 | Float32 | Float64 => DataType::Float64,
+        Boolean | Bool => DataType::Boolean,
+        Timestamp(_, _) | TimestampNtz(_) | Datetime(_) => ts_type(),
+        _ => return None,
+    })
+}
+
+/// The schema of a source from its column list; `ts TIMESTAMP` is added when not declared.
+pub fn source_schema(columns: &[ColumnDef]) -> Result<SchemaRef> {
+    let mut fields: Vec<Field> = Vec::new();
+    for c in columns {
+        let name = normalize(&c.name);
+        if fields.iter().any(|f| f.name() == &name) {
+            return Err(SqlError::plan(format!("column \"{name}\" is declared twice")));
+        }
+        let dt = column_type(&c.data_type).ok_or_else(|| {
+            SqlError::unsupported(format!(
+                "column type {} (of \"{name}\"): use TEXT, BIGINT, DOUBLE, BOOLEAN or TIMESTAMP",
+                c.data_type
+            ))
+        })?;
+        if name == "ts" && dt != ts_type() {
+            return Err(SqlError::plan(format!("column ts must be a TIMESTAMP, not {}", c.data_type)));
+        }
+        fields.push(Field::new(name, dt, true));
+    }
+    if !fields.iter().any(|f| f.name() == "ts") {
+        fields.push(Field::new("ts", ts_type(), true));
+    }
+    Ok(std::sync::Arc::new(Schema::new(fields)))
+}

@@ -1,0 +1,149 @@
+//! `WITH (...)` options of sources and rules: parsed, validated, with explicit defaults.
+//! Unknown keys are rejected, so a typo never silently falls back to a default.
+
+use std::time::Duration;
+
+use crate::error::{Result, SqlError};
+use crate::parser::Options;
+
+/// Parses `'30s'`, `'5m'`, `'1h'`, `'2d'`, `'250ms'`, `'10 minutes'`, `'1 hour 30 minutes'`.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || SqlError::plan(format!("invalid duration '{text}': use e.g. '30s', '5m', '1h', '10 minutes'"));
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if num_len == 0 {
+            return Err(bad());
+        }
+        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = rest[num_len..].trim_start();
+        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit = rest[..unit_len].to_ascii_lowercase();
+        rest = rest[unit_len..].trim_start();
+        let secs = match unit.as_str() {
+            "ms" | "millisecond" | "milliseconds" => 0.001,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            _ => return Err(bad()),
+        };
+        total += Duration::try_from_secs_f64(n * secs).map_err(|_| bad())?;
+    }
+    Ok(total)
+}
+
+fn take(options: &mut Options, key: &str) -> Option<String> {
+    let i = options.iter().position(|(k, _)| k == key)?;
+    Some(options.remove(i).1)
+}
+
+fn reject_rest(options: &Options, what: &str, known: &[&str]) -> Result<()> {
+    if let Some((k, _)) = options.first() {
+        return Err(SqlError::plan(format!("unknown option '{k}' for {what}; known options: {}", known.join(", "))));
+    }
+    Ok(())
+}
+
+/// Options of a pushed (WEBSOCKET / HTTP) source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceOptions {
+    /// Default payload format when a request does not say: `json` (default), `ndjson`, `influx`, `arrow`.
+    pub format: String,
+    /// How long a row stays in the source after its `ts` (default 5 minutes).
+    pub retain: Duration,
+}
+
+pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
+
+impl SourceOptions {
+    pub fn parse(mut options: Options) -> Result<Self> {
+        let format = take(&mut options, "format").unwrap_or_else(|| "json".into()).to_lowercase();
+        if !["json", "ndjson", "influx", "arrow"].contains(&format.as_str()) {
+            return Err(SqlError::plan(format!("unknown format '{format}': use json, ndjson, influx or arrow")));
+        }
+        let retain = take(&mut options, "retain").map(|r| parse_duration(&r)).transpose()?.unwrap_or(DEFAULT_RETAIN);
+        if retain.is_zero() {
+            return Err(SqlError::plan("retain must be longer than 0s"));
+        }
+        reject_rest(&options, "a source", &["format", "retain"])?;
+        Ok(SourceOptions { format, retain })
+    }
+}
+
+/// Options of an alert rule (see docs/sql.md, "Rules").
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleOptions {
+    /// How long a row must stay before the alert fires (default 0s: at once).
+    pub r#for: Duration,
+    /// How long a firing alert stays firing after its row is gone (default 0s).
+    pub keep_firing_for: Duration,
+    /// Free text, default `warning`.
+    pub severity: String,
+    /// Templates with `{{column}}` placeholders.
+    pub summary: Option<String>,
+    pub description: Option<String>,
+    /// Columns that identify an alert instance; default: the GROUP BY columns, else the text columns.
+    pub labels: Option<Vec<String>>,
+    /// Sinks that receive notifications.
+    pub sinks: Vec<String>,
+    /// How often a firing alert is notified again (default 4h).
+    pub repeat: Duration,
+}
+
+impl RuleOptions {
+    pub fn parse(mut options: Options) -> Result<Self> {
+        let dur = |o: &mut Options, k: &str, d: Duration| -> Result<Duration> {
+            take(o, k).map(|v| parse_duration(&v)).transpose().map(|v| v.unwrap_or(d))
+        };
+        let list = |v: String| -> Vec<String> {
+            v.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect()
+        };
+        let out = RuleOptions {
+            r#for: dur(&mut options, "for", Duration::ZERO)?,
+            keep_firing_for: dur(&mut options, "keep_firing_for", Duration::ZERO)?,
+            severity: take(&mut options, "severity").unwrap_or_else(|| "warning".into()),
+            summary: take(&mut options, "summary"),
+            description: take(&mut options, "description"),
+            labels: take(&mut options, "labels").map(list),
+            sinks: take(&mut options, "sink").map(list).unwrap_or_default(),
+            repeat: dur(&mut options, "repeat", Duration::from_secs(4 * 3600))?,
+        };
+        reject_rest(
+            &options,
+            "a rule",
+            &["for", "keep_firing_for", "severity", "summary", "description", "labels", "sink", "repeat"],
+        )?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("10 minutes").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn unknown_rule_options_are_rejected() {
+        let e = RuleOptions::parse(vec![("fro".into(), "30s".into())]).unwrap_err();
+        assert!(e.message.contains("unknown option 'fro'"), "{e}");
+        let o = RuleOptions::parse(vec![("for".into(), "30s".into()), ("sink".into(), "a, b".into())]).unwrap();
+        assert_eq!(o.r#for, Duration::from_secs(30));
+        assert_eq!(o.sinks, vec!["a", "b"]);
+        assert_eq!(o.repeat, Duration::from_secs(14400));
+    }
+}

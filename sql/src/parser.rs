@@ -1,0 +1,351 @@
+//! tocsin's statements, parsed on top of sqlparser.
+//!
+//! tocsin's own DDL (`CREATE SOURCE`, `CREATE RULE`, `SHOW`, `EXPLAIN RULE`, `SUBSCRIBE`, ...) is
+//! recognised by its leading words and parsed here with sqlparser's building blocks (identifiers,
+//! column definitions, queries); everything else is handed to sqlparser's PostgreSQL dialect.
+//! One parser runs over the whole request, so every error position is relative to the request.
+
+use datafusion::sql::sqlparser::ast::{self, ColumnDef, Ident, ObjectName, Query};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token};
+
+use crate::error::{Result, SqlError};
+
+/// The kinds of catalog objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    Source,
+    View,
+    Rule,
+    Sink,
+}
+
+impl ObjectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Source => "SOURCE",
+            ObjectKind::View => "VIEW",
+            ObjectKind::Rule => "RULE",
+            ObjectKind::Sink => "SINK",
+        }
+    }
+    fn from_word(w: &str) -> Option<Self> {
+        Some(match w.to_ascii_uppercase().as_str() {
+            "SOURCE" | "SOURCES" => ObjectKind::Source,
+            "VIEW" | "VIEWS" => ObjectKind::View,
+            "RULE" | "RULES" => ObjectKind::Rule,
+            "SINK" | "SINKS" => ObjectKind::Sink,
+            _ => return None,
+        })
+    }
+}
+
+/// `key = 'value'` pairs of a `WITH (...)` clause, keys lowercased, in order.
+pub type Options = Vec<(String, String)>;
+
+/// What `SUBSCRIBE TO` reads.
+#[derive(Clone, Debug)]
+pub enum SubscribeTarget {
+    Name(String),
+    Query(Box<Query>),
+}
+
+/// One parsed statement.
+#[derive(Clone, Debug)]
+pub enum Statement {
+    CreateSource { name: String, columns: Vec<ColumnDef>, connector: String, options: Options },
+    CreateView { name: String, query: Box<Query> },
+    CreateRule { name: String, query: Box<Query>, options: Options },
+    CreateSink { name: String },
+    Drop { kind: ObjectKind, name: String, if_exists: bool },
+    Show { kind: ObjectKind },
+    ShowAlerts,
+    ShowColumns { name: String },
+    Explain { kind: Option<ObjectKind>, name: String },
+    ExplainQuery { query: Box<Query> },
+    Subscribe { target: SubscribeTarget },
+    Insert { source: String, columns: Vec<String>, query: Box<Query> },
+    Query { query: Box<Query> },
+    /// `SET name = value` and friends: accepted, they change nothing in tocsin.
+    Set,
+}
+
+/// A statement and where it starts in the request.
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub statement: Statement,
+    pub start: Location,
+}
+
+/// An identifier as SQL names it: unquoted names are case-insensitive (lowercased).
+pub fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn object_name(name: &ObjectName) -> Result<String> {
+    match name.0.as_slice() {
+        [part] => Ok(normalize(part.as_ident().ok_or_else(|| SqlError::plan(format!("invalid name {name}")))?)),
+        _ => Err(SqlError::unsupported(format!("qualified name {name}: tocsin has one namespace"))),
+    }
+}
+
+struct P<'a> {
+    p: Parser<'a>,
+}
+
+impl P<'_> {
+    fn word(&self, n: usize) -> Option<String> {
+        match &self.p.peek_nth_token_ref(n).token {
+            Token::Word(w) => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn err(&self, msg: impl Into<String>) -> SqlError {
+        let loc = self.p.peek_token().span.start;
+        SqlError::new(crate::error::ErrorKind::Parse, msg).at(loc.line, loc.column)
+    }
+
+    fn name(&mut self) -> Result<String> {
+        let n = self.p.parse_object_name(false)?;
+        object_name(&n)
+    }
+
+    fn options(&mut self) -> Result<Options> {
+        let mut out = Vec::new();
+        if !self.p.parse_keyword(Keyword::WITH) {
+            return Ok(out);
+        }
+        self.p.expect_token(&Token::LParen)?;
+        loop {
+            let key = match self.p.next_token().token {
+                Token::Word(w) => w.value.to_lowercase(),
+                other => return Err(self.err(format!("Expected: an option name, found: {other}"))),
+            };
+            self.p.expect_token(&Token::Eq)?;
+            let tok = self.p.next_token();
+            let value = match tok.token {
+                Token::SingleQuotedString(s) => s,
+                Token::Number(n, _) => n,
+                Token::Word(w) => w.value,
+                other => {
+                    return Err(SqlError::new(crate::error::ErrorKind::Parse, format!("Expected: a value for option {key}, found: {other}"))
+                        .at(tok.span.start.line, tok.span.start.column))
+                }
+            };
+            if out.iter().any(|(k, _)| *k == key) {
+                return Err(self.err(format!("option {key} is given twice")));
+            }
+            out.push((key, value));
+            if !self.p.consume_token(&Token::Comma) {
+                break;
+            }
+        }
+        self.p.expect_token(&Token::RParen)?;
+        Ok(out)
+    }
+
+    fn statement(&mut self) -> Result<Statement> {
+        let w0 = self.word(0);
+        let w1 = self.word(1);
+        match (w0.as_deref(), w1.as_deref()) {
+            (Some("CREATE"), Some("SOURCE")) => {
+                self.p.next_token();
+                self.p.next_token();
+                let name = self.name()?;
+                let columns = if self.p.peek_token().token == Token::LParen {
+                    let (cols, constraints) = self.p.parse_columns()?;
+                    if !constraints.is_empty() {
+                        return Err(SqlError::unsupported("table constraints on a source"));
+                    }
+                    cols
+                } else {
+                    Vec::new()
+                };
+                self.p.expect_keyword(Keyword::FROM)?;
+                let mut connector = match self.p.next_token().token {
+                    Token::Word(w) => w.value.to_ascii_uppercase(),
+                    other => return Err(self.err(format!("Expected: a connector (WEBSOCKET, HTTP, HOST, SNMP), found: {other}"))),
+                };
+                if connector == "SNMP" && self.word(0).as_deref() == Some("TRAP") {
+                    self.p.next_token();
+                    connector.push_str(" TRAP");
+                }
+                let options = self.options()?;
+                Ok(Statement::CreateSource { name, columns, connector, options })
+            }
+            (Some("CREATE"), Some("RULE")) => {
+                self.p.next_token();
+                self.p.next_token();
+                let name = self.name()?;
+                self.p.expect_keyword(Keyword::AS)?;
+                let query = self.p.parse_query()?;
+                let options = self.options()?;
+                Ok(Statement::CreateRule { name, query, options })
+            }
+            (Some("CREATE"), Some("SINK")) => {
+                self.p.next_token();
+                self.p.next_token();
+                let name = self.name()?;
+                // Skip the rest of the statement so later statements still parse.
+                while !matches!(self.p.peek_token().token, Token::SemiColon | Token::EOF) {
+                    self.p.next_token();
+                }
+                Ok(Statement::CreateSink { name })
+            }
+            (Some("CREATE"), Some("VIEW")) => {
+                self.p.next_token();
+                self.p.next_token();
+                let name = self.name()?;
+                self.p.expect_keyword(Keyword::AS)?;
+                let query = self.p.parse_query()?;
+                Ok(Statement::CreateView { name, query })
+            }
+            (Some("DROP"), Some(w)) if ObjectKind::from_word(w).is_some() => {
+                self.p.next_token();
+                self.p.next_token();
+                let kind = ObjectKind::from_word(w).expect("checked");
+                let if_exists = self.p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+                let name = self.name()?;
+                Ok(Statement::Drop { kind, name, if_exists })
+            }
+            (Some("SHOW"), Some("ALERTS")) => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::ShowAlerts)
+            }
+            (Some("SHOW"), Some("COLUMNS")) => {
+                self.p.next_token();
+                self.p.next_token();
+                if !self.p.parse_keyword(Keyword::FROM) {
+                    self.p.expect_keyword(Keyword::IN)?;
+                }
+                Ok(Statement::ShowColumns { name: self.name()? })
+            }
+            (Some("SHOW"), Some(w)) if ObjectKind::from_word(w).is_some() && w.ends_with('S') => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::Show { kind: ObjectKind::from_word(w).expect("checked") })
+            }
+            (Some("EXPLAIN"), Some(w)) if ObjectKind::from_word(w).is_some() => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::Explain { kind: ObjectKind::from_word(w), name: self.name()? })
+            }
+            (Some("EXPLAIN"), Some("SELECT" | "WITH")) => {
+                self.p.next_token();
+                Ok(Statement::ExplainQuery { query: self.p.parse_query()? })
+            }
+            (Some("SUBSCRIBE"), _) => {
+                self.p.next_token();
+                if self.word(0).as_deref() == Some("TO") {
+                    self.p.next_token();
+                }
+                let target = if self.p.consume_token(&Token::LParen) {
+                    let q = self.p.parse_query()?;
+                    self.p.expect_token(&Token::RParen)?;
+                    SubscribeTarget::Query(q)
+                } else {
+                    SubscribeTarget::Name(self.name()?)
+                };
+                Ok(Statement::Subscribe { target })
+            }
+            (Some("SELECT" | "WITH" | "VALUES"), _) | (None, _) if w0.is_some() || self.p.peek_token().token == Token::LParen => {
+                Ok(Statement::Query { query: self.p.parse_query()? })
+            }
+            _ => {
+                let start = self.p.peek_token().span.start;
+                let stmt = self.p.parse_statement()?;
+                convert_generic(stmt).map_err(|e| e.at(start.line, start.column))
+            }
+        }
+    }
+}
+
+fn convert_generic(stmt: ast::Statement) -> Result<Statement> {
+    match stmt {
+        ast::Statement::Query(query) => Ok(Statement::Query { query }),
+        ast::Statement::Insert(ins) => {
+            let source = match &ins.table {
+                ast::TableObject::TableName(n) => object_name(n)?,
+                other => return Err(SqlError::unsupported(format!("INSERT INTO {other}"))),
+            };
+            let columns = ins.columns.iter().map(object_name).collect::<Result<Vec<_>>>()?;
+            let query = ins.source.ok_or_else(|| SqlError::plan("INSERT needs VALUES or a SELECT"))?;
+            Ok(Statement::Insert { source, columns, query })
+        }
+        ast::Statement::Set(_) => Ok(Statement::Set),
+        other => {
+            let text = other.to_string();
+            let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            Err(SqlError::unsupported(format!("{head} statements")))
+        }
+    }
+}
+
+/// Parses a request of one or more `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<Located>> {
+    let dialect = PostgreSqlDialect {};
+    let parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let mut p = P { p: parser };
+    let mut out = Vec::new();
+    loop {
+        while p.p.consume_token(&Token::SemiColon) {}
+        if p.p.peek_token().token == Token::EOF {
+            break;
+        }
+        let start = p.p.peek_token().span.start;
+        let statement = p.statement().map_err(|e| e.in_statement(out.len()))?;
+        out.push(Located { statement, start });
+        if !p.p.consume_token(&Token::SemiColon) && p.p.peek_token().token != Token::EOF {
+            let e: SqlError = ParserError::ParserError(format!(
+                "Expected: end of statement, found: {} at Line: {}, Column: {}",
+                p.p.peek_token().token,
+                p.p.peek_token().span.start.line,
+                p.p.peek_token().span.start.column
+            ))
+            .into();
+            return Err(e.in_statement(out.len() - 1));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_examples() {
+        let stmts = parse(
+            "CREATE SOURCE cpu (host TEXT, cpu DOUBLE, ts TIMESTAMP) FROM WEBSOCKET WITH (format = 'json', retain = '10 minutes');
+             CREATE RULE hot_cpu AS SELECT host, avg(cpu) AS cpu FROM cpu WHERE ts > now() - INTERVAL '1 minute' GROUP BY host HAVING avg(cpu) > 90
+               WITH (for = '30s', severity = 'critical', summary = 'CPU {{cpu}}% on {{host}}', sink = 'oncall');
+             SHOW RULES; DROP RULE hot_cpu; EXPLAIN RULE hot_cpu; SUBSCRIBE TO cpu; SELECT 1",
+        )
+        .unwrap();
+        assert_eq!(stmts.len(), 7);
+        match &stmts[1].statement {
+            Statement::CreateRule { name, options, .. } => {
+                assert_eq!(name, "hot_cpu");
+                assert_eq!(options[0], ("for".to_string(), "30s".to_string()));
+                assert_eq!(options.len(), 4);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(stmts[1].start.line, 2);
+    }
+
+    #[test]
+    fn errors_carry_statement_and_position() {
+        let e = parse("SHOW RULES;\nSELECT 1 + FROM cpu").unwrap_err();
+        assert_eq!(e.statement, 1);
+        assert_eq!(e.line, Some(2));
+    }
+}

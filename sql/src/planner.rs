@@ -1,0 +1,148 @@
+//! DataFusion sessions for tocsin: one to plan continuous queries against the catalog's schemas,
+//! one to run ad hoc queries in batch over peeked rows.
+//!
+//! `now()` means the engine's logical time. In continuous planning it is a volatile function that
+//! DataFusion's optimizer leaves alone, so the lowering can find it and turn comparisons with it
+//! into temporal filters. In batch queries it is the peek's time, folded to a constant.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::empty::EmptyTable;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::sqlparser::ast::{Query, Statement as AstStatement};
+
+use crate::error::Result;
+
+/// The type of `now()` and of every `ts` column.
+pub fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+/// `now()` in continuous queries: the logical time, never folded to a constant.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ContinuousNow {
+    signature: Signature,
+    aliases: Vec<String>,
+}
+
+impl ContinuousNow {
+    pub const NAME: &'static str = "now";
+    fn new() -> Self {
+        ContinuousNow {
+            signature: Signature::nullary(Volatility::Volatile),
+            aliases: vec!["current_timestamp".into()],
+        }
+    }
+}
+
+impl ScalarUDFImpl for ContinuousNow {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(ts_type())
+    }
+    fn return_field_from_args(&self, _: ReturnFieldArgs) -> DfResult<FieldRef> {
+        Ok(Arc::new(Field::new(self.name(), ts_type(), false)))
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Err(DataFusionError::Plan(
+            "now() in a continuous query can only be compared with a row's time, as in ts > now() - INTERVAL '1 minute'".into(),
+        ))
+    }
+}
+
+/// `now()` in batch queries: a fixed time (the peek's).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FixedNow {
+    signature: Signature,
+    aliases: Vec<String>,
+    ms: i64,
+}
+
+impl FixedNow {
+    fn value(&self) -> ScalarValue {
+        ScalarValue::TimestampMillisecond(Some(self.ms), Some("UTC".into()))
+    }
+}
+
+impl ScalarUDFImpl for FixedNow {
+    fn name(&self) -> &str {
+        "now"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn aliases(&self) -> &[String] {
+        &self.aliases
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(ts_type())
+    }
+    fn return_field_from_args(&self, _: ReturnFieldArgs) -> DfResult<FieldRef> {
+        Ok(Arc::new(Field::new(self.name(), ts_type(), false)))
+    }
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(self.value()))
+    }
+    fn simplify(&self, _: Vec<Expr>, _: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        Ok(ExprSimplifyResult::Simplified(Expr::Literal(self.value(), None)))
+    }
+}
+
+fn config() -> SessionConfig {
+    let mut c = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    c.options_mut().sql_parser.collect_spans = true;
+    c
+}
+
+/// A session that knows the relations' schemas, for planning continuous queries.
+pub fn continuous_context<'a>(relations: impl IntoIterator<Item = (&'a str, SchemaRef)>) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(config());
+    ctx.register_udf(ScalarUDF::from(ContinuousNow::new()));
+    for (name, schema) in relations {
+        ctx.register_table(name, Arc::new(EmptyTable::new(schema)))?;
+    }
+    Ok(ctx)
+}
+
+/// A session over fixed contents, where `now()` is `now_ms`.
+pub fn batch_context(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, now_ms: i64) -> Result<SessionContext> {
+    let ctx = SessionContext::new_with_config(config());
+    ctx.register_udf(ScalarUDF::from(FixedNow {
+        signature: Signature::nullary(Volatility::Stable),
+        aliases: vec!["current_timestamp".into()],
+        ms: now_ms,
+    }));
+    for (name, schema, batches) in tables {
+        ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+    }
+    Ok(ctx)
+}
+
+/// DataFusion's logical plan for a query (not yet optimized).
+pub async fn plan_query(ctx: &SessionContext, query: &Query) -> Result<LogicalPlan> {
+    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(Box::new(query.clone()))));
+    Ok(ctx.state().statement_to_plan(stmt).await?)
+}
+
+/// The tables a query reads, as normalized names.
+pub fn referenced_tables(ctx: &SessionContext, query: &Query) -> Result<Vec<String>> {
+    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(Box::new(query.clone()))));
+    Ok(ctx.state().resolve_table_references(&stmt)?.iter().map(|t| t.table().to_string()).collect())
+}
