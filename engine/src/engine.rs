@@ -48,7 +48,9 @@ impl Clock {
     pub fn now(&self) -> u64 {
         match &self.0 {
             Some(t) => t.load(Ordering::SeqCst),
-            None => SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            None => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         }
     }
     /// Moves a manual clock forward to `ms` (never backwards).
@@ -146,7 +148,8 @@ pub struct PeekResult {
 impl Coord {
     fn broadcast(&self, shared_threads: &[Thread], mk: impl Fn() -> Command) -> Result<()> {
         for (tx, th) in self.senders.iter().zip(shared_threads) {
-            tx.send(mk()).map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
+            tx.send(mk())
+                .map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
             th.unpark();
         }
         Ok(())
@@ -164,10 +167,16 @@ impl Coord {
 async fn collect<T>(mut rx: UnboundedReceiver<(usize, Result<T>)>, n: usize) -> Result<Vec<T>> {
     let mut out: Vec<Option<T>> = (0..n).map(|_| None).collect();
     for _ in 0..n {
-        let (w, r) = rx.recv().await.ok_or_else(|| EngineError::Unavailable("a worker stopped before answering".into()))?;
+        let (w, r) = rx
+            .recv()
+            .await
+            .ok_or_else(|| EngineError::Unavailable("a worker stopped before answering".into()))?;
         out[w] = Some(r?);
     }
-    Ok(out.into_iter().map(|o| o.expect("every worker answered")).collect())
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every worker answered"))
+        .collect())
 }
 
 impl Engine {
@@ -185,8 +194,13 @@ impl Engine {
         let (thread_tx, thread_rx) = std::sync::mpsc::channel();
         let thread_tx = Mutex::new(thread_tx);
         let guards = timely::execute(timely::Config::process(workers), move |w| {
-            let rx = receivers.lock().expect("receivers")[w.index()].take().expect("one receiver per worker");
-            let _ = thread_tx.lock().expect("thread tx").send((w.index(), std::thread::current()));
+            let rx = receivers.lock().expect("receivers")[w.index()]
+                .take()
+                .expect("one receiver per worker");
+            let _ = thread_tx
+                .lock()
+                .expect("thread tx")
+                .send((w.index(), std::thread::current()));
             worker::run(w, rx);
         })
         .map_err(EngineError::Unavailable)?;
@@ -236,7 +250,10 @@ impl Engine {
     }
 
     fn coord(&self) -> Result<MutexGuard<'_, Coord>> {
-        self.shared.coord.lock().map_err(|_| EngineError::Unavailable("engine state poisoned".into()))
+        self.shared
+            .coord
+            .lock()
+            .map_err(|_| EngineError::Unavailable("engine state poisoned".into()))
     }
 
     pub fn workers(&self) -> usize {
@@ -260,18 +277,35 @@ impl Engine {
 
     /// The schema of a source, view or rule.
     pub fn schema(&self, name: &str) -> Option<SchemaRef> {
-        self.coord().ok()?.objects.get(name).map(|o| o.schema.clone())
+        self.coord()
+            .ok()?
+            .objects
+            .get(name)
+            .map(|o| o.schema.clone())
     }
 
     /// Creates a source. Its schema must have a `ts` column of type
     /// `Timestamp(Millisecond, "UTC")`; rows leave it `retain` after their `ts`.
-    pub async fn create_source(&self, name: &str, schema: SchemaRef, retain: Duration) -> Result<()> {
+    pub async fn create_source(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        retain: Duration,
+    ) -> Result<()> {
         check_schema(&schema)?;
-        let ts_col = schema.index_of("ts").map_err(|_| EngineError::Plan(format!("source \"{name}\" has no ts column")))?;
-        if !matches!(schema.field(ts_col).data_type(), DataType::Timestamp(TimeUnit::Millisecond, Some(_))) {
-            return Err(EngineError::Plan(format!("the ts column of source \"{name}\" must be a UTC timestamp in milliseconds")));
+        let ts_col = schema
+            .index_of("ts")
+            .map_err(|_| EngineError::Plan(format!("source \"{name}\" has no ts column")))?;
+        if !matches!(
+            schema.field(ts_col).data_type(),
+            DataType::Timestamp(TimeUnit::Millisecond, Some(_))
+        ) {
+            return Err(EngineError::Plan(format!(
+                "the ts column of source \"{name}\" must be a UTC timestamp in milliseconds"
+            )));
         }
-        let retain_ms = i64::try_from(retain.as_millis()).map_err(|_| EngineError::Plan("retention too long".into()))?;
+        let retain_ms = i64::try_from(retain.as_millis())
+            .map_err(|_| EngineError::Plan("retention too long".into()))?;
         let (reply, rx) = unbounded_channel();
         {
             let mut c = self.coord()?;
@@ -287,7 +321,11 @@ impl Engine {
             })?;
             c.objects.insert(
                 name.to_string(),
-                Object { schema: schema.clone(), source: Some(SourceInfo { ts_col, retain_ms }), deps: Vec::new() },
+                Object {
+                    schema: schema.clone(),
+                    source: Some(SourceInfo { ts_col, retain_ms }),
+                    deps: Vec::new(),
+                },
             );
         }
         collect(rx, self.shared.workers).await.map(|_| ())
@@ -297,7 +335,9 @@ impl Engine {
         let deps = plan.dependencies();
         for d in &deps {
             if !c.objects.contains_key(d) {
-                return Err(EngineError::Plan(format!("relation \"{d}\" does not exist")));
+                return Err(EngineError::Plan(format!(
+                    "relation \"{d}\" does not exist"
+                )));
             }
         }
         check_schema(&plan.schema)?;
@@ -320,7 +360,14 @@ impl Engine {
                 plan: plan.clone(),
                 reply: reply.clone(),
             })?;
-            c.objects.insert(name.to_string(), Object { schema, source: None, deps });
+            c.objects.insert(
+                name.to_string(),
+                Object {
+                    schema,
+                    source: None,
+                    deps,
+                },
+            );
         }
         if let Err(e) = collect(rx, self.shared.workers).await {
             let _ = self.drop_object(name);
@@ -335,13 +382,23 @@ impl Engine {
         if !c.objects.contains_key(name) {
             return Err(EngineError::Plan(format!("\"{name}\" does not exist")));
         }
-        let mut users: Vec<&String> = c.objects.iter().filter(|(_, o)| o.deps.iter().any(|d| d == name)).map(|(n, _)| n).collect();
+        let mut users: Vec<&String> = c
+            .objects
+            .iter()
+            .filter(|(_, o)| o.deps.iter().any(|d| d == name))
+            .map(|(n, _)| n)
+            .collect();
         if !users.is_empty() {
             users.sort();
             let users: Vec<&str> = users.iter().map(|s| s.as_str()).collect();
-            return Err(EngineError::Plan(format!("cannot drop \"{name}\": {} depend(s) on it", users.join(", "))));
+            return Err(EngineError::Plan(format!(
+                "cannot drop \"{name}\": {} depend(s) on it",
+                users.join(", ")
+            )));
         }
-        c.broadcast(&self.shared.threads, || Command::Drop { name: name.to_string() })?;
+        c.broadcast(&self.shared.threads, || Command::Drop {
+            name: name.to_string(),
+        })?;
         c.objects.remove(name);
         Ok(())
     }
@@ -351,17 +408,33 @@ impl Engine {
     /// the others are accepted.
     pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
         let mut c = self.coord()?;
-        let obj = c.objects.get(name).ok_or_else(|| EngineError::Plan(format!("source \"{name}\" does not exist")))?;
-        let info = obj.source.ok_or_else(|| EngineError::Plan(format!("\"{name}\" is not a source")))?;
+        let obj = c
+            .objects
+            .get(name)
+            .ok_or_else(|| EngineError::Plan(format!("source \"{name}\" does not exist")))?;
+        let info = obj
+            .source
+            .ok_or_else(|| EngineError::Plan(format!("\"{name}\" is not a source")))?;
         if batch.schema().fields() != obj.schema.fields() {
             return Err(EngineError::Plan(format!(
                 "batch schema does not match source \"{name}\": expected {:?}, got {:?}",
-                obj.schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>(),
-                batch.schema().fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>()
+                obj.schema
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>(),
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| format!("{} {}", f.name(), f.data_type()))
+                    .collect::<Vec<_>>()
             )));
         }
         let time = self.shared.clock.now().max(c.upper);
-        let ts = batch.column(info.ts_col).as_primitive::<TimestampMillisecondType>();
+        let ts = batch
+            .column(info.ts_col)
+            .as_primitive::<TimestampMillisecondType>();
         let now = time as i64;
         let mut rejected = Vec::new();
         let keep: BooleanArray = (0..batch.num_rows())
@@ -371,9 +444,16 @@ impl Engine {
                 } else {
                     let t = ts.value(i);
                     if t.saturating_add(info.retain_ms) <= now {
-                        Some(format!("late: ts {} is older than the source's retention of {} ms", fmt_ms(t), info.retain_ms))
+                        Some(format!(
+                            "late: ts {} is older than the source's retention of {} ms",
+                            fmt_ms(t),
+                            info.retain_ms
+                        ))
                     } else if t > now + MAX_FUTURE_MS {
-                        Some(format!("ts {} is more than 5 minutes in the future", fmt_ms(t)))
+                        Some(format!(
+                            "ts {} is more than 5 minutes in the future",
+                            fmt_ms(t)
+                        ))
                     } else {
                         None
                     }
@@ -385,16 +465,28 @@ impl Engine {
             })
             .collect();
         let accepted = batch.num_rows() - rejected.len();
-        let batch = if rejected.is_empty() { batch } else { filter_record_batch(&batch, &keep)? };
+        let batch = if rejected.is_empty() {
+            batch
+        } else {
+            filter_record_batch(&batch, &keep)?
+        };
         if accepted > 0 {
             let w = c.next_worker;
             c.next_worker = (w + 1) % self.shared.workers;
             c.senders[w]
-                .send(Command::Push { name: name.to_string(), time, batch })
+                .send(Command::Push {
+                    name: name.to_string(),
+                    time,
+                    batch,
+                })
                 .map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
             self.shared.threads[w].unpark();
         }
-        Ok(PushOutcome { accepted, rejected, time })
+        Ok(PushOutcome {
+            accepted,
+            rejected,
+            time,
+        })
     }
 
     /// Reads the contents of relations (sources, views, rules) at one consistent time that
@@ -405,13 +497,20 @@ impl Engine {
             let mut c = self.coord()?;
             let mut schemas = Vec::new();
             for n in names {
-                let o = c.objects.get(*n).ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
+                let o = c
+                    .objects
+                    .get(*n)
+                    .ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
                 schemas.push(o.schema.clone());
             }
             let time = self.shared.clock.now().max(c.upper);
             c.advance(&self.shared.threads, time + 1)?;
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            c.broadcast(&self.shared.threads, || Command::Peek { names: names.clone(), time, reply: reply.clone() })?;
+            c.broadcast(&self.shared.threads, || Command::Peek {
+                names: names.clone(),
+                time,
+                reply: reply.clone(),
+            })?;
             (time, schemas)
         };
         let parts = collect(rx, self.shared.workers).await?;
@@ -430,7 +529,10 @@ impl Engine {
                 let mut expanded: Vec<&Row> = Vec::new();
                 for (r, n) in &rows {
                     if *n < 0 {
-                        return Err(EngineError::Internal(format!("negative multiplicity {n} for a row of {}", names[i])));
+                        return Err(EngineError::Internal(format!(
+                            "negative multiplicity {n} for a row of {}",
+                            names[i]
+                        )));
                     }
                     expanded.extend(std::iter::repeat_n(r, *n as usize));
                 }
@@ -478,7 +580,11 @@ impl Engine {
     /// Evaluation errors a view or rule met (count, last message): rows it had to leave out.
     pub async fn errors(&self, name: &str) -> Result<(u64, Option<String>)> {
         let (reply, rx) = unbounded_channel();
-        self.coord()?.broadcast(&self.shared.threads, || Command::Errors { name: name.to_string(), reply: reply.clone() })?;
+        self.coord()?
+            .broadcast(&self.shared.threads, || Command::Errors {
+                name: name.to_string(),
+                reply: reply.clone(),
+            })?;
         let per_worker = collect(rx, self.shared.workers).await?;
         let count = per_worker.iter().map(|(c, _)| c).sum();
         Ok((count, per_worker.into_iter().find_map(|(_, l)| l)))
@@ -486,8 +592,10 @@ impl Engine {
 }
 
 fn fmt_ms(ms: i64) -> String {
-    datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms)
-        .map_or_else(|| ms.to_string(), |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+    datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms).map_or_else(
+        || ms.to_string(),
+        |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
 }
 
 impl Drop for Shared {
@@ -506,7 +614,10 @@ impl Drop for Shared {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubscribeEvent {
     /// The changes at one time (the first event holds the snapshot). Diff +1 inserts, -1 retracts.
-    Changes { time: u64, updates: Vec<(Row, isize)> },
+    Changes {
+        time: u64,
+        updates: Vec<(Row, isize)>,
+    },
     /// Every change before this time has been reported.
     Progress(u64),
 }
@@ -536,7 +647,9 @@ impl Subscription {
             }
             let (w, u) = self.updates.recv().await?;
             match u {
-                WorkerUpdate::Changes(t, changes) => self.pending.entry(t).or_default().extend(changes),
+                WorkerUpdate::Changes(t, changes) => {
+                    self.pending.entry(t).or_default().extend(changes)
+                }
                 WorkerUpdate::Frontier(f) => {
                     self.frontiers[w] = f;
                     // The least frontier over all workers; None means all are done.
@@ -549,7 +662,8 @@ impl Subscription {
                         let (t, mut updates) = self.pending.pop_first().expect("non-empty");
                         consolidate(&mut updates);
                         if !updates.is_empty() {
-                            self.ready.push_back(SubscribeEvent::Changes { time: t, updates });
+                            self.ready
+                                .push_back(SubscribeEvent::Changes { time: t, updates });
                         }
                     }
                     match min {
@@ -575,7 +689,9 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         if let Ok(c) = self.engine.coord() {
             let id = self.id;
-            let _ = c.broadcast(&self.engine.shared.threads, || Command::DropSubscription { id });
+            let _ = c.broadcast(&self.engine.shared.threads, || Command::DropSubscription {
+                id,
+            });
         }
     }
 }

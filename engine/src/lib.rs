@@ -20,7 +20,9 @@ pub mod row;
 mod source;
 mod worker;
 
-pub use engine::{Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription};
+pub use engine::{
+    Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription,
+};
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
 pub use row::{Datum, Row};

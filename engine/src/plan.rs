@@ -103,10 +103,17 @@ pub enum Node {
     /// The contents of a view or rule, read from its shared arrangement.
     Relation { name: String },
     /// Map, filter and project, vectorized.
-    Mfp { input: Box<Plan>, steps: Vec<MfpStep> },
+    Mfp {
+        input: Box<Plan>,
+        steps: Vec<MfpStep>,
+    },
     /// GROUP BY the first `keys` input columns; the output is the key columns followed by one
     /// column per aggregate. With `keys == 0` there is exactly one output row, also for no input.
-    Reduce { input: Box<Plan>, keys: usize, aggs: Vec<Aggregate> },
+    Reduce {
+        input: Box<Plan>,
+        keys: usize,
+        aggs: Vec<Aggregate>,
+    },
     /// Equi-join on `left_keys[i] = right_keys[i]`; the output is the left columns, then the right.
     Join {
         left: Box<Plan>,
@@ -158,39 +165,52 @@ impl Plan {
     fn explain_into(&self, s: &mut String, depth: usize) -> fmt::Result {
         let pad = "  ".repeat(depth);
         let cols = |schema: &SchemaRef| {
-            schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         match &self.node {
-            Node::Source { name } => writeln!(s, "{pad}Source {name} [{}] (retained rows)", cols(&self.schema))?,
-            Node::Relation { name } => {
-                writeln!(s, "{pad}Arrangement {name} [{}] (shared)", cols(&self.schema))?
-            }
+            Node::Source { name } => writeln!(
+                s,
+                "{pad}Source {name} [{}] (retained rows)",
+                cols(&self.schema)
+            )?,
+            Node::Relation { name } => writeln!(
+                s,
+                "{pad}Arrangement {name} [{}] (shared)",
+                cols(&self.schema)
+            )?,
             Node::Constant { rows } => writeln!(s, "{pad}Constant {} rows", rows.len())?,
             Node::Mfp { input, steps } => {
                 writeln!(s, "{pad}Map/Filter/Project (vectorized)")?;
                 for step in steps {
                     match step {
-                        MfpStep::Filter(e) => writeln!(s, "{pad}  filter: {e}")?,
+                        MfpStep::Filter(e) => writeln!(s, "{pad}| filter: {e}")?,
                         MfpStep::Project { exprs, schema } => {
                             let items: Vec<String> = exprs
                                 .iter()
                                 .zip(schema.fields())
                                 .map(|(e, f)| format!("{e} AS {}", f.name()))
                                 .collect();
-                            writeln!(s, "{pad}  project: {}", items.join(", "))?
+                            writeln!(s, "{pad}| project: {}", items.join(", "))?
                         }
                         MfpStep::Temporal { lower, upper } => {
-                            let b = |v: &Vec<TimeBound>| {
-                                v.iter()
-                                    .map(|b| format!("{} {:+}ms", b.expr, b.offset_ms))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            };
+                            let mut parts: Vec<String> = lower
+                                .iter()
+                                .map(|b| format!("now() >= {} {:+}ms", b.expr, b.offset_ms))
+                                .collect();
+                            parts.extend(
+                                upper
+                                    .iter()
+                                    .map(|b| format!("now() < {} {:+}ms", b.expr, b.offset_ms)),
+                            );
                             writeln!(
                                 s,
-                                "{pad}  temporal filter: now() >= [{}], now() < [{}] (delayed retractions)",
-                                b(lower),
-                                b(upper)
+                                "{pad}| temporal filter: {} (delayed retractions)",
+                                parts.join(" AND ")
                             )?
                         }
                     }
@@ -198,7 +218,13 @@ impl Plan {
                 input.explain_into(s, depth + 1)?;
             }
             Node::Reduce { input, keys, aggs } => {
-                let key_names: Vec<&str> = input.schema.fields().iter().take(*keys).map(|f| f.name().as_str()).collect();
+                let key_names: Vec<&str> = input
+                    .schema
+                    .fields()
+                    .iter()
+                    .take(*keys)
+                    .map(|f| f.name().as_str())
+                    .collect();
                 let agg_names: Vec<String> = aggs
                     .iter()
                     .map(|a| {
@@ -223,13 +249,29 @@ impl Plan {
                 )?;
                 input.explain_into(s, depth + 1)?;
             }
-            Node::Join { left, right, left_keys, right_keys, kind } => {
+            Node::Join {
+                left,
+                right,
+                left_keys,
+                right_keys,
+                kind,
+            } => {
                 let on: Vec<String> = left_keys
                     .iter()
                     .zip(right_keys)
-                    .map(|(l, r)| format!("{} = {}", left.schema.field(*l).name(), right.schema.field(*r).name()))
+                    .map(|(l, r)| {
+                        format!(
+                            "{} = {}",
+                            left.schema.field(*l).name(),
+                            right.schema.field(*r).name()
+                        )
+                    })
                     .collect();
-                writeln!(s, "{pad}{kind:?} Join on [{}] (arranged by key)", on.join(", "))?;
+                writeln!(
+                    s,
+                    "{pad}{kind:?} Join on [{}] (arranged by key)",
+                    on.join(", ")
+                )?;
                 left.explain_into(s, depth + 1)?;
                 right.explain_into(s, depth + 1)?;
             }

@@ -132,9 +132,8 @@ fn canonical(repr: Repr) -> DataType {
 
 /// Casts an array to the canonical Arrow type of its representation.
 fn to_canonical(array: &ArrayRef) -> Result<(Repr, ArrayRef)> {
-    let repr = repr_of(array.data_type()).ok_or_else(|| {
-        EngineError::Unsupported(format!("values of type {}", array.data_type()))
-    })?;
+    let repr = repr_of(array.data_type())
+        .ok_or_else(|| EngineError::Unsupported(format!("values of type {}", array.data_type())))?;
     let target = canonical(repr);
     let arr = if array.data_type() == &target {
         array.clone()
@@ -158,21 +157,33 @@ fn push_column(rows: &mut [Vec<Datum>], array: &ArrayRef, selection: Option<&[u3
             let a = arr.as_any().downcast_ref::<BooleanArray>().expect("bool");
             for (i, r) in rows.iter_mut().enumerate() {
                 let j = idx(i);
-                r.push(if a.is_null(j) { Datum::Null } else { Datum::Bool(a.value(j)) });
+                r.push(if a.is_null(j) {
+                    Datum::Null
+                } else {
+                    Datum::Bool(a.value(j))
+                });
             }
         }
         Repr::Int => {
             let a = arr.as_any().downcast_ref::<Int64Array>().expect("int");
             for (i, r) in rows.iter_mut().enumerate() {
                 let j = idx(i);
-                r.push(if a.is_null(j) { Datum::Null } else { Datum::Int(a.value(j)) });
+                r.push(if a.is_null(j) {
+                    Datum::Null
+                } else {
+                    Datum::Int(a.value(j))
+                });
             }
         }
         Repr::Float => {
             let a = arr.as_any().downcast_ref::<Float64Array>().expect("float");
             for (i, r) in rows.iter_mut().enumerate() {
                 let j = idx(i);
-                r.push(if a.is_null(j) { Datum::Null } else { Datum::Float(F64::new(a.value(j))) });
+                r.push(if a.is_null(j) {
+                    Datum::Null
+                } else {
+                    Datum::Float(F64::new(a.value(j)))
+                });
             }
         }
         Repr::Str => {
@@ -204,7 +215,9 @@ fn push_column(rows: &mut [Vec<Datum>], array: &ArrayRef, selection: Option<&[u3
 /// Converts the rows of `batch` (or only the rows at `selection`) into [`Row`]s.
 pub fn batch_to_rows(batch: &RecordBatch, selection: Option<&[u32]>) -> Result<Vec<Row>> {
     let n = selection.map_or(batch.num_rows(), |s| s.len());
-    let mut rows: Vec<Vec<Datum>> = (0..n).map(|_| Vec::with_capacity(batch.num_columns())).collect();
+    let mut rows: Vec<Vec<Datum>> = (0..n)
+        .map(|_| Vec::with_capacity(batch.num_columns()))
+        .collect();
     for col in batch.columns() {
         push_column(&mut rows, col, selection)?;
     }
@@ -222,10 +235,18 @@ where
     let mut columns = Vec::with_capacity(schema.fields().len());
     for (c, field) in schema.fields().iter().enumerate() {
         let repr = repr_of(field.data_type()).ok_or_else(|| {
-            EngineError::Unsupported(format!("column \"{}\" of type {}", field.name(), field.data_type()))
+            EngineError::Unsupported(format!(
+                "column \"{}\" of type {}",
+                field.name(),
+                field.data_type()
+            ))
         })?;
         let bad = |d: &Datum| {
-            EngineError::Internal(format!("column \"{}\" ({}) holds {d:?}", field.name(), field.data_type()))
+            EngineError::Internal(format!(
+                "column \"{}\" ({}) holds {d:?}",
+                field.name(),
+                field.data_type()
+            ))
         };
         let arr: ArrayRef = match repr {
             Repr::Null => Arc::new(datafusion::arrow::array::NullArray::new(n)),
@@ -284,7 +305,11 @@ where
         columns.push(arr);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(n));
-    Ok(RecordBatch::try_new_with_options(schema.clone(), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
 }
 
 #[cfg(test)]
@@ -299,14 +324,22 @@ mod tests {
             Field::new("host", DataType::Utf8, true),
             Field::new("v", DataType::Float64, true),
             Field::new("n", DataType::Int32, true),
-            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
         ]));
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
                 Arc::new(StringArray::from(vec![Some("a"), None, Some("a")])),
                 Arc::new(Float64Array::from(vec![Some(1.5), Some(-0.0), None])),
-                Arc::new(datafusion::arrow::array::Int32Array::from(vec![Some(1), None, Some(-7)])),
+                Arc::new(datafusion::arrow::array::Int32Array::from(vec![
+                    Some(1),
+                    None,
+                    Some(-7),
+                ])),
                 Arc::new(TimestampMillisecondArray::from(vec![1, 2, 3]).with_timezone("UTC")),
             ],
         )

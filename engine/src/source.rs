@@ -41,12 +41,25 @@ pub(crate) struct SourceLog {
 
 impl SourceLog {
     pub fn new(schema: SchemaRef, ts_col: usize, retain_ms: i64, upper: u64) -> Self {
-        SourceLog { schema, ts_col, retain_ms, entries: VecDeque::new(), base_seq: 0, upper, readers: Vec::new() }
+        SourceLog {
+            schema,
+            ts_col,
+            retain_ms,
+            entries: VecDeque::new(),
+            base_seq: 0,
+            upper,
+            readers: Vec::new(),
+        }
     }
 
     /// The `ts` column of a batch, in epoch milliseconds.
-    pub fn ts_millis<'a>(&self, batch: &'a RecordBatch) -> &'a datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType> {
-        batch.column(self.ts_col).as_primitive::<TimestampMillisecondType>()
+    pub fn ts_millis<'a>(
+        &self,
+        batch: &'a RecordBatch,
+    ) -> &'a datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType> {
+        batch
+            .column(self.ts_col)
+            .as_primitive::<TimestampMillisecondType>()
     }
 
     pub fn append(&mut self, time: u64, batch: RecordBatch) {
@@ -54,7 +67,11 @@ impl SourceLog {
         let ts = self.ts_millis(&batch);
         let max_ts = ts.iter().flatten().max().unwrap_or(i64::MIN);
         let expires = max_ts.saturating_add(self.retain_ms);
-        self.entries.push_back(Entry { time, batch, expires });
+        self.entries.push_back(Entry {
+            time,
+            batch,
+            expires,
+        });
         self.activate_readers();
     }
 
@@ -86,7 +103,10 @@ impl SourceLog {
     /// Entries from sequence number `from` on, and the sequence number after the last one.
     pub fn read_from(&self, from: u64) -> (impl Iterator<Item = &Entry>, u64) {
         let skip = from.saturating_sub(self.base_seq) as usize;
-        (self.entries.iter().skip(skip), self.base_seq + self.entries.len() as u64)
+        (
+            self.entries.iter().skip(skip),
+            self.base_seq + self.entries.len() as u64,
+        )
     }
 
     fn prune(&mut self) {
@@ -114,7 +134,10 @@ impl SourceLog {
                 continue;
             }
             let ts = self.ts_millis(&e.batch);
-            let mask: BooleanArray = ts.iter().map(|t| Some(t.is_some_and(|t| t.saturating_add(self.retain_ms) > at as i64))).collect();
+            let mask: BooleanArray = ts
+                .iter()
+                .map(|t| Some(t.is_some_and(|t| t.saturating_add(self.retain_ms) > at as i64)))
+                .collect();
             if mask.true_count() == e.batch.num_rows() {
                 out.push(e.batch.clone());
             } else if mask.true_count() > 0 {

@@ -41,14 +41,45 @@ pub(crate) type Reply<T> = UnboundedSender<(usize, Result<T>)>;
 
 pub(crate) enum Command {
     AdvanceTo(Time),
-    CreateSource { name: String, schema: SchemaRef, ts_col: usize, retain_ms: i64, reply: Reply<()> },
-    CreateRelation { name: String, plan: Plan, reply: Reply<()> },
-    Subscribe { id: u64, plan: Plan, as_of: Time, tx: UnboundedSender<(usize, WorkerUpdate)>, reply: Reply<()> },
-    DropSubscription { id: u64 },
-    Drop { name: String },
-    Push { name: String, time: Time, batch: RecordBatch },
-    Peek { names: Vec<String>, time: Time, reply: Reply<Vec<PeekPart>> },
-    Errors { name: String, reply: Reply<(u64, Option<String>)> },
+    CreateSource {
+        name: String,
+        schema: SchemaRef,
+        ts_col: usize,
+        retain_ms: i64,
+        reply: Reply<()>,
+    },
+    CreateRelation {
+        name: String,
+        plan: Plan,
+        reply: Reply<()>,
+    },
+    Subscribe {
+        id: u64,
+        plan: Plan,
+        as_of: Time,
+        tx: UnboundedSender<(usize, WorkerUpdate)>,
+        reply: Reply<()>,
+    },
+    DropSubscription {
+        id: u64,
+    },
+    Drop {
+        name: String,
+    },
+    Push {
+        name: String,
+        time: Time,
+        batch: RecordBatch,
+    },
+    Peek {
+        names: Vec<String>,
+        time: Time,
+        reply: Reply<Vec<PeekPart>>,
+    },
+    Errors {
+        name: String,
+        reply: Reply<(u64, Option<String>)>,
+    },
     Shutdown,
 }
 
@@ -71,7 +102,10 @@ struct WorkerState {
 }
 
 pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
-    let mut state = WorkerState { index: worker.index(), ..Default::default() };
+    let mut state = WorkerState {
+        index: worker.index(),
+        ..Default::default()
+    };
     'outer: loop {
         loop {
             match commands.try_recv() {
@@ -103,7 +137,13 @@ impl WorkerState {
                     }
                 }
             }
-            Command::CreateSource { name, schema, ts_col, retain_ms, reply } => {
+            Command::CreateSource {
+                name,
+                schema,
+                ts_col,
+                retain_ms,
+                reply,
+            } => {
                 let log = SourceLog::new(schema, ts_col, retain_ms, self.upper);
                 self.sources.insert(name, Rc::new(RefCell::new(log)));
                 let _ = reply.send((index, Ok(())));
@@ -118,7 +158,8 @@ impl WorkerState {
                         traces: &mut self.traces,
                         errors: errors.clone(),
                     };
-                    ctx.render(&plan).map(|coll| coll.arrange_by_self_named(&format!("Arrange {name}")).trace)
+                    ctx.render(&plan)
+                        .map(|coll| coll.arrange_by_self_named(&format!("Arrange {name}")).trace)
                 });
                 let result = match result {
                     Ok(trace) => {
@@ -134,13 +175,26 @@ impl WorkerState {
                 };
                 let _ = reply.send((index, result));
             }
-            Command::Subscribe { id, plan, as_of, tx, reply } => {
+            Command::Subscribe {
+                id,
+                plan,
+                as_of,
+                tx,
+                reply,
+            } => {
                 let errors = Rc::new(RefCell::new(DataflowErrors::default()));
                 let df_index = worker.next_dataflow_index();
-                let result = worker.dataflow_named::<Time, _, _>(&format!("subscribe-{id}"), |scope| {
-                    let mut ctx = Context { scope, sources: &self.sources, traces: &mut self.traces, errors };
-                    ctx.render(&plan).map(|coll| render_subscribe(coll, as_of, index, tx))
-                });
+                let result =
+                    worker.dataflow_named::<Time, _, _>(&format!("subscribe-{id}"), |scope| {
+                        let mut ctx = Context {
+                            scope,
+                            sources: &self.sources,
+                            traces: &mut self.traces,
+                            errors,
+                        };
+                        ctx.render(&plan)
+                            .map(|coll| render_subscribe(coll, as_of, index, tx))
+                    });
                 if result.is_ok() {
                     self.subscriptions.insert(id, df_index);
                 } else {
@@ -166,7 +220,9 @@ impl WorkerState {
                     log.borrow_mut().append(time.max(self.upper), batch);
                 }
             }
-            Command::Peek { names, time, reply } => self.peeks.push(PendingPeek { names, time, reply }),
+            Command::Peek { names, time, reply } => {
+                self.peeks.push(PendingPeek { names, time, reply })
+            }
             Command::Errors { name, reply } => {
                 let e = self.errors.get(&name).map(|e| {
                     let e = e.borrow();
@@ -206,7 +262,9 @@ impl WorkerState {
                     return None;
                 }
             } else {
-                return Some(Err(EngineError::Plan(format!("relation \"{name}\" does not exist"))));
+                return Some(Err(EngineError::Plan(format!(
+                    "relation \"{name}\" does not exist"
+                ))));
             }
         }
         let mut parts = Vec::with_capacity(peek.names.len());
@@ -241,7 +299,11 @@ fn read_trace_at(trace: &mut RowTrace, t: Time) -> Vec<(Row, isize)> {
     let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
     let mut out = Vec::new();
     for ((row, ()), times) in cursor.to_vec(&storage, |k: &Row| k.clone(), |_| ()) {
-        let count: isize = times.iter().filter(|(time, _)| *time <= t).map(|(_, d)| *d).sum();
+        let count: isize = times
+            .iter()
+            .filter(|(time, _)| *time <= t)
+            .map(|(_, d)| *d)
+            .sum();
         if count != 0 {
             out.push((row, count));
         }

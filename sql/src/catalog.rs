@@ -14,9 +14,17 @@ use crate::planner::ts_type;
 
 #[derive(Clone, Debug)]
 pub enum ObjectDef {
-    Source { connector: String, options: SourceOptions },
-    View { plan: Plan },
-    Rule { plan: Plan, options: RuleOptions },
+    Source {
+        connector: String,
+        options: SourceOptions,
+    },
+    View {
+        plan: Plan,
+    },
+    Rule {
+        plan: Plan,
+        options: RuleOptions,
+    },
 }
 
 /// One catalog entry.
@@ -52,13 +60,17 @@ pub struct Catalog {
 
 impl Relations for Catalog {
     fn lookup(&self, name: &str) -> Option<(bool, SchemaRef)> {
-        self.entries.get(name).map(|e| (e.kind() == ObjectKind::Source, e.schema.clone()))
+        self.entries
+            .get(name)
+            .map(|e| (e.kind() == ObjectKind::Source, e.schema.clone()))
     }
 }
 
 impl Catalog {
     pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {
-        self.entries.values().map(|e| (e.name.as_str(), e.schema.clone()))
+        self.entries
+            .values()
+            .map(|e| (e.name.as_str(), e.schema.clone()))
     }
 }
 
@@ -66,9 +78,13 @@ impl Catalog {
 fn column_type(t: &SqlType) -> Option<DataType> {
     use SqlType::*;
     Some(match t {
-        Text | Varchar(_) | String(_) | Char(_) | CharVarying(_) | Character(_) | CharacterVarying(_) => DataType::Utf8,
-        BigInt(_) | Int(_) | Integer(_) | SmallInt(_) | TinyInt(_) | Int2(_) | Int4(_) | Int8(_) | Int16 | Int32 | Int64 => DataType::Int64,
-        Double(_) | DoublePrecision | Float(_) | Real | Float4 | Float8 | Float32 | Float64 => DataType::Float64,
+        Text | Varchar(_) | String(_) | Char(_) | CharVarying(_) | Character(_)
+        | CharacterVarying(_) => DataType::Utf8,
+        BigInt(_) | Int(_) | Integer(_) | SmallInt(_) | TinyInt(_) | Int2(_) | Int4(_)
+        | Int8(_) | Int16 | Int32 | Int64 => DataType::Int64,
+        Double(_) | DoublePrecision | Float(_) | Real | Float4 | Float8 | Float32 | Float64 => {
+            DataType::Float64
+        }
         Boolean | Bool => DataType::Boolean,
         Timestamp(_, _) | TimestampNtz(_) | Datetime(_) => ts_type(),
         _ => return None,
@@ -81,7 +97,9 @@ pub fn source_schema(columns: &[ColumnDef]) -> Result<SchemaRef> {
     for c in columns {
         let name = normalize(&c.name);
         if fields.iter().any(|f| f.name() == &name) {
-            return Err(SqlError::plan(format!("column \"{name}\" is declared twice")));
+            return Err(SqlError::plan(format!(
+                "column \"{name}\" is declared twice"
+            )));
         }
         let dt = column_type(&c.data_type).ok_or_else(|| {
             SqlError::unsupported(format!(
@@ -90,7 +108,10 @@ pub fn source_schema(columns: &[ColumnDef]) -> Result<SchemaRef> {
             ))
         })?;
         if name == "ts" && dt != ts_type() {
-            return Err(SqlError::plan(format!("column ts must be a TIMESTAMP, not {}", c.data_type)));
+            return Err(SqlError::plan(format!(
+                "column ts must be a TIMESTAMP, not {}",
+                c.data_type
+            )));
         }
         fields.push(Field::new(name, dt, true));
     }

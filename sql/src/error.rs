@@ -39,7 +39,13 @@ pub type Result<T, E = SqlError> = std::result::Result<T, E>;
 
 impl SqlError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        SqlError { kind, message: message.into(), statement: 0, line: None, column: None }
+        SqlError {
+            kind,
+            message: message.into(),
+            statement: 0,
+            line: None,
+            column: None,
+        }
     }
     pub fn plan(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Plan, message)
@@ -84,7 +90,11 @@ fn position_in(message: &str) -> Option<(u64, u64, String)> {
     let rest = &message[at + 6..];
     let (line, rest) = rest.split_once(", Column: ")?;
     let col: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    let clean = message[..at].trim_end().trim_end_matches(" at").trim_end().to_string();
+    let clean = message[..at]
+        .trim_end()
+        .trim_end_matches(" at")
+        .trim_end()
+        .to_string();
     Some((line.trim().parse().ok()?, col.parse().ok()?, clean))
 }
 
@@ -103,7 +113,10 @@ impl From<ParserError> for SqlError {
 
 impl From<DataFusionError> for SqlError {
     fn from(e: DataFusionError) -> Self {
-        let span = e.diagnostic().and_then(|d| d.span).map(|s| (s.start.line, s.start.column));
+        let span = e
+            .diagnostic()
+            .and_then(|d| d.span)
+            .map(|s| (s.start.line, s.start.column));
         let e = e.find_root();
         let kind = match e {
             DataFusionError::SQL(..) => ErrorKind::Parse,
@@ -114,7 +127,9 @@ impl From<DataFusionError> for SqlError {
         };
         let msg = match e {
             DataFusionError::SQL(p, _) => return SqlError::from(p.as_ref().clone()),
-            DataFusionError::Plan(m) | DataFusionError::NotImplemented(m) | DataFusionError::Execution(m) => m.clone(),
+            DataFusionError::Plan(m)
+            | DataFusionError::NotImplemented(m)
+            | DataFusionError::Execution(m) => m.clone(),
             DataFusionError::SchemaError(s, _) => s.to_string(),
             other => other.to_string(),
         };
@@ -148,7 +163,9 @@ mod tests {
 
     #[test]
     fn positions_are_extracted() {
-        let e = SqlError::from(ParserError::ParserError("Expected: an expression, found: FROM at Line: 2, Column: 8".into()));
+        let e = SqlError::from(ParserError::ParserError(
+            "Expected: an expression, found: FROM at Line: 2, Column: 8".into(),
+        ));
         assert_eq!((e.line, e.column), (Some(2), Some(8)));
         assert_eq!(e.message, "Expected: an expression, found: FROM");
     }

@@ -29,8 +29,8 @@ use tocsin_engine::plan::Node;
 use tocsin_engine::{Engine, Plan, PushOutcome, Subscription};
 use tokio::sync::Mutex;
 
-pub use crate::catalog::{CatalogEntry, ObjectDef};
 use crate::catalog::{source_schema, Catalog};
+pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
 use crate::options::{RuleOptions, SourceOptions};
 use crate::parser::{Located, ObjectKind, Statement, SubscribeTarget};
@@ -40,9 +40,15 @@ pub enum StatementResult {
     /// A statement that changed the catalog (or a session setting).
     Ddl { statement: String, name: String },
     /// Rows: `SELECT`, `SHOW`, `EXPLAIN`.
-    Rows { schema: SchemaRef, batches: Vec<RecordBatch> },
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
     /// `INSERT INTO source`: rows pushed.
-    Inserted { source: String, outcome: PushOutcome },
+    Inserted {
+        source: String,
+        outcome: PushOutcome,
+    },
     /// `SUBSCRIBE TO ...`.
     Subscribe(Subscription),
 }
@@ -52,9 +58,15 @@ impl std::fmt::Debug for StatementResult {
         match self {
             StatementResult::Ddl { statement, name } => write!(f, "Ddl({statement} {name})"),
             StatementResult::Rows { batches, .. } => {
-                write!(f, "Rows({} rows)", batches.iter().map(RecordBatch::num_rows).sum::<usize>())
+                write!(
+                    f,
+                    "Rows({} rows)",
+                    batches.iter().map(RecordBatch::num_rows).sum::<usize>()
+                )
             }
-            StatementResult::Inserted { source, outcome } => write!(f, "Inserted({source}: {outcome:?})"),
+            StatementResult::Inserted { source, outcome } => {
+                write!(f, "Inserted({source}: {outcome:?})")
+            }
             StatementResult::Subscribe(_) => write!(f, "Subscribe"),
         }
     }
@@ -67,25 +79,44 @@ pub struct Tocsin {
 }
 
 fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
-    let schema = Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, false)).collect::<Vec<_>>()));
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
     let arrays: Vec<ArrayRef> = (0..columns.len())
-        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .map(|i| {
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r[i].as_str()),
+            )) as ArrayRef
+        })
         .collect();
-    let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SqlError::internal(e.to_string()))?;
-    Ok(StatementResult::Rows { schema, batches: vec![batch] })
+    let batch = RecordBatch::try_new(schema.clone(), arrays)
+        .map_err(|e| SqlError::internal(e.to_string()))?;
+    Ok(StatementResult::Rows {
+        schema,
+        batches: vec![batch],
+    })
 }
 
 fn options_sql(options: &[(String, String)]) -> String {
     if options.is_empty() {
         return String::new();
     }
-    let items: Vec<String> = options.iter().map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''"))).collect();
+    let items: Vec<String> = options
+        .iter()
+        .map(|(k, v)| format!("{k} = '{}'", v.replace('\'', "''")))
+        .collect();
     format!(" WITH ({})", items.join(", "))
 }
 
 impl Tocsin {
     pub fn new(engine: Engine) -> Self {
-        Tocsin { engine, catalog: Mutex::new(Catalog::default()) }
+        Tocsin {
+            engine,
+            catalog: Mutex::new(Catalog::default()),
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -94,7 +125,13 @@ impl Tocsin {
 
     /// Every catalog entry, in name order.
     pub async fn catalog(&self) -> Vec<CatalogEntry> {
-        self.catalog.lock().await.entries.values().cloned().collect()
+        self.catalog
+            .lock()
+            .await
+            .entries
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Runs one or more `;`-separated statements. Statements before a failing one stay applied;
@@ -103,7 +140,10 @@ impl Tocsin {
         let statements = parser::parse(sql)?;
         let mut out = Vec::with_capacity(statements.len());
         for (i, Located { statement, start }) in statements.into_iter().enumerate() {
-            let r = self.execute_statement(statement).await.map_err(|e| e.at(start.line, start.column).in_statement(i))?;
+            let r = self
+                .execute_statement(statement)
+                .await
+                .map_err(|e| e.at(start.line, start.column).in_statement(i))?;
             out.push(r);
         }
         Ok(out)
@@ -117,7 +157,10 @@ impl Tocsin {
         let mut seen = std::collections::HashSet::new();
         for f in plan.schema.fields() {
             if !seen.insert(f.name().clone()) {
-                return Err(SqlError::plan(format!("column name \"{}\" appears twice in the result: give one an alias", f.name())));
+                return Err(SqlError::plan(format!(
+                    "column name \"{}\" appears twice in the result: give one an alias",
+                    f.name()
+                )));
             }
         }
         Ok(plan)
@@ -125,27 +168,55 @@ impl Tocsin {
 
     async fn execute_statement(&self, statement: Statement) -> Result<StatementResult> {
         match statement {
-            Statement::CreateSource { name, columns, connector, options } => {
+            Statement::CreateSource {
+                name,
+                columns,
+                connector,
+                options,
+            } => {
                 let mut catalog = self.catalog.lock().await;
                 exists_check(&catalog, &name)?;
                 match connector.as_str() {
                     "WEBSOCKET" | "HTTP" => {}
                     "HOST" | "SNMP" | "SNMP TRAP" => {
-                        return Err(SqlError::unsupported(format!("the {connector} connector is not available in this build yet")))
+                        return Err(SqlError::unsupported(format!(
+                            "the {connector} connector is not available in this build yet"
+                        )))
                     }
-                    other => return Err(SqlError::plan(format!("unknown connector {other}: use WEBSOCKET or HTTP"))),
+                    other => {
+                        return Err(SqlError::plan(format!(
+                            "unknown connector {other}: use WEBSOCKET or HTTP"
+                        )))
+                    }
                 }
                 let sql_options = options.clone();
                 let opts = SourceOptions::parse(options)?;
                 let schema = source_schema(&columns)?;
-                self.engine.create_source(&name, schema.clone(), opts.retain).await?;
+                self.engine
+                    .create_source(&name, schema.clone(), opts.retain)
+                    .await?;
                 let cols: Vec<String> = columns.iter().map(ToString::to_string).collect();
-                let sql = format!("CREATE SOURCE {name} ({}) FROM {connector}{}", cols.join(", "), options_sql(&sql_options));
+                let sql = format!(
+                    "CREATE SOURCE {name} ({}) FROM {connector}{}",
+                    cols.join(", "),
+                    options_sql(&sql_options)
+                );
                 catalog.entries.insert(
                     name.clone(),
-                    CatalogEntry { name: name.clone(), schema, sql, def: ObjectDef::Source { connector, options: opts } },
+                    CatalogEntry {
+                        name: name.clone(),
+                        schema,
+                        sql,
+                        def: ObjectDef::Source {
+                            connector,
+                            options: opts,
+                        },
+                    },
                 );
-                Ok(StatementResult::Ddl { statement: "CREATE SOURCE".into(), name })
+                Ok(StatementResult::Ddl {
+                    statement: "CREATE SOURCE".into(),
+                    name,
+                })
             }
             Statement::CreateView { name, query } => {
                 let mut catalog = self.catalog.lock().await;
@@ -153,12 +224,25 @@ impl Tocsin {
                 let plan = self.plan_continuous(&catalog, &query).await?;
                 self.engine.create_relation(&name, plan.clone()).await?;
                 let sql = format!("CREATE VIEW {name} AS {query}");
-                catalog
-                    .entries
-                    .insert(name.clone(), CatalogEntry { name: name.clone(), schema: plan.schema.clone(), sql, def: ObjectDef::View { plan } });
-                Ok(StatementResult::Ddl { statement: "CREATE VIEW".into(), name })
+                catalog.entries.insert(
+                    name.clone(),
+                    CatalogEntry {
+                        name: name.clone(),
+                        schema: plan.schema.clone(),
+                        sql,
+                        def: ObjectDef::View { plan },
+                    },
+                );
+                Ok(StatementResult::Ddl {
+                    statement: "CREATE VIEW".into(),
+                    name,
+                })
             }
-            Statement::CreateRule { name, query, options } => {
+            Statement::CreateRule {
+                name,
+                query,
+                options,
+            } => {
                 let mut catalog = self.catalog.lock().await;
                 exists_check(&catalog, &name)?;
                 let sql_options = options.clone();
@@ -167,7 +251,9 @@ impl Tocsin {
                 if let Some(labels) = &opts.labels {
                     for l in labels {
                         if plan.schema.index_of(l).is_err() {
-                            return Err(SqlError::plan(format!("label \"{l}\" is not a column of the rule's result")));
+                            return Err(SqlError::plan(format!(
+                                "label \"{l}\" is not a column of the rule's result"
+                            )));
                         }
                     }
                 }
@@ -175,16 +261,43 @@ impl Tocsin {
                 let sql = format!("CREATE RULE {name} AS {query}{}", options_sql(&sql_options));
                 catalog.entries.insert(
                     name.clone(),
-                    CatalogEntry { name: name.clone(), schema: plan.schema.clone(), sql, def: ObjectDef::Rule { plan, options: opts } },
+                    CatalogEntry {
+                        name: name.clone(),
+                        schema: plan.schema.clone(),
+                        sql,
+                        def: ObjectDef::Rule {
+                            plan,
+                            options: opts,
+                        },
+                    },
                 );
-                Ok(StatementResult::Ddl { statement: "CREATE RULE".into(), name })
+                Ok(StatementResult::Ddl {
+                    statement: "CREATE RULE".into(),
+                    name,
+                })
             }
-            Statement::CreateSink { .. } => Err(SqlError::unsupported("CREATE SINK: notification sinks are not available in this build yet")),
-            Statement::Drop { kind, name, if_exists } => {
+            Statement::CreateSink { .. } => Err(SqlError::unsupported(
+                "CREATE SINK: notification sinks are not available in this build yet",
+            )),
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
                 let mut catalog = self.catalog.lock().await;
                 match catalog.entries.get(&name) {
-                    None if if_exists => return Ok(StatementResult::Ddl { statement: format!("DROP {}", kind.as_str()), name }),
-                    None => return Err(SqlError::plan(format!("{} \"{name}\" does not exist", kind.as_str().to_lowercase()))),
+                    None if if_exists => {
+                        return Ok(StatementResult::Ddl {
+                            statement: format!("DROP {}", kind.as_str()),
+                            name,
+                        })
+                    }
+                    None => {
+                        return Err(SqlError::plan(format!(
+                            "{} \"{name}\" does not exist",
+                            kind.as_str().to_lowercase()
+                        )))
+                    }
                     Some(e) if e.kind() != kind => {
                         return Err(SqlError::plan(format!(
                             "\"{name}\" is a {}, not a {}",
@@ -196,64 +309,120 @@ impl Tocsin {
                 }
                 self.engine.drop_object(&name)?;
                 catalog.entries.remove(&name);
-                Ok(StatementResult::Ddl { statement: format!("DROP {}", kind.as_str()), name })
+                Ok(StatementResult::Ddl {
+                    statement: format!("DROP {}", kind.as_str()),
+                    name,
+                })
             }
             Statement::Show { kind } => {
                 let catalog = self.catalog.lock().await;
-                let rows = catalog.entries.values().filter(|e| e.kind() == kind).map(|e| vec![e.name.clone(), e.sql.clone()]).collect();
+                let rows = catalog
+                    .entries
+                    .values()
+                    .filter(|e| e.kind() == kind)
+                    .map(|e| vec![e.name.clone(), e.sql.clone()])
+                    .collect();
                 text_rows(&["name", "sql"], rows)
             }
-            Statement::ShowAlerts => Err(SqlError::unsupported("SHOW ALERTS: the alert manager is not available in this build yet")),
+            Statement::ShowAlerts => Err(SqlError::unsupported(
+                "SHOW ALERTS: the alert manager is not available in this build yet",
+            )),
             Statement::ShowColumns { name } => {
                 let catalog = self.catalog.lock().await;
-                let e = catalog.entries.get(&name).ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
+                let e = catalog
+                    .entries
+                    .get(&name)
+                    .ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
                 let rows = e
                     .schema
                     .fields()
                     .iter()
-                    .map(|f| vec![f.name().clone(), sql_type_name(f.data_type()), f.is_nullable().to_string()])
+                    .map(|f| {
+                        vec![
+                            f.name().clone(),
+                            sql_type_name(f.data_type()),
+                            f.is_nullable().to_string(),
+                        ]
+                    })
                     .collect();
                 text_rows(&["name", "type", "nullable"], rows)
             }
             Statement::Explain { kind, name } => {
                 let catalog = self.catalog.lock().await;
-                let e = catalog.entries.get(&name).ok_or_else(|| SqlError::plan(format!("\"{name}\" does not exist")))?;
+                let e = catalog
+                    .entries
+                    .get(&name)
+                    .ok_or_else(|| SqlError::plan(format!("\"{name}\" does not exist")))?;
                 if let Some(k) = kind {
                     if k != e.kind() {
-                        return Err(SqlError::plan(format!("\"{name}\" is a {}", e.kind().as_str().to_lowercase())));
+                        return Err(SqlError::plan(format!(
+                            "\"{name}\" is a {}",
+                            e.kind().as_str().to_lowercase()
+                        )));
                     }
                 }
                 let text = match e.plan() {
                     Some(p) => p.explain(),
-                    None => Plan { node: Node::Source { name: name.clone() }, schema: e.schema.clone() }.explain(),
+                    None => Plan {
+                        node: Node::Source { name: name.clone() },
+                        schema: e.schema.clone(),
+                    }
+                    .explain(),
                 };
-                text_rows(&["plan"], text.lines().map(|l| vec![l.to_string()]).collect())
+                text_rows(
+                    &["plan"],
+                    text.lines().map(|l| vec![l.to_string()]).collect(),
+                )
             }
             Statement::ExplainQuery { query } => {
                 let catalog = self.catalog.lock().await;
                 let plan = self.plan_continuous(&catalog, &query).await?;
-                text_rows(&["plan"], plan.explain().lines().map(|l| vec![l.to_string()]).collect())
+                text_rows(
+                    &["plan"],
+                    plan.explain()
+                        .lines()
+                        .map(|l| vec![l.to_string()])
+                        .collect(),
+                )
             }
             Statement::Subscribe { target } => {
                 let plan = {
                     let catalog = self.catalog.lock().await;
                     match target {
                         SubscribeTarget::Name(name) => {
-                            let e = catalog.entries.get(&name).ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
-                            let node = if e.kind() == ObjectKind::Source { Node::Source { name } } else { Node::Relation { name } };
-                            Plan { node, schema: e.schema.clone() }
+                            let e = catalog.entries.get(&name).ok_or_else(|| {
+                                SqlError::plan(format!("relation \"{name}\" does not exist"))
+                            })?;
+                            let node = if e.kind() == ObjectKind::Source {
+                                Node::Source { name }
+                            } else {
+                                Node::Relation { name }
+                            };
+                            Plan {
+                                node,
+                                schema: e.schema.clone(),
+                            }
                         }
                         SubscribeTarget::Query(q) => self.plan_continuous(&catalog, &q).await?,
                     }
                 };
-                Ok(StatementResult::Subscribe(self.engine.subscribe(plan).await?))
+                Ok(StatementResult::Subscribe(
+                    self.engine.subscribe(plan).await?,
+                ))
             }
-            Statement::Insert { source, columns, query } => self.insert(&source, &columns, &query).await,
+            Statement::Insert {
+                source,
+                columns,
+                query,
+            } => self.insert(&source, &columns, &query).await,
             Statement::Query { query } => {
                 let (schema, batches) = self.query(&query).await?;
                 Ok(StatementResult::Rows { schema, batches })
             }
-            Statement::Set => Ok(StatementResult::Ddl { statement: "SET".into(), name: String::new() }),
+            Statement::Set => Ok(StatementResult::Ddl {
+                statement: "SET".into(),
+                name: String::new(),
+            }),
         }
     }
 
@@ -271,7 +440,11 @@ impl Tocsin {
         };
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let peek = self.engine.peek(&refs).await?;
-        let tables = names.into_iter().zip(peek.relations).map(|(n, (s, b))| (n, s, b)).collect();
+        let tables = names
+            .into_iter()
+            .zip(peek.relations)
+            .map(|(n, (s, b))| (n, s, b))
+            .collect();
         let ctx = planner::batch_context(tables, peek.time as i64)?;
         let plan = planner::plan_query(&ctx, query).await?;
         let df = ctx.execute_logical_plan(plan).await?;
@@ -284,30 +457,55 @@ impl Tocsin {
     /// columns with NULL and a missing `ts` with the current time, and pushes them. Rows the
     /// source refuses (late, too far in the future) make the statement fail with their reasons;
     /// the other rows are kept.
-    async fn insert(&self, source: &str, columns: &[String], query: &Query) -> Result<StatementResult> {
+    async fn insert(
+        &self,
+        source: &str,
+        columns: &[String],
+        query: &Query,
+    ) -> Result<StatementResult> {
         let schema = {
             let catalog = self.catalog.lock().await;
             match catalog.entries.get(source) {
                 Some(e) if e.kind() == ObjectKind::Source => e.schema.clone(),
-                Some(_) => return Err(SqlError::plan(format!("\"{source}\" is not a source: only sources take rows"))),
-                None => return Err(SqlError::plan(format!("source \"{source}\" does not exist"))),
+                Some(_) => {
+                    return Err(SqlError::plan(format!(
+                        "\"{source}\" is not a source: only sources take rows"
+                    )))
+                }
+                None => {
+                    return Err(SqlError::plan(format!(
+                        "source \"{source}\" does not exist"
+                    )))
+                }
             }
         };
         let (vschema, batches) = self.query(query).await?;
         let names: Vec<String> = if columns.is_empty() {
-            schema.fields().iter().take(vschema.fields().len()).map(|f| f.name().clone()).collect()
+            schema
+                .fields()
+                .iter()
+                .take(vschema.fields().len())
+                .map(|f| f.name().clone())
+                .collect()
         } else {
             columns.to_vec()
         };
         if names.len() != vschema.fields().len() {
-            return Err(SqlError::plan(format!("INSERT names {} columns but gives {} values per row", names.len(), vschema.fields().len())));
+            return Err(SqlError::plan(format!(
+                "INSERT names {} columns but gives {} values per row",
+                names.len(),
+                vschema.fields().len()
+            )));
         }
         for n in &names {
             if schema.index_of(n).is_err() {
-                return Err(SqlError::plan(format!("source \"{source}\" has no column \"{n}\"")));
+                return Err(SqlError::plan(format!(
+                    "source \"{source}\" has no column \"{n}\""
+                )));
             }
         }
-        let now = self.engine.now() as i64;
+        // The ingestion time is the wall clock's; the engine's logical time may run a few ms ahead.
+        let now = self.engine.clock().now() as i64;
         let mut total = PushOutcome::default();
         let mut offset = 0;
         for b in batches {
@@ -315,34 +513,56 @@ impl Tocsin {
             let mut arrays = Vec::with_capacity(schema.fields().len());
             for f in schema.fields() {
                 let arr: ArrayRef = match names.iter().position(|c| c == f.name()) {
-                    Some(i) => cast(b.column(i), f.data_type()).map_err(|e| SqlError::plan(format!("column \"{}\": {e}", f.name())))?,
-                    None if f.name() == "ts" => {
-                        Arc::new(datafusion::arrow::array::TimestampMillisecondArray::from(vec![now; n]).with_timezone("UTC"))
-                    }
+                    Some(i) => cast(b.column(i), f.data_type())
+                        .map_err(|e| SqlError::plan(format!("column \"{}\": {e}", f.name())))?,
+                    None if f.name() == "ts" => Arc::new(
+                        datafusion::arrow::array::TimestampMillisecondArray::from(vec![now; n])
+                            .with_timezone("UTC"),
+                    ),
                     None => datafusion::arrow::array::new_null_array(f.data_type(), n),
                 };
                 arrays.push(arr);
             }
-            let batch = RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SqlError::plan(e.to_string()))?;
+            let batch = RecordBatch::try_new(schema.clone(), arrays)
+                .map_err(|e| SqlError::plan(e.to_string()))?;
             let outcome = self.engine.push(source, batch)?;
             total.accepted += outcome.accepted;
             total.time = outcome.time;
-            total.rejected.extend(outcome.rejected.into_iter().map(|(r, m)| (r + offset, m)));
+            total
+                .rejected
+                .extend(outcome.rejected.into_iter().map(|(r, m)| (r + offset, m)));
             offset += n;
         }
         if !total.rejected.is_empty() {
-            let reasons: Vec<String> = total.rejected.iter().map(|(r, m)| format!("row {}: {m}", r + 1)).collect();
+            let reasons: Vec<String> = total
+                .rejected
+                .iter()
+                .map(|(r, m)| format!("row {}: {m}", r + 1))
+                .collect();
             return Err(SqlError::new(
                 ErrorKind::Execution,
-                format!("{} row(s) rejected ({}); {} row(s) accepted", total.rejected.len(), reasons.join("; "), total.accepted),
+                format!(
+                    "{} row(s) rejected ({}); {} row(s) accepted",
+                    total.rejected.len(),
+                    reasons.join("; "),
+                    total.accepted
+                ),
             ));
         }
-        Ok(StatementResult::Inserted { source: source.to_string(), outcome: total })
+        Ok(StatementResult::Inserted {
+            source: source.to_string(),
+            outcome: total,
+        })
     }
 
     /// Subscribes to a rule's or view's output changes.
     pub async fn subscribe(&self, name: &str) -> Result<Subscription> {
-        match self.execute_statement(Statement::Subscribe { target: SubscribeTarget::Name(name.to_string()) }).await? {
+        match self
+            .execute_statement(Statement::Subscribe {
+                target: SubscribeTarget::Name(name.to_string()),
+            })
+            .await?
+        {
             StatementResult::Subscribe(s) => Ok(s),
             _ => Err(SqlError::internal("subscribe returned no subscription")),
         }
@@ -351,7 +571,10 @@ impl Tocsin {
 
 fn exists_check(catalog: &Catalog, name: &str) -> Result<()> {
     if let Some(e) = catalog.entries.get(name) {
-        return Err(SqlError::plan(format!("{} \"{name}\" already exists", e.kind().as_str().to_lowercase())));
+        return Err(SqlError::plan(format!(
+            "{} \"{name}\" already exists",
+            e.kind().as_str().to_lowercase()
+        )));
     }
     Ok(())
 }
@@ -372,4 +595,3 @@ pub fn sql_type_name(t: &DataType) -> String {
         other => other.to_string().to_lowercase(),
     }
 }
-

@@ -17,9 +17,11 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DFSchemaRef, NullEquality, ScalarValue};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Distinct, Expr, ExprSchemable, JoinType, LogicalPlan, Operator};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Distinct, Expr, ExprSchemable, JoinType, LogicalPlan, Operator,
+};
 use datafusion::physical_expr::create_physical_expr;
 use tocsin_engine::plan::{AggFunc, Aggregate, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
 use tocsin_engine::row::batch_to_rows;
@@ -38,7 +40,12 @@ fn arrow(schema: &DFSchemaRef) -> SchemaRef {
 }
 
 fn phys(expr: &Expr, schema: &DFSchema) -> Result<tocsin_engine::Expr> {
-    Ok(create_physical_expr(expr, schema, &ExecutionProps::new(), &PhysicalPlanningContext::default())?)
+    Ok(create_physical_expr(
+        expr,
+        schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )?)
 }
 
 pub(crate) fn contains_now(expr: &Expr) -> bool {
@@ -64,38 +71,85 @@ fn no_now(expr: &Expr, place: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether a projection keeps every input column, in order.
+fn is_identity(step: &MfpStep, input: &SchemaRef) -> bool {
+    let MfpStep::Project { exprs, .. } = step else {
+        return false;
+    };
+    exprs.len() == input.fields().len()
+        && exprs.iter().enumerate().all(|(i, e)| {
+            e.downcast_ref::<datafusion::physical_expr::expressions::Column>()
+                .is_some_and(|c| c.index() == i)
+        })
+}
+
 /// Adds a stateless step on top of `input`, merging into an MFP that is already there.
+/// A projection that keeps every column in order only renames them and adds no step.
 fn with_step(input: Plan, step: MfpStep, schema: SchemaRef) -> Plan {
+    if is_identity(&step, &input.schema) {
+        return Plan {
+            node: input.node,
+            schema,
+        };
+    }
     match input.node {
-        Node::Mfp { input: inner, mut steps } => {
+        Node::Mfp {
+            input: inner,
+            mut steps,
+        } => {
             steps.push(step);
-            Plan { node: Node::Mfp { input: inner, steps }, schema }
+            Plan {
+                node: Node::Mfp {
+                    input: inner,
+                    steps,
+                },
+                schema,
+            }
         }
         node => {
-            let inner = Plan { node, schema: input.schema };
-            Plan { node: Node::Mfp { input: Box::new(inner), steps: vec![step] }, schema }
+            let inner = Plan {
+                node,
+                schema: input.schema,
+            };
+            Plan {
+                node: Node::Mfp {
+                    input: Box::new(inner),
+                    steps: vec![step],
+                },
+                schema,
+            }
         }
     }
 }
 
 /// The constant part of `now() ± interval`, in milliseconds.
 fn now_offset(e: &Expr) -> Result<i64> {
-    let bad = || SqlError::unsupported(format!("{e}: compare a row's time with now() or now() plus or minus a constant interval"));
+    let bad = || {
+        SqlError::unsupported(format!(
+            "{e}: compare a row's time with now() or now() plus or minus a constant interval"
+        ))
+    };
     match e {
         Expr::ScalarFunction(f) if f.func.name() == ContinuousNow::NAME => Ok(0),
         Expr::Alias(a) => now_offset(&a.expr),
         Expr::Cast(c) => now_offset(&c.expr),
         Expr::TryCast(c) => now_offset(&c.expr),
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Plus, right }) => {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Plus,
+            right,
+        }) => {
             if contains_now(left) {
                 Ok(now_offset(left)? + interval_ms(right).ok_or_else(bad)?)
             } else {
                 Ok(interval_ms(left).ok_or_else(bad)? + now_offset(right)?)
             }
         }
-        Expr::BinaryExpr(BinaryExpr { left, op: Operator::Minus, right }) if contains_now(left) => {
-            Ok(now_offset(left)? - interval_ms(right).ok_or_else(bad)?)
-        }
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Minus,
+            right,
+        }) if contains_now(left) => Ok(now_offset(left)? - interval_ms(right).ok_or_else(bad)?),
         _ => Err(bad()),
     }
 }
@@ -106,7 +160,9 @@ fn interval_ms(e: &Expr) -> Option<i64> {
             ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
                 Some(i64::from(i.days) * 86_400_000 + i.nanoseconds / 1_000_000)
             }
-            ScalarValue::IntervalDayTime(Some(i)) => Some(i64::from(i.days) * 86_400_000 + i64::from(i.milliseconds)),
+            ScalarValue::IntervalDayTime(Some(i)) => {
+                Some(i64::from(i.days) * 86_400_000 + i64::from(i.milliseconds))
+            }
             ScalarValue::DurationSecond(Some(s)) => Some(s * 1000),
             ScalarValue::DurationMillisecond(Some(s)) => Some(*s),
             ScalarValue::DurationMicrosecond(Some(s)) => Some(s / 1000),
@@ -119,7 +175,12 @@ fn interval_ms(e: &Expr) -> Option<i64> {
 }
 
 /// Turns one conjunct that mentions `now()` into bounds.
-fn temporal(e: &Expr, schema: &DFSchema, lower: &mut Vec<TimeBound>, upper: &mut Vec<TimeBound>) -> Result<()> {
+fn temporal(
+    e: &Expr,
+    schema: &DFSchema,
+    lower: &mut Vec<TimeBound>,
+    upper: &mut Vec<TimeBound>,
+) -> Result<()> {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right })
             if matches!(op, Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq) =>
@@ -159,7 +220,11 @@ fn literal_rows(values: &[Vec<Expr>], schema: &SchemaRef) -> Result<Vec<tocsin_e
         for row in values {
             match &row[c] {
                 Expr::Literal(v, _) => scalars.push(v.cast_to(field.data_type())?),
-                other => return Err(SqlError::unsupported(format!("non-constant expression {other} in VALUES"))),
+                other => {
+                    return Err(SqlError::unsupported(format!(
+                        "non-constant expression {other} in VALUES"
+                    )))
+                }
             }
         }
         columns.push(if scalars.is_empty() {
@@ -169,7 +234,8 @@ fn literal_rows(values: &[Vec<Expr>], schema: &SchemaRef) -> Result<Vec<tocsin_e
         });
     }
     let opts = RecordBatchOptions::new().with_row_count(Some(values.len()));
-    let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &opts).map_err(|e| SqlError::plan(e.to_string()))?;
+    let batch = RecordBatch::try_new_with_options(schema.clone(), columns, &opts)
+        .map_err(|e| SqlError::plan(e.to_string()))?;
     Ok(batch_to_rows(&batch, None)?)
 }
 
@@ -179,20 +245,35 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             let name = scan.table_name.table().to_string();
-            let (is_source, full) =
-                rels.lookup(&name).ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
+            let (is_source, full) = rels
+                .lookup(&name)
+                .ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
             if scan.fetch.is_some() {
                 return Err(SqlError::unsupported("LIMIT in a continuous query"));
             }
-            let node = if is_source { Node::Source { name } } else { Node::Relation { name } };
-            let mut out = Plan { node, schema: full.clone() };
+            let node = if is_source {
+                Node::Source { name }
+            } else {
+                Node::Relation { name }
+            };
+            let mut out = Plan {
+                node,
+                schema: full.clone(),
+            };
             if let Some(proj) = &scan.projection {
                 let full_df = DFSchema::try_from(full.as_ref().clone())?;
                 let exprs = proj
                     .iter()
                     .map(|i| phys(&Expr::Column(full_df.columns()[*i].clone()), &full_df))
                     .collect::<Result<Vec<_>>>()?;
-                out = with_step(out, MfpStep::Project { exprs, schema: schema.clone() }, schema.clone());
+                out = with_step(
+                    out,
+                    MfpStep::Project {
+                        exprs,
+                        schema: schema.clone(),
+                    },
+                    schema.clone(),
+                );
             }
             if !scan.filters.is_empty() {
                 return Err(SqlError::internal("filters pushed into a scan"));
@@ -204,24 +285,52 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                 no_now(e, "a SELECT list")?;
             }
             let input = lower(&p.input, rels)?;
-            let exprs = p.expr.iter().map(|e| phys(e, p.input.schema())).collect::<Result<Vec<_>>>()?;
-            Ok(with_step(input, MfpStep::Project { exprs, schema: schema.clone() }, schema))
+            let exprs = p
+                .expr
+                .iter()
+                .map(|e| phys(e, p.input.schema()))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(with_step(
+                input,
+                MfpStep::Project {
+                    exprs,
+                    schema: schema.clone(),
+                },
+                schema,
+            ))
         }
         LogicalPlan::Filter(f) => {
             let input = lower(&f.input, rels)?;
             let in_schema = f.input.schema();
-            let (timed, plain): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&f.predicate).into_iter().partition(|e| contains_now(e));
+            let (timed, plain): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&f.predicate)
+                .into_iter()
+                .partition(|e| contains_now(e));
             let mut out = input;
             if !plain.is_empty() {
-                let pred = plain.into_iter().cloned().reduce(Expr::and).expect("non-empty");
-                out = with_step(out, MfpStep::Filter(phys(&pred, in_schema)?), schema.clone());
+                let pred = plain
+                    .into_iter()
+                    .cloned()
+                    .reduce(Expr::and)
+                    .expect("non-empty");
+                out = with_step(
+                    out,
+                    MfpStep::Filter(phys(&pred, in_schema)?),
+                    schema.clone(),
+                );
             }
             if !timed.is_empty() {
                 let (mut lower_b, mut upper_b) = (Vec::new(), Vec::new());
                 for e in timed {
                     temporal(e, in_schema, &mut lower_b, &mut upper_b)?;
                 }
-                out = with_step(out, MfpStep::Temporal { lower: lower_b, upper: upper_b }, schema.clone());
+                out = with_step(
+                    out,
+                    MfpStep::Temporal {
+                        lower: lower_b,
+                        upper: upper_b,
+                    },
+                    schema.clone(),
+                );
             }
             Ok(out)
         }
@@ -238,7 +347,9 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             let keys = pre.len();
             let mut aggs = Vec::new();
             for ae in &a.aggr_expr {
-                let Expr::AggregateFunction(AggregateFunction { func, params }) = ae.clone().unalias_nested().data else {
+                let Expr::AggregateFunction(AggregateFunction { func, params }) =
+                    ae.clone().unalias_nested().data
+                else {
                     return Err(SqlError::internal(format!("aggregate expression {ae}")));
                 };
                 if params.filter.is_some() {
@@ -248,7 +359,11 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                 let arg = match params.args.as_slice() {
                     [] => Expr::Literal(ScalarValue::Int64(Some(1)), None),
                     [a] => a.clone(),
-                    _ => return Err(SqlError::unsupported(format!("aggregate {name} with several arguments"))),
+                    _ => {
+                        return Err(SqlError::unsupported(format!(
+                            "aggregate {name} with several arguments"
+                        )))
+                    }
                 };
                 no_now(&arg, "an aggregate's argument")?;
                 let mut order = Vec::new();
@@ -271,35 +386,83 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                         }
                         AggFunc::First(order)
                     }
-                    other => return Err(SqlError::unsupported(format!("aggregate function {other}"))),
+                    other => {
+                        return Err(SqlError::unsupported(format!("aggregate function {other}")))
+                    }
                 };
                 pre.push(arg);
-                aggs.push(Aggregate { func, arg: pre.len() - 1, distinct: params.distinct });
+                aggs.push(Aggregate {
+                    func,
+                    arg: pre.len() - 1,
+                    distinct: params.distinct,
+                });
             }
             let input = lower(&a.input, rels)?;
             let fields = pre
                 .iter()
                 .enumerate()
-                .map(|(i, e)| Ok(Field::new(format!("c{i}"), e.get_type(in_df.as_ref())?, true)))
+                .map(|(i, e)| {
+                    Ok(Field::new(
+                        format!("c{i}"),
+                        e.get_type(in_df.as_ref())?,
+                        true,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let pre_schema: SchemaRef = Arc::new(Schema::new(fields));
-            let exprs = pre.iter().map(|e| phys(e, in_df)).collect::<Result<Vec<_>>>()?;
-            let input = with_step(input, MfpStep::Project { exprs, schema: pre_schema.clone() }, pre_schema);
-            Ok(Plan { node: Node::Reduce { input: Box::new(input), keys, aggs }, schema })
+            let exprs = pre
+                .iter()
+                .map(|e| phys(e, in_df))
+                .collect::<Result<Vec<_>>>()?;
+            let input = with_step(
+                input,
+                MfpStep::Project {
+                    exprs,
+                    schema: pre_schema.clone(),
+                },
+                pre_schema,
+            );
+            Ok(Plan {
+                node: Node::Reduce {
+                    input: Box::new(input),
+                    keys,
+                    aggs,
+                },
+                schema,
+            })
         }
         LogicalPlan::Distinct(Distinct::All(input)) => {
             let keys = input.schema().fields().len();
             let input = lower(input, rels)?;
-            Ok(Plan { node: Node::Reduce { input: Box::new(input), keys, aggs: Vec::new() }, schema })
+            Ok(Plan {
+                node: Node::Reduce {
+                    input: Box::new(input),
+                    keys,
+                    aggs: Vec::new(),
+                },
+                schema,
+            })
         }
         LogicalPlan::Join(j) => {
             let kind = match j.join_type {
                 JoinType::Inner => JoinKind::Inner,
                 JoinType::Left => JoinKind::Left,
-                JoinType::LeftSemi | JoinType::LeftAnti | JoinType::RightSemi | JoinType::RightAnti | JoinType::LeftMark | JoinType::RightMark => {
-                    return Err(SqlError::unsupported("IN / EXISTS subqueries (semi and anti joins)"))
+                JoinType::LeftSemi
+                | JoinType::LeftAnti
+                | JoinType::RightSemi
+                | JoinType::RightAnti
+                | JoinType::LeftMark
+                | JoinType::RightMark => {
+                    return Err(SqlError::unsupported(
+                        "IN / EXISTS subqueries (semi and anti joins)",
+                    ))
                 }
-                other => return Err(SqlError::unsupported(format!("{} JOIN", other.to_string().to_uppercase()))),
+                other => {
+                    return Err(SqlError::unsupported(format!(
+                        "{} JOIN",
+                        other.to_string().to_uppercase()
+                    )))
+                }
             };
             if j.null_equality == NullEquality::NullEqualsNull {
                 return Err(SqlError::unsupported("joins where NULL equals NULL"));
@@ -308,7 +471,9 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             let mut right_keys = Vec::new();
             for (l, r) in &j.on {
                 let (Expr::Column(lc), Expr::Column(rc)) = (l, r) else {
-                    return Err(SqlError::unsupported(format!("join condition {l} = {r}: join keys must be plain columns")));
+                    return Err(SqlError::unsupported(format!(
+                        "join condition {l} = {r}: join keys must be plain columns"
+                    )));
                 };
                 left_keys.push(j.left.schema().index_of_column(lc)?);
                 right_keys.push(j.right.schema().index_of_column(rc)?);
@@ -316,46 +481,83 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             let left = lower(&j.left, rels)?;
             let right = lower(&j.right, rels)?;
             let joined = Plan {
-                node: Node::Join { left: Box::new(left), right: Box::new(right), left_keys, right_keys, kind },
+                node: Node::Join {
+                    left: Box::new(left),
+                    right: Box::new(right),
+                    left_keys,
+                    right_keys,
+                    kind,
+                },
                 schema: schema.clone(),
             };
             match &j.filter {
                 None => Ok(joined),
-                Some(_) if kind == JoinKind::Left => {
-                    Err(SqlError::unsupported("LEFT JOIN with conditions other than column equalities"))
-                }
+                Some(_) if kind == JoinKind::Left => Err(SqlError::unsupported(
+                    "LEFT JOIN with conditions other than column equalities",
+                )),
                 Some(f) => {
                     no_now(f, "a join condition")?;
-                    Ok(with_step(joined, MfpStep::Filter(phys(f, &j.schema)?), schema))
+                    Ok(with_step(
+                        joined,
+                        MfpStep::Filter(phys(f, &j.schema)?),
+                        schema,
+                    ))
                 }
             }
         }
         LogicalPlan::Union(u) => {
-            let inputs = u.inputs.iter().map(|i| lower(i, rels)).collect::<Result<Vec<_>>>()?;
-            Ok(Plan { node: Node::Union { inputs }, schema })
+            let inputs = u
+                .inputs
+                .iter()
+                .map(|i| lower(i, rels))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Plan {
+                node: Node::Union { inputs },
+                schema,
+            })
         }
         LogicalPlan::SubqueryAlias(s) => {
             let inner = lower(&s.input, rels)?;
-            Ok(Plan { node: inner.node, schema })
+            Ok(Plan {
+                node: inner.node,
+                schema,
+            })
         }
         LogicalPlan::Sort(s) => {
             if s.fetch.is_some() {
-                return Err(SqlError::unsupported("ORDER BY ... LIMIT (top-k) in a continuous query"));
+                return Err(SqlError::unsupported(
+                    "ORDER BY ... LIMIT (top-k) in a continuous query",
+                ));
             }
             // A maintained result is a set of rows; ordering it changes nothing.
             lower(&s.input, rels)
         }
         LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT in a continuous query")),
         LogicalPlan::Window(_) => Err(SqlError::unsupported("window functions (OVER)")),
-        LogicalPlan::Values(v) => Ok(Plan { node: Node::Constant { rows: literal_rows(&v.values, &schema)? }, schema }),
+        LogicalPlan::Values(v) => Ok(Plan {
+            node: Node::Constant {
+                rows: literal_rows(&v.values, &schema)?,
+            },
+            schema,
+        }),
         LogicalPlan::EmptyRelation(e) => {
-            let rows = if e.produce_one_row { vec![Vec::new().into_boxed_slice()] } else { Vec::new() };
-            Ok(Plan { node: Node::Constant { rows }, schema })
+            let rows = if e.produce_one_row {
+                vec![Vec::new().into_boxed_slice()]
+            } else {
+                Vec::new()
+            };
+            Ok(Plan {
+                node: Node::Constant { rows },
+                schema,
+            })
         }
         LogicalPlan::Unnest(_) => Err(SqlError::unsupported("UNNEST")),
         LogicalPlan::RecursiveQuery(_) => Err(SqlError::unsupported("recursive queries")),
         LogicalPlan::Subquery(_) => Err(SqlError::unsupported("correlated subqueries")),
         LogicalPlan::Repartition(r) => lower(&r.input, rels),
-        other => Err(SqlError::unsupported(format!("{} in a continuous query", other.display()))),
+        other => Err(SqlError::unsupported(format!(
+            "{} in a continuous query",
+            other.display()
+        ))),
     }
 }

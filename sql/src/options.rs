@@ -8,20 +8,28 @@ use crate::parser::Options;
 
 /// Parses `'30s'`, `'5m'`, `'1h'`, `'2d'`, `'250ms'`, `'10 minutes'`, `'1 hour 30 minutes'`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let bad = || SqlError::plan(format!("invalid duration '{text}': use e.g. '30s', '5m', '1h', '10 minutes'"));
+    let bad = || {
+        SqlError::plan(format!(
+            "invalid duration '{text}': use e.g. '30s', '5m', '1h', '10 minutes'"
+        ))
+    };
     let mut total = Duration::ZERO;
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
     }
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         if num_len == 0 {
             return Err(bad());
         }
         let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
         rest = rest[num_len..].trim_start();
-        let unit_len = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
         let unit = rest[..unit_len].to_ascii_lowercase();
         rest = rest[unit_len..].trim_start();
         let secs = match unit.as_str() {
@@ -44,7 +52,10 @@ fn take(options: &mut Options, key: &str) -> Option<String> {
 
 fn reject_rest(options: &Options, what: &str, known: &[&str]) -> Result<()> {
     if let Some((k, _)) = options.first() {
-        return Err(SqlError::plan(format!("unknown option '{k}' for {what}; known options: {}", known.join(", "))));
+        return Err(SqlError::plan(format!(
+            "unknown option '{k}' for {what}; known options: {}",
+            known.join(", ")
+        )));
     }
     Ok(())
 }
@@ -62,11 +73,18 @@ pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
 
 impl SourceOptions {
     pub fn parse(mut options: Options) -> Result<Self> {
-        let format = take(&mut options, "format").unwrap_or_else(|| "json".into()).to_lowercase();
+        let format = take(&mut options, "format")
+            .unwrap_or_else(|| "json".into())
+            .to_lowercase();
         if !["json", "ndjson", "influx", "arrow"].contains(&format.as_str()) {
-            return Err(SqlError::plan(format!("unknown format '{format}': use json, ndjson, influx or arrow")));
+            return Err(SqlError::plan(format!(
+                "unknown format '{format}': use json, ndjson, influx or arrow"
+            )));
         }
-        let retain = take(&mut options, "retain").map(|r| parse_duration(&r)).transpose()?.unwrap_or(DEFAULT_RETAIN);
+        let retain = take(&mut options, "retain")
+            .map(|r| parse_duration(&r))
+            .transpose()?
+            .unwrap_or(DEFAULT_RETAIN);
         if retain.is_zero() {
             return Err(SqlError::plan("retain must be longer than 0s"));
         }
@@ -98,10 +116,16 @@ pub struct RuleOptions {
 impl RuleOptions {
     pub fn parse(mut options: Options) -> Result<Self> {
         let dur = |o: &mut Options, k: &str, d: Duration| -> Result<Duration> {
-            take(o, k).map(|v| parse_duration(&v)).transpose().map(|v| v.unwrap_or(d))
+            take(o, k)
+                .map(|v| parse_duration(&v))
+                .transpose()
+                .map(|v| v.unwrap_or(d))
         };
         let list = |v: String| -> Vec<String> {
-            v.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect()
+            v.split(',')
+                .map(|s| s.trim().to_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect()
         };
         let out = RuleOptions {
             r#for: dur(&mut options, "for", Duration::ZERO)?,
@@ -116,7 +140,16 @@ impl RuleOptions {
         reject_rest(
             &options,
             "a rule",
-            &["for", "keep_firing_for", "severity", "summary", "description", "labels", "sink", "repeat"],
+            &[
+                "for",
+                "keep_firing_for",
+                "severity",
+                "summary",
+                "description",
+                "labels",
+                "sink",
+                "repeat",
+            ],
         )?;
         Ok(out)
     }
@@ -130,7 +163,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("10 minutes").unwrap(), Duration::from_secs(600));
+        assert_eq!(
+            parse_duration("10 minutes").unwrap(),
+            Duration::from_secs(600)
+        );
         assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("soon").is_err());
@@ -141,7 +177,11 @@ mod tests {
     fn unknown_rule_options_are_rejected() {
         let e = RuleOptions::parse(vec![("fro".into(), "30s".into())]).unwrap_err();
         assert!(e.message.contains("unknown option 'fro'"), "{e}");
-        let o = RuleOptions::parse(vec![("for".into(), "30s".into()), ("sink".into(), "a, b".into())]).unwrap();
+        let o = RuleOptions::parse(vec![
+            ("for".into(), "30s".into()),
+            ("sink".into(), "a, b".into()),
+        ])
+        .unwrap();
         assert_eq!(o.r#for, Duration::from_secs(30));
         assert_eq!(o.sinks, vec!["a", "b"]);
         assert_eq!(o.repeat, Duration::from_secs(14400));

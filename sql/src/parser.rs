@@ -55,19 +55,54 @@ pub enum SubscribeTarget {
 /// One parsed statement.
 #[derive(Clone, Debug)]
 pub enum Statement {
-    CreateSource { name: String, columns: Vec<ColumnDef>, connector: String, options: Options },
-    CreateView { name: String, query: Box<Query> },
-    CreateRule { name: String, query: Box<Query>, options: Options },
-    CreateSink { name: String },
-    Drop { kind: ObjectKind, name: String, if_exists: bool },
-    Show { kind: ObjectKind },
+    CreateSource {
+        name: String,
+        columns: Vec<ColumnDef>,
+        connector: String,
+        options: Options,
+    },
+    CreateView {
+        name: String,
+        query: Box<Query>,
+    },
+    CreateRule {
+        name: String,
+        query: Box<Query>,
+        options: Options,
+    },
+    CreateSink {
+        name: String,
+    },
+    Drop {
+        kind: ObjectKind,
+        name: String,
+        if_exists: bool,
+    },
+    Show {
+        kind: ObjectKind,
+    },
     ShowAlerts,
-    ShowColumns { name: String },
-    Explain { kind: Option<ObjectKind>, name: String },
-    ExplainQuery { query: Box<Query> },
-    Subscribe { target: SubscribeTarget },
-    Insert { source: String, columns: Vec<String>, query: Box<Query> },
-    Query { query: Box<Query> },
+    ShowColumns {
+        name: String,
+    },
+    Explain {
+        kind: Option<ObjectKind>,
+        name: String,
+    },
+    ExplainQuery {
+        query: Box<Query>,
+    },
+    Subscribe {
+        target: SubscribeTarget,
+    },
+    Insert {
+        source: String,
+        columns: Vec<String>,
+        query: Box<Query>,
+    },
+    Query {
+        query: Box<Query>,
+    },
     /// `SET name = value` and friends: accepted, they change nothing in tocsin.
     Set,
 }
@@ -90,8 +125,14 @@ pub fn normalize(ident: &Ident) -> String {
 
 fn object_name(name: &ObjectName) -> Result<String> {
     match name.0.as_slice() {
-        [part] => Ok(normalize(part.as_ident().ok_or_else(|| SqlError::plan(format!("invalid name {name}")))?)),
-        _ => Err(SqlError::unsupported(format!("qualified name {name}: tocsin has one namespace"))),
+        [part] => {
+            Ok(normalize(part.as_ident().ok_or_else(|| {
+                SqlError::plan(format!("invalid name {name}"))
+            })?))
+        }
+        _ => Err(SqlError::unsupported(format!(
+            "qualified name {name}: tocsin has one namespace"
+        ))),
     }
 }
 
@@ -135,8 +176,11 @@ impl P<'_> {
                 Token::Number(n, _) => n,
                 Token::Word(w) => w.value,
                 other => {
-                    return Err(SqlError::new(crate::error::ErrorKind::Parse, format!("Expected: a value for option {key}, found: {other}"))
-                        .at(tok.span.start.line, tok.span.start.column))
+                    return Err(SqlError::new(
+                        crate::error::ErrorKind::Parse,
+                        format!("Expected: a value for option {key}, found: {other}"),
+                    )
+                    .at(tok.span.start.line, tok.span.start.column))
                 }
             };
             if out.iter().any(|(k, _)| *k == key) {
@@ -149,6 +193,57 @@ impl P<'_> {
         }
         self.p.expect_token(&Token::RParen)?;
         Ok(out)
+    }
+
+    /// Parses a query that may be followed by `WITH (...)` options ending the statement. The
+    /// query's tokens are parsed on their own, so the options are never mistaken for table hints.
+    fn query_before_options(&mut self) -> Result<Box<Query>> {
+        let mut depth = 0i32;
+        let mut end = 0;
+        let mut options_at = None;
+        loop {
+            let tok = &self.p.peek_nth_token_ref(end).token;
+            match tok {
+                Token::EOF => break,
+                Token::SemiColon if depth == 0 => break,
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                Token::Word(w) if depth == 0 && w.keyword == Keyword::WITH && end > 0 => {
+                    if self.p.peek_nth_token_ref(end + 1).token == Token::LParen {
+                        options_at = Some(end);
+                    }
+                }
+                _ => {}
+            }
+            end += 1;
+        }
+        let n = options_at.unwrap_or(end);
+        let mut tokens: Vec<_> = (0..n)
+            .map(|i| self.p.peek_nth_token_ref(i).clone())
+            .collect();
+        let eof_span = self.p.peek_nth_token_ref(n).span;
+        tokens.push(datafusion::sql::sqlparser::tokenizer::TokenWithSpan::new(
+            Token::EOF,
+            eof_span,
+        ));
+        let dialect = PostgreSqlDialect {};
+        let mut sub = Parser::new(&dialect).with_tokens_with_locations(tokens);
+        let query = sub.parse_query()?;
+        if sub.peek_token().token != Token::EOF {
+            let t = sub.peek_token();
+            return Err(SqlError::new(
+                crate::error::ErrorKind::Parse,
+                format!(
+                    "Expected: WITH (...) or end of statement, found: {}",
+                    t.token
+                ),
+            )
+            .at(t.span.start.line, t.span.start.column));
+        }
+        for _ in 0..n {
+            self.p.next_token();
+        }
+        Ok(query)
     }
 
     fn statement(&mut self) -> Result<Statement> {
@@ -169,25 +264,37 @@ impl P<'_> {
                     Vec::new()
                 };
                 self.p.expect_keyword(Keyword::FROM)?;
-                let mut connector = match self.p.next_token().token {
-                    Token::Word(w) => w.value.to_ascii_uppercase(),
-                    other => return Err(self.err(format!("Expected: a connector (WEBSOCKET, HTTP, HOST, SNMP), found: {other}"))),
-                };
+                let mut connector =
+                    match self.p.next_token().token {
+                        Token::Word(w) => w.value.to_ascii_uppercase(),
+                        other => return Err(self.err(format!(
+                            "Expected: a connector (WEBSOCKET, HTTP, HOST, SNMP), found: {other}"
+                        ))),
+                    };
                 if connector == "SNMP" && self.word(0).as_deref() == Some("TRAP") {
                     self.p.next_token();
                     connector.push_str(" TRAP");
                 }
                 let options = self.options()?;
-                Ok(Statement::CreateSource { name, columns, connector, options })
+                Ok(Statement::CreateSource {
+                    name,
+                    columns,
+                    connector,
+                    options,
+                })
             }
             (Some("CREATE"), Some("RULE")) => {
                 self.p.next_token();
                 self.p.next_token();
                 let name = self.name()?;
                 self.p.expect_keyword(Keyword::AS)?;
-                let query = self.p.parse_query()?;
+                let query = self.query_before_options()?;
                 let options = self.options()?;
-                Ok(Statement::CreateRule { name, query, options })
+                Ok(Statement::CreateRule {
+                    name,
+                    query,
+                    options,
+                })
             }
             (Some("CREATE"), Some("SINK")) => {
                 self.p.next_token();
@@ -213,7 +320,11 @@ impl P<'_> {
                 let kind = ObjectKind::from_word(w).expect("checked");
                 let if_exists = self.p.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
                 let name = self.name()?;
-                Ok(Statement::Drop { kind, name, if_exists })
+                Ok(Statement::Drop {
+                    kind,
+                    name,
+                    if_exists,
+                })
             }
             (Some("SHOW"), Some("ALERTS")) => {
                 self.p.next_token();
@@ -231,16 +342,23 @@ impl P<'_> {
             (Some("SHOW"), Some(w)) if ObjectKind::from_word(w).is_some() && w.ends_with('S') => {
                 self.p.next_token();
                 self.p.next_token();
-                Ok(Statement::Show { kind: ObjectKind::from_word(w).expect("checked") })
+                Ok(Statement::Show {
+                    kind: ObjectKind::from_word(w).expect("checked"),
+                })
             }
             (Some("EXPLAIN"), Some(w)) if ObjectKind::from_word(w).is_some() => {
                 self.p.next_token();
                 self.p.next_token();
-                Ok(Statement::Explain { kind: ObjectKind::from_word(w), name: self.name()? })
+                Ok(Statement::Explain {
+                    kind: ObjectKind::from_word(w),
+                    name: self.name()?,
+                })
             }
             (Some("EXPLAIN"), Some("SELECT" | "WITH")) => {
                 self.p.next_token();
-                Ok(Statement::ExplainQuery { query: self.p.parse_query()? })
+                Ok(Statement::ExplainQuery {
+                    query: self.p.parse_query()?,
+                })
             }
             (Some("SUBSCRIBE"), _) => {
                 self.p.next_token();
@@ -256,8 +374,12 @@ impl P<'_> {
                 };
                 Ok(Statement::Subscribe { target })
             }
-            (Some("SELECT" | "WITH" | "VALUES"), _) | (None, _) if w0.is_some() || self.p.peek_token().token == Token::LParen => {
-                Ok(Statement::Query { query: self.p.parse_query()? })
+            (Some("SELECT" | "WITH" | "VALUES"), _) | (None, _)
+                if w0.is_some() || self.p.peek_token().token == Token::LParen =>
+            {
+                Ok(Statement::Query {
+                    query: self.p.parse_query()?,
+                })
             }
             _ => {
                 let start = self.p.peek_token().span.start;
@@ -276,14 +398,28 @@ fn convert_generic(stmt: ast::Statement) -> Result<Statement> {
                 ast::TableObject::TableName(n) => object_name(n)?,
                 other => return Err(SqlError::unsupported(format!("INSERT INTO {other}"))),
             };
-            let columns = ins.columns.iter().map(object_name).collect::<Result<Vec<_>>>()?;
-            let query = ins.source.ok_or_else(|| SqlError::plan("INSERT needs VALUES or a SELECT"))?;
-            Ok(Statement::Insert { source, columns, query })
+            let columns = ins
+                .columns
+                .iter()
+                .map(object_name)
+                .collect::<Result<Vec<_>>>()?;
+            let query = ins
+                .source
+                .ok_or_else(|| SqlError::plan("INSERT needs VALUES or a SELECT"))?;
+            Ok(Statement::Insert {
+                source,
+                columns,
+                query,
+            })
         }
         ast::Statement::Set(_) => Ok(Statement::Set),
         other => {
             let text = other.to_string();
-            let head: String = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+            let head: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
             Err(SqlError::unsupported(format!("{head} statements")))
         }
     }

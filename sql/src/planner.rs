@@ -15,7 +15,8 @@ use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::sqlparser::ast::{Query, Statement as AstStatement};
@@ -101,18 +102,25 @@ impl ScalarUDFImpl for FixedNow {
         Ok(ColumnarValue::Scalar(self.value()))
     }
     fn simplify(&self, _: Vec<Expr>, _: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
-        Ok(ExprSimplifyResult::Simplified(Expr::Literal(self.value(), None)))
+        Ok(ExprSimplifyResult::Simplified(Expr::Literal(
+            self.value(),
+            None,
+        )))
     }
 }
 
 fn config() -> SessionConfig {
-    let mut c = SessionConfig::new().with_target_partitions(1).with_information_schema(false);
+    let mut c = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_information_schema(false);
     c.options_mut().sql_parser.collect_spans = true;
     c
 }
 
 /// A session that knows the relations' schemas, for planning continuous queries.
-pub fn continuous_context<'a>(relations: impl IntoIterator<Item = (&'a str, SchemaRef)>) -> Result<SessionContext> {
+pub fn continuous_context<'a>(
+    relations: impl IntoIterator<Item = (&'a str, SchemaRef)>,
+) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_config(config());
     ctx.register_udf(ScalarUDF::from(ContinuousNow::new()));
     for (name, schema) in relations {
@@ -122,7 +130,10 @@ pub fn continuous_context<'a>(relations: impl IntoIterator<Item = (&'a str, Sche
 }
 
 /// A session over fixed contents, where `now()` is `now_ms`.
-pub fn batch_context(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, now_ms: i64) -> Result<SessionContext> {
+pub fn batch_context(
+    tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>,
+    now_ms: i64,
+) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_config(config());
     ctx.register_udf(ScalarUDF::from(FixedNow {
         signature: Signature::nullary(Volatility::Stable),
@@ -130,19 +141,31 @@ pub fn batch_context(tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>, now_ms:
         ms: now_ms,
     }));
     for (name, schema, batches) in tables {
-        ctx.register_table(name.as_str(), Arc::new(MemTable::try_new(schema, vec![batches])?))?;
+        ctx.register_table(
+            name.as_str(),
+            Arc::new(MemTable::try_new(schema, vec![batches])?),
+        )?;
     }
     Ok(ctx)
 }
 
 /// DataFusion's logical plan for a query (not yet optimized).
 pub async fn plan_query(ctx: &SessionContext, query: &Query) -> Result<LogicalPlan> {
-    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(Box::new(query.clone()))));
+    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(
+        Box::new(query.clone()),
+    )));
     Ok(ctx.state().statement_to_plan(stmt).await?)
 }
 
 /// The tables a query reads, as normalized names.
 pub fn referenced_tables(ctx: &SessionContext, query: &Query) -> Result<Vec<String>> {
-    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(Box::new(query.clone()))));
-    Ok(ctx.state().resolve_table_references(&stmt)?.iter().map(|t| t.table().to_string()).collect())
+    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(
+        Box::new(query.clone()),
+    )));
+    Ok(ctx
+        .state()
+        .resolve_table_references(&stmt)?
+        .iter()
+        .map(|t| t.table().to_string())
+        .collect())
 }

@@ -12,7 +12,12 @@ pub const START_MS: u64 = 1_795_255_200_000;
 
 pub fn database(workers: usize) -> (Tocsin, Clock) {
     let clock = Clock::manual(START_MS);
-    let engine = Engine::start(EngineConfig { workers, clock: clock.clone(), ..Default::default() }).expect("engine starts");
+    let engine = Engine::start(EngineConfig {
+        workers,
+        clock: clock.clone(),
+        ..Default::default()
+    })
+    .expect("engine starts");
     (Tocsin::new(engine), clock)
 }
 
@@ -23,7 +28,11 @@ pub fn format_float(v: f64) -> String {
     }
     let s = format!("{:.6}", v);
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Every row of the batches as strings; NULL for nulls.
@@ -31,14 +40,20 @@ pub fn rows_as_strings(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     let opts = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for b in batches {
-        let formatters: Vec<_> = b.columns().iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap()).collect();
+        let formatters: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).unwrap())
+            .collect();
         for r in 0..b.num_rows() {
             out.push(
                 b.columns()
                     .iter()
                     .zip(&formatters)
                     .map(|(c, f)| match c.data_type() {
-                        DataType::Float64 if !c.is_null(r) => format_float(c.as_primitive::<Float64Type>().value(r)),
+                        DataType::Float64 if !c.is_null(r) => {
+                            format_float(c.as_primitive::<Float64Type>().value(r))
+                        }
                         _ => f.value(r).to_string(),
                     })
                     .collect(),

@@ -7,7 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::array::{
+    Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::datatypes::SchemaRef;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -27,11 +29,12 @@ struct Sample {
 fn queries(rng: &mut StdRng) -> Vec<String> {
     let c = rng.gen_range(20..80);
     let k = rng.gen_range(5..40);
+    let h = rng.gen_range(35..50);
     vec![
         format!("SELECT host, v FROM m WHERE v > {c}"),
         "SELECT host, count(*) AS c, count(v) AS cv, sum(n) AS s, avg(v) AS a, min(v) AS lo, max(v) AS hi FROM m GROUP BY host".into(),
         "SELECT dc, count(DISTINCT host) AS h FROM m GROUP BY dc".into(),
-        format!("SELECT host, avg(v) AS a, count(*) AS c FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host HAVING avg(v) > {c}"),
+        format!("SELECT host, avg(v) AS a, count(*) AS c FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host HAVING avg(v) > {h}"),
         "SELECT DISTINCT dc, host FROM m WHERE n % 2 = 0".into(),
         "SELECT host, date_bin(INTERVAL '30 seconds', ts) AS w, count(*) AS c, sum(v) AS s FROM m GROUP BY host, w".into(),
         format!("SELECT m.host, o.team, m.v FROM m JOIN owners o ON m.host = o.host WHERE m.v < {c}"),
@@ -50,11 +53,22 @@ fn batch(schema: &SchemaRef, rows: &[Sample]) -> RecordBatch {
     RecordBatch::try_new(
         schema.clone(),
         vec![
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.host.as_str()))),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.dc.as_str()))),
-            Arc::new(Float64Array::from(rows.iter().map(|r| r.v).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.n).collect::<Vec<_>>())),
-            Arc::new(TimestampMillisecondArray::from(rows.iter().map(|r| r.ts).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.host.as_str()),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.dc.as_str()),
+            )),
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.v).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.n).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from(rows.iter().map(|r| r.ts).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
         ],
     )
     .unwrap()
@@ -71,10 +85,20 @@ fn values(batches: &[RecordBatch]) -> Vec<Vec<V>> {
     let strings = common::rows_as_strings(batches);
     let mut out: Vec<Vec<V>> = strings
         .into_iter()
-        .map(|r| r.into_iter().map(|s| s.parse::<f64>().map(V::F).unwrap_or(V::S(s))).collect())
+        .map(|r| {
+            r.into_iter()
+                .map(|s| s.parse::<f64>().map(V::F).unwrap_or(V::S(s)))
+                .collect()
+        })
         .collect();
     let key = |r: &Vec<V>| -> String {
-        r.iter().map(|v| match v { V::S(s) => s.clone(), V::F(f) => format!("{f:.2}") }).collect::<Vec<_>>().join("|")
+        r.iter()
+            .map(|v| match v {
+                V::S(s) => s.clone(),
+                V::F(f) => format!("{f:.2}"),
+            })
+            .collect::<Vec<_>>()
+            .join("|")
     };
     out.sort_by_key(key);
     out
@@ -93,6 +117,8 @@ fn same(a: &[Vec<V>], b: &[Vec<V>]) -> bool {
 }
 
 async fn run(workers: usize, seed: u64) {
+    let mut compared_rows = 0usize;
+    let mut nonempty_checks = vec![0usize; 0];
     let (db, clock) = common::database(workers);
     let mut rng = StdRng::seed_from_u64(seed);
     db.execute("CREATE SOURCE m (host TEXT, dc TEXT, v DOUBLE, n BIGINT, ts TIMESTAMP) FROM WEBSOCKET WITH (retain = '1 minute');
@@ -103,7 +129,9 @@ async fn run(workers: usize, seed: u64) {
     // Half the views exist before any data, half are created midway (they must replay the source).
     let (early, late) = qs.split_at(qs.len() / 2);
     for (i, q) in early.iter().enumerate() {
-        db.execute(&format!("CREATE VIEW q{i} AS {q}")).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+        db.execute(&format!("CREATE VIEW q{i} AS {q}"))
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
     }
     let m_schema = db.engine().schema("m").unwrap();
     let mut live: Vec<Sample> = Vec::new();
@@ -114,13 +142,19 @@ async fn run(workers: usize, seed: u64) {
         if step == steps / 3 {
             for (j, q) in late.iter().enumerate() {
                 let i = early.len() + j;
-                db.execute(&format!("CREATE VIEW q{i} AS {q}")).await.unwrap_or_else(|e| panic!("{q}: {e}"));
+                db.execute(&format!("CREATE VIEW q{i} AS {q}"))
+                    .await
+                    .unwrap_or_else(|e| panic!("{q}: {e}"));
             }
         }
         if rng.gen_bool(0.15) {
             let host = format!("h{}", rng.gen_range(0..10));
             let team = ["web", "db", "ml"][rng.gen_range(0..3)].to_string();
-            db.execute(&format!("INSERT INTO owners (host, team) VALUES ('{host}', '{team}')")).await.unwrap();
+            db.execute(&format!(
+                "INSERT INTO owners (host, team) VALUES ('{host}', '{team}')"
+            ))
+            .await
+            .unwrap();
             owners.push((host, team, 0));
         }
         let now = clock.now() as i64;
@@ -129,12 +163,24 @@ async fn run(workers: usize, seed: u64) {
         for _ in 0..n {
             ts_counter += 1;
             // Mostly recent, sometimes late (within retention) and sometimes too late to accept.
-            let age = if rng.gen_bool(0.1) { rng.gen_range(55_000..70_000) } else { rng.gen_range(0..30_000) };
+            let age = if rng.gen_bool(0.1) {
+                rng.gen_range(55_000..70_000)
+            } else {
+                rng.gen_range(0..30_000)
+            };
             rows.push(Sample {
                 host: format!("h{}", rng.gen_range(0..8)),
                 dc: ["eu", "us", "ap"][rng.gen_range(0..3)].to_string(),
-                v: if rng.gen_bool(0.05) { None } else { Some(f64::from(rng.gen_range(0..1000)) / 10.0) },
-                n: if rng.gen_bool(0.1) { None } else { Some(rng.gen_range(0..10)) },
+                v: if rng.gen_bool(0.05) {
+                    None
+                } else {
+                    Some(f64::from(rng.gen_range(0..1000)) / 10.0)
+                },
+                n: if rng.gen_bool(0.1) {
+                    None
+                } else {
+                    Some(rng.gen_range(0..10))
+                },
                 // Distinct timestamps, so DISTINCT ON has no ties.
                 ts: now - age - ts_counter % 997,
             });
@@ -146,7 +192,10 @@ async fn run(workers: usize, seed: u64) {
                 if !rejected.contains(&i) {
                     live.push(r);
                 } else {
-                    assert!(r.ts + RETAIN_MS <= outcome.time as i64, "row {r:?} rejected without being late");
+                    assert!(
+                        r.ts + RETAIN_MS <= outcome.time as i64,
+                        "row {r:?} rejected without being late"
+                    );
                 }
             }
         }
@@ -154,7 +203,11 @@ async fn run(workers: usize, seed: u64) {
         if step % 4 != 3 {
             continue;
         }
-        let created = if step >= steps / 3 { qs.len() } else { early.len() };
+        let created = if step >= steps / 3 {
+            qs.len()
+        } else {
+            early.len()
+        };
         for (i, q) in qs.iter().enumerate().take(created) {
             let name = format!("q{i}");
             let peek = db.engine().peek(&[name.as_str()]).await.unwrap();
@@ -167,25 +220,50 @@ async fn run(workers: usize, seed: u64) {
             let o_batch = RecordBatch::try_new(
                 o_schema.clone(),
                 vec![
-                    Arc::new(StringArray::from_iter_values(o_rows.iter().map(|o| o.0.as_str()))),
-                    Arc::new(StringArray::from_iter_values(o_rows.iter().map(|o| o.1.as_str()))),
-                    Arc::new(TimestampMillisecondArray::from(vec![common::START_MS as i64; o_rows.len()]).with_timezone("UTC")),
+                    Arc::new(StringArray::from_iter_values(
+                        o_rows.iter().map(|o| o.0.as_str()),
+                    )),
+                    Arc::new(StringArray::from_iter_values(
+                        o_rows.iter().map(|o| o.1.as_str()),
+                    )),
+                    Arc::new(
+                        TimestampMillisecondArray::from(vec![
+                            common::START_MS as i64;
+                            o_rows.len()
+                        ])
+                        .with_timezone("UTC"),
+                    ),
                 ],
             )
             .unwrap();
             let ctx = batch_context(
-                vec![("m".into(), m_schema.clone(), vec![m_batch]), ("owners".into(), o_schema, vec![o_batch])],
+                vec![
+                    ("m".into(), m_schema.clone(), vec![m_batch]),
+                    ("owners".into(), o_schema, vec![o_batch]),
+                ],
                 t,
             )
             .unwrap();
             let expected = ctx.sql(q).await.unwrap().collect().await.unwrap();
             let want = values(&expected);
+            compared_rows += want.len();
+            if nonempty_checks.len() < qs.len() {
+                nonempty_checks.resize(qs.len(), 0);
+            }
+            nonempty_checks[i] += usize::from(!want.is_empty());
             assert!(
                 same(&got, &want),
                 "workers={workers} seed={seed} step={step} t={t}\nquery: {q}\nincremental: {got:?}\nbatch:       {want:?}"
             );
         }
     }
+    // The comparison must have had something to compare: every query saw rows at some check.
+    println!("workers={workers} seed={seed}: compared {compared_rows} rows; non-empty checks per query {nonempty_checks:?}");
+    assert!(compared_rows > 1000, "only {compared_rows} rows compared");
+    assert!(
+        nonempty_checks.iter().all(|n| *n > 0),
+        "a query never had rows: {nonempty_checks:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,9 @@ struct Db {
 
 fn advance(clock: &Clock, rest: &str) -> Result<(), SqlError> {
     let rest = rest.trim().trim_end_matches(';').trim();
-    let (how, arg) = rest.split_once(char::is_whitespace).ok_or_else(|| SqlError::plan("ADVANCE TIME BY|TO '...'"))?;
+    let (how, arg) = rest
+        .split_once(char::is_whitespace)
+        .ok_or_else(|| SqlError::plan("ADVANCE TIME BY|TO '...'"))?;
     let arg = arg.trim().trim_matches('\'');
     let target = match how.to_ascii_uppercase().as_str() {
         "BY" => clock.now() + tocsin_sql::options::parse_duration(arg)?.as_millis() as u64,
@@ -33,7 +35,10 @@ fn advance(clock: &Clock, rest: &str) -> Result<(), SqlError> {
 
 fn chrono_ms(s: &str) -> Result<u64, SqlError> {
     let v = datafusion::common::ScalarValue::Utf8(Some(s.to_string()))
-        .cast_to(&datafusion::arrow::datatypes::DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None))
+        .cast_to(&datafusion::arrow::datatypes::DataType::Timestamp(
+            datafusion::arrow::datatypes::TimeUnit::Millisecond,
+            None,
+        ))
         .map_err(|e| SqlError::plan(e.to_string()))?;
     match v {
         datafusion::common::ScalarValue::TimestampMillisecond(Some(ms), _) => Ok(ms as u64),
@@ -58,7 +63,9 @@ impl sqllogictest::AsyncDB for Db {
                 types: vec![DefaultColumnType::Any; schema.fields().len()],
                 rows: common::rows_as_strings(&batches),
             },
-            Some(StatementResult::Inserted { outcome, .. }) => DBOutput::StatementComplete(outcome.accepted as u64),
+            Some(StatementResult::Inserted { outcome, .. }) => {
+                DBOutput::StatementComplete(outcome.accepted as u64)
+            }
             _ => DBOutput::StatementComplete(0),
         })
     }
@@ -72,10 +79,18 @@ impl sqllogictest::AsyncDB for Db {
 
 fn main() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "slt")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
     files.sort();
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (mut passed, mut failed) = (0, 0);
     for file in files {
         let name = file.file_name().unwrap().to_string_lossy().to_string();

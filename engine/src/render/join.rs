@@ -29,19 +29,28 @@ pub(crate) fn render_join<'s>(
 ) -> Coll<'s> {
     let lk = left_keys.to_vec();
     let rk = right_keys.to_vec();
-    let l = left.clone().flat_map(move |row: Row| key_of(&row, &lk).map(|k| (k, row)));
-    let r = right.flat_map(move |row: Row| key_of(&row, &rk).map(|k| (k, row)));
-    let matched = l
+    let l = left
         .clone()
-        .join_map(r.clone(), |_k, a: &Row, b: &Row| a.iter().chain(b.iter()).cloned().collect::<Row>());
+        .flat_map(move |row: Row| key_of(&row, &lk).map(|k| (k, row)));
+    let r = right.flat_map(move |row: Row| key_of(&row, &rk).map(|k| (k, row)));
+    let matched = l.clone().join_map(r.clone(), |_k, a: &Row, b: &Row| {
+        a.iter().chain(b.iter()).cloned().collect::<Row>()
+    });
     if kind == JoinKind::Inner {
         return matched;
     }
-    let pad = move |a: &Row| a.iter().cloned().chain(std::iter::repeat_n(Datum::Null, right_width)).collect::<Row>();
+    let pad = move |a: &Row| {
+        a.iter()
+            .cloned()
+            .chain(std::iter::repeat_n(Datum::Null, right_width))
+            .collect::<Row>()
+    };
     let pad2 = pad.clone();
     let right_keys_present = r.map(|(k, _)| k).distinct();
     let unmatched = l.antijoin(right_keys_present).map(move |(_, a)| pad(&a));
     let lk = left_keys.to_vec();
-    let null_keyed = left.filter(move |row: &Row| lk.iter().any(|c| row[*c].is_null())).map(move |a| pad2(&a));
+    let null_keyed = left
+        .filter(move |row: &Row| lk.iter().any(|c| row[*c].is_null()))
+        .map(move |a| pad2(&a));
     matched.concat(unmatched).concat(null_keyed)
 }

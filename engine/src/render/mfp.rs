@@ -36,7 +36,9 @@ fn bound_millis(array: &ArrayRef) -> Result<Int64Array> {
         DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
         DataType::Int64 | DataType::Int32 => 1,
         other => {
-            return Err(EngineError::Execution(format!("a bound on now() evaluated to {other}, not a timestamp")))
+            return Err(EngineError::Execution(format!(
+                "a bound on now() evaluated to {other}, not a timestamp"
+            )))
         }
     };
     let raw = cast(array, &DataType::Int64)?;
@@ -48,7 +50,12 @@ fn bound_millis(array: &ArrayRef) -> Result<Int64Array> {
     })
 }
 
-fn eval_bounds(batch: &RecordBatch, bounds: &[TimeBound], into: &mut Option<Vec<i64>>, pick_max: bool) -> Result<()> {
+fn eval_bounds(
+    batch: &RecordBatch,
+    bounds: &[TimeBound],
+    into: &mut Option<Vec<i64>>,
+    pick_max: bool,
+) -> Result<()> {
     for b in bounds {
         let arr = b.expr.evaluate(batch)?.into_array(batch.num_rows())?;
         let ms = bound_millis(&arr)?;
@@ -58,7 +65,11 @@ fn eval_bounds(batch: &RecordBatch, bounds: &[TimeBound], into: &mut Option<Vec<
         for (i, v) in vals.iter_mut().enumerate() {
             // A null bound can never be satisfied: the row is never present.
             let x = if ms.is_null(i) {
-                if pick_max { i64::MAX } else { i64::MIN }
+                if pick_max {
+                    i64::MAX
+                } else {
+                    i64::MIN
+                }
             } else {
                 ms.value(i).saturating_add(b.offset_ms)
             };
@@ -81,16 +92,28 @@ pub(crate) fn eval_mfp(steps: &[MfpStep], batch: &RecordBatch) -> Result<MfpOutp
                 let mask = mask
                     .as_any()
                     .downcast_ref::<BooleanArray>()
-                    .ok_or_else(|| EngineError::Execution(format!("filter {pred} is not boolean")))?;
-                let mask = if mask.null_count() > 0 { prep_null_mask_filter(mask) } else { mask.clone() };
+                    .ok_or_else(|| {
+                        EngineError::Execution(format!("filter {pred} is not boolean"))
+                    })?;
+                let mask = if mask.null_count() > 0 {
+                    prep_null_mask_filter(mask)
+                } else {
+                    mask.clone()
+                };
                 if mask.true_count() == current.num_rows() {
                     continue;
                 }
-                let sel = selection.unwrap_or_else(|| UInt32Array::from_iter_values(0..current.num_rows() as u32));
+                let sel = selection
+                    .unwrap_or_else(|| UInt32Array::from_iter_values(0..current.num_rows() as u32));
                 let sel = datafusion::arrow::compute::filter(&sel, &mask)?;
                 selection = Some(sel.as_primitive().clone());
                 for bounds in [&mut lower, &mut upper].into_iter().flatten() {
-                    *bounds = bounds.iter().zip(mask.values().iter()).filter(|(_, m)| *m).map(|(v, _)| *v).collect();
+                    *bounds = bounds
+                        .iter()
+                        .zip(mask.values().iter())
+                        .filter(|(_, m)| *m)
+                        .map(|(v, _)| *v)
+                        .collect();
                 }
                 current = filter_record_batch(&current, &mask)?;
             }
@@ -103,12 +126,21 @@ pub(crate) fn eval_mfp(steps: &[MfpStep], batch: &RecordBatch) -> Result<MfpOutp
                 let columns = columns
                     .into_iter()
                     .zip(schema.fields())
-                    .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
+                    .map(|(c, f)| {
+                        if c.data_type() == f.data_type() {
+                            Ok(c)
+                        } else {
+                            cast(&c, f.data_type())
+                        }
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 let options = RecordBatchOptions::new().with_row_count(Some(n));
                 current = RecordBatch::try_new_with_options(schema.clone(), columns, &options)?;
             }
-            MfpStep::Temporal { lower: lo, upper: hi } => {
+            MfpStep::Temporal {
+                lower: lo,
+                upper: hi,
+            } => {
                 eval_bounds(&current, lo, &mut lower, true)?;
                 eval_bounds(&current, hi, &mut upper, false)?;
             }
@@ -118,7 +150,12 @@ pub(crate) fn eval_mfp(steps: &[MfpStep], batch: &RecordBatch) -> Result<MfpOutp
         Some(s) => s.values().to_vec(),
         None => (0..current.num_rows() as u32).collect(),
     };
-    Ok(MfpOutput { batch: current, selection, lower, upper })
+    Ok(MfpOutput {
+        batch: current,
+        selection,
+        lower,
+        upper,
+    })
 }
 
 /// Runs the MFP and produces differential updates. `time_of(i)` and `diff_of(i)` give the time

@@ -74,11 +74,12 @@ impl<'s> Context<'_, 's> {
                 }
             },
             Node::Relation { name } => {
-                let trace = self
-                    .traces
-                    .get_mut(name)
-                    .ok_or_else(|| EngineError::Plan(format!("relation \"{name}\" does not exist")))?;
-                Ok(trace.import_named(self.scope, name).as_collection(|k, _| k.clone()))
+                let trace = self.traces.get_mut(name).ok_or_else(|| {
+                    EngineError::Plan(format!("relation \"{name}\" does not exist"))
+                })?;
+                Ok(trace
+                    .import_named(self.scope, name)
+                    .as_collection(|k, _| k.clone()))
             }
             Node::Constant { rows } => Ok(self.constant(rows.clone())),
             Node::Union { inputs } => {
@@ -86,23 +87,42 @@ impl<'s> Context<'_, 's> {
                 for i in inputs {
                     colls.push(self.render(i)?);
                 }
-                Ok(differential_dataflow::collection::concatenate(self.scope, colls))
+                Ok(differential_dataflow::collection::concatenate(
+                    self.scope, colls,
+                ))
             }
             Node::Reduce { input, keys, aggs } => {
                 let coll = self.render(input)?;
                 reduce::render_reduce(self, coll, &input.schema, &plan.schema, *keys, aggs)
             }
-            Node::Join { left, right, left_keys, right_keys, kind } => {
+            Node::Join {
+                left,
+                right,
+                left_keys,
+                right_keys,
+                kind,
+            } => {
                 let l = self.render(left)?;
                 let r = self.render(right)?;
-                Ok(join::render_join(l, r, left_keys, right_keys, *kind, right.schema.fields().len()))
+                Ok(join::render_join(
+                    l,
+                    r,
+                    left_keys,
+                    right_keys,
+                    *kind,
+                    right.schema.fields().len(),
+                ))
             }
         }
     }
 
     /// Rows present from the start of the dataflow, produced by worker 0 only.
     pub fn constant(&self, rows: Vec<Row>) -> Coll<'s> {
-        let rows = if self.scope.index() == 0 { rows } else { Vec::new() };
+        let rows = if self.scope.index() == 0 {
+            rows
+        } else {
+            Vec::new()
+        };
         rows.into_iter()
             .map(|r| (r, 0, 1isize))
             .to_stream(self.scope)
@@ -133,32 +153,38 @@ impl<'s> Context<'_, 's> {
         all_steps.extend(steps.iter().cloned());
         let scope = self.scope;
         let errors = self.errors.clone();
-        let stream = source::<_, UpdateBuilder, _, _>(scope, &format!("Read {name}"), move |cap, info| {
-            let activator = scope.activator_for(info.address);
-            let cursor = log.borrow_mut().register(activator);
-            let mut cap = cap;
-            cap.downgrade(&log.borrow().upper);
-            let mut buffer = Vec::new();
-            move |output| {
-                let log = log.borrow();
-                let (entries, end) = log.read_from(cursor.get());
-                for e in entries {
-                    let t = e.time.max(*cap.time());
-                    mfp_into(&all_steps, &e.batch, &|_| t, &|_| 1, &mut buffer, &errors);
-                    output.session(&cap).give_iterator(buffer.drain(..));
+        let stream =
+            source::<_, UpdateBuilder, _, _>(scope, &format!("Read {name}"), move |cap, info| {
+                let activator = scope.activator_for(info.address);
+                let cursor = log.borrow_mut().register(activator);
+                let mut cap = cap;
+                cap.downgrade(&log.borrow().upper);
+                let mut buffer = Vec::new();
+                move |output| {
+                    let log = log.borrow();
+                    let (entries, end) = log.read_from(cursor.get());
+                    for e in entries {
+                        let t = e.time.max(*cap.time());
+                        mfp_into(&all_steps, &e.batch, &|_| t, &|_| 1, &mut buffer, &errors);
+                        output.session(&cap).give_iterator(buffer.drain(..));
+                    }
+                    cursor.set(end);
+                    if log.upper > *cap.time() {
+                        cap.downgrade(&log.upper);
+                    }
                 }
-                cursor.set(end);
-                if log.upper > *cap.time() {
-                    cap.downgrade(&log.upper);
-                }
-            }
-        });
+            });
         Ok(stream.as_collection())
     }
 
     /// Map/filter/project over rows: rows are gathered into a record batch per message and
     /// evaluated vectorized.
-    pub fn render_mfp(&self, coll: Coll<'s>, schema: datafusion::arrow::datatypes::SchemaRef, steps: Vec<MfpStep>) -> Coll<'s> {
+    pub fn render_mfp(
+        &self,
+        coll: Coll<'s>,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        steps: Vec<MfpStep>,
+    ) -> Coll<'s> {
         if steps.is_empty() {
             return coll;
         }
@@ -168,11 +194,19 @@ impl<'s> Context<'_, 's> {
                 let mut buffer = Vec::new();
                 move |input, output| {
                     input.for_each(|cap, data| {
-                        let batch = match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
-                            Ok(b) => b,
-                            Err(e) => return record_error(&errors, e),
-                        };
-                        mfp_into(&steps, &batch, &|i| data[i].1, &|i| data[i].2, &mut buffer, &errors);
+                        let batch =
+                            match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
+                                Ok(b) => b,
+                                Err(e) => return record_error(&errors, e),
+                            };
+                        mfp_into(
+                            &steps,
+                            &batch,
+                            &|i| data[i].1,
+                            &|i| data[i].2,
+                            &mut buffer,
+                            &errors,
+                        );
                         output.session(&cap).give_iterator(buffer.drain(..));
                     });
                 }
@@ -189,7 +223,9 @@ fn mfp_into(
     out: &mut Vec<(Row, Time, isize)>,
     errors: &Rc<RefCell<DataflowErrors>>,
 ) {
-    mfp::mfp_updates(steps, batch, time_of, diff_of, out, &mut |e| record_error(errors, e));
+    mfp::mfp_updates(steps, batch, time_of, diff_of, out, &mut |e| {
+        record_error(errors, e)
+    });
 }
 
 pub(crate) fn record_error(errors: &Rc<RefCell<DataflowErrors>>, e: EngineError) {

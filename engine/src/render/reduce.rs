@@ -118,7 +118,11 @@ fn finalize(func: &AggFunc, input_float: bool, out: &DataType, s: &[i128]) -> Da
     } else {
         None
     };
-    let sum = if input_float { s[1] as f64 / FLOAT_SCALE } else { s[1] as f64 };
+    let sum = if input_float {
+        s[1] as f64 / FLOAT_SCALE
+    } else {
+        s[1] as f64
+    };
     match (func, repr_of(out)) {
         (AggFunc::Sum, Some(Repr::Int)) => Datum::Int(s[1] as i64),
         (AggFunc::Sum, _) => Datum::Float(F64::new(special.unwrap_or(sum))),
@@ -147,13 +151,28 @@ pub(crate) fn render_reduce<'s>(
 ) -> Result<Coll<'s>> {
     for a in aggs {
         if a.arg < keys || a.arg >= in_schema.fields().len() {
-            return Err(EngineError::Internal(format!("aggregate argument {} out of range", a.arg)));
+            return Err(EngineError::Internal(format!(
+                "aggregate argument {} out of range",
+                a.arg
+            )));
         }
     }
-    let kv = input.map(move |row: Row| (row[..keys].to_vec().into_boxed_slice(), row[keys..].to_vec().into_boxed_slice()));
-    let out_types: Vec<DataType> = out_schema.fields().iter().skip(keys).map(|f| f.data_type().clone()).collect();
-    let input_float: Vec<bool> =
-        aggs.iter().map(|a| repr_of(in_schema.field(a.arg).data_type()) == Some(Repr::Float)).collect();
+    let kv = input.map(move |row: Row| {
+        (
+            row[..keys].to_vec().into_boxed_slice(),
+            row[keys..].to_vec().into_boxed_slice(),
+        )
+    });
+    let out_types: Vec<DataType> = out_schema
+        .fields()
+        .iter()
+        .skip(keys)
+        .map(|f| f.data_type().clone())
+        .collect();
+    let input_float: Vec<bool> = aggs
+        .iter()
+        .map(|a| repr_of(in_schema.field(a.arg).data_type()) == Some(Repr::Float))
+        .collect();
 
     let result = if aggs.iter().all(Aggregate::is_accumulable) {
         let aggs_e = aggs.to_vec();
@@ -176,7 +195,11 @@ pub(crate) fn render_reduce<'s>(
             let mut off = 1;
             for (i, a) in aggs_f.iter().enumerate() {
                 let n = slots(&a.func);
-                let mut s = acc.0.get(off..off + n).map(<[i128]>::to_vec).unwrap_or_default();
+                let mut s = acc
+                    .0
+                    .get(off..off + n)
+                    .map(<[i128]>::to_vec)
+                    .unwrap_or_default();
                 s.resize(n, 0);
                 row.push(finalize(&a.func, input_float[i], &out_types[i], &s));
                 off += n;
@@ -185,14 +208,18 @@ pub(crate) fn render_reduce<'s>(
         })
     } else {
         let aggs_r = aggs.to_vec();
-        kv.reduce(move |_k: &Row, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
-            let row: Vec<Datum> = aggs_r
-                .iter()
-                .enumerate()
-                .map(|(i, a)| group_aggregate(a, a.arg - keys, keys, input_float[i], &out_types[i], vals))
-                .collect();
-            out.push((row.into_boxed_slice(), 1));
-        })
+        kv.reduce(
+            move |_k: &Row, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
+                let row: Vec<Datum> = aggs_r
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        group_aggregate(a, a.arg - keys, keys, input_float[i], &out_types[i], vals)
+                    })
+                    .collect();
+                out.push((row.into_boxed_slice(), 1));
+            },
+        )
         .map(|(k, v): (Row, Row)| concat(&k, &v))
     };
 
@@ -207,11 +234,28 @@ pub(crate) fn render_reduce<'s>(
 }
 
 /// Computes one aggregate over a whole group (values with their multiplicities).
-fn group_aggregate(a: &Aggregate, col: usize, keys: usize, input_float: bool, out: &DataType, vals: &[(&Row, isize)]) -> Datum {
+fn group_aggregate(
+    a: &Aggregate,
+    col: usize,
+    keys: usize,
+    input_float: bool,
+    out: &DataType,
+    vals: &[(&Row, isize)],
+) -> Datum {
     let present = vals.iter().filter(|(_, m)| *m > 0);
     match &a.func {
-        AggFunc::Min => present.map(|(v, _)| &v[col]).filter(|d| !d.is_null()).min().cloned().unwrap_or(Datum::Null),
-        AggFunc::Max => present.map(|(v, _)| &v[col]).filter(|d| !d.is_null()).max().cloned().unwrap_or(Datum::Null),
+        AggFunc::Min => present
+            .map(|(v, _)| &v[col])
+            .filter(|d| !d.is_null())
+            .min()
+            .cloned()
+            .unwrap_or(Datum::Null),
+        AggFunc::Max => present
+            .map(|(v, _)| &v[col])
+            .filter(|d| !d.is_null())
+            .max()
+            .cloned()
+            .unwrap_or(Datum::Null),
         AggFunc::First(order) => present
             .min_by(|(x, _), (y, _)| compare_by(order, keys, x, y).then_with(|| x.cmp(y)))
             .map(|(v, _)| v[col].clone())
@@ -220,7 +264,9 @@ fn group_aggregate(a: &Aggregate, col: usize, keys: usize, input_float: bool, ou
             let mut s = vec![0i128; slots(func)];
             if a.distinct {
                 let distinct: BTreeSet<&Datum> = present.map(|(v, _)| &v[col]).collect();
-                distinct.into_iter().for_each(|d| accumulate(func, d, &mut s, 1));
+                distinct
+                    .into_iter()
+                    .for_each(|d| accumulate(func, d, &mut s, 1));
             } else {
                 present.for_each(|(v, m)| accumulate(func, &v[col], &mut s, *m as i128));
             }
@@ -235,9 +281,27 @@ fn compare_by(order: &[SortKey], keys: usize, x: &Row, y: &Row) -> std::cmp::Ord
         let (a, b) = (&x[k.column - keys], &y[k.column - keys]);
         let ord = match (a.is_null(), b.is_null()) {
             (true, true) => Ordering::Equal,
-            (true, false) => if k.nulls_first { Ordering::Less } else { Ordering::Greater },
-            (false, true) => if k.nulls_first { Ordering::Greater } else { Ordering::Less },
-            (false, false) => if k.descending { b.cmp(a) } else { a.cmp(b) },
+            (true, false) => {
+                if k.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (false, true) => {
+                if k.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (false, false) => {
+                if k.descending {
+                    b.cmp(a)
+                } else {
+                    a.cmp(b)
+                }
+            }
         };
         if ord != Ordering::Equal {
             return ord;
@@ -263,17 +327,36 @@ mod tests {
             }
         }
         accumulate(&AggFunc::Sum, &Datum::Float(F64::new(93.5)), &mut s, 1);
-        assert_eq!(finalize(&AggFunc::Sum, true, &DataType::Float64, &s), Datum::Float(F64::new(93.5)));
+        assert_eq!(
+            finalize(&AggFunc::Sum, true, &DataType::Float64, &s),
+            Datum::Float(F64::new(93.5))
+        );
         assert_eq!(s[0], 1);
     }
 
     #[test]
     fn special_floats_are_counted() {
         let mut s = vec![0i128; 5];
-        accumulate(&AggFunc::Avg, &Datum::Float(F64::new(f64::INFINITY)), &mut s, 1);
+        accumulate(
+            &AggFunc::Avg,
+            &Datum::Float(F64::new(f64::INFINITY)),
+            &mut s,
+            1,
+        );
         accumulate(&AggFunc::Avg, &Datum::Float(F64::new(1.0)), &mut s, 1);
-        assert_eq!(finalize(&AggFunc::Avg, true, &DataType::Float64, &s), Datum::Float(F64::new(f64::INFINITY)));
-        accumulate(&AggFunc::Avg, &Datum::Float(F64::new(f64::INFINITY)), &mut s, -1);
-        assert_eq!(finalize(&AggFunc::Avg, true, &DataType::Float64, &s), Datum::Float(F64::new(1.0)));
+        assert_eq!(
+            finalize(&AggFunc::Avg, true, &DataType::Float64, &s),
+            Datum::Float(F64::new(f64::INFINITY))
+        );
+        accumulate(
+            &AggFunc::Avg,
+            &Datum::Float(F64::new(f64::INFINITY)),
+            &mut s,
+            -1,
+        );
+        assert_eq!(
+            finalize(&AggFunc::Avg, true, &DataType::Float64, &s),
+            Datum::Float(F64::new(1.0))
+        );
     }
 }

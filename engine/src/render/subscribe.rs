@@ -24,29 +24,35 @@ pub(crate) enum WorkerUpdate {
     Frontier(Option<Time>),
 }
 
-pub(crate) fn render_subscribe(coll: Coll<'_>, as_of: Time, worker: usize, tx: UnboundedSender<(usize, WorkerUpdate)>) {
+pub(crate) fn render_subscribe(
+    coll: Coll<'_>,
+    as_of: Time,
+    worker: usize,
+    tx: UnboundedSender<(usize, WorkerUpdate)>,
+) {
     let mut pending: BTreeMap<Time, Vec<(Row, isize)>> = BTreeMap::new();
     let mut reported: Option<Option<Time>> = None;
-    coll.inner.sink(Pipeline, "Subscribe", move |(input, frontier)| {
-        input.for_each(|_cap, data| {
-            for (row, t, d) in data.drain(..) {
-                pending.entry(t.max(as_of)).or_default().push((row, d));
+    coll.inner
+        .sink(Pipeline, "Subscribe", move |(input, frontier)| {
+            input.for_each(|_cap, data| {
+                for (row, t, d) in data.drain(..) {
+                    pending.entry(t.max(as_of)).or_default().push((row, d));
+                }
+            });
+            let f = frontier.frontier().iter().next().copied();
+            while let Some((&t, _)) = pending.first_key_value() {
+                if f.is_some_and(|f| t >= f) {
+                    break;
+                }
+                let (t, mut changes) = pending.pop_first().expect("non-empty");
+                consolidate(&mut changes);
+                if !changes.is_empty() {
+                    let _ = tx.send((worker, WorkerUpdate::Changes(t, changes)));
+                }
+            }
+            if reported != Some(f) {
+                reported = Some(f);
+                let _ = tx.send((worker, WorkerUpdate::Frontier(f)));
             }
         });
-        let f = frontier.frontier().iter().next().copied();
-        while let Some((&t, _)) = pending.first_key_value() {
-            if f.is_some_and(|f| t >= f) {
-                break;
-            }
-            let (t, mut changes) = pending.pop_first().expect("non-empty");
-            consolidate(&mut changes);
-            if !changes.is_empty() {
-                let _ = tx.send((worker, WorkerUpdate::Changes(t, changes)));
-            }
-        }
-        if reported != Some(f) {
-            reported = Some(f);
-            let _ = tx.send((worker, WorkerUpdate::Frontier(f)));
-        }
-    });
 }
