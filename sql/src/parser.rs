@@ -208,10 +208,13 @@ impl P<'_> {
                 Token::SemiColon if depth == 0 => break,
                 Token::LParen => depth += 1,
                 Token::RParen => depth -= 1,
-                Token::Word(w) if depth == 0 && w.keyword == Keyword::WITH && end > 0 => {
-                    if self.p.peek_nth_token_ref(end + 1).token == Token::LParen {
-                        options_at = Some(end);
-                    }
+                Token::Word(w)
+                    if depth == 0
+                        && w.keyword == Keyword::WITH
+                        && end > 0
+                        && self.p.peek_nth_token_ref(end + 1).token == Token::LParen =>
+                {
+                    options_at = Some(end);
                 }
                 _ => {}
             }

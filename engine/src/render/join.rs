@@ -45,7 +45,7 @@ pub(crate) fn render_join<'s>(
             .chain(std::iter::repeat_n(Datum::Null, right_width))
             .collect::<Row>()
     };
-    let pad2 = pad.clone();
+    let pad2 = pad;
     let right_keys_present = r.map(|(k, _)| k).distinct();
     let unmatched = l.antijoin(right_keys_present).map(move |(_, a)| pad(&a));
     let lk = left_keys.to_vec();
