@@ -28,6 +28,9 @@ use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
 use crate::worker::{self, Command, PeekPart};
 
+/// Where each worker's share of a peek arrives.
+type PeekReplies = UnboundedReceiver<(usize, Result<Vec<PeekPart>>)>;
+
 /// Rows stamped further than this into the future are rejected.
 pub const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
@@ -489,9 +492,13 @@ impl Engine {
         })
     }
 
-    /// Reads the contents of relations (sources, views, rules) at one consistent time that
-    /// includes every row pushed before the call.
-    pub async fn peek(&self, names: &[&str]) -> Result<PeekResult> {
+    /// Asks every worker for relations at a time that includes every row pushed before the call;
+    /// the replies come once each worker's frontiers have passed that time.
+    fn request_peek(
+        &self,
+        names: &[&str],
+        read: bool,
+    ) -> Result<(u64, Vec<SchemaRef>, PeekReplies)> {
         let (reply, rx) = unbounded_channel();
         let (time, schemas) = {
             let mut c = self.coord()?;
@@ -509,10 +516,26 @@ impl Engine {
             c.broadcast(&self.shared.threads, || Command::Peek {
                 names: names.clone(),
                 time,
+                read,
                 reply: reply.clone(),
             })?;
             (time, schemas)
         };
+        Ok((time, schemas, rx))
+    }
+
+    /// Waits until the relations are current: every row pushed before the call is reflected in
+    /// them, and every time up to now has been processed. Returns that time.
+    pub async fn sync(&self, names: &[&str]) -> Result<u64> {
+        let (time, _, rx) = self.request_peek(names, false)?;
+        collect(rx, self.shared.workers).await?;
+        Ok(time)
+    }
+
+    /// Reads the contents of relations (sources, views, rules) at one consistent time that
+    /// includes every row pushed before the call.
+    pub async fn peek(&self, names: &[&str]) -> Result<PeekResult> {
+        let (time, schemas, rx) = self.request_peek(names, true)?;
         let parts = collect(rx, self.shared.workers).await?;
         let mut relations = Vec::new();
         for (i, schema) in schemas.into_iter().enumerate() {

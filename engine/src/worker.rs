@@ -71,9 +71,11 @@ pub(crate) enum Command {
         time: Time,
         batch: RecordBatch,
     },
+    /// Read the relations at `time` once complete (or, with `read` false, only wait for that).
     Peek {
         names: Vec<String>,
         time: Time,
+        read: bool,
         reply: Reply<Vec<PeekPart>>,
     },
     Errors {
@@ -86,6 +88,7 @@ pub(crate) enum Command {
 struct PendingPeek {
     names: Vec<String>,
     time: Time,
+    read: bool,
     reply: Reply<Vec<PeekPart>>,
 }
 
@@ -220,9 +223,17 @@ impl WorkerState {
                     log.borrow_mut().append(time.max(self.upper), batch);
                 }
             }
-            Command::Peek { names, time, reply } => {
-                self.peeks.push(PendingPeek { names, time, reply })
-            }
+            Command::Peek {
+                names,
+                time,
+                read,
+                reply,
+            } => self.peeks.push(PendingPeek {
+                names,
+                time,
+                read,
+                reply,
+            }),
             Command::Errors { name, reply } => {
                 let e = self.errors.get(&name).map(|e| {
                     let e = e.borrow();
@@ -268,6 +279,9 @@ impl WorkerState {
             }
         }
         let mut parts = Vec::with_capacity(peek.names.len());
+        if !peek.read {
+            return Some(Ok(parts));
+        }
         for name in &peek.names {
             if let Some(log) = self.sources.get(name) {
                 match log.borrow().peek(t) {

@@ -267,13 +267,14 @@ impl P<'_> {
                     Vec::new()
                 };
                 self.p.expect_keyword(Keyword::FROM)?;
-                let mut connector =
-                    match self.p.next_token().token {
-                        Token::Word(w) => w.value.to_ascii_uppercase(),
-                        other => return Err(self.err(format!(
+                let mut connector = match self.p.next_token().token {
+                    Token::Word(w) => w.value.to_ascii_uppercase(),
+                    other => {
+                        return Err(self.err(format!(
                             "Expected: a connector (WEBSOCKET, HTTP, HOST, SNMP), found: {other}"
-                        ))),
-                    };
+                        )))
+                    }
+                };
                 if connector == "SNMP" && self.word(0).as_deref() == Some("TRAP") {
                     self.p.next_token();
                     connector.push_str(" TRAP");
