@@ -112,6 +112,10 @@ struct Coord {
     next_worker: usize,
     next_subscription: u64,
     objects: HashMap<String, Object>,
+    /// The latest time any row was pushed at.
+    last_push: Time,
+    /// Live subscriptions and what they read; dropping what one reads ends it.
+    subscriptions: HashMap<u64, Vec<String>>,
 }
 
 struct Shared {
@@ -156,6 +160,22 @@ impl Coord {
             th.unpark();
         }
         Ok(())
+    }
+
+    /// The time a read (peek or subscription snapshot) happens at: no earlier than the clock, than
+    /// any row already pushed, or than what the inputs have completed. The system clock's ticker
+    /// completes that time within a tick; a manual clock does not move by itself, so its inputs are
+    /// advanced past the read time at once.
+    fn read_time(&mut self, shared: &Shared) -> Result<Time> {
+        let time = shared
+            .clock
+            .now()
+            .max(self.upper.saturating_sub(1))
+            .max(self.last_push);
+        if shared.clock.is_manual() {
+            self.advance(&shared.threads, time + 1)?;
+        }
+        Ok(time)
     }
 
     fn advance(&mut self, threads: &[Thread], to: Time) -> Result<()> {
@@ -224,6 +244,8 @@ impl Engine {
                 next_worker: 0,
                 next_subscription: 0,
                 objects: HashMap::new(),
+                subscriptions: HashMap::new(),
+                last_push: 0,
             }),
             threads: threads.into_iter().map(|t| t.expect("thread")).collect(),
             guards: Mutex::new(Some(guards)),
@@ -399,6 +421,16 @@ impl Engine {
                 users.join(", ")
             )));
         }
+        let ended: Vec<u64> = c
+            .subscriptions
+            .iter()
+            .filter(|(_, deps)| deps.iter().any(|d| d == name))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ended {
+            c.subscriptions.remove(&id);
+            c.broadcast(&self.shared.threads, || Command::DropSubscription { id })?;
+        }
         c.broadcast(&self.shared.threads, || Command::Drop {
             name: name.to_string(),
         })?;
@@ -435,6 +467,7 @@ impl Engine {
             )));
         }
         let time = self.shared.clock.now().max(c.upper);
+        c.last_push = c.last_push.max(time);
         let ts = batch
             .column(info.ts_col)
             .as_primitive::<TimestampMillisecondType>();
@@ -510,8 +543,7 @@ impl Engine {
                     .ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
                 schemas.push(o.schema.clone());
             }
-            let time = self.shared.clock.now().max(c.upper);
-            c.advance(&self.shared.threads, time + 1)?;
+            let time = c.read_time(&self.shared)?;
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
             c.broadcast(&self.shared.threads, || Command::Peek {
                 names: names.clone(),
@@ -573,10 +605,12 @@ impl Engine {
         let (reply, rx) = unbounded_channel();
         let (id, as_of) = {
             let mut c = self.coord()?;
-            Self::check_plan(&c, &plan)?;
+            let deps = Self::check_plan(&c, &plan)?;
             let id = c.next_subscription;
             c.next_subscription += 1;
-            let as_of = self.shared.clock.now().max(c.upper);
+            c.subscriptions.insert(id, deps);
+            // The snapshot is the contents at `as_of`; rows pushed from now on land after it.
+            let as_of = c.read_time(&self.shared)?;
             c.broadcast(&self.shared.threads, || Command::Subscribe {
                 id,
                 plan: plan.clone(),
@@ -662,7 +696,8 @@ impl Subscription {
         &self.schema
     }
 
-    /// The next event, or `None` once the subscription can produce nothing more.
+    /// The next event, or `None` once the subscription can produce nothing more (also when
+    /// what it reads is dropped).
     pub async fn next(&mut self) -> Option<SubscribeEvent> {
         loop {
             if let Some(e) = self.ready.pop_front() {
@@ -710,11 +745,13 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Ok(c) = self.engine.coord() {
+        if let Ok(mut c) = self.engine.coord() {
             let id = self.id;
-            let _ = c.broadcast(&self.engine.shared.threads, || Command::DropSubscription {
-                id,
-            });
+            if c.subscriptions.remove(&id).is_some() {
+                let _ = c.broadcast(&self.engine.shared.threads, || Command::DropSubscription {
+                    id,
+                });
+            }
         }
     }
 }

@@ -79,7 +79,6 @@ impl SourceLog {
         if upper > self.upper {
             self.upper = upper;
             self.activate_readers();
-            self.prune();
         }
     }
 
@@ -109,7 +108,10 @@ impl SourceLog {
         )
     }
 
-    fn prune(&mut self) {
+    /// Drops entries whose rows have all expired by `hold` (at most the upper) and that every
+    /// reader has read. `hold` is kept at or below the time of any peek still waiting.
+    pub fn prune(&mut self, hold: u64) {
+        let hold = hold.min(self.upper);
         let min_cursor = self
             .readers
             .iter()
@@ -117,7 +119,7 @@ impl SourceLog {
             .min()
             .unwrap_or(u64::MAX);
         while let Some(front) = self.entries.front() {
-            if front.expires <= self.upper as i64 && self.base_seq < min_cursor {
+            if front.expires <= hold as i64 && self.base_seq < min_cursor {
                 self.entries.pop_front();
                 self.base_seq += 1;
             } else {

@@ -295,9 +295,14 @@ impl WorkerState {
         Some(Ok(parts))
     }
 
-    /// Lets arrangements merge history older than a second behind the write frontier.
+    /// Lets arrangements merge history older than a second behind the write frontier, and sources
+    /// drop expired rows, but never past the time of a peek that is still waiting.
     fn compact(&mut self) {
-        let since = [self.upper.saturating_sub(COMPACTION_LAG_MS)];
+        let hold = self.peeks.iter().map(|p| p.time).min().unwrap_or(Time::MAX);
+        for log in self.sources.values() {
+            log.borrow_mut().prune(hold);
+        }
+        let since = [self.upper.saturating_sub(COMPACTION_LAG_MS).min(hold)];
         for trace in self.traces.values_mut() {
             trace.set_logical_compaction(AntichainRef::new(&since));
             trace.set_physical_compaction(AntichainRef::new(&since));

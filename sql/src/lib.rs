@@ -22,7 +22,7 @@ pub mod planner;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::Query;
 use tocsin_engine::plan::Node;
@@ -34,6 +34,12 @@ pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
 use crate::options::{RuleOptions, SourceOptions};
 use crate::parser::{Located, ObjectKind, Statement, SubscribeTarget};
+
+/// Casts that fail on values they cannot convert instead of turning them into NULL.
+const STRICT: CastOptions<'static> = CastOptions {
+    safe: false,
+    format_options: datafusion::arrow::util::display::FormatOptions::new(),
+};
 
 /// What one statement returned.
 pub enum StatementResult {
@@ -513,7 +519,7 @@ impl Tocsin {
             let mut arrays = Vec::with_capacity(schema.fields().len());
             for f in schema.fields() {
                 let arr: ArrayRef = match names.iter().position(|c| c == f.name()) {
-                    Some(i) => cast(b.column(i), f.data_type())
+                    Some(i) => cast_with_options(b.column(i), f.data_type(), &STRICT)
                         .map_err(|e| SqlError::plan(format!("column \"{}\": {e}", f.name())))?,
                     None if f.name() == "ts" => Arc::new(
                         datafusion::arrow::array::TimestampMillisecondArray::from(vec![now; n])

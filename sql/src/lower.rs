@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DFSchemaRef, NullEquality, ScalarValue};
@@ -132,8 +132,13 @@ fn now_offset(e: &Expr) -> Result<i64> {
     match e {
         Expr::ScalarFunction(f) if f.func.name() == ContinuousNow::NAME => Ok(0),
         Expr::Alias(a) => now_offset(&a.expr),
-        Expr::Cast(c) => now_offset(&c.expr),
-        Expr::TryCast(c) => now_offset(&c.expr),
+        // Casts between timestamp types keep the instant; casts to dates or numbers do not.
+        Expr::Cast(c) if matches!(c.field.data_type(), DataType::Timestamp(_, _)) => {
+            now_offset(&c.expr)
+        }
+        Expr::TryCast(c) if matches!(c.field.data_type(), DataType::Timestamp(_, _)) => {
+            now_offset(&c.expr)
+        }
         Expr::BinaryExpr(BinaryExpr {
             left,
             op: Operator::Plus,
@@ -192,6 +197,14 @@ fn temporal(
             };
             // x op now() + off
             let off = now_offset(now_side)?;
+            match x.get_type(schema)? {
+                DataType::Timestamp(TimeUnit::Millisecond | TimeUnit::Second, _) => {}
+                other => {
+                    return Err(SqlError::unsupported(format!(
+                        "{e}: compare now() with a millisecond timestamp (such as ts or ts + INTERVAL '1 minute'), not a {other}"
+                    )))
+                }
+            }
             let expr = phys(x, schema)?;
             match op {
                 Operator::Gt => upper.push(TimeBound { expr, offset_ms: -off }),
@@ -354,6 +367,11 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                 };
                 if params.filter.is_some() {
                     return Err(SqlError::unsupported("FILTER (WHERE ...) on aggregates"));
+                }
+                if params.null_treatment.is_some() {
+                    return Err(SqlError::unsupported(
+                        "IGNORE NULLS / RESPECT NULLS on aggregates",
+                    ));
                 }
                 let name = func.name().to_lowercase();
                 let arg = match params.args.as_slice() {

@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn errors_carry_statement_and_position() {
-        let e = parse("SHOW RULES;\nSELECT 1 + FROM cpu").unwrap_err();
+        let e = parse("SHOW RULES;\nSELECT host FROM cpu WHERE cpu > > 3").unwrap_err();
         assert_eq!(e.statement, 1);
         assert_eq!(e.line, Some(2));
     }

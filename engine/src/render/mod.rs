@@ -157,8 +157,9 @@ impl<'s> Context<'_, 's> {
             source::<_, UpdateBuilder, _, _>(scope, &format!("Read {name}"), move |cap, info| {
                 let activator = scope.activator_for(info.address);
                 let cursor = log.borrow_mut().register(activator);
+                // The capability starts at the beginning of time, so the retained rows are
+                // replayed at the times they arrived; it follows the source's upper from then on.
                 let mut cap = cap;
-                cap.downgrade(&log.borrow().upper);
                 let mut buffer = Vec::new();
                 move |output| {
                     let log = log.borrow();

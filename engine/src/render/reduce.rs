@@ -25,6 +25,8 @@ use crate::plan::{AggFunc, Aggregate, SortKey};
 use crate::row::{repr_of, Datum, Repr, Row, F64};
 
 const FLOAT_SCALE: f64 = 4294967296.0; // 2^32
+/// Floats at least this large (2^90) are beyond the fixed-point range and make the sum NaN.
+const FLOAT_LIMIT: f64 = 1237940039285380274899124224.0;
 
 /// A vector of integer accumulators used as a differential difference type.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,8 +42,10 @@ impl Semigroup for Accum {
         if self.0.len() < rhs.0.len() {
             self.0.resize(rhs.0.len(), 0);
         }
+        // Wrapping arithmetic is exact modulo 2^128, so a sum whose true value fits is exact
+        // even if partial sums passed through an overflow, and nothing panics.
         for (a, b) in self.0.iter_mut().zip(&rhs.0) {
-            *a += *b;
+            *a = a.wrapping_add(*b);
         }
     }
 }
@@ -52,14 +56,14 @@ impl Monoid for Accum {
 }
 impl Abelian for Accum {
     fn negate(&mut self) {
-        self.0.iter_mut().for_each(|x| *x = -*x);
+        self.0.iter_mut().for_each(|x| *x = x.wrapping_neg());
     }
 }
 impl Multiply<isize> for Accum {
     type Output = Accum;
     fn multiply(mut self, rhs: &isize) -> Accum {
         let r = *rhs as i128;
-        self.0.iter_mut().for_each(|x| *x *= r);
+        self.0.iter_mut().for_each(|x| *x = x.wrapping_mul(r));
         self
     }
 }
@@ -79,19 +83,19 @@ fn accumulate(func: &AggFunc, v: &Datum, s: &mut [i128], m: i128) {
         (AggFunc::Count, _) => s[0] += m,
         (_, Datum::Int(i)) => {
             s[0] += m;
-            s[1] += *i as i128 * m;
+            s[1] = s[1].wrapping_add(*i as i128 * m);
         }
         (_, Datum::Float(f)) => {
             s[0] += m;
             let f = f.get();
-            if f.is_nan() {
+            if f.is_nan() || (f.is_finite() && f.abs() >= FLOAT_LIMIT) {
                 s[2] += m
             } else if f == f64::INFINITY {
                 s[3] += m
             } else if f == f64::NEG_INFINITY {
                 s[4] += m
             } else {
-                s[1] += (f * FLOAT_SCALE).round() as i128 * m
+                s[1] = s[1].wrapping_add(((f * FLOAT_SCALE).round() as i128).wrapping_mul(m))
             }
         }
         (_, Datum::Bool(b)) => {
