@@ -20,7 +20,7 @@ pub(crate) mod reduce;
 pub(crate) mod subscribe;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -31,7 +31,7 @@ use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::{source, Operator};
-use timely::dataflow::operators::ToStream;
+use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Scope;
 
 use crate::error::{EngineError, Result};
@@ -161,16 +161,26 @@ impl<'s> Context<'_, 's> {
                 // replayed at the times they arrived; it follows the source's upper from then on.
                 let mut cap = cap;
                 let mut buffer = Vec::new();
+                let mut delayed = Delayed::default();
                 move |output| {
                     let log = log.borrow();
                     let (entries, end) = log.read_from(cursor.get());
                     for e in entries {
                         let t = e.time.max(*cap.time());
                         mfp_into(&all_steps, &e.batch, &|_| t, &|_| 1, &mut buffer, &errors);
-                        output.session(&cap).give_iterator(buffer.drain(..));
+                        let mut session = output.session(&cap);
+                        for (row, time, diff) in buffer.drain(..) {
+                            if time <= t {
+                                session.give((row, time, diff));
+                            } else {
+                                delayed.hold(row, time, diff);
+                            }
+                        }
                     }
                     cursor.set(end);
                     if log.upper > *cap.time() {
+                        // Updates that fall due before the new upper go out under the old capability.
+                        output.session(&cap).give_iterator(delayed.take_before(Some(log.upper)));
                         cap.downgrade(&log.upper);
                     }
                 }
@@ -191,9 +201,12 @@ impl<'s> Context<'_, 's> {
         }
         let errors = self.errors.clone();
         coll.inner
-            .unary::<UpdateBuilder, _, _, _>(Pipeline, "Mfp", move |_cap, _info| {
+            .unary_frontier::<UpdateBuilder, _, _, _>(Pipeline, "Mfp", move |_cap, _info| {
                 let mut buffer = Vec::new();
-                move |input, output| {
+                let mut delayed = Delayed::default();
+                // A capability at the earliest held update, while there is one.
+                let mut held: Option<Capability<Time>> = None;
+                move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         let batch =
                             match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
@@ -208,11 +221,64 @@ impl<'s> Context<'_, 's> {
                             &mut buffer,
                             &errors,
                         );
-                        output.session(&cap).give_iterator(buffer.drain(..));
+                        let Some(&now) = cap.least() else { return };
+                        let mut session = output.session(&cap);
+                        for (row, time, diff) in buffer.drain(..) {
+                            if time <= now {
+                                session.give((row, time, diff));
+                            } else {
+                                if held.as_ref().is_none_or(|h| time < *h.time()) {
+                                    held = Some(cap.delayed(&time, 0));
+                                }
+                                delayed.hold(row, time, diff);
+                            }
+                        }
                     });
+                    if let Some(h) = &mut held {
+                        let upper = frontier.frontier().iter().next().copied();
+                        output.session(h).give_iterator(delayed.take_before(upper));
+                        match delayed.first() {
+                            Some(t) => h.downgrade(&t),
+                            None => held = None,
+                        }
+                    }
                 }
             })
             .as_collection()
+    }
+}
+
+/// Updates dated after the moment they are produced (retractions by temporal filters and
+/// retention, delayed insertions), held by the operator that made them until they fall due.
+///
+/// Sending them downstream at once would be correct, but every arrangement would then carry
+/// them in its batcher and re-examine all of them each time the frontier moves: with a one-minute
+/// window that is a minute of updates re-sorted every tick. Held here, in time order, each is
+/// touched once more when it falls due.
+#[derive(Default)]
+struct Delayed {
+    pending: BTreeMap<Time, Vec<(Row, isize)>>,
+}
+
+impl Delayed {
+    fn hold(&mut self, row: Row, time: Time, diff: isize) {
+        self.pending.entry(time).or_default().push((row, diff));
+    }
+
+    fn first(&self) -> Option<Time> {
+        self.pending.first_key_value().map(|(t, _)| *t)
+    }
+
+    /// Removes and returns the updates with times before `upper` (all of them for `None`).
+    fn take_before(&mut self, upper: Option<Time>) -> impl Iterator<Item = (Row, Time, isize)> {
+        let due = match upper {
+            Some(u) => {
+                let later = self.pending.split_off(&u);
+                std::mem::replace(&mut self.pending, later)
+            }
+            None => std::mem::take(&mut self.pending),
+        };
+        due.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(r, d)| (r, t, d)))
     }
 }
 
