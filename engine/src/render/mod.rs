@@ -180,7 +180,9 @@ impl<'s> Context<'_, 's> {
                     cursor.set(end);
                     if log.upper > *cap.time() {
                         // Updates that fall due before the new upper go out under the old capability.
-                        output.session(&cap).give_iterator(delayed.take_before(Some(log.upper)));
+                        output
+                            .session(&cap)
+                            .give_iterator(delayed.take_before(Some(log.upper)));
                         cap.downgrade(&log.upper);
                     }
                 }
@@ -278,7 +280,8 @@ impl Delayed {
             }
             None => std::mem::take(&mut self.pending),
         };
-        due.into_iter().flat_map(|(t, rows)| rows.into_iter().map(move |(r, d)| (r, t, d)))
+        due.into_iter()
+            .flat_map(|(t, rows)| rows.into_iter().map(move |(r, d)| (r, t, d)))
     }
 }
 
