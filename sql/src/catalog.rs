@@ -67,6 +67,14 @@ impl Relations for Catalog {
 }
 
 impl Catalog {
+    /// Adds a newly created object; answers with the statement's result.
+    pub fn register(&mut self, entry: CatalogEntry) -> crate::StatementResult {
+        let statement = format!("CREATE {}", entry.kind().as_str());
+        let name = entry.name.clone();
+        self.entries.insert(name.clone(), entry);
+        crate::StatementResult::Ddl { statement, name }
+    }
+
     pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {
         self.entries
             .values()

@@ -207,22 +207,15 @@ impl Tocsin {
                     cols.join(", "),
                     options_sql(&sql_options)
                 );
-                catalog.entries.insert(
-                    name.clone(),
-                    CatalogEntry {
-                        name: name.clone(),
-                        schema,
-                        sql,
-                        def: ObjectDef::Source {
-                            connector,
-                            options: opts,
-                        },
-                    },
-                );
-                Ok(StatementResult::Ddl {
-                    statement: "CREATE SOURCE".into(),
+                Ok(catalog.register(CatalogEntry {
                     name,
-                })
+                    schema,
+                    sql,
+                    def: ObjectDef::Source {
+                        connector,
+                        options: opts,
+                    },
+                }))
             }
             Statement::CreateView { name, query } => {
                 let mut catalog = self.catalog.lock().await;
@@ -230,19 +223,12 @@ impl Tocsin {
                 let plan = self.plan_continuous(&catalog, &query).await?;
                 self.engine.create_relation(&name, plan.clone()).await?;
                 let sql = format!("CREATE VIEW {name} AS {query}");
-                catalog.entries.insert(
-                    name.clone(),
-                    CatalogEntry {
-                        name: name.clone(),
-                        schema: plan.schema.clone(),
-                        sql,
-                        def: ObjectDef::View { plan },
-                    },
-                );
-                Ok(StatementResult::Ddl {
-                    statement: "CREATE VIEW".into(),
+                Ok(catalog.register(CatalogEntry {
                     name,
-                })
+                    schema: plan.schema.clone(),
+                    sql,
+                    def: ObjectDef::View { plan },
+                }))
             }
             Statement::CreateRule {
                 name,
@@ -265,22 +251,15 @@ impl Tocsin {
                 }
                 self.engine.create_relation(&name, plan.clone()).await?;
                 let sql = format!("CREATE RULE {name} AS {query}{}", options_sql(&sql_options));
-                catalog.entries.insert(
-                    name.clone(),
-                    CatalogEntry {
-                        name: name.clone(),
-                        schema: plan.schema.clone(),
-                        sql,
-                        def: ObjectDef::Rule {
-                            plan,
-                            options: opts,
-                        },
-                    },
-                );
-                Ok(StatementResult::Ddl {
-                    statement: "CREATE RULE".into(),
+                Ok(catalog.register(CatalogEntry {
                     name,
-                })
+                    schema: plan.schema.clone(),
+                    sql,
+                    def: ObjectDef::Rule {
+                        plan,
+                        options: opts,
+                    },
+                }))
             }
             Statement::CreateSink { .. } => Err(SqlError::unsupported(
                 "CREATE SINK: notification sinks are not available in this build yet",
