@@ -339,7 +339,6 @@ impl Engine {
             }
             c.broadcast(&self.shared.threads, || Command::CreateSource {
                 name: name.to_string(),
-                schema: schema.clone(),
                 ts_col,
                 retain_ms,
                 reply: reply.clone(),

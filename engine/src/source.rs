@@ -14,7 +14,7 @@ use std::rc::{Rc, Weak};
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use timely::scheduling::Activator;
 
@@ -28,7 +28,6 @@ pub(crate) struct Entry {
 }
 
 pub(crate) struct SourceLog {
-    pub schema: SchemaRef,
     pub ts_col: usize,
     pub retain_ms: i64,
     entries: VecDeque<Entry>,
@@ -40,9 +39,8 @@ pub(crate) struct SourceLog {
 }
 
 impl SourceLog {
-    pub fn new(schema: SchemaRef, ts_col: usize, retain_ms: i64, upper: u64) -> Self {
+    pub fn new(ts_col: usize, retain_ms: i64, upper: u64) -> Self {
         SourceLog {
-            schema,
             ts_col,
             retain_ms,
             entries: VecDeque::new(),

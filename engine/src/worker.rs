@@ -10,7 +10,6 @@ use std::rc::Rc;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::TraceReader;
@@ -43,7 +42,6 @@ pub(crate) enum Command {
     AdvanceTo(Time),
     CreateSource {
         name: String,
-        schema: SchemaRef,
         ts_col: usize,
         retain_ms: i64,
         reply: Reply<()>,
@@ -142,12 +140,11 @@ impl WorkerState {
             }
             Command::CreateSource {
                 name,
-                schema,
                 ts_col,
                 retain_ms,
                 reply,
             } => {
-                let log = SourceLog::new(schema, ts_col, retain_ms, self.upper);
+                let log = SourceLog::new(ts_col, retain_ms, self.upper);
                 self.sources.insert(name, Rc::new(RefCell::new(log)));
                 let _ = reply.send((index, Ok(())));
             }

@@ -164,19 +164,21 @@ pub(crate) fn eval_mfp(steps: &[MfpStep], batch: &RecordBatch) -> Result<MfpOutp
 pub(crate) fn mfp_updates(
     steps: &[MfpStep],
     batch: &RecordBatch,
-    time_of: &dyn Fn(usize) -> u64,
-    diff_of: &dyn Fn(usize) -> isize,
+    rows: &RowInfo<'_>,
     out: &mut Vec<(Row, u64, isize)>,
     on_error: &mut dyn FnMut(EngineError),
 ) {
-    match eval_mfp(steps, batch).and_then(|o| emit_updates(o, time_of, diff_of, out)) {
+    match eval_mfp(steps, batch).and_then(|o| emit_updates(o, rows, out)) {
         Ok(()) => {}
         Err(_) if batch.num_rows() > 1 => {
             for i in 0..batch.num_rows() {
                 let one = batch.slice(i, 1);
-                let t = |_: usize| time_of(i);
-                let d = |_: usize| diff_of(i);
-                if let Err(e) = eval_mfp(steps, &one).and_then(|o| emit_updates(o, &t, &d, out)) {
+                let info = RowInfo {
+                    time: &|_| (rows.time)(i),
+                    diff: &|_| (rows.diff)(i),
+                    expiry: &|_| (rows.expiry)(i),
+                };
+                if let Err(e) = eval_mfp(steps, &one).and_then(|o| emit_updates(o, &info, out)) {
                     on_error(e);
                 }
             }
@@ -185,24 +187,32 @@ pub(crate) fn mfp_updates(
     }
 }
 
-fn emit_updates(
-    o: MfpOutput,
-    time_of: &dyn Fn(usize) -> u64,
-    diff_of: &dyn Fn(usize) -> isize,
-    out: &mut Vec<(Row, u64, isize)>,
-) -> Result<()> {
+/// What the MFP's caller knows of each input row, by index.
+pub(crate) struct RowInfo<'a> {
+    /// The time the row arrived at.
+    pub time: &'a dyn Fn(usize) -> u64,
+    pub diff: &'a dyn Fn(usize) -> isize,
+    /// When the row leaves regardless of the query (a source's retention), if it does.
+    /// Applied to the rows that pass, so filtered-out rows cost nothing.
+    pub expiry: &'a dyn Fn(usize) -> Option<i64>,
+}
+
+fn emit_updates(o: MfpOutput, info: &RowInfo<'_>, out: &mut Vec<(Row, u64, isize)>) -> Result<()> {
     let rows = batch_to_rows(&o.batch, None)?;
     for (i, row) in rows.into_iter().enumerate() {
         let src = o.selection[i] as usize;
-        let t = time_of(src);
-        let d = diff_of(src);
+        let t = (info.time)(src);
+        let d = (info.diff)(src);
         let start = match &o.lower {
             Some(l) => t.max(l[i].max(0) as u64),
             None => t,
         };
-        match &o.upper {
-            Some(u) => {
-                let end = u[i];
+        let upper = match (o.upper.as_ref().map(|u| u[i]), (info.expiry)(src)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match upper {
+            Some(end) => {
                 if end <= start as i64 {
                     continue;
                 }

@@ -22,9 +22,9 @@ pub(crate) mod subscribe;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
-use std::sync::Arc;
 
-use datafusion::physical_expr::expressions::Column;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{AsCollection, VecCollection};
@@ -35,7 +35,7 @@ use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Scope;
 
 use crate::error::{EngineError, Result};
-use crate::plan::{MfpStep, Node, Plan, TimeBound};
+use crate::plan::{MfpStep, Node, Plan};
 use crate::row::{rows_to_batch, Row};
 use crate::source::SourceLog;
 
@@ -131,26 +131,19 @@ impl<'s> Context<'_, 's> {
     }
 
     /// Replays a source's retained log and then follows it, applying `steps` to each batch.
-    /// Retention is the first step: every row is retracted at `ts + retain`.
+    /// Every row that passes is retracted at `ts + retain` at the latest (retention), computed
+    /// only for the rows that pass.
     fn render_source(&mut self, name: &str, steps: &[MfpStep]) -> Result<Coll<'s>> {
         let log = self
             .sources
             .get(name)
             .cloned()
             .ok_or_else(|| EngineError::Plan(format!("source \"{name}\" does not exist")))?;
-        let (ts_col, retain_ms, schema) = {
+        let (ts_col, retain_ms) = {
             let l = log.borrow();
-            (l.ts_col, l.retain_ms, l.schema.clone())
+            (l.ts_col, l.retain_ms)
         };
-        let retention = MfpStep::Temporal {
-            lower: Vec::new(),
-            upper: vec![TimeBound {
-                expr: Arc::new(Column::new(schema.field(ts_col).name(), ts_col)),
-                offset_ms: retain_ms,
-            }],
-        };
-        let mut all_steps = vec![retention];
-        all_steps.extend(steps.iter().cloned());
+        let all_steps = steps.to_vec();
         let scope = self.scope;
         let errors = self.errors.clone();
         let stream =
@@ -167,7 +160,16 @@ impl<'s> Context<'_, 's> {
                     let (entries, end) = log.read_from(cursor.get());
                     for e in entries {
                         let t = e.time.max(*cap.time());
-                        mfp_into(&all_steps, &e.batch, &|_| t, &|_| 1, &mut buffer, &errors);
+                        let ts = e
+                            .batch
+                            .column(ts_col)
+                            .as_primitive::<TimestampMillisecondType>();
+                        let info = mfp::RowInfo {
+                            time: &|_| t,
+                            diff: &|_| 1,
+                            expiry: &|i| Some(ts.value(i).saturating_add(retain_ms)),
+                        };
+                        mfp_into(&all_steps, &e.batch, &info, &mut buffer, &errors);
                         let mut session = output.session(&cap);
                         for (row, time, diff) in buffer.drain(..) {
                             if time <= t {
@@ -215,14 +217,12 @@ impl<'s> Context<'_, 's> {
                                 Ok(b) => b,
                                 Err(e) => return record_error(&errors, e),
                             };
-                        mfp_into(
-                            &steps,
-                            &batch,
-                            &|i| data[i].1,
-                            &|i| data[i].2,
-                            &mut buffer,
-                            &errors,
-                        );
+                        let info = mfp::RowInfo {
+                            time: &|i| data[i].1,
+                            diff: &|i| data[i].2,
+                            expiry: &|_| None,
+                        };
+                        mfp_into(&steps, &batch, &info, &mut buffer, &errors);
                         let Some(&now) = cap.least() else { return };
                         let mut session = output.session(&cap);
                         for (row, time, diff) in buffer.drain(..) {
@@ -288,14 +288,11 @@ impl Delayed {
 fn mfp_into(
     steps: &[MfpStep],
     batch: &datafusion::arrow::record_batch::RecordBatch,
-    time_of: &dyn Fn(usize) -> Time,
-    diff_of: &dyn Fn(usize) -> isize,
+    info: &mfp::RowInfo<'_>,
     out: &mut Vec<(Row, Time, isize)>,
     errors: &Rc<RefCell<DataflowErrors>>,
 ) {
-    mfp::mfp_updates(steps, batch, time_of, diff_of, out, &mut |e| {
-        record_error(errors, e)
-    });
+    mfp::mfp_updates(steps, batch, info, out, &mut |e| record_error(errors, e));
 }
 
 pub(crate) fn record_error(errors: &Rc<RefCell<DataflowErrors>>, e: EngineError) {
