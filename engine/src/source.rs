@@ -147,9 +147,62 @@ impl SourceLog {
         Ok(out)
     }
 
-    /// Number of retained entries (for metrics and tests).
-    #[allow(dead_code)]
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let v = Int64Array::from_iter_values(0..ts.len() as i64);
+        let t = TimestampMillisecondArray::from(ts.to_vec()).with_timezone("UTC");
+        RecordBatch::try_new(schema, vec![Arc::new(v), Arc::new(t)]).unwrap()
+    }
+
+    #[test]
+    fn peeks_see_arrived_unexpired_rows_and_pruning_waits_for_peeks() {
+        // Rows are retained 100 ms after their ts.
+        let mut log = SourceLog::new(1, 100, 1_000);
+        log.append(1_000, batch(&[950, 990]));
+        log.advance(1_010);
+        log.append(1_010, batch(&[1_005]));
+        log.advance(1_020);
+        let rows = |b: Vec<RecordBatch>| b.iter().map(RecordBatch::num_rows).sum::<usize>();
+        assert_eq!(
+            rows(log.peek(1_000).unwrap()),
+            2,
+            "the second batch arrived after 1000"
+        );
+        assert_eq!(rows(log.peek(1_060).unwrap()), 2, "ts 950 expired at 1050");
+        assert_eq!(rows(log.peek(1_095).unwrap()), 1, "ts 990 expired at 1090");
+
+        log.advance(1_200);
+        // A peek still waiting at 1060 keeps what it needs.
+        log.prune(1_060);
+        assert_eq!(
+            log.len(),
+            2,
+            "the first batch still has a live row (ts 990) at 1060"
+        );
+        assert_eq!(rows(log.peek(1_060).unwrap()), 2);
+        log.prune(u64::MAX);
+        assert_eq!(log.len(), 0, "everything expired by 1200");
     }
 }
