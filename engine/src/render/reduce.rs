@@ -161,12 +161,7 @@ pub(crate) fn render_reduce<'s>(
             )));
         }
     }
-    let kv = input.map(move |row: Row| {
-        (
-            row[..keys].to_vec().into_boxed_slice(),
-            row[keys..].to_vec().into_boxed_slice(),
-        )
-    });
+
     let out_types: Vec<DataType> = out_schema
         .fields()
         .iter()
@@ -182,36 +177,39 @@ pub(crate) fn render_reduce<'s>(
         let aggs_e = aggs.to_vec();
         let width = 1 + aggs.iter().map(|a| slots(&a.func)).sum::<usize>();
         let aggs_f = aggs.to_vec();
-        kv.explode(move |(k, v): (Row, Row)| {
-            let mut acc = vec![0i128; width];
-            acc[0] = 1;
-            let mut off = 1;
-            for a in &aggs_e {
-                let n = slots(&a.func);
-                accumulate(&a.func, &v[a.arg - keys], &mut acc[off..off + n], 1);
-                off += n;
-            }
-            Some((k, Accum(acc)))
-        })
-        .count_total()
-        .map(move |(k, acc): (Row, Accum)| {
-            let mut row: Vec<Datum> = k.to_vec();
-            let mut off = 1;
-            for (i, a) in aggs_f.iter().enumerate() {
-                let n = slots(&a.func);
-                let mut s = acc
-                    .0
-                    .get(off..off + n)
-                    .map(<[i128]>::to_vec)
-                    .unwrap_or_default();
-                s.resize(n, 0);
-                row.push(finalize(&a.func, input_float[i], &out_types[i], &s));
-                off += n;
-            }
-            row.into_boxed_slice()
-        })
+        // Straight from the input row to (key, accumulators): no intermediate value row.
+        input
+            .explode(move |row: Row| {
+                let mut acc = vec![0i128; width];
+                acc[0] = 1;
+                let mut off = 1;
+                for a in &aggs_e {
+                    let n = slots(&a.func);
+                    accumulate(&a.func, &row[a.arg], &mut acc[off..off + n], 1);
+                    off += n;
+                }
+                Some((row[..keys].to_vec().into_boxed_slice(), Accum(acc)))
+            })
+            .count_total()
+            .map(move |(k, acc): (Row, Accum)| {
+                let mut row: Vec<Datum> = k.to_vec();
+                let mut off = 1;
+                for (i, a) in aggs_f.iter().enumerate() {
+                    let n = slots(&a.func);
+                    let s = acc.0.get(off..off + n).unwrap_or(&[0; 5][..n]);
+                    row.push(finalize(&a.func, input_float[i], &out_types[i], s));
+                    off += n;
+                }
+                row.into_boxed_slice()
+            })
     } else {
         let aggs_r = aggs.to_vec();
+        let kv = input.map(move |row: Row| {
+            (
+                row[..keys].to_vec().into_boxed_slice(),
+                row[keys..].to_vec().into_boxed_slice(),
+            )
+        });
         kv.reduce(
             move |_k: &Row, vals: &[(&Row, isize)], out: &mut Vec<(Row, isize)>| {
                 let row: Vec<Datum> = aggs_r
