@@ -18,7 +18,6 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
 use differential_dataflow::operators::CountTotal;
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 use super::{Coll, Context};
 use crate::error::{EngineError, Result};
@@ -29,10 +28,9 @@ const FLOAT_SCALE: f64 = 4294967296.0; // 2^32
 /// Floats at least this large (2^90) are beyond the fixed-point range and make the sum NaN.
 const FLOAT_LIMIT: f64 = 1237940039285380274899124224.0;
 
-/// A vector of integer accumulators used as a differential difference type. Up to six slots
-/// (a row count and one sum or average) live inline, without an allocation per update.
+/// A vector of integer accumulators used as a differential difference type.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Accum(pub SmallVec<[i128; 6]>);
+pub struct Accum(pub Vec<i128>);
 
 impl IsZero for Accum {
     fn is_zero(&self) -> bool {
@@ -53,7 +51,7 @@ impl Semigroup for Accum {
 }
 impl Monoid for Accum {
     fn zero() -> Self {
-        Accum(SmallVec::new())
+        Accum(Vec::new())
     }
 }
 impl Abelian for Accum {
@@ -182,7 +180,7 @@ pub(crate) fn render_reduce<'s>(
         // Straight from the input row to (key, accumulators): no intermediate value row.
         input
             .explode(move |row: Row| {
-                let mut acc: SmallVec<[i128; 6]> = SmallVec::from_elem(0, width);
+                let mut acc = vec![0i128; width];
                 acc[0] = 1;
                 let mut off = 1;
                 for a in &aggs_e {
