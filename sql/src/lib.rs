@@ -416,8 +416,7 @@ impl Tocsin {
     pub async fn query(&self, query: &Query) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let names: Vec<String> = {
             let catalog = self.catalog.lock().await;
-            let ctx = planner::continuous_context(std::iter::empty())?;
-            let mut names = planner::referenced_tables(&ctx, query)?;
+            let mut names = planner::referenced_tables(query)?;
             names.retain(|n| catalog.entries.contains_key(n));
             names.sort();
             names.dedup();

@@ -149,23 +149,21 @@ pub fn batch_context(
     Ok(ctx)
 }
 
-/// DataFusion's logical plan for a query (not yet optimized).
-pub async fn plan_query(ctx: &SessionContext, query: &Query) -> Result<LogicalPlan> {
-    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(
-        Box::new(query.clone()),
-    )));
-    Ok(ctx.state().statement_to_plan(stmt).await?)
+fn statement(query: &Query) -> datafusion::sql::parser::Statement {
+    datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(Box::new(
+        query.clone(),
+    ))))
 }
 
-/// The tables a query reads, as normalized names.
-pub fn referenced_tables(ctx: &SessionContext, query: &Query) -> Result<Vec<String>> {
-    let stmt = datafusion::sql::parser::Statement::Statement(Box::new(AstStatement::Query(
-        Box::new(query.clone()),
-    )));
-    Ok(ctx
-        .state()
-        .resolve_table_references(&stmt)?
-        .iter()
-        .map(|t| t.table().to_string())
-        .collect())
+/// DataFusion's logical plan for a query (not yet optimized).
+pub async fn plan_query(ctx: &SessionContext, query: &Query) -> Result<LogicalPlan> {
+    Ok(ctx.state().statement_to_plan(statement(query)).await?)
+}
+
+/// The tables a query reads, as normalized names (unquoted names lowercased, as the planner
+/// resolves them; CTE names are not tables).
+pub fn referenced_tables(query: &Query) -> Result<Vec<String>> {
+    let (tables, _ctes) =
+        datafusion::sql::resolve::resolve_table_references(&statement(query), true)?;
+    Ok(tables.iter().map(|t| t.table().to_string()).collect())
 }
