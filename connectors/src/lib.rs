@@ -1,0 +1,10 @@
+//! tocsin's connectors. They know nothing of the engine: sources produce Arrow `RecordBatch`es in
+//! a source's schema, and the server pushes them.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
+//! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
+
+pub mod host;
+pub mod push;

@@ -1,0 +1,198 @@
+//! Influx line protocol: `measurement,tag=v field=1.5,other="x" 1700000000000000000`.
+//!
+//! The measurement goes to a `measurement` column when the source has one; tags and fields go to
+//! the columns of the same name; the timestamp (in the request's precision, nanoseconds by
+//! default) goes to `ts`. Tags and fields the source has no column for are ignored.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use influxdb_line_protocol::{parse_lines, split_lines, FieldValue, ParsedLine};
+
+use super::{Decoded, PayloadError, Precision, RowError};
+
+#[derive(Clone, Debug)]
+enum Value {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+enum Column {
+    Str(StringBuilder),
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMillisecondBuilder, Option<Arc<str>>),
+}
+
+impl Column {
+    fn new(t: &DataType) -> Result<Column, PayloadError> {
+        Ok(match t {
+            DataType::Utf8 => Column::Str(StringBuilder::new()),
+            DataType::Int64 => Column::Int(Int64Builder::new()),
+            DataType::Float64 => Column::Float(Float64Builder::new()),
+            DataType::Boolean => Column::Bool(BooleanBuilder::new()),
+            DataType::Timestamp(TimeUnit::Millisecond, tz) => {
+                Column::Ts(TimestampMillisecondBuilder::new(), tz.clone())
+            }
+            other => {
+                return Err(PayloadError(format!(
+                    "line protocol cannot fill a column of type {other}"
+                )))
+            }
+        })
+    }
+
+    /// Converts a value to this column's type.
+    fn convert(&self, v: Value) -> Result<Value, String> {
+        Ok(match (self, v) {
+            (Column::Str(_), Value::Str(s)) => Value::Str(s),
+            (Column::Str(_), Value::Int(i)) => Value::Str(i.to_string()),
+            (Column::Str(_), Value::Float(f)) => Value::Str(f.to_string()),
+            (Column::Str(_), Value::Bool(b)) => Value::Str(b.to_string()),
+            (Column::Int(_) | Column::Ts(..), Value::Int(i)) => Value::Int(i),
+            (Column::Int(_) | Column::Ts(..), Value::Float(f))
+                if f.fract() == 0.0 && f.abs() < 9.2e18 =>
+            {
+                Value::Int(f as i64)
+            }
+            (Column::Float(_), Value::Float(f)) => Value::Float(f),
+            (Column::Float(_), Value::Int(i)) => Value::Float(i as f64),
+            (Column::Bool(_), Value::Bool(b)) => Value::Bool(b),
+            (c, v) => {
+                let want = match c {
+                    Column::Str(_) => "text",
+                    Column::Int(_) => "an integer",
+                    Column::Float(_) => "a number",
+                    Column::Bool(_) => "a boolean",
+                    Column::Ts(..) => "epoch milliseconds",
+                };
+                return Err(format!("expected {want}, got {v:?}"));
+            }
+        })
+    }
+
+    fn append(&mut self, v: Option<Value>) {
+        match (self, v) {
+            (Column::Str(b), Some(Value::Str(s))) => b.append_value(s),
+            (Column::Int(b), Some(Value::Int(i))) => b.append_value(i),
+            (Column::Float(b), Some(Value::Float(f))) => b.append_value(f),
+            (Column::Bool(b), Some(Value::Bool(x))) => b.append_value(x),
+            (Column::Ts(b, _), Some(Value::Int(i))) => b.append_value(i),
+            (Column::Str(b), _) => b.append_null(),
+            (Column::Int(b), _) => b.append_null(),
+            (Column::Float(b), _) => b.append_null(),
+            (Column::Bool(b), _) => b.append_null(),
+            (Column::Ts(b, _), _) => b.append_null(),
+        }
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Column::Str(mut b) => Arc::new(b.finish()),
+            Column::Int(mut b) => Arc::new(b.finish()),
+            Column::Float(mut b) => Arc::new(b.finish()),
+            Column::Bool(mut b) => Arc::new(b.finish()),
+            Column::Ts(mut b, tz) => Arc::new(b.finish().with_timezone_opt(tz)),
+        }
+    }
+}
+
+fn field_value(v: &FieldValue<'_>) -> Value {
+    match v {
+        FieldValue::I64(i) => Value::Int(*i),
+        FieldValue::U64(u) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
+        FieldValue::F64(f) => Value::Float(*f),
+        FieldValue::String(s) => Value::Str(s.as_str().to_string()),
+        FieldValue::Boolean(b) => Value::Bool(*b),
+    }
+}
+
+/// The values of one line, per column of the schema; an error names the field at fault.
+fn line_values(
+    line: &ParsedLine<'_>,
+    schema: &SchemaRef,
+    columns: &[Column],
+    precision: Precision,
+) -> Result<Vec<Option<Value>>, String> {
+    let mut values: Vec<Option<Value>> = vec![None; columns.len()];
+    let mut set = |name: &str, v: Value, what: &str| -> Result<(), String> {
+        if let Ok(i) = schema.index_of(name) {
+            let v = columns[i]
+                .convert(v)
+                .map_err(|e| format!("{what} \"{name}\": {e}"))?;
+            values[i] = Some(v);
+        }
+        Ok(())
+    };
+    set(
+        "measurement",
+        Value::Str(line.series.measurement.as_str().to_string()),
+        "measurement",
+    )?;
+    if let Some(tags) = &line.series.tag_set {
+        for (k, v) in tags {
+            set(k.as_str(), Value::Str(v.as_str().to_string()), "tag")?;
+        }
+    }
+    for (k, v) in &line.field_set {
+        if k.as_str() == "ts" {
+            return Err("field \"ts\": give the time as the line's timestamp".into());
+        }
+        set(k.as_str(), field_value(v), "field")?;
+    }
+    if let Some(t) = line.timestamp {
+        set("ts", Value::Int(precision.to_ms(t)), "timestamp")?;
+    }
+    Ok(values)
+}
+
+pub(super) fn decode(
+    payload: &[u8],
+    schema: &SchemaRef,
+    precision: Precision,
+) -> Result<Decoded, PayloadError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| PayloadError(format!("line protocol must be UTF-8: {e}")))?;
+    let mut columns = schema
+        .fields()
+        .iter()
+        .map(|f| Column::new(f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in split_lines(text).enumerate() {
+        let Some(parsed) = parse_lines(raw).next() else {
+            continue;
+        };
+        let values = parsed
+            .map_err(|e| e.to_string())
+            .and_then(|line| line_values(&line, schema, &columns, precision));
+        match values {
+            Ok(values) => {
+                for (c, v) in columns.iter_mut().zip(values) {
+                    c.append(v);
+                }
+                rows.push(i + 1);
+            }
+            Err(message) => errors.push(RowError {
+                row: i + 1,
+                message,
+            }),
+        }
+    }
+    let arrays = columns.into_iter().map(Column::finish).collect();
+    let batch =
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| PayloadError(e.to_string()))?;
+    Ok(Decoded {
+        batch,
+        rows,
+        errors,
+    })
+}
