@@ -8,7 +8,7 @@
 //! which makes the result consistent across relations and workers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::{JoinHandle, Thread};
@@ -26,7 +26,7 @@ use crate::plan::Plan;
 use crate::render::subscribe::WorkerUpdate;
 use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
-use crate::worker::{self, Command, PeekPart};
+use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
 type PeekReplies = UnboundedReceiver<(usize, Result<Vec<PeekPart>>)>;
@@ -126,6 +126,8 @@ struct Shared {
     guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
     stop: AtomicBool,
     ticker: Mutex<Option<JoinHandle<()>>>,
+    /// Rows pushed that no worker has taken yet.
+    pending: Arc<AtomicUsize>,
 }
 
 /// A running engine. Cheap to clone; the workers stop when the last clone (and subscription) is gone.
@@ -185,6 +187,52 @@ impl Coord {
         }
         Ok(())
     }
+}
+
+/// The rows of a batch a source takes at `time`, and the ones it refuses with reasons.
+fn admit(
+    batch: RecordBatch,
+    info: SourceInfo,
+    time: Time,
+) -> Result<(RecordBatch, Vec<(usize, String)>)> {
+    let ts = batch
+        .column(info.ts_col)
+        .as_primitive::<TimestampMillisecondType>();
+    let now = time as i64;
+    let mut rejected = Vec::new();
+    let keep: BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let reason = if ts.is_null(i) {
+                Some("ts is null".to_string())
+            } else {
+                let t = ts.value(i);
+                if t.saturating_add(info.retain_ms) <= now {
+                    Some(format!(
+                        "late: ts {} is older than the source's retention of {} ms",
+                        fmt_ms(t),
+                        info.retain_ms
+                    ))
+                } else if t > now + MAX_FUTURE_MS {
+                    Some(format!(
+                        "ts {} is more than 5 minutes in the future",
+                        fmt_ms(t)
+                    ))
+                } else {
+                    None
+                }
+            };
+            if let Some(r) = &reason {
+                rejected.push((i, r.clone()));
+            }
+            Some(reason.is_none())
+        })
+        .collect();
+    let batch = if rejected.is_empty() {
+        batch
+    } else {
+        filter_record_batch(&batch, &keep)?
+    };
+    Ok((batch, rejected))
 }
 
 async fn collect<T>(mut rx: UnboundedReceiver<(usize, Result<T>)>, n: usize) -> Result<Vec<T>> {
@@ -251,6 +299,7 @@ impl Engine {
             guards: Mutex::new(Some(guards)),
             stop: AtomicBool::new(false),
             ticker: Mutex::new(None),
+            pending: Arc::new(AtomicUsize::new(0)),
         });
         let engine = Engine { shared };
         engine.coord()?.advance(&engine.shared.threads, now)?;
@@ -437,11 +486,38 @@ impl Engine {
         Ok(())
     }
 
-    /// Pushes a batch of rows into a source. Rows whose `ts` is null, already older than the
-    /// source's retention, or more than five minutes in the future are rejected with a reason;
-    /// the others are accepted.
-    pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
-        let mut c = self.coord()?;
+    /// The retention of a source (how long a row stays after its `ts`).
+    pub fn retention(&self, name: &str) -> Option<Duration> {
+        let c = self.coord().ok()?;
+        let info = c.objects.get(name)?.source?;
+        Some(Duration::from_millis(info.retain_ms.max(0) as u64))
+    }
+
+    /// Rows pushed that the workers have not taken yet: what a producer waits on to apply
+    /// backpressure instead of queueing without bound.
+    pub fn pending_rows(&self) -> usize {
+        self.shared.pending.load(Ordering::SeqCst)
+    }
+
+    /// Checks a batch against a source without pushing it: the rows the source would take, and
+    /// the rows it refuses (null `ts`, already older than the retention, more than five minutes
+    /// in the future) by row number with the reason.
+    pub fn admit(
+        &self,
+        name: &str,
+        batch: RecordBatch,
+    ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
+        let c = self.coord()?;
+        let time = self.shared.clock.now().max(c.upper);
+        let (_, info) = Self::source_info(&c, name, &batch)?;
+        admit(batch, info, time)
+    }
+
+    fn source_info<'a>(
+        c: &'a Coord,
+        name: &str,
+        batch: &RecordBatch,
+    ) -> Result<(&'a SchemaRef, SourceInfo)> {
         let obj = c
             .objects
             .get(name)
@@ -465,54 +541,33 @@ impl Engine {
                     .collect::<Vec<_>>()
             )));
         }
+        Ok((&obj.schema, info))
+    }
+
+    /// Pushes a batch of rows into a source. Rows whose `ts` is null, already older than the
+    /// source's retention, or more than five minutes in the future are rejected with a reason;
+    /// the others are accepted.
+    pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
+        let mut c = self.coord()?;
         let time = self.shared.clock.now().max(c.upper);
+        let (_, info) = Self::source_info(&c, name, &batch)?;
+        let (batch, rejected) = admit(batch, info, time)?;
         c.last_push = c.last_push.max(time);
-        let ts = batch
-            .column(info.ts_col)
-            .as_primitive::<TimestampMillisecondType>();
-        let now = time as i64;
-        let mut rejected = Vec::new();
-        let keep: BooleanArray = (0..batch.num_rows())
-            .map(|i| {
-                let reason = if ts.is_null(i) {
-                    Some("ts is null".to_string())
-                } else {
-                    let t = ts.value(i);
-                    if t.saturating_add(info.retain_ms) <= now {
-                        Some(format!(
-                            "late: ts {} is older than the source's retention of {} ms",
-                            fmt_ms(t),
-                            info.retain_ms
-                        ))
-                    } else if t > now + MAX_FUTURE_MS {
-                        Some(format!(
-                            "ts {} is more than 5 minutes in the future",
-                            fmt_ms(t)
-                        ))
-                    } else {
-                        None
-                    }
-                };
-                if let Some(r) = &reason {
-                    rejected.push((i, r.clone()));
-                }
-                Some(reason.is_none())
-            })
-            .collect();
-        let accepted = batch.num_rows() - rejected.len();
-        let batch = if rejected.is_empty() {
-            batch
-        } else {
-            filter_record_batch(&batch, &keep)?
-        };
+        let accepted = batch.num_rows();
         if accepted > 0 {
             let w = c.next_worker;
             c.next_worker = (w + 1) % self.shared.workers;
+            self.shared.pending.fetch_add(accepted, Ordering::SeqCst);
+            let ticket = PushTicket {
+                pending: self.shared.pending.clone(),
+                rows: accepted,
+            };
             c.senders[w]
                 .send(Command::Push {
                     name: name.to_string(),
                     time,
                     batch,
+                    _ticket: ticket,
                 })
                 .map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
             self.shared.threads[w].unpark();

@@ -7,7 +7,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
@@ -37,6 +39,19 @@ pub(crate) enum PeekPart {
 }
 
 pub(crate) type Reply<T> = UnboundedSender<(usize, Result<T>)>;
+
+/// Rows pushed but not yet taken by a worker; dropping the ticket (with its command) counts them
+/// as taken.
+pub(crate) struct PushTicket {
+    pub pending: Arc<AtomicUsize>,
+    pub rows: usize,
+}
+
+impl Drop for PushTicket {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(self.rows, Ordering::SeqCst);
+    }
+}
 
 pub(crate) enum Command {
     AdvanceTo(Time),
@@ -68,6 +83,8 @@ pub(crate) enum Command {
         name: String,
         time: Time,
         batch: RecordBatch,
+        /// Counts the rows until the worker has taken them.
+        _ticket: PushTicket,
     },
     /// Read the relations at `time` once complete (or, with `read` false, only wait for that).
     Peek {
@@ -215,7 +232,9 @@ impl WorkerState {
                     worker.drop_dataflow(df);
                 }
             }
-            Command::Push { name, time, batch } => {
+            Command::Push {
+                name, time, batch, ..
+            } => {
                 if let Some(log) = self.sources.get(&name) {
                     log.borrow_mut().append(time.max(self.upper), batch);
                 }

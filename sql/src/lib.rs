@@ -33,7 +33,8 @@ use crate::catalog::{source_schema, Catalog};
 pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
 use crate::options::{RuleOptions, SourceOptions};
-use crate::parser::{Located, ObjectKind, Statement, SubscribeTarget};
+pub use crate::parser::ObjectKind;
+use crate::parser::{Located, Statement, SubscribeTarget};
 
 /// Casts that fail on values they cannot convert instead of turning them into NULL.
 const STRICT: CastOptions<'static> = CastOptions {
@@ -78,10 +79,39 @@ impl std::fmt::Debug for StatementResult {
     }
 }
 
+/// A change to the catalog, as the durability hook receives it.
+#[derive(Clone, Debug)]
+pub struct DdlChange {
+    /// `CREATE SOURCE`, `DROP VIEW`, ...
+    pub statement: String,
+    pub kind: ObjectKind,
+    pub name: String,
+    /// The statement to replay to make the change again.
+    pub sql: String,
+}
+
+/// What the server plugs in to make changes durable: every catalog change is handed over (in the
+/// order they were applied) before the statement returns, and `INSERT`ed rows go through `insert`
+/// instead of straight into the engine.
+#[async_trait::async_trait]
+pub trait Durability: Send + Sync {
+    async fn ddl(&self, change: &DdlChange) -> std::result::Result<(), String>;
+    async fn insert(
+        &self,
+        source: &str,
+        batch: RecordBatch,
+    ) -> std::result::Result<PushOutcome, String>;
+}
+
 /// A tocsin database: the engine plus the catalog.
 pub struct Tocsin {
     engine: Engine,
     catalog: Mutex<Catalog>,
+    /// Held across a catalog change and its hand-over to `durability`, so they happen in one order.
+    ddl: Mutex<()>,
+    durability: std::sync::RwLock<Option<Arc<dyn Durability>>>,
+    /// Connectors that define their sources' schema (`HOST`), registered by the server.
+    connectors: std::sync::RwLock<std::collections::HashMap<String, SchemaRef>>,
 }
 
 fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
@@ -122,7 +152,27 @@ impl Tocsin {
         Tocsin {
             engine,
             catalog: Mutex::new(Catalog::default()),
+            ddl: Mutex::new(()),
+            durability: std::sync::RwLock::new(None),
+            connectors: Default::default(),
         }
+    }
+
+    /// Makes a connector that defines its sources' schema available to `CREATE SOURCE ... FROM`.
+    pub fn register_connector(&self, name: &str, schema: SchemaRef) {
+        self.connectors
+            .write()
+            .expect("connectors")
+            .insert(name.to_ascii_uppercase(), schema);
+    }
+
+    /// Hands every later catalog change and `INSERT` to `durability`.
+    pub fn set_durability(&self, durability: Arc<dyn Durability>) {
+        *self.durability.write().expect("durability") = Some(durability);
+    }
+
+    fn durability(&self) -> Option<Arc<dyn Durability>> {
+        self.durability.read().expect("durability").clone()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -140,6 +190,11 @@ impl Tocsin {
             .collect()
     }
 
+    /// One catalog entry.
+    pub async fn entry(&self, name: &str) -> Option<CatalogEntry> {
+        self.catalog.lock().await.entries.get(name).cloned()
+    }
+
     /// Runs one or more `;`-separated statements. Statements before a failing one stay applied;
     /// the error names the failing statement and, where known, the line and column.
     pub async fn execute(&self, sql: &str) -> Result<Vec<StatementResult>> {
@@ -147,12 +202,64 @@ impl Tocsin {
         let mut out = Vec::with_capacity(statements.len());
         for (i, Located { statement, start }) in statements.into_iter().enumerate() {
             let r = self
-                .execute_statement(statement)
+                .execute_logged(statement)
                 .await
                 .map_err(|e| e.at(start.line, start.column).in_statement(i))?;
             out.push(r);
         }
         Ok(out)
+    }
+
+    /// Executes a statement; a catalog change is handed to the durability hook before returning.
+    async fn execute_logged(&self, statement: Statement) -> Result<StatementResult> {
+        let drop_target = match &statement {
+            Statement::Drop { name, kind, .. } => Some((name.clone(), *kind)),
+            Statement::CreateSource { .. }
+            | Statement::CreateView { .. }
+            | Statement::CreateRule { .. } => None,
+            _ => return self.execute_statement(statement).await,
+        };
+        let _order = self.ddl.lock().await;
+        if let Some((name, _)) = &drop_target {
+            if !self.catalog.lock().await.entries.contains_key(name) {
+                // Nothing to drop (IF EXISTS) or an error: nothing to record.
+                return self.execute_statement(statement).await;
+            }
+        }
+        let r = self.execute_statement(statement).await?;
+        let Some(durability) = self.durability() else {
+            return Ok(r);
+        };
+        let StatementResult::Ddl { statement, name } = &r else {
+            return Ok(r);
+        };
+        let change = match drop_target {
+            Some((_, kind)) => DdlChange {
+                statement: statement.clone(),
+                kind,
+                name: name.clone(),
+                sql: format!("DROP {} {name}", kind.as_str()),
+            },
+            None => {
+                let catalog = self.catalog.lock().await;
+                let e = catalog
+                    .entries
+                    .get(name)
+                    .ok_or_else(|| SqlError::internal("created object is not in the catalog"))?;
+                DdlChange {
+                    statement: statement.clone(),
+                    kind: e.kind(),
+                    name: name.clone(),
+                    sql: e.sql.clone(),
+                }
+            }
+        };
+        durability.ddl(&change).await.map_err(|e| {
+            SqlError::internal(format!(
+                "{statement} {name} was applied but could not be recorded durably: {e}"
+            ))
+        })?;
+        Ok(r)
     }
 
     async fn plan_continuous(&self, catalog: &Catalog, query: &Query) -> Result<Plan> {
@@ -182,29 +289,46 @@ impl Tocsin {
             } => {
                 let mut catalog = self.catalog.lock().await;
                 exists_check(&catalog, &name)?;
-                match connector.as_str() {
-                    "WEBSOCKET" | "HTTP" => {}
-                    "HOST" | "SNMP" | "SNMP TRAP" => {
+                let defined = self
+                    .connectors
+                    .read()
+                    .expect("connectors")
+                    .get(&connector)
+                    .cloned();
+                let schema = match (connector.as_str(), defined) {
+                    (_, Some(schema)) => {
+                        if !columns.is_empty() {
+                            return Err(SqlError::plan(format!(
+                                "a {connector} source has a fixed schema: leave out the column list"
+                            )));
+                        }
+                        schema
+                    }
+                    ("WEBSOCKET" | "HTTP", None) => source_schema(&columns)?,
+                    ("HOST" | "SNMP" | "SNMP TRAP", None) => {
                         return Err(SqlError::unsupported(format!(
                             "the {connector} connector is not available in this build yet"
                         )))
                     }
-                    other => {
+                    (other, None) => {
                         return Err(SqlError::plan(format!(
-                            "unknown connector {other}: use WEBSOCKET or HTTP"
+                            "unknown connector {other}: use WEBSOCKET, HTTP or HOST"
                         )))
                     }
-                }
+                };
                 let sql_options = options.clone();
-                let opts = SourceOptions::parse(options)?;
-                let schema = source_schema(&columns)?;
+                let opts = SourceOptions::parse(options, &connector)?;
                 self.engine
                     .create_source(&name, schema.clone(), opts.retain)
                     .await?;
                 let cols: Vec<String> = columns.iter().map(ToString::to_string).collect();
+                let cols = if cols.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", cols.join(", "))
+                };
                 let sql = format!(
-                    "CREATE SOURCE {name} ({}) FROM {connector}{}",
-                    cols.join(", "),
+                    "CREATE SOURCE {name}{cols} FROM {connector}{}",
                     options_sql(&sql_options)
                 );
                 Ok(catalog.register(CatalogEntry {
@@ -509,7 +633,13 @@ impl Tocsin {
             }
             let batch = RecordBatch::try_new(schema.clone(), arrays)
                 .map_err(|e| SqlError::plan(e.to_string()))?;
-            let outcome = self.engine.push(source, batch)?;
+            let outcome = match self.durability() {
+                Some(d) => d
+                    .insert(source, batch)
+                    .await
+                    .map_err(|e| SqlError::new(ErrorKind::Execution, e))?,
+                None => self.engine.push(source, batch)?,
+            };
             total.accepted += outcome.accepted;
             total.time = outcome.time;
             total

@@ -60,19 +60,25 @@ fn reject_rest(options: &Options, what: &str, known: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Options of a pushed (WEBSOCKET / HTTP) source.
+/// Options of a source. Every source takes pushed rows; `format` and `interval` depend on the
+/// connector.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceOptions {
     /// Default payload format when a request does not say: `json` (default), `ndjson`, `influx`, `arrow`.
     pub format: String,
     /// How long a row stays in the source after its `ts` (default 5 minutes).
     pub retain: Duration,
+    /// How often a collecting connector (`HOST`) samples (default 10s); `None` for pushed sources.
+    pub interval: Option<Duration>,
 }
 
 pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl SourceOptions {
-    pub fn parse(mut options: Options) -> Result<Self> {
+    /// Parses the options of a source with the given connector (`WEBSOCKET`, `HTTP`, `HOST`).
+    pub fn parse(mut options: Options, connector: &str) -> Result<Self> {
+        let collecting = connector == "HOST";
         let format = take(&mut options, "format")
             .unwrap_or_else(|| "json".into())
             .to_lowercase();
@@ -88,8 +94,29 @@ impl SourceOptions {
         if retain.is_zero() {
             return Err(SqlError::plan("retain must be longer than 0s"));
         }
-        reject_rest(&options, "a source", &["format", "retain"])?;
-        Ok(SourceOptions { format, retain })
+        let interval = if collecting {
+            let i = take(&mut options, "interval")
+                .map(|r| parse_duration(&r))
+                .transpose()?
+                .unwrap_or(DEFAULT_INTERVAL);
+            if i < Duration::from_millis(200) {
+                return Err(SqlError::plan("interval must be at least 200ms"));
+            }
+            Some(i)
+        } else {
+            None
+        };
+        let known: &[&str] = if collecting {
+            &["format", "retain", "interval"]
+        } else {
+            &["format", "retain"]
+        };
+        reject_rest(&options, &format!("a {connector} source"), known)?;
+        Ok(SourceOptions {
+            format,
+            retain,
+            interval,
+        })
     }
 }
 

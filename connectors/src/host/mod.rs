@@ -79,7 +79,11 @@ impl HostCollector {
             self.system.global_cpu_usage() as f64,
         ));
         for cpu in self.system.cpus() {
-            rows.push(("cpu_percent", cpu.name().to_string(), cpu.cpu_usage() as f64));
+            rows.push((
+                "cpu_percent",
+                cpu.name().to_string(),
+                cpu.cpu_usage() as f64,
+            ));
         }
         let load = System::load_average();
         rows.push(("load_1m", String::new(), load.one));
@@ -119,7 +123,11 @@ impl HostCollector {
         ifaces.sort_by(|a, b| a.0.cmp(b.0));
         for (name, data) in ifaces {
             rows.push(("net_rx_bytes", name.clone(), data.total_received() as f64));
-            rows.push(("net_tx_bytes", name.clone(), data.total_transmitted() as f64));
+            rows.push((
+                "net_tx_bytes",
+                name.clone(),
+                data.total_transmitted() as f64,
+            ));
             rows.push((
                 "net_rx_errors",
                 name.clone(),
@@ -143,7 +151,9 @@ impl HostCollector {
             vec![
                 Arc::new(StringArray::from(vec![self.host.as_str(); n])),
                 Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.as_str()))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| r.1.as_str()),
+                )),
                 Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
                 Arc::new(TimestampMillisecondArray::from(vec![now_ms; n]).with_timezone("UTC")),
             ],
@@ -188,6 +198,10 @@ mod tests {
                 assert!(v <= 100.0, "{} = {v}", metric.value(i));
             }
         }
-        assert!(b.column(0).as_string::<i32>().iter().all(|h| h == Some(c.host())));
+        assert!(b
+            .column(0)
+            .as_string::<i32>()
+            .iter()
+            .all(|h| h == Some(c.host())));
     }
 }

@@ -59,7 +59,9 @@ fn feed(decoder: &mut Decoder, row: &[u8]) -> Result<(), ArrowError> {
         while at < part.len() {
             let n = decoder.decode(&part[at..])?;
             if n == 0 {
-                return Err(ArrowError::JsonError("trailing data after a JSON value".into()));
+                return Err(ArrowError::JsonError(
+                    "trailing data after a JSON value".into(),
+                ));
             }
             at += n;
         }
@@ -69,7 +71,9 @@ fn feed(decoder: &mut Decoder, row: &[u8]) -> Result<(), ArrowError> {
 
 fn message(e: ArrowError) -> String {
     let text = e.to_string();
-    text.strip_prefix("Json error: ").unwrap_or(&text).to_string()
+    text.strip_prefix("Json error: ")
+        .unwrap_or(&text)
+        .to_string()
 }
 
 /// Decodes rows given with their row numbers.

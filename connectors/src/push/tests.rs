@@ -61,7 +61,8 @@ fn json_array_with_bad_rows_keeps_the_good_ones() {
 
 #[test]
 fn ndjson_numbers_rows_by_line_and_stamps_missing_ts() {
-    let payload = b"{\"host\": \"a\", \"cpu\": 1}\n\n{\"host\": \"b\", \"cpu\": 2}\n{oops\n{\"host\": 5}\n";
+    let payload =
+        b"{\"host\": \"a\", \"cpu\": 1}\n\n{\"host\": \"b\", \"cpu\": 2}\n{oops\n{\"host\": 5}\n";
     let d = decode(Format::Ndjson, payload, &schema(), NOW).unwrap();
     assert_eq!(hosts(&d.batch), ["a", "b", "5"]);
     assert_eq!(d.rows, [1, 3, 5]);
@@ -93,8 +94,13 @@ fn influx_maps_tags_fields_and_timestamp_by_name() {
         cpu,host=d n=2.5\n\
         not a line\n\
         cpu,host=e cpu=4 1795255100000\n";
-    let d = decode(Format::Influx(Precision::Nanoseconds), payload.as_bytes(), &schema(), NOW)
-        .unwrap();
+    let d = decode(
+        Format::Influx(Precision::Nanoseconds),
+        payload.as_bytes(),
+        &schema(),
+        NOW,
+    )
+    .unwrap();
     assert_eq!(hosts(&d.batch), ["a", "b", "e"]);
     assert_eq!(d.rows, [2, 3, 7]);
     // The last line's timestamp is read in nanoseconds: 1795255100000 ns is 1970.
@@ -104,8 +110,16 @@ fn influx_maps_tags_fields_and_timestamp_by_name() {
     assert_eq!(d.batch.column(2).as_primitive::<Int64Type>().value(0), 3);
     let bad: Vec<usize> = d.errors.iter().map(|e| e.row).collect();
     assert_eq!(bad, [4, 5, 6]);
-    assert!(d.errors[0].message.contains("field \"cpu\""), "{:?}", d.errors[0]);
-    assert!(d.errors[1].message.contains("field \"n\""), "{:?}", d.errors[1]);
+    assert!(
+        d.errors[0].message.contains("field \"cpu\""),
+        "{:?}",
+        d.errors[0]
+    );
+    assert!(
+        d.errors[1].message.contains("field \"n\""),
+        "{:?}",
+        d.errors[1]
+    );
 
     let ms = decode(
         Format::Influx(Precision::Milliseconds),
@@ -123,11 +137,7 @@ fn arrow_ipc_columns_are_matched_by_name_and_cast() {
         Field::new("cpu", DataType::Float64, false),
         Field::new("n", DataType::Int32, false),
         Field::new("host", DataType::Utf8, false),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Nanosecond, None),
-            true,
-        ),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
     ]));
     let batch = RecordBatch::try_new(
         sent.clone(),
@@ -152,7 +162,10 @@ fn arrow_ipc_columns_are_matched_by_name_and_cast() {
     let d = decode(Format::Arrow, &buf, &schema(), NOW).unwrap();
     assert_eq!(hosts(&d.batch), ["a", "b", "a", "b"]);
     assert_eq!(d.rows, [1, 2, 3, 4]);
-    assert_eq!(ts(&d.batch), [1_795_255_100_000, NOW, 1_795_255_100_000, NOW]);
+    assert_eq!(
+        ts(&d.batch),
+        [1_795_255_100_000, NOW, 1_795_255_100_000, NOW]
+    );
     assert!(decode(Format::Arrow, b"garbage", &schema(), NOW).is_err());
     assert!(decode(Format::Arrow, &buf[..buf.len() / 2], &schema(), NOW).is_err());
 }

@@ -1,0 +1,201 @@
+//! Starting a tocsin server: the engine and catalog, the durable catalog log and WAL replayed
+//! into them, the ingest writer, the embedded default on a new data dir, and the listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use tocsin_engine::{Engine, EngineConfig, PushOutcome};
+use tocsin_sql::{DdlChange, Durability, Tocsin};
+
+use crate::catalog_log::{track, CatalogLog, Generations};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::tasks::Tasks;
+use crate::wal::Wal;
+
+/// How `tocsin serve` runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Timely worker threads (default: one per core).
+    pub workers: usize,
+    /// Batches the ingest queue holds before producers wait.
+    pub ingest_queue: usize,
+    /// How long an HTTP ingest request waits for room in a full queue before the 503.
+    pub ingest_wait: Duration,
+    /// Create the embedded default (host source, starter views and rules) on a new data dir.
+    pub defaults: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7654".parse().expect("address"),
+            data_dir: PathBuf::from("tocsin-data"),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ingest_queue: 256,
+            ingest_wait: Duration::from_secs(5),
+            defaults: true,
+        }
+    }
+}
+
+/// Everything a connection handler needs.
+pub struct App {
+    pub tocsin: Arc<Tocsin>,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+    pub tasks: Tasks,
+}
+
+pub type AppRef = Arc<App>;
+
+/// Hands catalog changes to the catalog log and `INSERT`ed rows to the ingest path.
+struct ServerDurability {
+    log: CatalogLog,
+    generations: Generations,
+    ingest: Ingest,
+}
+
+#[async_trait::async_trait]
+impl Durability for ServerDurability {
+    async fn ddl(&self, change: &DdlChange) -> Result<(), String> {
+        let seq = self
+            .log
+            .append(&change.statement, &change.name, &change.sql)
+            .map_err(|e| e.to_string())?;
+        track(&self.generations, &change.statement, &change.name, seq);
+        Ok(())
+    }
+
+    async fn insert(&self, source: &str, batch: RecordBatch) -> Result<PushOutcome, String> {
+        let rows = (0..batch.num_rows()).collect();
+        let o = self
+            .ingest
+            .push(source, batch, rows, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(PushOutcome {
+            accepted: o.accepted,
+            rejected: o.rejected,
+            time: 0,
+        })
+    }
+}
+
+/// The embedded default: this host's metrics, views over them and starter rules.
+pub const DEFAULT_SQL: &str = include_str!("default.sql");
+
+/// Opens the data dir and starts everything but the listener.
+pub async fn open(config: &Config) -> Result<AppRef, String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let engine = Engine::start(EngineConfig {
+        workers: config.workers.max(1),
+        ..EngineConfig::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let tocsin = Arc::new(Tocsin::new(engine.clone()));
+    tocsin.register_connector("HOST", tocsin_connectors::host::host_schema());
+    let metrics = Arc::new(Metrics::default());
+
+    // The catalog, as the log recorded it.
+    let (log, records) = CatalogLog::open(&config.data_dir)
+        .map_err(|e| format!("cannot open the catalog log: {e}"))?;
+    let fresh = records.is_empty();
+    let generations: Generations = Default::default();
+    for r in &records {
+        if let Err(e) = tocsin.execute(&r.sql).await {
+            tracing::error!("catalog log: could not replay `{}`: {e}", r.sql);
+            continue;
+        }
+        track(&generations, &r.statement, &r.name, r.seq);
+    }
+    if !records.is_empty() {
+        tracing::info!(
+            "catalog: replayed {} change(s) from {}",
+            records.len(),
+            config.data_dir.join("catalog.log").display()
+        );
+    }
+
+    // The rows, as the WAL holds them.
+    let wal_dir = config.data_dir.join("wal");
+    let (mut fed, mut expired) = (0usize, 0usize);
+    let wal = {
+        let live = generations.read().expect("generations").clone();
+        Wal::open(&wal_dir, |source, generation, batch| {
+            if live.get(source) != Some(&generation) {
+                return;
+            }
+            match engine.push(source, batch) {
+                Ok(o) => {
+                    fed += o.accepted;
+                    expired += o.rejected.len();
+                }
+                Err(e) => tracing::warn!("WAL replay into {source}: {e}"),
+            }
+        })
+        .map_err(|e| {
+            format!(
+                "cannot open the write-ahead log in {}: {e}",
+                wal_dir.display()
+            )
+        })?
+    };
+    if fed + expired > 0 {
+        tracing::info!(
+            "write-ahead log: re-fed {fed} row(s); {expired} had passed their retention"
+        );
+    }
+    let ingest = Ingest::start(
+        engine.clone(),
+        wal,
+        generations.clone(),
+        metrics.clone(),
+        config.ingest_queue,
+        config.ingest_wait,
+    );
+    tocsin.set_durability(Arc::new(ServerDurability {
+        log,
+        generations,
+        ingest: ingest.clone(),
+    }));
+    let app = Arc::new(App {
+        tocsin,
+        ingest,
+        metrics,
+        tasks: Tasks::default(),
+    });
+    if fresh && config.defaults {
+        app.tocsin
+            .execute(DEFAULT_SQL)
+            .await
+            .map_err(|e| format!("the embedded default failed: {e}"))?;
+        tracing::info!("new data dir: created the embedded default (source `host`, views `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure`)");
+    }
+    crate::tasks::reconcile(&app).await;
+    Ok(app)
+}
+
+/// Opens the data dir, binds the address and serves until the process ends.
+pub async fn serve(config: Config) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = open(&config).await?;
+    tracing::info!(
+        "tocsin listening on http://{addr} (HTTP API, WebSocket ingest and subscriptions); data dir {}",
+        config.data_dir.display()
+    );
+    if addr.ip().is_loopback() {
+        tracing::info!("listening on loopback only: other machines cannot reach this address");
+    }
+    tracing::info!("try: tocsin sql 'SELECT * FROM host_cpu'    (or curl -d 'SHOW RULES' http://{addr}/v1/sql)");
+    crate::listen::run(listener, app).await
+}

@@ -1,0 +1,35 @@
+-- The embedded default: created by `tocsin serve` on a data dir with no catalog.
+CREATE SOURCE host FROM HOST WITH (interval = '5s', retain = '15 minutes');
+
+-- The latest value of every metric of every host.
+CREATE VIEW host_latest AS
+  SELECT DISTINCT ON (host, metric, device) host, metric, device, value, ts
+  FROM host ORDER BY host, metric, device, ts DESC;
+
+-- CPU busy % per host, averaged over the last minute.
+CREATE VIEW host_cpu AS
+  SELECT host, avg(value) AS cpu_percent, count(*) AS samples
+  FROM host
+  WHERE metric = 'cpu_percent' AND device = '' AND ts > now() - INTERVAL '1 minute'
+  GROUP BY host;
+
+CREATE RULE high_cpu AS
+  SELECT host, avg(value) AS cpu_percent
+  FROM host
+  WHERE metric = 'cpu_percent' AND device = '' AND ts > now() - INTERVAL '1 minute'
+  GROUP BY host HAVING avg(value) > 90
+  WITH (for = '2m', severity = 'warning', summary = 'CPU {{cpu_percent}}% busy on {{host}}');
+
+CREATE RULE low_disk_free AS
+  SELECT host, device AS mount, min(value) AS used_percent
+  FROM host
+  WHERE metric = 'disk_used_percent' AND ts > now() - INTERVAL '1 minute'
+  GROUP BY host, device HAVING min(value) > 90
+  WITH (for = '5m', severity = 'warning', summary = '{{mount}} on {{host}} is {{used_percent}}% full');
+
+CREATE RULE memory_pressure AS
+  SELECT host, avg(value) AS mem_used_percent
+  FROM host
+  WHERE metric = 'mem_used_percent' AND ts > now() - INTERVAL '1 minute'
+  GROUP BY host HAVING avg(value) > 90
+  WITH (for = '2m', severity = 'critical', summary = 'memory {{mem_used_percent}}% used on {{host}}');

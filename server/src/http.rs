@@ -1,0 +1,477 @@
+//! The HTTP API (see docs/http.md): SQL, ingest (HTTP and WebSocket), subscriptions, catalog,
+//! metrics and liveness.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tocsin_connectors::push::{decode, Decoded, Format, Precision};
+use tocsin_engine::SubscribeEvent;
+use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, StatementResult};
+
+use crate::app::AppRef;
+use crate::ingest::IngestError;
+
+/// The largest request body tocsin reads.
+pub const MAX_BODY: usize = 256 << 20;
+
+pub fn router(app: AppRef) -> Router {
+    Router::new()
+        .route("/v1/sql", post(sql))
+        .route("/v1/ingest/{source}", post(ingest_http).get(ingest_ws))
+        .route("/v1/subscribe", get(subscribe))
+        .route("/v1/catalog", get(catalog))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see docs/http.md") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            count_requests,
+        ))
+        .with_state(app)
+}
+
+async fn count_requests(
+    State(app): State<AppRef>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"message": message.into()}}))).into_response()
+}
+
+fn sql_error_body(e: &SqlError) -> Value {
+    json!({"error": {
+        "message": e.message,
+        "kind": format!("{:?}", e.kind).to_lowercase(),
+        "statement": e.statement,
+        "line": e.line,
+        "column": e.column,
+    }})
+}
+
+fn sql_error(e: &SqlError) -> Response {
+    let status = match e.kind {
+        ErrorKind::Parse | ErrorKind::Plan | ErrorKind::Unsupported | ErrorKind::Execution => {
+            StatusCode::BAD_REQUEST
+        }
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, Json(sql_error_body(e))).into_response()
+}
+
+/// `POST /v1/sql`: SQL text, or `{"sql": "..."}`.
+async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+        || body.trim_ascii_start().starts_with(b"{");
+    let text = if is_json {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            sql: String,
+        }
+        match serde_json::from_slice::<Body>(&body) {
+            Ok(b) => b.sql,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"sql\": \"...\"}}: {e}"),
+                )
+            }
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(t) => t,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8"),
+        }
+    };
+    let result = app.tocsin.execute(&text).await;
+    crate::tasks::reconcile(&app).await;
+    let results = match result {
+        Ok(r) => r,
+        Err(e) => return sql_error(&e),
+    };
+    let mut out = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        out.push(match r {
+            StatementResult::Ddl { statement, name } => {
+                json!({"kind": "ddl", "statement": statement, "name": name})
+            }
+            StatementResult::Rows { schema, batches } => json!({
+                "kind": "rows",
+                "columns": schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
+                "rows": crate::json::rows(&batches),
+            }),
+            StatementResult::Inserted { source, outcome } => {
+                json!({"kind": "insert", "source": source, "accepted": outcome.accepted})
+            }
+            StatementResult::Subscribe(_) => {
+                let mut e = SqlError::new(
+                    ErrorKind::Unsupported,
+                    "SUBSCRIBE streams changes: use the WebSocket endpoint GET /v1/subscribe?q=...",
+                );
+                e.statement = i;
+                return sql_error(&e);
+            }
+        });
+    }
+    Json(json!({"results": out})).into_response()
+}
+
+/// The ack of one pushed payload.
+fn ack(accepted: usize, mut errors: Vec<(usize, String)>) -> Value {
+    errors.sort_by_key(|(r, _)| *r);
+    json!({
+        "accepted": accepted,
+        "rejected": errors.len(),
+        "errors": errors.into_iter().map(|(row, message)| json!({"row": row, "message": message})).collect::<Vec<_>>(),
+    })
+}
+
+/// Why a payload got no ack.
+enum Refusal {
+    NotFound(String),
+    BadPayload(String),
+    Full,
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn response(self) -> Response {
+        match self {
+            Refusal::NotFound(m) => error(StatusCode::NOT_FOUND, m),
+            Refusal::BadPayload(m) => error(StatusCode::BAD_REQUEST, m),
+            Refusal::Full => {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    IngestError::Full.to_string(),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                r
+            }
+            Refusal::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+        }
+    }
+    fn message(&self) -> String {
+        match self {
+            Refusal::NotFound(m) | Refusal::BadPayload(m) | Refusal::Unavailable(m) => m.clone(),
+            Refusal::Full => IngestError::Full.to_string(),
+        }
+    }
+}
+
+/// The source's schema and default format, or 404.
+async fn source_of(
+    app: &AppRef,
+    source: &str,
+) -> Result<(datafusion::arrow::datatypes::SchemaRef, String), Refusal> {
+    match app.tocsin.entry(source).await {
+        Some(e) => match &e.def {
+            ObjectDef::Source { options, .. } => Ok((e.schema.clone(), options.format.clone())),
+            _ => Err(Refusal::NotFound(format!(
+                "\"{source}\" is a {}, not a source: only sources take rows",
+                e.kind().as_str().to_lowercase()
+            ))),
+        },
+        None => Err(Refusal::NotFound(format!(
+            "source \"{source}\" does not exist"
+        ))),
+    }
+}
+
+fn precision(params: &HashMap<String, String>) -> Result<Precision, Refusal> {
+    match params.get("precision") {
+        None => Ok(Precision::default()),
+        Some(p) => Precision::parse(p).ok_or_else(|| {
+            Refusal::BadPayload(format!("unknown precision '{p}': use ns, us, ms or s"))
+        }),
+    }
+}
+
+fn with_precision(f: Format, p: Precision) -> Format {
+    match f {
+        Format::Influx(_) => Format::Influx(p),
+        other => other,
+    }
+}
+
+/// Decodes a payload and pushes its good rows; answers the ack.
+async fn push_payload(
+    app: &AppRef,
+    source: &str,
+    format: Format,
+    payload: Bytes,
+    patient: bool,
+) -> Result<Value, Refusal> {
+    let (schema, _) = source_of(app, source).await?;
+    let now = app.tocsin.engine().clock().now() as i64;
+    let decoded = tokio::task::spawn_blocking(move || decode(format, &payload, &schema, now))
+        .await
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?
+        .map_err(|e| {
+            app.metrics.rejected(source, 0);
+            Refusal::BadPayload(e.0)
+        })?;
+    let Decoded {
+        batch,
+        rows,
+        errors,
+    } = decoded;
+    let mut errors: Vec<(usize, String)> = errors.into_iter().map(|e| (e.row, e.message)).collect();
+    if !errors.is_empty() {
+        app.metrics.rejected(source, errors.len());
+    }
+    if batch.num_rows() == 0 {
+        return Ok(ack(0, errors));
+    }
+    match app.ingest.push(source, batch, rows, patient).await {
+        Ok(o) => {
+            errors.extend(o.rejected);
+            Ok(ack(o.accepted, errors))
+        }
+        Err(IngestError::Full) => {
+            app.metrics
+                .ingest_refused_full
+                .fetch_add(1, Ordering::Relaxed);
+            Err(Refusal::Full)
+        }
+        Err(IngestError::Refused(m)) if m.contains("does not exist") => Err(Refusal::NotFound(m)),
+        Err(IngestError::Refused(m)) => Err(Refusal::BadPayload(m)),
+        Err(e @ IngestError::Stopped) => Err(Refusal::Unavailable(e.to_string())),
+    }
+}
+
+/// `POST /v1/ingest/{source}`.
+async fn ingest_http(
+    State(app): State<AppRef>,
+    Path(source): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let run = async {
+        let (_, default) = source_of(&app, &source).await?;
+        let p = precision(&params)?;
+        let format = match (params.get("format"), headers.get(header::CONTENT_TYPE)) {
+            (Some(f), _) => Format::from_name(f).ok_or_else(|| {
+                Refusal::BadPayload(format!(
+                    "unknown format '{f}': use json, ndjson, influx or arrow"
+                ))
+            })?,
+            (None, Some(ct)) => {
+                let ct = ct.to_str().unwrap_or("");
+                match Format::from_content_type(ct) {
+                    Some(f) => f,
+                    // curl's default for -d; fall back to the source's format.
+                    None if ct.starts_with("application/x-www-form-urlencoded") => {
+                        Format::from_name(&default).unwrap_or(Format::Json)
+                    }
+                    None => return Err(Refusal::BadPayload(format!(
+                        "unsupported Content-Type '{ct}': use application/json, application/x-ndjson, text/plain (Influx line protocol) or application/vnd.apache.arrow.stream"
+                    ))),
+                }
+            }
+            (None, None) => Format::from_name(&default).unwrap_or(Format::Json),
+        };
+        push_payload(&app, &source, with_precision(format, p), body, false).await
+    };
+    match run.await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r.response(),
+    }
+}
+
+/// `GET /v1/ingest/{source}` (WebSocket): one payload per frame, one ack per frame. Text frames
+/// are JSON/NDJSON (or line protocol when the source's format is `influx`), binary frames Arrow
+/// IPC; `?format=` overrides both.
+async fn ingest_ws(
+    State(app): State<AppRef>,
+    Path(source): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let (_, default) = match source_of(&app, &source).await {
+        Ok(s) => s,
+        Err(r) => return r.response(),
+    };
+    let p = match precision(&params) {
+        Ok(p) => p,
+        Err(r) => return r.response(),
+    };
+    let forced = match params.get("format").map(|f| (f, Format::from_name(f))) {
+        Some((_, Some(f))) => Some(with_precision(f, p)),
+        Some((f, None)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown format '{f}': use json, ndjson, influx or arrow"),
+            )
+        }
+        None => None,
+    };
+    let text_format = match Format::from_name(&default) {
+        Some(f @ (Format::Json | Format::Ndjson | Format::Influx(_))) => with_precision(f, p),
+        _ => Format::Json,
+    };
+    ws.max_message_size(MAX_BODY)
+        .on_upgrade(move |socket| ingest_socket(app, source, socket, forced, text_format))
+}
+
+async fn ingest_socket(
+    app: AppRef,
+    source: String,
+    mut socket: WebSocket,
+    forced: Option<Format>,
+    text_format: Format,
+) {
+    while let Some(Ok(msg)) = socket.recv().await {
+        let (format, payload) = match msg {
+            Message::Text(t) => (
+                forced.unwrap_or(text_format),
+                Bytes::from(t.as_str().to_owned()),
+            ),
+            Message::Binary(b) => (forced.unwrap_or(Format::Arrow), b),
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let reply = match push_payload(&app, &source, format, payload, true).await {
+            Ok(v) => v,
+            Err(r) => {
+                let mut v = ack(0, Vec::new());
+                v["error"] = json!(r.message());
+                v
+            }
+        };
+        if socket
+            .send(Message::Text(reply.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+/// `GET /v1/subscribe?q=NAME_OR_SELECT` (WebSocket).
+async fn subscribe(
+    State(app): State<AppRef>,
+    Query(params): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(q) = params
+        .get("q")
+        .map(|q| q.trim().trim_end_matches(';').to_string())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give the view, rule, source or SELECT to follow as ?q=",
+        );
+    };
+    let statement = if q
+        .chars()
+        .all(|c| c.is_alphanumeric() || c == '_' || c == '"')
+    {
+        format!("SUBSCRIBE TO {q}")
+    } else {
+        format!("SUBSCRIBE TO ({q})")
+    };
+    let sub = match app.tocsin.execute(&statement).await {
+        Ok(mut r) => match r.pop() {
+            Some(StatementResult::Subscribe(s)) => s,
+            _ => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "SUBSCRIBE gave no subscription",
+                )
+            }
+        },
+        Err(e) => return sql_error(&e),
+    };
+    ws.on_upgrade(move |socket| follow(sub, socket))
+}
+
+async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
+    let schema = sub.schema().clone();
+    loop {
+        tokio::select! {
+            event = sub.next() => {
+                let Some(event) = event else { break };
+                let frames: Vec<Value> = match event {
+                    SubscribeEvent::Changes { time, updates } => updates
+                        .iter()
+                        .map(|(row, diff)| json!({"time": time, "diff": diff, "row": crate::json::row_object(&schema, row)}))
+                        .collect(),
+                    SubscribeEvent::Progress(t) => vec![json!({"time": t, "progress": true})],
+                };
+                for f in frames {
+                    if socket.send(Message::Text(f.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// `GET /v1/catalog`.
+async fn catalog(State(app): State<AppRef>) -> Response {
+    let mut groups: HashMap<&str, Vec<Value>> = HashMap::new();
+    for e in app.tocsin.catalog().await {
+        let key = match e.kind() {
+            ObjectKind::Source => "sources",
+            ObjectKind::View => "views",
+            ObjectKind::Rule => "rules",
+            ObjectKind::Sink => "sinks",
+        };
+        groups.entry(key).or_default().push(json!({
+            "name": e.name,
+            "sql": e.sql,
+            "columns": e.schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
+        }));
+    }
+    let mut out = serde_json::Map::new();
+    for key in ["sources", "views", "rules", "sinks"] {
+        out.insert(
+            key.into(),
+            Value::Array(groups.remove(key).unwrap_or_default()),
+        );
+    }
+    Json(Value::Object(out)).into_response()
+}
+
+/// `GET /metrics`.
+async fn metrics(State(app): State<AppRef>) -> Response {
+    let catalog = app.tocsin.catalog().await;
+    let gauges = crate::metrics::Gauges {
+        queue_depth: app.ingest.depth(),
+        queue_capacity: app.ingest.capacity(),
+        engine_pending_rows: app.tocsin.engine().pending_rows(),
+        dataflows: catalog.len(),
+        workers: app.tocsin.engine().workers(),
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(&gauges),
+    )
+        .into_response()
+}

@@ -1,0 +1,331 @@
+//! The ingest path: connections decode payloads and queue batches; one writer thread takes them
+//! in groups, checks them against their sources, appends the accepted rows to the write-ahead
+//! log, syncs once per group (group commit), pushes them into the engine and answers each batch.
+//!
+//! The queue is bounded: when it is full an HTTP request waits up to `--ingest-wait` and is then
+//! answered 503 with `Retry-After`, and a WebSocket stops reading frames. The writer in turn
+//! waits while the engine has too many rows it has not taken, so a slow engine slows ingest
+//! instead of queueing without bound. An acknowledgement is sent only after the rows are on disk.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use tocsin_engine::Engine;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog_log::Generations;
+use crate::metrics::Metrics;
+use crate::wal::Wal;
+
+/// The engine may hold this many pushed rows not yet taken by a worker before the writer waits.
+const MAX_ENGINE_PENDING: usize = 4_000_000;
+/// A group commit takes at most this many batches ...
+const GROUP_BATCHES: usize = 1024;
+/// ... or this many rows.
+const GROUP_ROWS: usize = 4_000_000;
+
+/// What happened to a queued batch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    pub accepted: usize,
+    /// Refused rows by payload row number, with the reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("the ingest queue is full; retry later")]
+    Full,
+    #[error("{0}")]
+    Refused(String),
+    #[error("tocsin is shutting down")]
+    Stopped,
+}
+
+struct Job {
+    source: String,
+    batch: RecordBatch,
+    /// Payload row number of each row of `batch`.
+    rows: Vec<usize>,
+    queued: Instant,
+    reply: oneshot::Sender<Result<Outcome, String>>,
+}
+
+enum Msg {
+    Batch(Job),
+    /// Time to roll and prune WAL segments.
+    Maintain,
+}
+
+/// The producer side of the ingest queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    tx: mpsc::Sender<Msg>,
+    wait: Duration,
+    capacity: usize,
+}
+
+impl Ingest {
+    /// Starts the writer thread over an opened WAL.
+    pub fn start(
+        engine: Engine,
+        wal: Wal,
+        generations: Generations,
+        metrics: Arc<Metrics>,
+        queue: usize,
+        wait: Duration,
+    ) -> Ingest {
+        let capacity = queue.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                match ticker.try_send(Msg::Maintain) {
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    _ => continue,
+                }
+            }
+        });
+        std::thread::Builder::new()
+            .name("tocsin-wal".into())
+            .spawn(move || {
+                Writer {
+                    engine,
+                    wal,
+                    generations,
+                    metrics,
+                }
+                .run(rx)
+            })
+            .expect("spawn the WAL writer");
+        Ingest { tx, wait, capacity }
+    }
+
+    /// Batches waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues a batch and waits for its outcome. With `patient`, waits for room as long as it
+    /// takes (WebSocket connections, collectors); otherwise gives up after the configured wait
+    /// with [`IngestError::Full`].
+    pub async fn push(
+        &self,
+        source: &str,
+        batch: RecordBatch,
+        rows: Vec<usize>,
+        patient: bool,
+    ) -> Result<Outcome, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        let msg = Msg::Batch(Job {
+            source: source.to_string(),
+            batch,
+            rows,
+            queued: Instant::now(),
+            reply,
+        });
+        if patient {
+            self.tx.send(msg).await.map_err(|_| IngestError::Stopped)?;
+        } else if self.wait.is_zero() {
+            self.tx.try_send(msg).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => IngestError::Full,
+                mpsc::error::TrySendError::Closed(_) => IngestError::Stopped,
+            })?;
+        } else {
+            self.tx
+                .send_timeout(msg, self.wait)
+                .await
+                .map_err(|e| match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => IngestError::Full,
+                    mpsc::error::SendTimeoutError::Closed(_) => IngestError::Stopped,
+                })?;
+        }
+        answer
+            .await
+            .map_err(|_| IngestError::Stopped)?
+            .map_err(IngestError::Refused)
+    }
+}
+
+struct Writer {
+    engine: Engine,
+    wal: Wal,
+    generations: Generations,
+    metrics: Arc<Metrics>,
+}
+
+struct Staged {
+    job: Job,
+    admitted: RecordBatch,
+    /// Batch row index of each admitted row.
+    kept: Vec<usize>,
+    rejected: Vec<(usize, String)>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            let mut rows = 0;
+            while group.len() < GROUP_BATCHES && rows < GROUP_ROWS {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if let Msg::Batch(j) = &m {
+                            rows += j.batch.num_rows();
+                        }
+                        group.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut maintain = false;
+            let mut staged = Vec::new();
+            for m in group {
+                match m {
+                    Msg::Maintain => maintain = true,
+                    Msg::Batch(job) => {
+                        if let Some(s) = self.stage(job) {
+                            staged.push(s);
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.wal.sync() {
+                tracing::error!("write-ahead log sync failed: {e}");
+                for s in staged {
+                    let _ = s.job.reply.send(Err(format!("write-ahead log: {e}")));
+                }
+                continue;
+            }
+            for s in staged {
+                self.apply(s);
+            }
+            self.metrics
+                .wal_bytes
+                .store(self.wal.bytes, Ordering::Relaxed);
+            self.metrics
+                .wal_syncs
+                .store(self.wal.syncs, Ordering::Relaxed);
+            if maintain {
+                self.maintain();
+            }
+        }
+    }
+
+    /// Checks a batch against its source and appends the rows it takes to the WAL.
+    fn stage(&mut self, job: Job) -> Option<Staged> {
+        let generation = self
+            .generations
+            .read()
+            .expect("generations")
+            .get(&job.source)
+            .copied();
+        let Some(generation) = generation else {
+            let _ = job
+                .reply
+                .send(Err(format!("source \"{}\" does not exist", job.source)));
+            return None;
+        };
+        let (admitted, rejected) = match self.engine.admit(&job.source, job.batch.clone()) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = job.reply.send(Err(e.to_string()));
+                return None;
+            }
+        };
+        if admitted.num_rows() > 0 {
+            if let Err(e) = self.wal.append(&job.source, generation, &admitted) {
+                tracing::error!("write-ahead log append failed: {e}");
+                let _ = job.reply.send(Err(format!("write-ahead log: {e}")));
+                return None;
+            }
+        }
+        let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
+        let kept = (0..job.batch.num_rows())
+            .filter(|i| {
+                if refused.peek() == Some(i) {
+                    refused.next();
+                    false
+                } else {
+                    true
+                }
+            })
+            .collect();
+        Some(Staged {
+            job,
+            admitted,
+            kept,
+            rejected,
+        })
+    }
+
+    /// Pushes durable rows into the engine and answers.
+    fn apply(&mut self, s: Staged) {
+        let Staged {
+            job,
+            admitted,
+            kept,
+            rejected,
+        } = s;
+        let mut outcome = Outcome {
+            accepted: 0,
+            rejected: rejected
+                .into_iter()
+                .map(|(i, m)| (job.rows[i], m))
+                .collect(),
+        };
+        if admitted.num_rows() > 0 {
+            while self.engine.pending_rows() > MAX_ENGINE_PENDING {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            match self.engine.push(&job.source, admitted) {
+                Ok(o) => {
+                    outcome.accepted = o.accepted;
+                    outcome
+                        .rejected
+                        .extend(o.rejected.into_iter().map(|(i, m)| (job.rows[kept[i]], m)));
+                    outcome.rejected.sort_by_key(|(r, _)| *r);
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.metrics.ingested(
+            &job.source,
+            outcome.accepted,
+            outcome.rejected.len(),
+            job.queued.elapsed(),
+        );
+        let _ = job.reply.send(Ok(outcome));
+    }
+
+    fn maintain(&mut self) {
+        let now = self.engine.now() as i64;
+        let generations = self.generations.read().expect("generations").clone();
+        let engine = &self.engine;
+        let retain = |source: &str, generation: u64| {
+            if generations.get(source) != Some(&generation) {
+                return None;
+            }
+            engine.retention(source).map(|d| d.as_millis() as i64)
+        };
+        match self.wal.maintain(now, retain) {
+            Ok(n) if n > 0 => tracing::debug!("deleted {n} expired WAL segment(s)"),
+            Ok(_) => {}
+            Err(e) => tracing::error!("write-ahead log maintenance failed: {e}"),
+        }
+        self.metrics
+            .wal_segments
+            .store(self.wal.segments() as u64, Ordering::Relaxed);
+    }
+}

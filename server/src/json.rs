@@ -1,0 +1,166 @@
+//! Results as JSON: numbers, strings, booleans and null; timestamps as RFC 3339 strings in UTC
+//! with milliseconds (`2026-11-21T10:00:00.000Z`).
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{
+    DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt16Type, UInt32Type, UInt64Type, UInt8Type,
+};
+use datafusion::arrow::util::display::ArrayFormatter;
+use serde_json::{json, Map, Value};
+use tocsin_engine::Datum;
+
+/// `2026-11-21T10:00:00.000Z` for epoch milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => ms.to_string(),
+    }
+}
+
+fn float(f: f64) -> Value {
+    serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+/// One column's values as JSON.
+fn column_values(a: &ArrayRef) -> Vec<Value> {
+    let n = a.len();
+    macro_rules! prim {
+        ($t:ty, $f:expr) => {{
+            let p = a.as_primitive::<$t>();
+            (0..n)
+                .map(|i| {
+                    if p.is_null(i) {
+                        Value::Null
+                    } else {
+                        $f(p.value(i))
+                    }
+                })
+                .collect()
+        }};
+    }
+    match a.data_type() {
+        DataType::Null => vec![Value::Null; n],
+        DataType::Boolean => {
+            let b = a.as_boolean();
+            (0..n)
+                .map(|i| {
+                    if b.is_null(i) {
+                        Value::Null
+                    } else {
+                        Value::Bool(b.value(i))
+                    }
+                })
+                .collect()
+        }
+        DataType::Int8 => prim!(Int8Type, |v| json!(v)),
+        DataType::Int16 => prim!(Int16Type, |v| json!(v)),
+        DataType::Int32 => prim!(Int32Type, |v| json!(v)),
+        DataType::Int64 => prim!(Int64Type, |v| json!(v)),
+        DataType::UInt8 => prim!(UInt8Type, |v| json!(v)),
+        DataType::UInt16 => prim!(UInt16Type, |v| json!(v)),
+        DataType::UInt32 => prim!(UInt32Type, |v| json!(v)),
+        DataType::UInt64 => prim!(UInt64Type, |v| json!(v)),
+        DataType::Float32 => prim!(Float32Type, |v: f32| float(v as f64)),
+        DataType::Float64 => prim!(Float64Type, float),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            prim!(TimestampSecondType, |v: i64| json!(rfc3339_ms(v * 1000)))
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            prim!(TimestampMillisecondType, |v| json!(rfc3339_ms(v)))
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            prim!(TimestampMicrosecondType, |v: i64| json!(rfc3339_ms(
+                v.div_euclid(1000)
+            )))
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            prim!(TimestampNanosecondType, |v: i64| json!(rfc3339_ms(
+                v.div_euclid(1_000_000)
+            )))
+        }
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>();
+            (0..n)
+                .map(|i| {
+                    if s.is_null(i) {
+                        Value::Null
+                    } else {
+                        json!(s.value(i))
+                    }
+                })
+                .collect()
+        }
+        DataType::LargeUtf8 => {
+            let s = a.as_string::<i64>();
+            (0..n)
+                .map(|i| {
+                    if s.is_null(i) {
+                        Value::Null
+                    } else {
+                        json!(s.value(i))
+                    }
+                })
+                .collect()
+        }
+        DataType::Utf8View => {
+            let s = a.as_string_view();
+            (0..n)
+                .map(|i| {
+                    if s.is_null(i) {
+                        Value::Null
+                    } else {
+                        json!(s.value(i))
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let options = Default::default();
+            match ArrayFormatter::try_new(a.as_ref(), &options) {
+                Ok(f) => (0..n)
+                    .map(|i| {
+                        if a.is_null(i) {
+                            Value::Null
+                        } else {
+                            json!(f.value(i).to_string())
+                        }
+                    })
+                    .collect(),
+                Err(_) => vec![Value::Null; n],
+            }
+        }
+    }
+}
+
+/// The rows of batches as arrays of JSON values.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        let columns: Vec<Vec<Value>> = b.columns().iter().map(column_values).collect();
+        for i in 0..b.num_rows() {
+            out.push(Value::Array(columns.iter().map(|c| c[i].clone()).collect()));
+        }
+    }
+    out
+}
+
+/// An engine row as a JSON object keyed by column name.
+pub fn row_object(schema: &SchemaRef, row: &[Datum]) -> Value {
+    let mut m = Map::new();
+    for (f, d) in schema.fields().iter().zip(row) {
+        let v = match d {
+            Datum::Null => Value::Null,
+            Datum::Bool(b) => Value::Bool(*b),
+            Datum::Int(i) => match f.data_type() {
+                DataType::Timestamp(TimeUnit::Millisecond, _) => json!(rfc3339_ms(*i)),
+                _ => json!(i),
+            },
+            Datum::Float(x) => float(x.get()),
+            Datum::Str(s) => json!(s.as_ref()),
+        };
+        m.insert(f.name().clone(), v);
+    }
+    Value::Object(m)
+}

@@ -1,0 +1,27 @@
+//! The tocsin server: one port for HTTP, WebSocket ingest and subscriptions (and, told apart by
+//! its first bytes, the PostgreSQL wire protocol); the durable catalog log and write-ahead log;
+//! the host collector; the `tocsin` CLI's client commands.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`app`] | start-up: replaying the catalog and WAL, the embedded default |
+//! | [`listen`] | the listening port and protocol detection |
+//! | [`http`] | the HTTP and WebSocket API |
+//! | [`ingest`] | the bounded ingest queue and the group-commit writer |
+//! | [`wal`], [`catalog_log`], [`records`] | durable files |
+//! | [`tasks`] | host collectors and rule output logs that follow the catalog |
+//! | [`metrics`] | Prometheus metrics about tocsin itself |
+//! | [`client`], [`agent`] | `tocsin sql` and `tocsin agent` |
+
+pub mod agent;
+pub mod app;
+pub mod catalog_log;
+pub mod client;
+pub mod http;
+pub mod ingest;
+pub mod json;
+pub mod listen;
+pub mod metrics;
+pub mod records;
+pub mod tasks;
+pub mod wal;

@@ -1,0 +1,204 @@
+//! tocsin's own metrics, served as Prometheus text at `GET /metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the ingest latency histogram's buckets.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default, Clone, Copy)]
+struct SourceCounts {
+    accepted: u64,
+    rejected: u64,
+    batches: u64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    sources: Mutex<BTreeMap<String, SourceCounts>>,
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub ingest_refused_full: AtomicU64,
+    pub wal_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_segments: AtomicU64,
+    pub connections: AtomicU64,
+    pub connections_unrecognized: AtomicU64,
+}
+
+/// Gauges read when the metrics are rendered.
+pub struct Gauges {
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub engine_pending_rows: usize,
+    pub dataflows: usize,
+    pub workers: usize,
+}
+
+impl Metrics {
+    /// Counts one batch pushed to a source.
+    pub fn ingested(&self, source: &str, accepted: usize, rejected: usize, latency: Duration) {
+        {
+            let mut s = self.sources.lock().expect("metrics");
+            let c = s.entry(source.to_string()).or_default();
+            c.accepted += accepted as u64;
+            c.rejected += rejected as u64;
+            c.batches += 1;
+        }
+        let secs = latency.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Rows refused before they reached the queue (payloads that could not be decoded).
+    pub fn rejected(&self, source: &str, rows: usize) {
+        let mut s = self.sources.lock().expect("metrics");
+        s.entry(source.to_string()).or_default().rejected += rows as u64;
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        let sources = self.sources.lock().expect("metrics").clone();
+        let mut counter = |name: &str, help: &str, f: &dyn Fn(&SourceCounts) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (s, c) in &sources {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(s), f(c));
+            }
+        };
+        counter(
+            "tocsin_ingest_rows_accepted_total",
+            "Rows accepted (durable) per source.",
+            &|c| c.accepted,
+        );
+        counter(
+            "tocsin_ingest_rows_rejected_total",
+            "Rows refused per source (undecodable, late, too far in the future).",
+            &|c| c.rejected,
+        );
+        counter(
+            "tocsin_ingest_batches_total",
+            "Batches written per source.",
+            &|c| c.batches,
+        );
+        let plain = [
+            (
+                "tocsin_ingest_refused_queue_full_total",
+                "counter",
+                "Ingest requests answered 503 because the queue stayed full.",
+                self.ingest_refused_full.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_wal_bytes_total",
+                "counter",
+                "Bytes appended to the write-ahead log since start.",
+                self.wal_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_wal_syncs_total",
+                "counter",
+                "Group commits (fsyncs) of the write-ahead log.",
+                self.wal_syncs.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_wal_segments",
+                "gauge",
+                "Write-ahead log segment files on disk.",
+                self.wal_segments.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_http_requests_total",
+                "counter",
+                "HTTP requests served.",
+                self.http_requests.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_connections_total",
+                "counter",
+                "Connections accepted.",
+                self.connections.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_connections_unrecognized_total",
+                "counter",
+                "Connections closed because their first bytes were no known protocol.",
+                self.connections_unrecognized.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_ingest_queue_depth",
+                "gauge",
+                "Batches waiting to be written and pushed.",
+                g.queue_depth as u64,
+            ),
+            (
+                "tocsin_ingest_queue_capacity",
+                "gauge",
+                "Capacity of the ingest queue.",
+                g.queue_capacity as u64,
+            ),
+            (
+                "tocsin_engine_pending_rows",
+                "gauge",
+                "Rows pushed that no worker has taken yet.",
+                g.engine_pending_rows as u64,
+            ),
+            (
+                "tocsin_dataflows",
+                "gauge",
+                "Sources, views and rules running as dataflows.",
+                g.dataflows as u64,
+            ),
+            (
+                "tocsin_workers",
+                "gauge",
+                "Timely worker threads.",
+                g.workers as u64,
+            ),
+        ];
+        for (name, kind, help, v) in plain {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        let name = "tocsin_ingest_latency_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} From a batch entering the ingest queue to its acknowledgement (durable and pushed).\n# TYPE {name} histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

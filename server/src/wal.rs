@@ -1,0 +1,222 @@
+//! The write-ahead log of accepted rows: numbered segment files in `DATA_DIR/wal`, each a
+//! sequence of records holding one batch as an Arrow IPC stream, tagged with its source and the
+//! source's generation. Batches are appended and synced in groups (group commit) before they are
+//! acknowledged. A segment is deleted once every row in it is past its source's retention (or its
+//! source is gone); at start the remaining segments are re-fed to the sources.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use datafusion::arrow::array::{AsArray, RecordBatch};
+use datafusion::arrow::compute::max;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+
+use crate::records::{read_records, RecordWriter};
+
+/// A segment is closed once it holds this many bytes ...
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// ... or is this old, so that retention can delete old rows soon after they expire.
+const SEGMENT_SECS: u64 = 30;
+
+/// The newest `ts` per (source, generation) in a segment.
+type Newest = HashMap<(String, u64), i64>;
+
+pub struct Wal {
+    dir: PathBuf,
+    current: RecordWriter,
+    current_id: u64,
+    current_newest: Newest,
+    opened: Instant,
+    closed: BTreeMap<u64, Newest>,
+    unsynced: bool,
+    /// Bytes appended since start.
+    pub bytes: u64,
+    pub syncs: u64,
+}
+
+fn segment_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("{id:016}.seg"))
+}
+
+fn encode(source: &str, generation: u64, batch: &RecordBatch) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64 + batch.get_array_memory_size());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(source.len() as u16).to_le_bytes());
+    out.extend_from_slice(source.as_bytes());
+    let mut w = StreamWriter::try_new(&mut out, &batch.schema()).map_err(io::Error::other)?;
+    w.write(batch).map_err(io::Error::other)?;
+    w.finish().map_err(io::Error::other)?;
+    drop(w);
+    Ok(out)
+}
+
+fn decode(payload: &[u8]) -> io::Result<(String, u64, Vec<RecordBatch>)> {
+    let bad = || io::Error::other("WAL record is malformed");
+    let generation = u64::from_le_bytes(
+        payload
+            .get(..8)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    );
+    let n = u16::from_le_bytes(
+        payload
+            .get(8..10)
+            .ok_or_else(bad)?
+            .try_into()
+            .map_err(|_| bad())?,
+    ) as usize;
+    let name = std::str::from_utf8(payload.get(10..10 + n).ok_or_else(bad)?)
+        .map_err(|_| bad())?
+        .to_string();
+    let reader =
+        StreamReader::try_new(Cursor::new(&payload[10 + n..]), None).map_err(io::Error::other)?;
+    let batches = reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io::Error::other)?;
+    Ok((name, generation, batches))
+}
+
+fn newest_ts(batch: &RecordBatch) -> Option<i64> {
+    let i = batch.schema().index_of("ts").ok()?;
+    max(batch
+        .column(i)
+        .as_primitive_opt::<TimestampMillisecondType>()?)
+}
+
+impl Wal {
+    /// Opens the WAL in `dir`, feeding every batch of every segment to `feed(source, generation,
+    /// batch)` in the order they were written, then starts a new segment.
+    pub fn open(dir: &Path, mut feed: impl FnMut(&str, u64, RecordBatch)) -> io::Result<Wal> {
+        fs::create_dir_all(dir)?;
+        let mut ids: Vec<u64> = fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_suffix(".seg")?.parse().ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut closed = BTreeMap::new();
+        for &id in &ids {
+            let path = segment_path(dir, id);
+            let records = read_records(&path)?;
+            if let Some(torn) = records.torn {
+                tracing::warn!(
+                    "WAL segment {}: dropped a torn last record: {torn}",
+                    path.display()
+                );
+            }
+            let mut newest = Newest::new();
+            for p in records.payloads {
+                match decode(&p) {
+                    Ok((name, generation, batches)) => {
+                        for b in batches {
+                            if let Some(t) = newest_ts(&b) {
+                                let e = newest.entry((name.clone(), generation)).or_insert(t);
+                                *e = (*e).max(t);
+                            }
+                            feed(&name, generation, b);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("WAL segment {}: skipped a record: {e}", path.display())
+                    }
+                }
+            }
+            closed.insert(id, newest);
+        }
+        let current_id = ids.last().map_or(1, |l| l + 1);
+        let current = RecordWriter::append_to(&segment_path(dir, current_id))?;
+        Ok(Wal {
+            dir: dir.to_path_buf(),
+            current,
+            current_id,
+            current_newest: Newest::new(),
+            opened: Instant::now(),
+            closed,
+            unsynced: false,
+            bytes: 0,
+            syncs: 0,
+        })
+    }
+
+    /// Appends a batch (durable after the next `sync`).
+    pub fn append(&mut self, source: &str, generation: u64, batch: &RecordBatch) -> io::Result<()> {
+        let payload = encode(source, generation, batch)?;
+        self.current.append(&payload)?;
+        self.bytes += payload.len() as u64;
+        self.unsynced = true;
+        if let Some(t) = newest_ts(batch) {
+            let e = self
+                .current_newest
+                .entry((source.to_string(), generation))
+                .or_insert(t);
+            *e = (*e).max(t);
+        }
+        Ok(())
+    }
+
+    /// Makes every appended batch durable.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.current.sync()?;
+            self.unsynced = false;
+            self.syncs += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment when the current one is big or old enough, and deletes closed
+    /// segments whose rows are all expired: `retain_ms(source, generation)` is the retention of
+    /// a live source, `None` when it is gone. Returns the number of segments deleted.
+    pub fn maintain(
+        &mut self,
+        now_ms: i64,
+        retain_ms: impl Fn(&str, u64) -> Option<i64>,
+    ) -> io::Result<usize> {
+        if !self.current.is_empty()
+            && (self.current.len() >= SEGMENT_BYTES
+                || self.opened.elapsed().as_secs() >= SEGMENT_SECS)
+        {
+            self.sync()?;
+            let next = self.current_id + 1;
+            let writer = RecordWriter::append_to(&segment_path(&self.dir, next))?;
+            let newest = std::mem::take(&mut self.current_newest);
+            self.closed.insert(self.current_id, newest);
+            self.current = writer;
+            self.current_id = next;
+            self.opened = Instant::now();
+        }
+        let expired: Vec<u64> = self
+            .closed
+            .iter()
+            .filter(|(_, newest)| {
+                newest.iter().all(|((s, g), t)| match retain_ms(s, *g) {
+                    Some(r) => t.saturating_add(r) <= now_ms,
+                    None => true,
+                })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            fs::remove_file(segment_path(&self.dir, *id))?;
+            self.closed.remove(id);
+        }
+        Ok(expired.len())
+    }
+
+    /// Segments on disk (closed and current).
+    pub fn segments(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    pub fn current_path(&self) -> &Path {
+        self.current.path()
+    }
+}
