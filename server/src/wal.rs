@@ -211,6 +211,23 @@ impl Wal {
         Ok(expired.len())
     }
 
+    /// Closes the current segment (when it holds anything) and starts a new one.
+    pub fn roll(&mut self) -> io::Result<()> {
+        if self.current.is_empty() {
+            self.opened = Instant::now();
+            return Ok(());
+        }
+        self.sync()?;
+        let next = self.current_id + 1;
+        let writer = RecordWriter::append_to(&segment_path(&self.dir, next))?;
+        let newest = std::mem::take(&mut self.current_newest);
+        self.closed.insert(self.current_id, newest);
+        self.current = writer;
+        self.current_id = next;
+        self.opened = Instant::now();
+        Ok(())
+    }
+
     /// Segments on disk (closed and current).
     pub fn segments(&self) -> usize {
         self.closed.len() + 1
@@ -218,5 +235,79 @@ impl Wal {
 
     pub fn current_path(&self) -> &Path {
         self.current.path()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn batch(ts: &[i64]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("x", DataType::Int64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..ts.len() as i64)),
+                Arc::new(TimestampMillisecondArray::from(ts.to_vec()).with_timezone("UTC")),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn replay(dir: &Path) -> (Wal, Vec<(String, u64, usize)>) {
+        let mut seen = Vec::new();
+        let wal = Wal::open(dir, |s, g, b| seen.push((s.to_string(), g, b.num_rows()))).unwrap();
+        (wal, seen)
+    }
+
+    #[test]
+    fn segments_are_replayed_in_order_and_pruned_past_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, seen) = replay(dir.path());
+        assert!(seen.is_empty());
+        wal.append("a", 1, &batch(&[1_000, 2_000])).unwrap();
+        wal.append("b", 7, &batch(&[5_000])).unwrap();
+        wal.sync().unwrap();
+        wal.roll().unwrap();
+        wal.append("a", 1, &batch(&[10_000, 11_000, 12_000]))
+            .unwrap();
+        wal.sync().unwrap();
+        drop(wal);
+
+        let (mut wal, seen) = replay(dir.path());
+        assert_eq!(
+            seen,
+            [("a".into(), 1, 2), ("b".into(), 7, 1), ("a".into(), 1, 3)]
+        );
+        // Retention 1 s: at 5,500 ms the first segment still holds b's row at 5,000.
+        let retain = |_: &str, _: u64| Some(1_000);
+        assert_eq!(wal.maintain(5_500, retain).unwrap(), 0);
+        assert_eq!(wal.maintain(6_000, retain).unwrap(), 1);
+        // The second segment's rows (up to 12,000) outlive 12,999 but not 13,000.
+        assert_eq!(wal.maintain(12_999, retain).unwrap(), 0);
+        assert_eq!(wal.maintain(13_000, retain).unwrap(), 1);
+        drop(wal);
+        let (mut wal, seen) = replay(dir.path());
+        assert!(seen.is_empty(), "{seen:?}");
+        // A dropped source's rows go at once (with the empty segment the last start left).
+        wal.append("gone", 3, &batch(&[i64::MAX / 2])).unwrap();
+        wal.roll().unwrap();
+        assert_eq!(
+            wal.maintain(0, |s, _| (s != "gone").then_some(1_000))
+                .unwrap(),
+            2
+        );
     }
 }

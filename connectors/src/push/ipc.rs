@@ -36,10 +36,8 @@ pub(super) fn decode(payload: &[u8], schema: &SchemaRef) -> Result<Decoded, Payl
 /// The batch in the source's schema.
 pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, PayloadError> {
     if batch.schema().fields() == schema.fields() {
-        return Ok(
-            RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
-                .map_err(|e| PayloadError(e.to_string()))?,
-        );
+        return RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+            .map_err(|e| PayloadError(e.to_string()));
     }
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {

@@ -83,18 +83,15 @@ fn decode_rows(rows: &[(usize, &[u8])], schema: &SchemaRef) -> Result<Decoded, P
         .iter()
         .try_for_each(|(_, r)| feed(&mut all, r))
         .and_then(|()| all.flush());
-    match whole {
-        Ok(batch) => {
-            let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
-            if batch.num_rows() == rows.len() {
-                return Ok(Decoded {
-                    batch,
-                    rows: rows.iter().map(|(n, _)| *n).collect(),
-                    errors: Vec::new(),
-                });
-            }
+    if let Ok(batch) = whole {
+        let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(schema.clone()));
+        if batch.num_rows() == rows.len() {
+            return Ok(Decoded {
+                batch,
+                rows: rows.iter().map(|(n, _)| *n).collect(),
+                errors: Vec::new(),
+            });
         }
-        Err(_) => {}
     }
     // Some row is bad: decode them one at a time.
     let mut batches = Vec::new();

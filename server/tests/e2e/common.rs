@@ -1,0 +1,201 @@
+//! Starting the real binary and talking to it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// A running `tocsin serve`, killed (-9) when dropped.
+pub struct Server {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    child: Child,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    /// Starts a server on a free port over `data_dir` (without the embedded default unless
+    /// `extra` says otherwise) and waits until it answers.
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let mut args = vec!["serve", "--listen", &addr, "--workers", "2"];
+        let dir = data_dir.to_str().unwrap();
+        args.extend(["--data-dir", dir]);
+        if !extra.contains(&"--default") {
+            args.push("--no-default");
+        }
+        args.extend(extra.iter().filter(|a| **a != "--default"));
+        let child = Command::new(env!("CARGO_BIN_EXE_tocsin"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start tocsin");
+        let server = Server {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = server.get("/healthz").await {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tocsin did not start:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ends the process the hard way, as a crash would.
+    pub fn kill(mut self) -> PathBuf {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.data_dir.clone()
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).unwrap();
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((status, headers, body.to_bytes().to_vec()))
+    }
+
+    pub async fn get(&self, path: &str) -> Result<(u16, Vec<u8>), String> {
+        let (s, _, b) = self.request("GET", path, None, Vec::new()).await?;
+        Ok((s, b))
+    }
+
+    /// `POST /v1/sql`; the status and the JSON answer.
+    pub async fn sql(&self, sql: &str) -> (u16, Value) {
+        let (s, _, b) = self
+            .request(
+                "POST",
+                "/v1/sql",
+                Some("text/plain"),
+                sql.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        (s, serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Runs SQL that must succeed; the rows of its last result.
+    pub async fn rows(&self, sql: &str) -> Vec<Value> {
+        let (s, v) = self.sql(sql).await;
+        assert_eq!(s, 200, "{sql}: {v}");
+        v["results"].as_array().unwrap().last().unwrap()["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `POST /v1/ingest/{source}`; the status and the JSON answer.
+    pub async fn ingest(&self, source: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let (s, _, b) = self
+            .request(
+                "POST",
+                &format!("/v1/ingest/{source}"),
+                Some(content_type),
+                body,
+            )
+            .await
+            .unwrap();
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An Arrow IPC stream of the batches.
+pub fn ipc(batches: &[RecordBatch]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = StreamWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
+    for b in batches {
+        w.write(b).unwrap();
+    }
+    w.finish().unwrap();
+    drop(w);
+    buf
+}
+
+/// A batch of `(host TEXT, cpu DOUBLE)` rows.
+pub fn cpu_batch(rows: &[(&str, f64)]) -> RecordBatch {
+    use datafusion::arrow::array::{Float64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("host", DataType::Utf8, false),
+        Field::new("cpu", DataType::Float64, false),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap()
+}
+
+/// Row numbers of an ack's errors.
+pub fn error_rows(ack: &Value) -> Vec<u64> {
+    ack["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["row"].as_u64().unwrap())
+        .collect()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests against the real `tocsin` binary over real sockets.
+
+mod common;
+
+mod backpressure;
+mod crash;
+mod garbage;
+mod http;
+mod websocket;
