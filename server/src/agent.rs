@@ -4,12 +4,14 @@
 //! sent after reconnecting.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use futures_util::{SinkExt, StreamExt};
 use tocsin_connectors::host::HostCollector;
+use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Samples kept while the server cannot be reached.
@@ -41,69 +43,102 @@ fn ws_url(server: &str, source: &str) -> String {
     format!("{s}/v1/ingest/{source}")
 }
 
-pub async fn run(config: AgentConfig) -> Result<(), String> {
-    let url = ws_url(&config.server, &config.source);
+/// Samples every `interval` into the backlog, whether or not the server is reachable.
+fn start_sampler(
+    interval: Duration,
+    backlog: Arc<Mutex<VecDeque<RecordBatch>>>,
+    ready: Arc<Notify>,
+) -> String {
     let mut collector = HostCollector::new();
-    let mut backlog: VecDeque<RecordBatch> = VecDeque::new();
-    let mut backoff = Duration::from_millis(500);
-    let mut every = tokio::time::interval(config.interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(
-        "agent: pushing metrics of {} to {url} every {:?}",
-        collector.host(),
-        config.interval
-    );
-    loop {
-        let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
-            Ok(c) => {
-                tracing::info!("agent: connected to {url}");
-                backoff = Duration::from_millis(500);
-                c
-            }
-            Err(e) => {
-                tracing::warn!("agent: cannot connect to {url}: {e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
-            }
-        };
-        'connected: loop {
+    let host = collector.host().to_string();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(interval);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
             every.tick().await;
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            backlog.push_back(collector.collect(now));
-            if backlog.len() > MAX_BACKLOG {
-                backlog.pop_front();
-                tracing::warn!("agent: backlog full, dropped the oldest sample");
+            let batch = collector.collect(now);
+            {
+                let mut b = backlog.lock().expect("backlog");
+                b.push_back(batch);
+                if b.len() > MAX_BACKLOG {
+                    b.pop_front();
+                    tracing::warn!("agent: {MAX_BACKLOG} samples waiting; dropped the oldest");
+                }
             }
-            while let Some(batch) = backlog.front() {
-                let frame = ipc(batch)?;
-                if let Err(e) = ws.send(Message::Binary(frame.into())).await {
-                    tracing::warn!("agent: send failed: {e}; reconnecting");
-                    break 'connected;
-                }
-                let ack = loop {
-                    match ws.next().await {
-                        Some(Ok(Message::Text(t))) => break Some(t),
-                        Some(Ok(_)) => continue,
-                        _ => break None,
-                    }
-                };
-                let Some(ack) = ack else {
-                    tracing::warn!("agent: connection closed before the ack; reconnecting");
-                    break 'connected;
-                };
-                let v: serde_json::Value = serde_json::from_str(&ack).unwrap_or_default();
-                if let Some(e) = v.get("error") {
-                    return Err(format!("the server refused the agent's rows: {e}"));
-                }
-                if v["rejected"].as_u64().unwrap_or(0) > 0 {
-                    tracing::warn!("agent: rows rejected: {}", v["errors"]);
-                }
-                backlog.pop_front();
+            ready.notify_one();
+        }
+    });
+    host
+}
+
+/// Sends the backlog over one connection until it fails.
+async fn drain(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    backlog: &Mutex<VecDeque<RecordBatch>>,
+    ready: &Notify,
+) -> String {
+    loop {
+        let next = backlog.lock().expect("backlog").front().cloned();
+        let Some(batch) = next else {
+            ready.notified().await;
+            continue;
+        };
+        let frame = match ipc(&batch) {
+            Ok(f) => f,
+            Err(e) => return format!("cannot encode a sample: {e}"),
+        };
+        if let Err(e) = ws.send(Message::Binary(frame.into())).await {
+            return format!("send failed: {e}");
+        }
+        let ack = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => break t,
+                Some(Ok(_)) => continue,
+                _ => return "connection closed before the ack".into(),
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&ack).unwrap_or_default();
+        if let Some(e) = v.get("error") {
+            // Kept and sent again after a backoff: the server may be short of disk, or the
+            // source may be re-created.
+            return format!("the server refused the sample: {e}");
+        }
+        if v["rejected"].as_u64().unwrap_or(0) > 0 {
+            tracing::warn!("agent: rows rejected: {}", v["errors"]);
+        }
+        backlog.lock().expect("backlog").pop_front();
+    }
+}
+
+pub async fn run(config: AgentConfig) -> Result<(), String> {
+    let url = ws_url(&config.server, &config.source);
+    let backlog = Arc::new(Mutex::new(VecDeque::new()));
+    let ready = Arc::new(Notify::new());
+    let host = start_sampler(config.interval, backlog.clone(), ready.clone());
+    tracing::info!(
+        "agent: pushing metrics of {host} to {url} every {:?}",
+        config.interval
+    );
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((mut ws, _)) => {
+                tracing::info!("agent: connected to {url}");
+                backoff = Duration::from_millis(500);
+                let why = drain(&mut ws, &backlog, &ready).await;
+                tracing::warn!("agent: {why}; reconnecting in {backoff:?}");
+            }
+            Err(e) => {
+                tracing::warn!("agent: cannot connect to {url}: {e}; retrying in {backoff:?}")
             }
         }
         tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }

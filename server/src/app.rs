@@ -110,8 +110,16 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     let generations: Generations = Default::default();
     for r in &records {
         if let Err(e) = tocsin.execute(&r.sql).await {
-            tracing::error!("catalog log: could not replay `{}`: {e}", r.sql);
-            continue;
+            // Starting without an object the operator created (a rule that would stay silent,
+            // a source whose stored rows would be pruned) is worse than not starting.
+            return Err(format!(
+                "catalog log {}: change {} (`{}`) cannot be replayed: {}; tocsin will not start \
+                 without it (move the data dir aside to start empty)",
+                config.data_dir.join("catalog.log").display(),
+                r.seq,
+                r.sql,
+                e.message
+            ));
         }
         track(&generations, &r.statement, &r.name, r.seq);
     }

@@ -100,6 +100,21 @@ async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Resp
             Err(_) => return error(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8"),
         }
     };
+    if let Ok(statements) = tocsin_sql::parser::parse(&text) {
+        if let Some(i) = statements
+            .iter()
+            .position(|s| matches!(s.statement, tocsin_sql::parser::Statement::Subscribe { .. }))
+        {
+            let mut e = SqlError::new(
+                ErrorKind::Unsupported,
+                "SUBSCRIBE streams changes: use the WebSocket endpoint GET /v1/subscribe?q=...",
+            );
+            e.statement = i;
+            e.line = Some(statements[i].start.line);
+            e.column = Some(statements[i].start.column);
+            return sql_error(&e);
+        }
+    }
     let result = app.tocsin.execute(&text).await;
     crate::tasks::reconcile(&app).await;
     let results = match result {
@@ -121,10 +136,7 @@ async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Resp
                 json!({"kind": "insert", "source": source, "accepted": outcome.accepted})
             }
             StatementResult::Subscribe(_) => {
-                let mut e = SqlError::new(
-                    ErrorKind::Unsupported,
-                    "SUBSCRIBE streams changes: use the WebSocket endpoint GET /v1/subscribe?q=...",
-                );
+                let mut e = SqlError::new(ErrorKind::Internal, "SUBSCRIBE over HTTP");
                 e.statement = i;
                 return sql_error(&e);
             }
@@ -149,6 +161,7 @@ enum Refusal {
     BadPayload(String),
     Full,
     Unavailable(String),
+    Failed(String),
 }
 
 impl Refusal {
@@ -166,11 +179,15 @@ impl Refusal {
                 r
             }
             Refusal::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
+            Refusal::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
         }
     }
     fn message(&self) -> String {
         match self {
-            Refusal::NotFound(m) | Refusal::BadPayload(m) | Refusal::Unavailable(m) => m.clone(),
+            Refusal::NotFound(m)
+            | Refusal::BadPayload(m)
+            | Refusal::Unavailable(m)
+            | Refusal::Failed(m) => m.clone(),
             Refusal::Full => IngestError::Full.to_string(),
         }
     }
@@ -224,10 +241,7 @@ async fn push_payload(
     let decoded = tokio::task::spawn_blocking(move || decode(format, &payload, &schema, now))
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?
-        .map_err(|e| {
-            app.metrics.rejected(source, 0);
-            Refusal::BadPayload(e.0)
-        })?;
+        .map_err(|e| Refusal::BadPayload(e.0))?;
     let Decoded {
         batch,
         rows,
@@ -253,6 +267,7 @@ async fn push_payload(
         }
         Err(IngestError::Refused(m)) if m.contains("does not exist") => Err(Refusal::NotFound(m)),
         Err(IngestError::Refused(m)) => Err(Refusal::BadPayload(m)),
+        Err(IngestError::Failed(m)) => Err(Refusal::Failed(m)),
         Err(e @ IngestError::Stopped) => Err(Refusal::Unavailable(e.to_string())),
     }
 }

@@ -38,8 +38,12 @@ pub struct Outcome {
 pub enum IngestError {
     #[error("the ingest queue is full; retry later")]
     Full,
+    /// The source is gone or the batch does not fit it.
     #[error("{0}")]
     Refused(String),
+    /// tocsin could not store or push the rows (e.g. the disk failed); nothing was acknowledged.
+    #[error("{0}")]
+    Failed(String),
     #[error("tocsin is shutting down")]
     Stopped,
 }
@@ -50,7 +54,7 @@ struct Job {
     /// Payload row number of each row of `batch`.
     rows: Vec<usize>,
     queued: Instant,
-    reply: oneshot::Sender<Result<Outcome, String>>,
+    reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
 
 enum Msg {
@@ -148,10 +152,7 @@ impl Ingest {
                     mpsc::error::SendTimeoutError::Closed(_) => IngestError::Stopped,
                 })?;
         }
-        answer
-            .await
-            .map_err(|_| IngestError::Stopped)?
-            .map_err(IngestError::Refused)
+        answer.await.map_err(|_| IngestError::Stopped)?
     }
 }
 
@@ -201,7 +202,10 @@ impl Writer {
             if let Err(e) = self.wal.sync() {
                 tracing::error!("write-ahead log sync failed: {e}");
                 for s in staged {
-                    let _ = s.job.reply.send(Err(format!("write-ahead log: {e}")));
+                    let _ = s
+                        .job
+                        .reply
+                        .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
                 }
                 continue;
             }
@@ -229,22 +233,25 @@ impl Writer {
             .get(&job.source)
             .copied();
         let Some(generation) = generation else {
-            let _ = job
-                .reply
-                .send(Err(format!("source \"{}\" does not exist", job.source)));
+            let _ = job.reply.send(Err(IngestError::Refused(format!(
+                "source \"{}\" does not exist",
+                job.source
+            ))));
             return None;
         };
         let (admitted, rejected) = match self.engine.admit(&job.source, job.batch.clone()) {
             Ok(a) => a,
             Err(e) => {
-                let _ = job.reply.send(Err(e.to_string()));
+                let _ = job.reply.send(Err(IngestError::Refused(e.to_string())));
                 return None;
             }
         };
         if admitted.num_rows() > 0 {
             if let Err(e) = self.wal.append(&job.source, generation, &admitted) {
                 tracing::error!("write-ahead log append failed: {e}");
-                let _ = job.reply.send(Err(format!("write-ahead log: {e}")));
+                let _ = job
+                    .reply
+                    .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
                 return None;
             }
         }
@@ -295,7 +302,7 @@ impl Writer {
                     outcome.rejected.sort_by_key(|(r, _)| *r);
                 }
                 Err(e) => {
-                    let _ = job.reply.send(Err(e.to_string()));
+                    let _ = job.reply.send(Err(IngestError::Failed(e.to_string())));
                     return;
                 }
             }

@@ -22,8 +22,15 @@ pub struct RecordWriter {
 impl RecordWriter {
     /// Opens (creating if needed) a file for appending.
     pub fn append_to(path: &Path) -> io::Result<RecordWriter> {
+        let existed = path.exists();
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let len = file.metadata()?.len();
+        if !existed {
+            // The new file's name is durable only once its directory is synced.
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         Ok(RecordWriter {
             file: io::BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),

@@ -13,6 +13,7 @@ use tocsin_sql::ObjectDef;
 use tokio::task::JoinHandle;
 
 use crate::app::AppRef;
+use crate::ingest::IngestError;
 
 /// Running tasks by object name, with the SQL of the object they serve.
 #[derive(Default)]
@@ -91,10 +92,11 @@ async fn collect_host(app: AppRef, source: String, interval: Duration) {
                 )
             }
             Ok(_) => {}
-            Err(e) => {
+            Err(e @ (IngestError::Refused(_) | IngestError::Stopped)) => {
                 tracing::warn!("source {source}: host collector stopped: {e}");
                 return;
             }
+            Err(e) => tracing::warn!("source {source}: a host sample was not stored: {e}"),
         }
     }
 }

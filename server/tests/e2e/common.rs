@@ -22,7 +22,7 @@ pub struct Server {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,7 +34,11 @@ impl Server {
     /// Starts a server on a free port over `data_dir` (without the embedded default unless
     /// `extra` says otherwise) and waits until it answers.
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let port = free_port();
+        Self::start_on(free_port(), data_dir, extra).await
+    }
+
+    /// [`Server::start`] on a given port.
+    pub async fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
         let addr = format!("127.0.0.1:{port}");
         let log = data_dir.with_extension(format!("{port}.log"));
         let mut args = vec!["serve", "--listen", &addr, "--workers", "2"];

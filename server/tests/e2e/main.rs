@@ -3,6 +3,7 @@
 mod common;
 
 mod backpressure;
+mod cli;
 mod crash;
 mod garbage;
 mod http;
