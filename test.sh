@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every tocsin test: unit tests, the SQL logic tests (sql/tests/slt/*.slt and the examples
 # of docs/sql.md), the subscription tests and the incremental-vs-batch oracle. Installs whatever
-# test peers the suite needs before running it (none yet beyond cargo). Ends with one line that
+# test peers the suite needs before running it (none yet beyond cargo: the end-to-end tests use
+# the tocsin binary that cargo builds, and Rust HTTP and WebSocket clients). Ends with one line that
 # adds up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")"
