@@ -50,6 +50,8 @@ pub struct App {
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub tasks: Tasks,
+    /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
+    _lock: std::fs::File,
 }
 
 pub type AppRef = Arc<App>;
@@ -94,6 +96,15 @@ pub const DEFAULT_SQL: &str = include_str!("default.sql");
 pub async fn open(config: &Config) -> Result<AppRef, String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let lock_path = config.data_dir.join("LOCK");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("cannot create {}: {e}", lock_path.display()))?;
+    lock.try_lock().map_err(|_| {
+        format!(
+            "data dir {} is in use by another tocsin process",
+            config.data_dir.display()
+        )
+    })?;
     let engine = Engine::start(EngineConfig {
         workers: config.workers.max(1),
         ..EngineConfig::default()
@@ -178,6 +189,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         ingest,
         metrics,
         tasks: Tasks::default(),
+        _lock: lock,
     });
     if fresh && config.defaults {
         app.tocsin

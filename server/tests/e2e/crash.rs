@@ -109,3 +109,24 @@ async fn kill_9_and_restart_keep_everything() {
         [serde_json::json!([10_003])]
     );
 }
+
+/// A second server on the same data dir refuses to start instead of corrupting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_serves_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _s = Server::start(&data, &[]).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another tocsin process"), "{err}");
+}
