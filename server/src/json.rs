@@ -1,7 +1,7 @@
 //! Results as JSON: numbers, strings, booleans and null; timestamps as RFC 3339 strings in UTC
 //! with milliseconds (`2026-11-21T10:00:00.000Z`).
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayAccessor, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{
     DataType, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, SchemaRef,
     TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
@@ -21,6 +21,18 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+fn strings<'a>(n: usize, s: impl ArrayAccessor<Item = &'a str>) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            if s.is_null(i) {
+                Value::Null
+            } else {
+                json!(s.value(i))
+            }
+        })
+        .collect()
 }
 
 /// One column's values as JSON.
@@ -80,42 +92,9 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
                 v.div_euclid(1_000_000)
             )))
         }
-        DataType::Utf8 => {
-            let s = a.as_string::<i32>();
-            (0..n)
-                .map(|i| {
-                    if s.is_null(i) {
-                        Value::Null
-                    } else {
-                        json!(s.value(i))
-                    }
-                })
-                .collect()
-        }
-        DataType::LargeUtf8 => {
-            let s = a.as_string::<i64>();
-            (0..n)
-                .map(|i| {
-                    if s.is_null(i) {
-                        Value::Null
-                    } else {
-                        json!(s.value(i))
-                    }
-                })
-                .collect()
-        }
-        DataType::Utf8View => {
-            let s = a.as_string_view();
-            (0..n)
-                .map(|i| {
-                    if s.is_null(i) {
-                        Value::Null
-                    } else {
-                        json!(s.value(i))
-                    }
-                })
-                .collect()
-        }
+        DataType::Utf8 => strings(n, a.as_string::<i32>()),
+        DataType::LargeUtf8 => strings(n, a.as_string::<i64>()),
+        DataType::Utf8View => strings(n, a.as_string_view()),
         _ => {
             let options = Default::default();
             match ArrayFormatter::try_new(a.as_ref(), &options) {

@@ -180,18 +180,8 @@ impl Wal {
         now_ms: i64,
         retain_ms: impl Fn(&str, u64) -> Option<i64>,
     ) -> io::Result<usize> {
-        if !self.current.is_empty()
-            && (self.current.len() >= SEGMENT_BYTES
-                || self.opened.elapsed().as_secs() >= SEGMENT_SECS)
-        {
-            self.sync()?;
-            let next = self.current_id + 1;
-            let writer = RecordWriter::append_to(&segment_path(&self.dir, next))?;
-            let newest = std::mem::take(&mut self.current_newest);
-            self.closed.insert(self.current_id, newest);
-            self.current = writer;
-            self.current_id = next;
-            self.opened = Instant::now();
+        if self.current.len() >= SEGMENT_BYTES || self.opened.elapsed().as_secs() >= SEGMENT_SECS {
+            self.roll()?;
         }
         let expired: Vec<u64> = self
             .closed
