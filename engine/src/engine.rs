@@ -509,15 +509,12 @@ impl Engine {
     ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
         let c = self.coord()?;
         let time = self.shared.clock.now().max(c.upper);
-        let (_, info) = Self::source_info(&c, name, &batch)?;
+        let info = Self::source_info(&c, name, &batch)?;
         admit(batch, info, time)
     }
 
-    fn source_info<'a>(
-        c: &'a Coord,
-        name: &str,
-        batch: &RecordBatch,
-    ) -> Result<(&'a SchemaRef, SourceInfo)> {
+    /// The source a batch is pushed to, checked to exist and to have the batch's schema.
+    fn source_info(c: &Coord, name: &str, batch: &RecordBatch) -> Result<SourceInfo> {
         let obj = c
             .objects
             .get(name)
@@ -541,7 +538,7 @@ impl Engine {
                     .collect::<Vec<_>>()
             )));
         }
-        Ok((&obj.schema, info))
+        Ok(info)
     }
 
     /// Pushes a batch of rows into a source. Rows whose `ts` is null, already older than the
@@ -550,7 +547,7 @@ impl Engine {
     pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
         let mut c = self.coord()?;
         let time = self.shared.clock.now().max(c.upper);
-        let (_, info) = Self::source_info(&c, name, &batch)?;
+        let info = Self::source_info(&c, name, &batch)?;
         let (batch, rejected) = admit(batch, info, time)?;
         c.last_push = c.last_push.max(time);
         let accepted = batch.num_rows();

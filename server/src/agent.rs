@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use futures_util::{SinkExt, StreamExt};
 use tocsin_connectors::host::HostCollector;
+use tocsin_connectors::push::write_arrow_stream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -26,10 +26,7 @@ pub struct AgentConfig {
 
 fn ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
-    let mut w = StreamWriter::try_new(&mut buf, &batch.schema()).map_err(|e| e.to_string())?;
-    w.write(batch).map_err(|e| e.to_string())?;
-    w.finish().map_err(|e| e.to_string())?;
-    drop(w);
+    write_arrow_stream(&mut buf, std::slice::from_ref(batch)).map_err(|e| e.to_string())?;
     Ok(buf)
 }
 

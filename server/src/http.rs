@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use datafusion::arrow::datatypes::SchemaRef;
 use serde_json::{json, Value};
 use tocsin_connectors::push::{decode, Decoded, Format, Precision};
 use tocsin_engine::SubscribeEvent;
@@ -100,23 +101,31 @@ async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Resp
             Err(_) => return error(StatusCode::BAD_REQUEST, "the SQL text is not UTF-8"),
         }
     };
-    if let Ok(statements) = tocsin_sql::parser::parse(&text) {
-        if let Some(i) = statements
-            .iter()
-            .position(|s| matches!(s.statement, tocsin_sql::parser::Statement::Subscribe { .. }))
-        {
-            let mut e = SqlError::new(
-                ErrorKind::Unsupported,
-                "SUBSCRIBE streams changes: use the WebSocket endpoint GET /v1/subscribe?q=...",
-            );
-            e.statement = i;
-            e.line = Some(statements[i].start.line);
-            e.column = Some(statements[i].start.column);
-            return sql_error(&e);
-        }
+    let statements = match tocsin_sql::parser::parse(&text) {
+        Ok(st) => st,
+        Err(e) => return sql_error(&e),
+    };
+    if let Some(i) = statements
+        .iter()
+        .position(|s| matches!(s.statement, tocsin_sql::parser::Statement::Subscribe { .. }))
+    {
+        let mut e = SqlError::new(
+            ErrorKind::Unsupported,
+            "SUBSCRIBE streams changes: use the WebSocket endpoint GET /v1/subscribe?q=...",
+        );
+        e.statement = i;
+        e.line = Some(statements[i].start.line);
+        e.column = Some(statements[i].start.column);
+        return sql_error(&e);
     }
-    let result = app.tocsin.execute(&text).await;
-    crate::tasks::reconcile(&app).await;
+    let result = app.tocsin.execute_parsed(statements).await;
+    // Collectors and rule logs follow the catalog: look again only when it may have changed.
+    let changed = result.as_ref().map_or(true, |r| {
+        r.iter().any(|r| matches!(r, StatementResult::Ddl { .. }))
+    });
+    if changed {
+        crate::tasks::reconcile(&app).await;
+    }
     let results = match result {
         Ok(r) => r,
         Err(e) => return sql_error(&e),
@@ -194,10 +203,7 @@ impl Refusal {
 }
 
 /// The source's schema and default format, or 404.
-async fn source_of(
-    app: &AppRef,
-    source: &str,
-) -> Result<(datafusion::arrow::datatypes::SchemaRef, String), Refusal> {
+async fn source_of(app: &AppRef, source: &str) -> Result<(SchemaRef, String), Refusal> {
     match app.tocsin.entry(source).await {
         Some(e) => match &e.def {
             ObjectDef::Source { options, .. } => Ok((e.schema.clone(), options.format.clone())),
@@ -228,15 +234,15 @@ fn with_precision(f: Format, p: Precision) -> Format {
     }
 }
 
-/// Decodes a payload and pushes its good rows; answers the ack.
+/// Decodes a payload against the source's schema and pushes its good rows; answers the ack.
 async fn push_payload(
     app: &AppRef,
     source: &str,
+    schema: SchemaRef,
     format: Format,
     payload: Bytes,
     patient: bool,
 ) -> Result<Value, Refusal> {
-    let (schema, _) = source_of(app, source).await?;
     let now = app.tocsin.engine().clock().now() as i64;
     let decoded = tokio::task::spawn_blocking(move || decode(format, &payload, &schema, now))
         .await
@@ -281,7 +287,7 @@ async fn ingest_http(
     body: Bytes,
 ) -> Response {
     let run = async {
-        let (_, default) = source_of(&app, &source).await?;
+        let (schema, default) = source_of(&app, &source).await?;
         let p = precision(&params)?;
         let format = match (params.get("format"), headers.get(header::CONTENT_TYPE)) {
             (Some(f), _) => Format::from_name(f).ok_or_else(|| {
@@ -304,7 +310,15 @@ async fn ingest_http(
             }
             (None, None) => Format::from_name(&default).unwrap_or(Format::Json),
         };
-        push_payload(&app, &source, with_precision(format, p), body, false).await
+        push_payload(
+            &app,
+            &source,
+            schema,
+            with_precision(format, p),
+            body,
+            false,
+        )
+        .await
     };
     match run.await {
         Ok(v) => Json(v).into_response(),
@@ -364,7 +378,12 @@ async fn ingest_socket(
             Message::Close(_) => break,
             Message::Ping(_) | Message::Pong(_) => continue,
         };
-        let reply = match push_payload(&app, &source, format, payload, true).await {
+        // Looked up per frame: the source may be dropped or re-created while the socket is open.
+        let pushed = match source_of(&app, &source).await {
+            Ok((schema, _)) => push_payload(&app, &source, schema, format, payload, true).await,
+            Err(r) => Err(r),
+        };
+        let reply = match pushed {
             Ok(v) => v,
             Err(r) => {
                 let mut v = ack(0, Vec::new());

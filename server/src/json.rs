@@ -117,9 +117,18 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
 pub fn rows(batches: &[RecordBatch]) -> Vec<Value> {
     let mut out = Vec::new();
     for b in batches {
-        let columns: Vec<Vec<Value>> = b.columns().iter().map(column_values).collect();
-        for i in 0..b.num_rows() {
-            out.push(Value::Array(columns.iter().map(|c| c[i].clone()).collect()));
+        let mut columns: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| column_values(c).into_iter())
+            .collect();
+        for _ in 0..b.num_rows() {
+            out.push(Value::Array(
+                columns
+                    .iter_mut()
+                    .map(|c| c.next().unwrap_or(Value::Null))
+                    .collect(),
+            ));
         }
     }
     out

@@ -14,7 +14,8 @@ use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::compute::max;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::arrow::ipc::writer::StreamWriter;
+
+use tocsin_connectors::push::write_arrow_stream;
 
 use crate::records::{read_records, RecordWriter};
 
@@ -48,10 +49,7 @@ fn encode(source: &str, generation: u64, batch: &RecordBatch) -> io::Result<Vec<
     out.extend_from_slice(&generation.to_le_bytes());
     out.extend_from_slice(&(source.len() as u16).to_le_bytes());
     out.extend_from_slice(source.as_bytes());
-    let mut w = StreamWriter::try_new(&mut out, &batch.schema()).map_err(io::Error::other)?;
-    w.write(batch).map_err(io::Error::other)?;
-    w.finish().map_err(io::Error::other)?;
-    drop(w);
+    write_arrow_stream(&mut out, std::slice::from_ref(batch)).map_err(io::Error::other)?;
     Ok(out)
 }
 
@@ -82,11 +80,20 @@ fn decode(payload: &[u8]) -> io::Result<(String, u64, Vec<RecordBatch>)> {
     Ok((name, generation, batches))
 }
 
-fn newest_ts(batch: &RecordBatch) -> Option<i64> {
-    let i = batch.schema().index_of("ts").ok()?;
-    max(batch
+/// Records the newest `ts` of a batch of a source in a segment's map.
+fn note_newest(newest: &mut Newest, source: &str, generation: u64, batch: &RecordBatch) {
+    let Ok(i) = batch.schema().index_of("ts") else {
+        return;
+    };
+    let Some(t) = batch
         .column(i)
-        .as_primitive_opt::<TimestampMillisecondType>()?)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .and_then(max)
+    else {
+        return;
+    };
+    let e = newest.entry((source.to_string(), generation)).or_insert(t);
+    *e = (*e).max(t);
 }
 
 impl Wal {
@@ -117,10 +124,7 @@ impl Wal {
                 match decode(&p) {
                     Ok((name, generation, batches)) => {
                         for b in batches {
-                            if let Some(t) = newest_ts(&b) {
-                                let e = newest.entry((name.clone(), generation)).or_insert(t);
-                                *e = (*e).max(t);
-                            }
+                            note_newest(&mut newest, &name, generation, &b);
                             feed(&name, generation, b);
                         }
                     }
@@ -152,13 +156,7 @@ impl Wal {
         self.current.append(&payload)?;
         self.bytes += payload.len() as u64;
         self.unsynced = true;
-        if let Some(t) = newest_ts(batch) {
-            let e = self
-                .current_newest
-                .entry((source.to_string(), generation))
-                .or_insert(t);
-            *e = (*e).max(t);
-        }
+        note_newest(&mut self.current_newest, source, generation, batch);
         Ok(())
     }
 

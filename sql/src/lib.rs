@@ -33,8 +33,9 @@ use crate::catalog::{source_schema, Catalog};
 pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
 use crate::options::{RuleOptions, SourceOptions};
+pub use crate::parser::Located;
 pub use crate::parser::ObjectKind;
-use crate::parser::{Located, Statement, SubscribeTarget};
+use crate::parser::{Statement, SubscribeTarget};
 
 /// Casts that fail on values they cannot convert instead of turning them into NULL.
 const STRICT: CastOptions<'static> = CastOptions {
@@ -198,7 +199,12 @@ impl Tocsin {
     /// Runs one or more `;`-separated statements. Statements before a failing one stay applied;
     /// the error names the failing statement and, where known, the line and column.
     pub async fn execute(&self, sql: &str) -> Result<Vec<StatementResult>> {
-        let statements = parser::parse(sql)?;
+        self.execute_parsed(parser::parse(sql)?).await
+    }
+
+    /// Runs statements [`parser::parse`] gave, as [`Tocsin::execute`] does: for callers that
+    /// look at the statements first.
+    pub async fn execute_parsed(&self, statements: Vec<Located>) -> Result<Vec<StatementResult>> {
         let mut out = Vec::with_capacity(statements.len());
         for (i, Located { statement, start }) in statements.into_iter().enumerate() {
             let r = self

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::arrow::ipc::writer::StreamWriter;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rand::{Rng, SeedableRng};
+use tocsin_connectors::push::write_arrow_stream;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Args {
@@ -79,7 +79,7 @@ fn payload(arrow: bool, rows: usize, hosts: usize, seed: u64) -> Vec<u8> {
             Field::new("cpu", DataType::Float64, false),
         ]));
         let batch = RecordBatch::try_new(
-            schema.clone(),
+            schema,
             vec![
                 Arc::new(StringArray::from(host)),
                 Arc::new(Float64Array::from(cpu)),
@@ -87,10 +87,7 @@ fn payload(arrow: bool, rows: usize, hosts: usize, seed: u64) -> Vec<u8> {
         )
         .unwrap();
         let mut buf = Vec::new();
-        let mut w = StreamWriter::try_new(&mut buf, &schema).unwrap();
-        w.write(&batch).unwrap();
-        w.finish().unwrap();
-        drop(w);
+        write_arrow_stream(&mut buf, &[batch]).unwrap();
         buf
     } else {
         let mut s = String::with_capacity(rows * 32);

@@ -6,7 +6,9 @@ use std::io::Cursor;
 use arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use arrow::compute::{cast_with_options, concat_batches, CastOptions};
 use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
 
 use super::{Decoded, PayloadError};
 
@@ -56,4 +58,16 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, P
         columns.push(c);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| PayloadError(e.to_string()))
+}
+
+/// Appends the batches to `out` as one Arrow IPC stream, the form the `arrow` format reads.
+pub fn write_stream(out: &mut Vec<u8>, batches: &[RecordBatch]) -> Result<(), ArrowError> {
+    let Some(first) = batches.first() else {
+        return Ok(());
+    };
+    let mut w = StreamWriter::try_new(out, &first.schema())?;
+    for b in batches {
+        w.write(b)?;
+    }
+    w.finish()
 }

@@ -10,6 +10,8 @@ mod influx;
 mod ipc;
 mod json;
 
+pub use ipc::write_stream as write_arrow_stream;
+
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, TimestampMillisecondArray};

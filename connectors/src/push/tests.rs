@@ -5,7 +5,6 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef, TimeUnit};
 use arrow::datatypes::{Int64Type, TimestampMillisecondType};
-use arrow::ipc::writer::StreamWriter;
 
 use super::*;
 
@@ -153,12 +152,7 @@ fn arrow_ipc_columns_are_matched_by_name_and_cast() {
     )
     .unwrap();
     let mut buf = Vec::new();
-    {
-        let mut w = StreamWriter::try_new(&mut buf, &sent).unwrap();
-        w.write(&batch).unwrap();
-        w.write(&batch).unwrap();
-        w.finish().unwrap();
-    }
+    write_arrow_stream(&mut buf, &[batch.clone(), batch]).unwrap();
     let d = decode(Format::Arrow, &buf, &schema(), NOW).unwrap();
     assert_eq!(hosts(&d.batch), ["a", "b", "a", "b"]);
     assert_eq!(d.rows, [1, 2, 3, 4]);

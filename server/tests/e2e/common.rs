@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::writer::StreamWriter;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -167,12 +166,7 @@ impl Drop for Server {
 /// An Arrow IPC stream of the batches.
 pub fn ipc(batches: &[RecordBatch]) -> Vec<u8> {
     let mut buf = Vec::new();
-    let mut w = StreamWriter::try_new(&mut buf, &batches[0].schema()).unwrap();
-    for b in batches {
-        w.write(b).unwrap();
-    }
-    w.finish().unwrap();
-    drop(w);
+    tocsin_connectors::push::write_arrow_stream(&mut buf, batches).unwrap();
     buf
 }
 
