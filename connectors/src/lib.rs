@@ -1,10 +1,12 @@
 //! tocsin's connectors. They know nothing of the engine: sources produce Arrow `RecordBatch`es in
-//! a source's schema, and the server pushes them.
+//! a source's schema, and the server pushes them; sinks take alert notifications and deliver them.
 //!
 //! | module | owns |
 //! |---|---|
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
+//! | [`sink`] | notification sinks: email, webhook (JSON, Alertmanager, Slack), log |
 
 pub mod host;
 pub mod push;
+pub mod sink;

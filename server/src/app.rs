@@ -10,6 +10,8 @@ use datafusion::arrow::array::RecordBatch;
 use tocsin_engine::{Engine, EngineConfig, PushOutcome};
 use tocsin_sql::{DdlChange, Durability, Tocsin};
 
+use crate::alerts::deliver::Sinks;
+use crate::alerts::{relations, AlertManager};
 use crate::catalog_log::{track, CatalogLog, Generations};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -50,6 +52,7 @@ pub struct App {
     pub ingest: Ingest,
     pub metrics: Arc<Metrics>,
     pub tasks: Tasks,
+    pub alerts: Arc<AlertManager>,
     /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
     _lock: std::fs::File,
 }
@@ -114,11 +117,35 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     tocsin.register_connector("HOST", tocsin_connectors::host::host_schema());
     let metrics = Arc::new(Metrics::default());
 
+    // tocsin's own relations and the alert manager, before the catalog that may use them.
+    tocsin
+        .create_system(relations::SQL)
+        .await
+        .map_err(|e| format!("cannot create the alert relations: {e}"))?;
+    let (publish, published) = tokio::sync::mpsc::unbounded_channel();
+    let alerts_dir = config.data_dir.join("alerts");
+    let alerts = Arc::new(
+        AlertManager::open(&alerts_dir, engine.clock().clone(), publish).map_err(|e| {
+            format!(
+                "cannot open the alert store in {}: {e}",
+                alerts_dir.display()
+            )
+        })?,
+    );
+    tocsin.set_sinks(Arc::new(Sinks(alerts.clone())));
+
     // The catalog, as the log recorded it.
     let (log, records) = CatalogLog::open(&config.data_dir)
         .map_err(|e| format!("cannot open the catalog log: {e}"))?;
     let fresh = records.is_empty();
     let generations: Generations = Default::default();
+    for s in relations::SOURCES {
+        // System sources are never re-created: their rows are always of generation 0.
+        generations
+            .write()
+            .expect("generations")
+            .insert(s.to_string(), 0);
+    }
     for r in &records {
         if let Err(e) = tocsin.execute(&r.sql).await {
             // Starting without an object the operator created (a rule that would stay silent,
@@ -189,14 +216,20 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         ingest,
         metrics,
         tasks: Tasks::default(),
+        alerts,
         _lock: lock,
     });
+    app.tasks
+        .background(tokio::spawn(relations::publish(app.clone(), published)));
+    let timers = app.alerts.clone();
+    app.tasks
+        .background(tokio::spawn(async move { timers.run_timers().await }));
     if fresh && config.defaults {
         app.tocsin
             .execute(DEFAULT_SQL)
             .await
             .map_err(|e| format!("the embedded default failed: {e}"))?;
-        tracing::info!("new data dir: created the embedded default (source `host`, views `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure`)");
+        tracing::info!("new data dir: created the embedded default (source `host`, views `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure` notifying sink `log`)");
     }
     crate::tasks::reconcile(&app).await;
     Ok(app)

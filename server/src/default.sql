@@ -1,6 +1,9 @@
 -- The embedded default: created by `tocsin serve` on a data dir with no catalog.
 CREATE SOURCE host FROM HOST WITH (interval = '5s', retain = '15 minutes');
 
+-- Alerts of the starter rules go to tocsin's own log.
+CREATE SINK log TO LOG;
+
 -- The latest value of every metric of every host.
 CREATE VIEW host_latest AS
   SELECT DISTINCT ON (host, metric, device) host, metric, device, value, ts
@@ -18,18 +21,18 @@ CREATE RULE high_cpu AS
   FROM host
   WHERE metric = 'cpu_percent' AND device = '' AND ts > now() - INTERVAL '1 minute'
   GROUP BY host HAVING avg(value) > 90
-  WITH (for = '2m', severity = 'warning', summary = 'CPU {{cpu_percent}}% busy on {{host}}');
+  WITH (for = '2m', severity = 'warning', summary = 'CPU {{cpu_percent}}% busy on {{host}}', sink = 'log');
 
 CREATE RULE low_disk_free AS
   SELECT host, device AS mount, min(value) AS used_percent
   FROM host
   WHERE metric = 'disk_used_percent' AND ts > now() - INTERVAL '1 minute'
   GROUP BY host, device HAVING min(value) > 90
-  WITH (for = '5m', severity = 'warning', summary = '{{mount}} on {{host}} is {{used_percent}}% full');
+  WITH (for = '5m', severity = 'warning', summary = '{{mount}} on {{host}} is {{used_percent}}% full', sink = 'log');
 
 CREATE RULE memory_pressure AS
   SELECT host, avg(value) AS mem_used_percent
   FROM host
   WHERE metric = 'mem_used_percent' AND ts > now() - INTERVAL '1 minute'
   GROUP BY host HAVING avg(value) > 90
-  WITH (for = '2m', severity = 'critical', summary = 'memory {{mem_used_percent}}% used on {{host}}');
+  WITH (for = '2m', severity = 'critical', summary = 'memory {{mem_used_percent}}% used on {{host}}', sink = 'log');

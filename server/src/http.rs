@@ -29,6 +29,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/ingest/{source}", post(ingest_http).get(ingest_ws))
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
+        .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see docs/http.md") })
@@ -206,6 +207,9 @@ impl Refusal {
 async fn source_of(app: &AppRef, source: &str) -> Result<(SchemaRef, String), Refusal> {
     match app.tocsin.entry(source).await {
         Some(e) => match &e.def {
+            ObjectDef::Source { .. } if e.system => Err(Refusal::NotFound(format!(
+                "\"{source}\" is written by tocsin itself and takes no rows"
+            ))),
             ObjectDef::Source { options, .. } => Ok((e.schema.clone(), options.format.clone())),
             _ => Err(Refusal::NotFound(format!(
                 "\"{source}\" is a {}, not a source: only sources take rows",
@@ -467,6 +471,11 @@ async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
+/// `GET /v1/alerts`: the current alert instances.
+async fn alerts(State(app): State<AppRef>) -> Response {
+    Json(json!({ "alerts": app.alerts.alerts() })).into_response()
+}
+
 /// `GET /v1/catalog`.
 async fn catalog(State(app): State<AppRef>) -> Response {
     let mut groups: HashMap<&str, Vec<Value>> = HashMap::new();
@@ -476,15 +485,16 @@ async fn catalog(State(app): State<AppRef>) -> Response {
             ObjectKind::View => "views",
             ObjectKind::Rule => "rules",
             ObjectKind::Sink => "sinks",
+            ObjectKind::Silence => "silences",
         };
         groups.entry(key).or_default().push(json!({
             "name": e.name,
-            "sql": e.sql,
+            "sql": e.display_sql(),
             "columns": e.schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
         }));
     }
     let mut out = serde_json::Map::new();
-    for key in ["sources", "views", "rules", "sinks"] {
+    for key in ["sources", "views", "rules", "sinks", "silences"] {
         out.insert(
             key.into(),
             Value::Array(groups.remove(key).unwrap_or_default()),
@@ -505,7 +515,7 @@ async fn metrics(State(app): State<AppRef>) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(&gauges),
+        app.metrics.render(&gauges) + &app.alerts.render_metrics(),
     )
         .into_response()
 }

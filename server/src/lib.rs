@@ -14,6 +14,7 @@
 //! | [`client`], [`agent`] | `tocsin sql` and `tocsin agent` |
 
 pub mod agent;
+pub mod alerts;
 pub mod app;
 pub mod catalog_log;
 pub mod client;

@@ -1,9 +1,9 @@
-//! Background work that follows the catalog: a collector per `FROM HOST` source, and a log of
-//! every rule's output changes (each inserted row is an alert becoming active, each retracted
-//! row one resolving). After every catalog change the running set is reconciled with the
-//! catalog: new objects get a task, dropped (or re-created) ones lose theirs.
+//! Background work that follows the catalog: a collector per `FROM HOST` source, a follower per
+//! rule feeding the alert manager, and a delivery task per sink. After every catalog change the
+//! running set is reconciled with the catalog: new objects get a task, dropped (or re-created)
+//! ones lose theirs, and the alert manager learns the current rules, sinks and silences.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -12,19 +12,34 @@ use tocsin_engine::SubscribeEvent;
 use tocsin_sql::ObjectDef;
 use tokio::task::JoinHandle;
 
+use crate::alerts::RuleSpec;
 use crate::app::AppRef;
 use crate::ingest::IngestError;
 
-/// Running tasks by object name, with the SQL of the object they serve.
+/// Running tasks by object name, with the SQL of the object they serve; and tasks that run for
+/// as long as the server does.
 #[derive(Default)]
 pub struct Tasks {
     running: Mutex<HashMap<String, (String, JoinHandle<()>)>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Tasks {
+    /// Keeps a task that runs until the server stops.
+    pub fn background(&self, handle: JoinHandle<()>) {
+        self.background.lock().expect("tasks").push(handle);
+    }
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         if let Ok(r) = self.running.lock() {
             for (_, (_, h)) in r.iter() {
+                h.abort();
+            }
+        }
+        if let Ok(b) = self.background.lock() {
+            for h in b.iter() {
                 h.abort();
             }
         }
@@ -35,16 +50,25 @@ impl Drop for Tasks {
 pub async fn reconcile(app: &AppRef) {
     let catalog = app.tocsin.catalog().await;
     let mut wanted: HashMap<String, (String, ObjectDef)> = HashMap::new();
+    let (mut rules, mut sinks, mut silences) = (HashSet::new(), HashSet::new(), Vec::new());
     for e in catalog {
         let needs_task = match &e.def {
             ObjectDef::Source { connector, .. } => connector == "HOST",
-            ObjectDef::Rule { .. } => true,
+            ObjectDef::Rule { .. } => rules.insert(e.name.clone()),
+            ObjectDef::Sink { .. } => sinks.insert(e.name.clone()),
+            ObjectDef::Silence(s) => {
+                silences.push((e.name.clone(), s.clone()));
+                false
+            }
             ObjectDef::View { .. } => false,
         };
         if needs_task {
             wanted.insert(e.name.clone(), (e.sql.clone(), e.def.clone()));
         }
     }
+    app.alerts.set_silences(silences);
+    app.alerts.retain_rules(&rules);
+    app.alerts.retain_sinks(&sinks);
     let mut running = app.tasks.running.lock().expect("tasks");
     running.retain(|name, (sql, handle)| {
         let keep = wanted.get(name).is_some_and(|(s, _)| s == sql) && !handle.is_finished();
@@ -62,7 +86,25 @@ pub async fn reconcile(app: &AppRef) {
                 let interval = options.interval.unwrap_or(Duration::from_secs(10));
                 tokio::spawn(collect_host(app.clone(), name.clone(), interval))
             }
-            _ => tokio::spawn(log_rule(app.clone(), name.clone())),
+            ObjectDef::Rule {
+                options, labels, ..
+            } => {
+                app.alerts.follow(RuleSpec {
+                    name: name.clone(),
+                    options,
+                    labels,
+                });
+                tokio::spawn(follow_rule(app.clone(), name.clone()))
+            }
+            ObjectDef::Sink { connector, options } => {
+                tokio::spawn(crate::alerts::deliver::deliver(
+                    app.alerts.clone(),
+                    name.clone(),
+                    connector,
+                    options,
+                ))
+            }
+            ObjectDef::View { .. } | ObjectDef::Silence(_) => continue,
         };
         running.insert(name, (sql, handle));
     }
@@ -101,8 +143,9 @@ async fn collect_host(app: AppRef, source: String, interval: Duration) {
     }
 }
 
-/// Logs a rule's output changes.
-async fn log_rule(app: AppRef, rule: String) {
+/// Feeds a rule's output changes to the alert manager; its first progress after the snapshot
+/// tells the manager that the rule's output is complete.
+async fn follow_rule(app: AppRef, rule: String) {
     let mut sub = match app.tocsin.subscribe(&rule).await {
         Ok(s) => s,
         Err(e) => {
@@ -112,15 +155,9 @@ async fn log_rule(app: AppRef, rule: String) {
     };
     let schema = sub.schema().clone();
     while let Some(event) = sub.next().await {
-        if let SubscribeEvent::Changes { updates, .. } = event {
-            for (row, diff) in updates {
-                let row = crate::json::row_object(&schema, &row);
-                if diff > 0 {
-                    tracing::warn!(target: "tocsin::rule", "rule {rule}: active {row}");
-                } else {
-                    tracing::info!(target: "tocsin::rule", "rule {rule}: resolved {row}");
-                }
-            }
+        match event {
+            SubscribeEvent::Changes { updates, .. } => app.alerts.changes(&rule, &schema, updates),
+            SubscribeEvent::Progress(_) => app.alerts.synced(&rule),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The catalog: every source, view and rule with the SQL that made it.
+//! The catalog: every source, view, rule, sink and silence with the SQL that made it.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,8 @@ use tocsin_engine::Plan;
 
 use crate::error::{Result, SqlError};
 use crate::lower::Relations;
-use crate::options::{RuleOptions, SourceOptions};
+use crate::options::{RuleOptions, Silence, SourceOptions};
+use crate::parser::Options;
 use crate::parser::{normalize, ObjectKind};
 use crate::planner::ts_type;
 
@@ -24,7 +25,16 @@ pub enum ObjectDef {
     Rule {
         plan: Plan,
         options: RuleOptions,
+        /// The columns that identify an alert instance: the `labels` option, else the GROUP BY
+        /// columns, else the text columns. The other columns are its values.
+        labels: Vec<String>,
     },
+    /// A notification sink; its options are checked by the connector that delivers to it.
+    Sink {
+        connector: String,
+        options: Options,
+    },
+    Silence(Silence),
 }
 
 /// One catalog entry.
@@ -35,6 +45,8 @@ pub struct CatalogEntry {
     /// The statement that created it, as tocsin re-prints it.
     pub sql: String,
     pub def: ObjectDef,
+    /// Made by tocsin itself (`tocsin_alerts`, ...): not recorded, cannot be dropped.
+    pub system: bool,
 }
 
 impl CatalogEntry {
@@ -43,13 +55,45 @@ impl CatalogEntry {
             ObjectDef::Source { .. } => ObjectKind::Source,
             ObjectDef::View { .. } => ObjectKind::View,
             ObjectDef::Rule { .. } => ObjectKind::Rule,
+            ObjectDef::Sink { .. } => ObjectKind::Sink,
+            ObjectDef::Silence(_) => ObjectKind::Silence,
         }
     }
     pub fn plan(&self) -> Option<&Plan> {
         match &self.def {
             ObjectDef::View { plan } | ObjectDef::Rule { plan, .. } => Some(plan),
-            ObjectDef::Source { .. } => None,
+            _ => None,
         }
+    }
+
+    /// The statement as shown to users (`SHOW`, the HTTP catalog): a sink's `password` and
+    /// `headers` (which carry tokens) are masked. [`CatalogEntry::sql`] keeps them.
+    pub fn display_sql(&self) -> String {
+        match &self.def {
+            ObjectDef::Sink { connector, options } => {
+                let masked: Options = options
+                    .iter()
+                    .map(|(k, v)| match k.as_str() {
+                        "password" | "headers" => (k.clone(), "********".to_string()),
+                        _ => (k.clone(), v.clone()),
+                    })
+                    .collect();
+                format!(
+                    "CREATE SINK {} TO {connector}{}",
+                    self.name,
+                    crate::options_sql(&masked)
+                )
+            }
+            _ => self.sql.clone(),
+        }
+    }
+
+    /// Sources, views and rules: what queries can read.
+    pub fn is_relation(&self) -> bool {
+        matches!(
+            self.kind(),
+            ObjectKind::Source | ObjectKind::View | ObjectKind::Rule
+        )
     }
 }
 
@@ -62,6 +106,7 @@ impl Relations for Catalog {
     fn lookup(&self, name: &str) -> Option<(bool, SchemaRef)> {
         self.entries
             .get(name)
+            .filter(|e| e.is_relation())
             .map(|e| (e.kind() == ObjectKind::Source, e.schema.clone()))
     }
 }
@@ -78,6 +123,7 @@ impl Catalog {
     pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {
         self.entries
             .values()
+            .filter(|e| e.is_relation())
             .map(|e| (e.name.as_str(), e.schema.clone()))
     }
 }

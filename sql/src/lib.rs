@@ -32,9 +32,11 @@ use tokio::sync::Mutex;
 use crate::catalog::{source_schema, Catalog};
 pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
+pub use crate::options::{format_ms, Matcher, Silence};
 use crate::options::{RuleOptions, SourceOptions};
 pub use crate::parser::Located;
 pub use crate::parser::ObjectKind;
+pub use crate::parser::Options;
 use crate::parser::{Statement, SubscribeTarget};
 
 /// Casts that fail on values they cannot convert instead of turning them into NULL.
@@ -104,6 +106,29 @@ pub trait Durability: Send + Sync {
     ) -> std::result::Result<PushOutcome, String>;
 }
 
+/// Delivery state of one sink, for `SHOW SINKS`.
+#[derive(Clone, Debug, Default)]
+pub struct SinkStatus {
+    /// Notifications written to the outbox and not yet delivered.
+    pub queued: u64,
+    pub delivered: u64,
+    /// Failed delivery attempts.
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+/// The sink connectors the server delivers notifications through.
+pub trait SinkKinds: Send + Sync {
+    /// Checks the options of a sink for `connector` (`EMAIL`, `WEBHOOK`, `LOG`); the error is
+    /// shown to the user as it is.
+    fn validate(&self, connector: &str, options: &Options) -> std::result::Result<(), String>;
+    /// How delivery to the sink named `name` is going.
+    fn status(&self, name: &str) -> SinkStatus;
+}
+
+/// Names of objects tocsin makes itself start with this.
+pub const SYSTEM_PREFIX: &str = "tocsin_";
+
 /// A tocsin database: the engine plus the catalog.
 pub struct Tocsin {
     engine: Engine,
@@ -113,21 +138,30 @@ pub struct Tocsin {
     durability: std::sync::RwLock<Option<Arc<dyn Durability>>>,
     /// Connectors that define their sources' schema (`HOST`), registered by the server.
     connectors: std::sync::RwLock<std::collections::HashMap<String, SchemaRef>>,
+    /// The sink connectors, registered by the server.
+    sinks: std::sync::RwLock<Option<Arc<dyn SinkKinds>>>,
 }
 
 fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
+    text_rows_nullable(
+        columns,
+        rows.into_iter()
+            .map(|r| r.into_iter().map(Some).collect())
+            .collect(),
+    )
+}
+
+/// Rows of text columns, `None` as NULL.
+fn text_rows_nullable(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Result<StatementResult> {
     let schema = Arc::new(Schema::new(
         columns
             .iter()
-            .map(|c| Field::new(*c, DataType::Utf8, false))
+            .enumerate()
+            .map(|(i, c)| Field::new(*c, DataType::Utf8, rows.iter().any(|r| r[i].is_none())))
             .collect::<Vec<_>>(),
     ));
     let arrays: Vec<ArrayRef> = (0..columns.len())
-        .map(|i| {
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r[i].as_str()),
-            )) as ArrayRef
-        })
+        .map(|i| Arc::new(StringArray::from_iter(rows.iter().map(|r| r[i].as_deref()))) as ArrayRef)
         .collect();
     let batch = RecordBatch::try_new(schema.clone(), arrays)
         .map_err(|e| SqlError::internal(e.to_string()))?;
@@ -137,7 +171,7 @@ fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult
     })
 }
 
-fn options_sql(options: &[(String, String)]) -> String {
+pub(crate) fn options_sql(options: &[(String, String)]) -> String {
     if options.is_empty() {
         return String::new();
     }
@@ -156,7 +190,34 @@ impl Tocsin {
             ddl: Mutex::new(()),
             durability: std::sync::RwLock::new(None),
             connectors: Default::default(),
+            sinks: Default::default(),
         }
+    }
+
+    /// Registers the sink connectors `CREATE SINK` can use.
+    pub fn set_sinks(&self, sinks: Arc<dyn SinkKinds>) {
+        *self.sinks.write().expect("sinks") = Some(sinks);
+    }
+
+    fn sinks(&self) -> Option<Arc<dyn SinkKinds>> {
+        self.sinks.read().expect("sinks").clone()
+    }
+
+    /// Creates objects tocsin itself provides (`tocsin_alerts`, ...): not handed to the
+    /// durability hook, listed as system objects, refused by `DROP`.
+    pub async fn create_system(&self, sql: &str) -> Result<()> {
+        for Located { statement, start } in parser::parse(sql)? {
+            let r = self
+                .execute_statement(statement)
+                .await
+                .map_err(|e| e.at(start.line, start.column))?;
+            if let StatementResult::Ddl { name, .. } = r {
+                if let Some(e) = self.catalog.lock().await.entries.get_mut(&name) {
+                    e.system = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes a connector that defines its sources' schema available to `CREATE SOURCE ... FROM`.
@@ -220,9 +281,18 @@ impl Tocsin {
     async fn execute_logged(&self, statement: Statement) -> Result<StatementResult> {
         let drop_target = match &statement {
             Statement::Drop { name, kind, .. } => Some((name.clone(), *kind)),
-            Statement::CreateSource { .. }
-            | Statement::CreateView { .. }
-            | Statement::CreateRule { .. } => None,
+            Statement::CreateSource { name, .. }
+            | Statement::CreateView { name, .. }
+            | Statement::CreateRule { name, .. }
+            | Statement::CreateSink { name, .. }
+            | Statement::CreateSilence { name, .. } => {
+                if name.starts_with(SYSTEM_PREFIX) {
+                    return Err(SqlError::plan(format!(
+                        "\"{name}\": names starting with {SYSTEM_PREFIX} are reserved for tocsin's own relations"
+                    )));
+                }
+                None
+            }
             _ => return self.execute_statement(statement).await,
         };
         let _order = self.ddl.lock().await;
@@ -345,6 +415,7 @@ impl Tocsin {
                         connector,
                         options: opts,
                     },
+                    system: false,
                 }))
             }
             Statement::CreateView { name, query } => {
@@ -358,6 +429,7 @@ impl Tocsin {
                     schema: plan.schema.clone(),
                     sql,
                     def: ObjectDef::View { plan },
+                    system: false,
                 }))
             }
             Statement::CreateRule {
@@ -379,6 +451,23 @@ impl Tocsin {
                         }
                     }
                 }
+                for sink in &opts.sinks {
+                    match catalog.entries.get(sink) {
+                        Some(e) if e.kind() == ObjectKind::Sink => {}
+                        Some(e) => {
+                            return Err(SqlError::plan(format!(
+                                "\"{sink}\" is a {}, not a sink",
+                                e.kind().as_str().to_lowercase()
+                            )))
+                        }
+                        None => {
+                            return Err(SqlError::plan(format!(
+                                "sink \"{sink}\" does not exist: create it first with CREATE SINK {sink} TO ..."
+                            )))
+                        }
+                    }
+                }
+                let labels = alert_labels(&plan, &opts);
                 self.engine.create_relation(&name, plan.clone()).await?;
                 let sql = format!("CREATE RULE {name} AS {query}{}", options_sql(&sql_options));
                 Ok(catalog.register(CatalogEntry {
@@ -388,12 +477,47 @@ impl Tocsin {
                     def: ObjectDef::Rule {
                         plan,
                         options: opts,
+                        labels,
                     },
+                    system: false,
                 }))
             }
-            Statement::CreateSink { .. } => Err(SqlError::unsupported(
-                "CREATE SINK: notification sinks are not available in this build yet",
-            )),
+            Statement::CreateSink {
+                name,
+                connector,
+                options,
+            } => {
+                let mut catalog = self.catalog.lock().await;
+                exists_check(&catalog, &name)?;
+                let sinks = self.sinks().ok_or_else(|| {
+                    SqlError::unsupported("CREATE SINK: no sink connectors are registered here (sinks are delivered by tocsin serve)")
+                })?;
+                sinks
+                    .validate(&connector, &options)
+                    .map_err(SqlError::plan)?;
+                let sql = format!("CREATE SINK {name} TO {connector}{}", options_sql(&options));
+                Ok(catalog.register(CatalogEntry {
+                    name,
+                    schema: Arc::new(Schema::empty()),
+                    sql,
+                    def: ObjectDef::Sink { connector, options },
+                    system: false,
+                }))
+            }
+            Statement::CreateSilence { name, options } => {
+                let mut catalog = self.catalog.lock().await;
+                exists_check(&catalog, &name)?;
+                let (silence, recorded) =
+                    Silence::parse(options, self.engine.clock().now() as i64)?;
+                let sql = format!("CREATE SILENCE {name}{}", options_sql(&recorded));
+                Ok(catalog.register(CatalogEntry {
+                    name,
+                    schema: Arc::new(Schema::empty()),
+                    sql,
+                    def: ObjectDef::Silence(silence),
+                    system: false,
+                }))
+            }
             Statement::Drop {
                 kind,
                 name,
@@ -420,14 +544,110 @@ impl Tocsin {
                             kind.as_str().to_lowercase()
                         )))
                     }
+                    Some(e) if e.system => {
+                        return Err(SqlError::plan(format!(
+                            "\"{name}\" is one of tocsin's own relations and cannot be dropped"
+                        )))
+                    }
                     Some(_) => {}
                 }
-                self.engine.drop_object(&name)?;
+                if kind == ObjectKind::Sink {
+                    let users: Vec<&str> = catalog
+                        .entries
+                        .values()
+                        .filter(|e| {
+                            matches!(&e.def, ObjectDef::Rule { options, .. } if options.sinks.contains(&name))
+                        })
+                        .map(|e| e.name.as_str())
+                        .collect();
+                    if !users.is_empty() {
+                        return Err(SqlError::plan(format!(
+                            "cannot drop sink \"{name}\": rule(s) {} send to it; drop or re-create them first",
+                            users.join(", ")
+                        )));
+                    }
+                }
+                if matches!(
+                    kind,
+                    ObjectKind::Source | ObjectKind::View | ObjectKind::Rule
+                ) {
+                    self.engine.drop_object(&name)?;
+                }
                 catalog.entries.remove(&name);
                 Ok(StatementResult::Ddl {
                     statement: format!("DROP {}", kind.as_str()),
                     name,
                 })
+            }
+            Statement::Show {
+                kind: ObjectKind::Sink,
+            } => {
+                let catalog = self.catalog.lock().await;
+                let sinks = self.sinks();
+                let rows = catalog
+                    .entries
+                    .values()
+                    .filter_map(|e| match &e.def {
+                        ObjectDef::Sink { connector, .. } => {
+                            let st = sinks
+                                .as_ref()
+                                .map(|s| s.status(&e.name))
+                                .unwrap_or_default();
+                            Some(vec![
+                                Some(e.name.clone()),
+                                Some(connector.clone()),
+                                Some(st.queued.to_string()),
+                                Some(st.delivered.to_string()),
+                                Some(st.failures.to_string()),
+                                st.last_error,
+                                Some(e.display_sql()),
+                            ])
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                text_rows_nullable(
+                    &[
+                        "name",
+                        "connector",
+                        "queued",
+                        "delivered",
+                        "failures",
+                        "last_error",
+                        "sql",
+                    ],
+                    rows,
+                )
+            }
+            Statement::Show {
+                kind: ObjectKind::Silence,
+            } => {
+                let catalog = self.catalog.lock().await;
+                let now = self.engine.clock().now() as i64;
+                let rows = catalog
+                    .entries
+                    .values()
+                    .filter_map(|e| match &e.def {
+                        ObjectDef::Silence(s) => Some(vec![
+                            e.name.clone(),
+                            s.matchers_text(),
+                            match () {
+                                _ if s.active(now) => "active",
+                                _ if now < s.starts_ms => "pending",
+                                _ => "expired",
+                            }
+                            .to_string(),
+                            format_ms(s.starts_ms),
+                            format_ms(s.until_ms),
+                            s.comment.clone(),
+                        ]),
+                        _ => None,
+                    })
+                    .collect();
+                text_rows(
+                    &["name", "matchers", "state", "starts", "until", "comment"],
+                    rows,
+                )
             }
             Statement::Show { kind } => {
                 let catalog = self.catalog.lock().await;
@@ -435,18 +655,35 @@ impl Tocsin {
                     .entries
                     .values()
                     .filter(|e| e.kind() == kind)
-                    .map(|e| vec![e.name.clone(), e.sql.clone()])
+                    .map(|e| vec![e.name.clone(), e.display_sql()])
                     .collect();
                 text_rows(&["name", "sql"], rows)
             }
-            Statement::ShowAlerts => Err(SqlError::unsupported(
-                "SHOW ALERTS: the alert manager is not available in this build yet",
-            )),
+            Statement::ShowAlerts => {
+                if !self
+                    .catalog
+                    .lock()
+                    .await
+                    .entries
+                    .contains_key("tocsin_alerts")
+                {
+                    return Err(SqlError::unsupported(
+                        "SHOW ALERTS: alerts are kept by the alert manager of tocsin serve",
+                    ));
+                }
+                let query = match parser::parse(SHOW_ALERTS)?.pop().map(|l| l.statement) {
+                    Some(Statement::Query { query }) => query,
+                    _ => return Err(SqlError::internal("SHOW ALERTS query")),
+                };
+                let (schema, batches) = self.query(&query).await?;
+                Ok(StatementResult::Rows { schema, batches })
+            }
             Statement::ShowColumns { name } => {
                 let catalog = self.catalog.lock().await;
                 let e = catalog
                     .entries
                     .get(&name)
+                    .filter(|e| e.is_relation())
                     .ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
                 let rows = e
                     .schema
@@ -468,6 +705,13 @@ impl Tocsin {
                     .entries
                     .get(&name)
                     .ok_or_else(|| SqlError::plan(format!("\"{name}\" does not exist")))?;
+                if !e.is_relation() {
+                    return Err(SqlError::plan(format!(
+                        "\"{name}\" is a {}: it runs no dataflow (SHOW {}S shows it)",
+                        e.kind().as_str().to_lowercase(),
+                        e.kind().as_str()
+                    )));
+                }
                 if let Some(k) = kind {
                     if k != e.kind() {
                         return Err(SqlError::plan(format!(
@@ -505,9 +749,13 @@ impl Tocsin {
                     let catalog = self.catalog.lock().await;
                     match target {
                         SubscribeTarget::Name(name) => {
-                            let e = catalog.entries.get(&name).ok_or_else(|| {
-                                SqlError::plan(format!("relation \"{name}\" does not exist"))
-                            })?;
+                            let e = catalog
+                                .entries
+                                .get(&name)
+                                .filter(|e| e.is_relation())
+                                .ok_or_else(|| {
+                                    SqlError::plan(format!("relation \"{name}\" does not exist"))
+                                })?;
                             let node = if e.kind() == ObjectKind::Source {
                                 Node::Source { name }
                             } else {
@@ -547,7 +795,7 @@ impl Tocsin {
         let names: Vec<String> = {
             let catalog = self.catalog.lock().await;
             let mut names = planner::referenced_tables(query)?;
-            names.retain(|n| catalog.entries.contains_key(n));
+            names.retain(|n| catalog.entries.get(n).is_some_and(|e| e.is_relation()));
             names.sort();
             names.dedup();
             names
@@ -580,6 +828,11 @@ impl Tocsin {
         let schema = {
             let catalog = self.catalog.lock().await;
             match catalog.entries.get(source) {
+                Some(e) if e.system => {
+                    return Err(SqlError::plan(format!(
+                        "\"{source}\" is written by tocsin itself and takes no rows"
+                    )))
+                }
                 Some(e) if e.kind() == ObjectKind::Source => e.schema.clone(),
                 Some(_) => {
                     return Err(SqlError::plan(format!(
@@ -686,6 +939,65 @@ impl Tocsin {
             StatementResult::Subscribe(s) => Ok(s),
             _ => Err(SqlError::internal("subscribe returned no subscription")),
         }
+    }
+}
+
+/// What `SHOW ALERTS` runs.
+const SHOW_ALERTS: &str = "SELECT * FROM tocsin_alerts ORDER BY rule, labels";
+
+/// The columns that identify a rule's alert instances: the `labels` option, else the GROUP BY
+/// columns (found by following the plan's output columns down to a grouping's keys), else the
+/// text columns.
+fn alert_labels(plan: &Plan, options: &RuleOptions) -> Vec<String> {
+    if let Some(l) = &options.labels {
+        return l.clone();
+    }
+    let names = |idx: Vec<usize>| -> Vec<String> {
+        idx.into_iter()
+            .map(|i| plan.schema.field(i).name().clone())
+            .collect()
+    };
+    match group_columns(plan) {
+        Some(keys) if !keys.is_empty() => names(keys),
+        _ => plan
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| {
+                matches!(
+                    f.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+            })
+            .map(|f| f.name().clone())
+            .collect(),
+    }
+}
+
+/// The output columns of `plan` that are grouping keys of the reduce it ends in, if it does.
+fn group_columns(plan: &Plan) -> Option<Vec<usize>> {
+    use datafusion::physical_expr::expressions::Column;
+    use tocsin_engine::plan::MfpStep;
+    match &plan.node {
+        Node::Reduce { keys, .. } => Some((0..*keys).collect()),
+        Node::Mfp { input, steps } => {
+            let mut keys = group_columns(input)?;
+            for step in steps {
+                if let MfpStep::Project { exprs, .. } = step {
+                    keys = exprs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| {
+                            e.downcast_ref::<Column>()
+                                .is_some_and(|c| keys.contains(&c.index()))
+                        })
+                        .map(|(i, _)| i)
+                        .collect();
+                }
+            }
+            Some(keys)
+        }
+        _ => None,
     }
 }
 

@@ -182,6 +182,139 @@ impl RuleOptions {
     }
 }
 
+/// One matcher of a silence: `label=value` or `label!=value`. `rule` and `severity` match the
+/// alert's rule and severity; any other name matches the alert's label of that name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Matcher {
+    pub label: String,
+    pub value: String,
+    pub negate: bool,
+}
+
+impl std::fmt::Display for Matcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = if self.negate { "!=" } else { "=" };
+        write!(f, "{}{op}{}", self.label, self.value)
+    }
+}
+
+/// A silence: alerts matching every matcher between `starts_ms` and `until_ms` notify nobody.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Silence {
+    pub matchers: Vec<Matcher>,
+    pub starts_ms: i64,
+    pub until_ms: i64,
+    pub comment: String,
+}
+
+/// A point in time given as `'2h'` (from `now_ms`) or as an RFC 3339 timestamp.
+fn parse_instant(text: &str, now_ms: i64, what: &str) -> Result<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(t.timestamp_millis());
+    }
+    let d = parse_duration(text).map_err(|_| {
+        SqlError::plan(format!(
+            "invalid {what} '{text}': use a duration from now ('2h', '30 minutes') or an RFC 3339 time ('2026-11-22T18:00:00Z')"
+        ))
+    })?;
+    Ok(now_ms.saturating_add(d.as_millis() as i64))
+}
+
+/// RFC 3339 in UTC with milliseconds, as tocsin prints times.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    )
+}
+
+impl Silence {
+    /// Parses `matchers`, `until`, `starts` (default now) and `comment`; times given as durations
+    /// are taken from `now_ms`. Also returns the options with absolute times, to record the
+    /// silence so that replaying it gives the same silence.
+    pub fn parse(mut options: Options, now_ms: i64) -> Result<(Silence, Options)> {
+        let text = take(&mut options, "matchers").ok_or_else(|| {
+            SqlError::plan("a silence needs matchers, e.g. matchers = 'rule=hot_cpu,host=db1'")
+        })?;
+        let mut matchers = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (label, value, negate) = if let Some((l, v)) = part.split_once("!=") {
+                (l, v, true)
+            } else if let Some((l, v)) = part.split_once('=') {
+                (l, v, false)
+            } else {
+                return Err(SqlError::plan(format!(
+                    "invalid matcher '{part}': use label=value or label!=value"
+                )));
+            };
+            let label = label.trim().to_lowercase();
+            if label.is_empty() {
+                return Err(SqlError::plan(format!(
+                    "invalid matcher '{part}': no label"
+                )));
+            }
+            let value = value.trim().trim_matches('"').to_string();
+            matchers.push(Matcher {
+                label,
+                value,
+                negate,
+            });
+        }
+        if !matchers.iter().any(|m| !m.negate) {
+            return Err(SqlError::plan(
+                "a silence needs at least one label=value matcher, so that it cannot silence everything by accident",
+            ));
+        }
+        let starts_ms = take(&mut options, "starts")
+            .map(|t| parse_instant(&t, now_ms, "starts"))
+            .transpose()?
+            .unwrap_or(now_ms);
+        let until = take(&mut options, "until")
+            .ok_or_else(|| SqlError::plan("a silence needs until, e.g. until = '2h'"))?;
+        let until_ms = parse_instant(&until, now_ms, "until")?;
+        if until_ms <= starts_ms {
+            return Err(SqlError::plan("a silence's until must be after its start"));
+        }
+        let comment = take(&mut options, "comment").unwrap_or_default();
+        reject_rest(
+            &options,
+            "a silence",
+            &["matchers", "until", "starts", "comment"],
+        )?;
+        let silence = Silence {
+            matchers,
+            starts_ms,
+            until_ms,
+            comment,
+        };
+        let recorded = vec![
+            ("matchers".to_string(), silence.matchers_text()),
+            ("starts".to_string(), format_ms(silence.starts_ms)),
+            ("until".to_string(), format_ms(silence.until_ms)),
+            ("comment".to_string(), silence.comment.clone()),
+        ];
+        Ok((silence, recorded))
+    }
+
+    pub fn matchers_text(&self) -> String {
+        let m: Vec<String> = self.matchers.iter().map(ToString::to_string).collect();
+        m.join(",")
+    }
+
+    /// Whether the silence is in force at `now_ms`.
+    pub fn active(&self, now_ms: i64) -> bool {
+        self.starts_ms <= now_ms && now_ms < self.until_ms
+    }
+
+    /// Whether an alert with these labels (`rule` and `severity` included) matches every matcher.
+    pub fn matches(&self, label: &dyn Fn(&str) -> Option<String>) -> bool {
+        self.matchers.iter().all(|m| {
+            let v = label(&m.label);
+            (v.as_deref() == Some(m.value.as_str())) != m.negate
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +345,48 @@ mod tests {
         assert_eq!(o.r#for, Duration::from_secs(30));
         assert_eq!(o.sinks, vec!["a", "b"]);
         assert_eq!(o.repeat, Duration::from_secs(14400));
+    }
+
+    #[test]
+    fn silences_resolve_times_and_match_labels() {
+        let now = 1_700_000_000_000;
+        let (s, recorded) = Silence::parse(
+            vec![
+                ("matchers".into(), "rule=hot_cpu, host!=db2".into()),
+                ("until".into(), "2h".into()),
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(s.until_ms, now + 7_200_000);
+        assert!(s.active(now) && !s.active(now + 7_200_000));
+        // Replaying the recorded options gives the same silence later on.
+        let (again, _) = Silence::parse(recorded, now + 60_000).unwrap();
+        assert_eq!(again, s);
+        let labels = |host: &'static str| {
+            move |l: &str| match l {
+                "rule" => Some("hot_cpu".to_string()),
+                "host" => Some(host.to_string()),
+                _ => None,
+            }
+        };
+        assert!(s.matches(&labels("db1")));
+        assert!(!s.matches(&labels("db2")));
+        assert!(Silence::parse(
+            vec![
+                ("matchers".into(), "host!=a".into()),
+                ("until".into(), "1h".into())
+            ],
+            now
+        )
+        .is_err());
+        assert!(Silence::parse(
+            vec![
+                ("matchers".into(), "rule=a".into()),
+                ("until".into(), "later".into())
+            ],
+            now
+        )
+        .is_err());
     }
 }

@@ -20,6 +20,7 @@ pub enum ObjectKind {
     View,
     Rule,
     Sink,
+    Silence,
 }
 
 impl ObjectKind {
@@ -29,6 +30,7 @@ impl ObjectKind {
             ObjectKind::View => "VIEW",
             ObjectKind::Rule => "RULE",
             ObjectKind::Sink => "SINK",
+            ObjectKind::Silence => "SILENCE",
         }
     }
     fn from_word(w: &str) -> Option<Self> {
@@ -37,6 +39,7 @@ impl ObjectKind {
             "VIEW" | "VIEWS" => ObjectKind::View,
             "RULE" | "RULES" => ObjectKind::Rule,
             "SINK" | "SINKS" => ObjectKind::Sink,
+            "SILENCE" | "SILENCES" => ObjectKind::Silence,
             _ => return None,
         })
     }
@@ -72,6 +75,12 @@ pub enum Statement {
     },
     CreateSink {
         name: String,
+        connector: String,
+        options: Options,
+    },
+    CreateSilence {
+        name: String,
+        options: Options,
     },
     Drop {
         kind: ObjectKind,
@@ -304,11 +313,34 @@ impl P<'_> {
                 self.p.next_token();
                 self.p.next_token();
                 let name = self.name()?;
-                // Skip the rest of the statement so later statements still parse.
-                while !matches!(self.p.peek_token().token, Token::SemiColon | Token::EOF) {
-                    self.p.next_token();
+                if self.word(0).as_deref() != Some("TO") {
+                    return Err(self.err(format!(
+                        "Expected: TO EMAIL, TO WEBHOOK or TO LOG, found: {}",
+                        self.p.peek_token().token
+                    )));
                 }
-                Ok(Statement::CreateSink { name })
+                self.p.next_token();
+                let connector = match self.p.next_token().token {
+                    Token::Word(w) => w.value.to_ascii_uppercase(),
+                    other => {
+                        return Err(self.err(format!(
+                            "Expected: a sink connector (EMAIL, WEBHOOK, LOG), found: {other}"
+                        )))
+                    }
+                };
+                let options = self.options()?;
+                Ok(Statement::CreateSink {
+                    name,
+                    connector,
+                    options,
+                })
+            }
+            (Some("CREATE"), Some("SILENCE")) => {
+                self.p.next_token();
+                self.p.next_token();
+                let name = self.name()?;
+                let options = self.options()?;
+                Ok(Statement::CreateSilence { name, options })
             }
             (Some("CREATE"), Some("VIEW")) => {
                 self.p.next_token();

@@ -18,7 +18,21 @@ pub fn database(workers: usize) -> (Tocsin, Clock) {
         ..Default::default()
     })
     .expect("engine starts");
-    (Tocsin::new(engine), clock)
+    let db = Tocsin::new(engine);
+    db.set_sinks(std::sync::Arc::new(Connectors));
+    (db, clock)
+}
+
+/// Sink options checked by the real connectors; nothing is delivered here.
+struct Connectors;
+
+impl tocsin_sql::SinkKinds for Connectors {
+    fn validate(&self, connector: &str, options: &tocsin_sql::Options) -> Result<(), String> {
+        tocsin_connectors::sink::build(connector, "check", options).map(|_| ())
+    }
+    fn status(&self, _: &str) -> tocsin_sql::SinkStatus {
+        tocsin_sql::SinkStatus::default()
+    }
 }
 
 /// Formats a float with at most six decimals, without trailing zeros.

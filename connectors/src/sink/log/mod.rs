@@ -1,0 +1,39 @@
+//! `LOG`: every notification as one structured log line (target `tocsin::alert`), at WARN for a
+//! firing alert and INFO for a resolved one. Never fails, so it is the embedded default's sink.
+
+use super::{Notification, Sink, SinkError, SinkOptions, Transition};
+
+pub struct Log {
+    name: String,
+}
+
+impl Log {
+    pub fn new(name: &str, _options: &SinkOptions) -> Result<Self, String> {
+        Ok(Log {
+            name: name.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for Log {
+    async fn send(&self, n: &Notification) -> Result<(), SinkError> {
+        let values = serde_json::to_string(&n.values).unwrap_or_default();
+        let labels = serde_json::to_string(&n.labels).unwrap_or_default();
+        match n.state {
+            Transition::Firing => tracing::warn!(
+                target: "tocsin::alert",
+                sink = %self.name, id = %n.id, rule = %n.rule, state = "firing",
+                severity = %n.severity, labels = %labels, values = %values, repeat = n.repeat,
+                "{}", n.subject()
+            ),
+            Transition::Resolved => tracing::info!(
+                target: "tocsin::alert",
+                sink = %self.name, id = %n.id, rule = %n.rule, state = "resolved",
+                severity = %n.severity, labels = %labels, values = %values,
+                "{}", n.subject()
+            ),
+        }
+        Ok(())
+    }
+}

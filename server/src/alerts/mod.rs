@@ -1,0 +1,803 @@
+//! The alert manager: turns rules' output changes into alert instances and notifications.
+//!
+//! A rule's output row is an alert instance, identified by its label columns (see
+//! [`tocsin_sql::ObjectDef::Rule`]); the other columns are its values. An instance is `pending`
+//! from the row's arrival, `firing` once it has stayed `for`, and resolved when the row goes
+//! (after `keep_firing_for`). Timers run on the wall clock, without waiting for new rows.
+//!
+//! Instances and the notification outbox live in one durable store ([`store`]); a batch of
+//! changes is fsynced before any notification it queues is handed to a sink. After a restart a
+//! rule's stored instances wait for the rule's first complete output (replayed from the WAL)
+//! before anything about them is decided, so pending timers keep their start, firing alerts stay
+//! firing, and nothing already delivered is delivered again.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`store`] | the durable instances and outbox |
+//! | [`deliver`] | one delivery task per sink: outbox order, retries with backoff |
+//! | [`relations`] | `tocsin_alerts` and `tocsin_alert_events`, fed from here |
+
+pub mod deliver;
+pub mod relations;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tocsin_connectors::sink::{rfc3339, Notification, Transition};
+use tocsin_engine::{Clock, Row};
+use tocsin_sql::options::RuleOptions;
+use tocsin_sql::{Silence, SinkStatus};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::alerts::store::{Changes, Instance, Queued, State, Store};
+
+/// What the manager needs to know about a rule.
+#[derive(Clone, Debug)]
+pub struct RuleSpec {
+    pub name: String,
+    pub options: RuleOptions,
+    /// The columns that identify an instance.
+    pub labels: Vec<String>,
+}
+
+struct RuleState {
+    spec: RuleSpec,
+    /// The rule's first complete output has been seen since it was (re)followed.
+    synced: bool,
+    /// The rule's current rows by instance key: labels, values, multiplicity.
+    present: HashMap<String, Present>,
+}
+
+/// A rule's current row(s) for one instance.
+#[derive(Clone)]
+struct Present {
+    labels: BTreeMap<String, String>,
+    values: BTreeMap<String, Value>,
+    /// How many rows have these labels.
+    count: i64,
+}
+
+/// What one step of the manager produces: store changes and rows for the relations.
+#[derive(Default)]
+struct Batch {
+    changes: Changes,
+    out: Vec<Published>,
+}
+
+/// A row for one of the alert relations.
+pub enum Published {
+    Event(Value),
+    State(Value),
+}
+
+#[derive(Default)]
+struct SinkCounts {
+    delivered: u64,
+    failures: u64,
+    last_error: Option<String>,
+}
+
+struct Inner {
+    store: Store,
+    rules: HashMap<String, RuleState>,
+    silences: Vec<(String, Silence)>,
+    sinks: HashMap<String, SinkCounts>,
+}
+
+pub struct AlertManager {
+    inner: Mutex<Inner>,
+    clock: Clock,
+    /// Wakes the timer loop when deadlines may have moved.
+    timers: Notify,
+    /// Bumped whenever the outbox gains entries.
+    outbox: watch::Sender<u64>,
+    publish: mpsc::UnboundedSender<Published>,
+}
+
+/// The key of an instance: rule and labels.
+fn key(rule: &str, labels: &BTreeMap<String, String>) -> String {
+    format!(
+        "{rule}\0{}",
+        serde_json::to_string(labels).unwrap_or_default()
+    )
+}
+
+/// FNV-1a, 64 bits: stable across versions and platforms.
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// A value as text: strings as they are, numbers with at most two decimals.
+pub fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or_default();
+            let s = format!("{x:.2}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Replaces `{{name}}` by the label or value of that name, or `rule`, `state`, `severity`.
+/// Unknown names are left as they are, so a typo shows.
+pub fn render(template: &str, i: &Instance, state: &str, severity: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let name = after[..end].trim();
+        let v = match name {
+            "rule" => Some(i.rule.clone()),
+            "state" => Some(state.to_string()),
+            "severity" => Some(severity.to_string()),
+            _ => i
+                .labels
+                .get(name)
+                .cloned()
+                .or_else(|| i.values.get(name).map(value_text)),
+        };
+        match v {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[start..start + 2 + end + 2]),
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Inner {
+    fn silenced(&self, i: &Instance, severity: &str, now: i64) -> bool {
+        let label = |name: &str| match name {
+            "rule" => Some(i.rule.clone()),
+            "severity" => Some(severity.to_string()),
+            _ => i.labels.get(name).cloned(),
+        };
+        self.silences
+            .iter()
+            .any(|(_, s)| s.active(now) && s.matches(&label))
+    }
+
+    /// Queues a notification about `i` for every sink of its rule.
+    fn notify(
+        &mut self,
+        spec: &RuleSpec,
+        i: &Instance,
+        state: Transition,
+        now: i64,
+        b: &mut Batch,
+    ) {
+        let o = &spec.options;
+        let state_text = state.as_str();
+        let labels_json = serde_json::to_string(&i.labels).unwrap_or_default();
+        let id = fnv(&[
+            &i.rule,
+            &labels_json,
+            state_text,
+            &i.active_since.to_string(),
+        ]);
+        let n = Notification {
+            id: format!("{id:016x}"),
+            rule: i.rule.clone(),
+            state,
+            severity: o.severity.clone(),
+            labels: i.labels.clone(),
+            values: i.values.clone(),
+            summary: o
+                .summary
+                .as_deref()
+                .map(|t| render(t, i, state_text, &o.severity))
+                .unwrap_or_default(),
+            description: o
+                .description
+                .as_deref()
+                .map(|t| render(t, i, state_text, &o.severity))
+                .unwrap_or_default(),
+            active_since: i.active_since,
+            firing_since: i.firing_since,
+            resolved_at: (state == Transition::Resolved).then_some(now),
+            repeat: if state == Transition::Firing {
+                i.repeats
+            } else {
+                0
+            },
+            valid_until: (state == Transition::Firing)
+                .then(|| now.saturating_add(2 * o.repeat.as_millis() as i64)),
+        };
+        for sink in &o.sinks {
+            let seq = self.store.next_seq;
+            self.store.next_seq += 1;
+            b.changes.out.push(Queued {
+                seq,
+                sink: sink.clone(),
+                notification: n.clone(),
+            });
+        }
+    }
+
+    /// The row of `tocsin_alert_state` / `tocsin_alert_events` for an instance.
+    fn row(spec: &RuleSpec, i: &Instance, state: &str, silenced: bool, now: i64) -> Value {
+        let o = &spec.options;
+        json!({
+            "rule": i.rule,
+            "labels": serde_json::to_string(&i.labels).unwrap_or_default(),
+            "state": state,
+            "severity": o.severity,
+            "summary": o.summary.as_deref().map(|t| render(t, i, state, &o.severity)).unwrap_or_default(),
+            "description": o.description.as_deref().map(|t| render(t, i, state, &o.severity)).unwrap_or_default(),
+            "values_json": serde_json::to_string(&i.values).unwrap_or_default(),
+            "silenced": silenced,
+            "active_since": i.active_since,
+            "firing_since": i.firing_since,
+            "ts": now,
+        })
+    }
+
+    /// Moves one instance on by time: pending → firing, firing → resolved after
+    /// `keep_firing_for`, first notification and reminders. Returns whether it still exists.
+    fn advance(
+        &mut self,
+        spec: &RuleSpec,
+        k: &str,
+        mut i: Instance,
+        dirty: bool,
+        now: i64,
+        b: &mut Batch,
+    ) {
+        let o = &spec.options;
+        let before = i.clone();
+        let silenced = self.silenced(&i, &o.severity, now);
+        let mut event = None;
+        if i.state == State::Pending && now >= i.active_since + o.r#for.as_millis() as i64 {
+            i.state = State::Firing;
+            i.firing_since = Some(now);
+            event = Some("firing");
+        }
+        if i.state == State::Firing {
+            if let Some(g) = i.gone_since {
+                if now >= g + o.keep_firing_for.as_millis() as i64 {
+                    self.resolve(spec, k, i, now, b);
+                    return;
+                }
+            }
+            if !silenced {
+                if !i.notified {
+                    i.notified = true;
+                    i.last_notified = Some(now);
+                    self.notify(spec, &i, Transition::Firing, now, b);
+                } else if i
+                    .last_notified
+                    .is_some_and(|t| now >= t + o.repeat.as_millis() as i64)
+                {
+                    i.repeats += 1;
+                    i.last_notified = Some(now);
+                    self.notify(spec, &i, Transition::Firing, now, b);
+                }
+            }
+        }
+        if let Some(e) = event {
+            b.out
+                .push(Published::Event(Self::row(spec, &i, e, silenced, now)));
+        }
+        let refresh = now - i.published >= relations::REFRESH.as_millis() as i64;
+        if event.is_some() || silenced != i.silenced || refresh || dirty {
+            i.silenced = silenced;
+            i.published = now;
+            b.out.push(Published::State(Self::row(
+                spec,
+                &i,
+                i.state.as_str(),
+                silenced,
+                now,
+            )));
+        }
+        if dirty || i != before {
+            b.changes.put.push((k.to_string(), i));
+        }
+    }
+
+    /// The alert is over: a resolved notification if its firing one went out, an event, gone.
+    fn resolve(&mut self, spec: &RuleSpec, k: &str, i: Instance, now: i64, b: &mut Batch) {
+        let silenced = self.silenced(&i, &spec.options.severity, now);
+        if i.state == State::Firing && i.notified && !silenced {
+            self.notify(spec, &i, Transition::Resolved, now, b);
+        }
+        b.out.push(Published::Event(Self::row(
+            spec, &i, "resolved", silenced, now,
+        )));
+        b.out.push(Published::State(Self::row(
+            spec, &i, "resolved", silenced, now,
+        )));
+        b.changes.del.push(k.to_string());
+    }
+
+    /// Brings the instance of `k` in line with whether the rule has a row for it.
+    fn reconcile(&mut self, rule: &str, k: &str, now: i64, b: &mut Batch) {
+        let Some(rs) = self.rules.get(rule) else {
+            return;
+        };
+        let spec = rs.spec.clone();
+        let present = rs.present.get(k).cloned();
+        let existing = self.store.instances.get(k).cloned();
+        match (present, existing) {
+            (Some(Present { labels, values, .. }), None) => {
+                let i = Instance {
+                    rule: rule.to_string(),
+                    labels,
+                    values,
+                    state: State::Pending,
+                    active_since: now,
+                    firing_since: None,
+                    gone_since: None,
+                    notified: false,
+                    last_notified: None,
+                    repeats: 0,
+                    silenced: false,
+                    published: now,
+                };
+                let silenced = self.silenced(&i, &spec.options.severity, now);
+                b.out.push(Published::Event(Self::row(
+                    &spec, &i, "pending", silenced, now,
+                )));
+                b.out.push(Published::State(Self::row(
+                    &spec, &i, "pending", silenced, now,
+                )));
+                self.advance(&spec, k, i, true, now, b);
+            }
+            (Some(Present { values, .. }), Some(mut i)) => {
+                if i.values != values || i.gone_since.is_some() {
+                    i.values = values;
+                    i.gone_since = None;
+                    self.advance(&spec, k, i, true, now, b);
+                }
+            }
+            (None, Some(mut i)) => match i.state {
+                State::Pending => self.resolve(&spec, k, i, now, b),
+                State::Firing if spec.options.keep_firing_for.is_zero() => {
+                    self.resolve(&spec, k, i, now, b)
+                }
+                State::Firing => {
+                    if i.gone_since.is_none() {
+                        i.gone_since = Some(now);
+                        b.changes.put.push((k.to_string(), i));
+                    }
+                }
+            },
+            (None, None) => {}
+        }
+    }
+
+    /// The next time something is due for an instance.
+    fn deadline(&self, spec: &RuleSpec, i: &Instance, now: i64) -> Option<i64> {
+        let o = &spec.options;
+        match i.state {
+            State::Pending => Some(i.active_since + o.r#for.as_millis() as i64),
+            State::Firing => {
+                let mut d = i.published + relations::REFRESH.as_millis() as i64;
+                if let Some(g) = i.gone_since {
+                    d = d.min(g + o.keep_firing_for.as_millis() as i64);
+                }
+                if let Some(t) = i.last_notified {
+                    d = d.min(t + o.repeat.as_millis() as i64);
+                }
+                // A silence ending or starting changes what is sent.
+                for (_, s) in &self.silences {
+                    for t in [s.starts_ms, s.until_ms] {
+                        if t > now {
+                            d = d.min(t);
+                        }
+                    }
+                }
+                Some(d)
+            }
+        }
+    }
+}
+
+/// An instance as `GET /v1/alerts` shows it.
+pub fn alert_json(i: &Instance, spec: Option<&RuleSpec>) -> Value {
+    let severity = spec.map(|s| s.options.severity.clone()).unwrap_or_default();
+    let summary = spec
+        .and_then(|s| s.options.summary.as_deref())
+        .map(|t| render(t, i, i.state.as_str(), &severity))
+        .unwrap_or_default();
+    json!({
+        "rule": i.rule,
+        "labels": i.labels,
+        "values": i.values,
+        "state": i.state.as_str(),
+        "severity": severity,
+        "summary": summary,
+        "silenced": i.silenced,
+        "active_since": rfc3339(i.active_since),
+        "firing_since": i.firing_since.map(rfc3339),
+    })
+}
+
+impl AlertManager {
+    /// Opens the store in `dir`; rows for the alert relations go to `publish`.
+    pub fn open(
+        dir: &Path,
+        clock: Clock,
+        publish: mpsc::UnboundedSender<Published>,
+    ) -> std::io::Result<AlertManager> {
+        let store = Store::open(dir)?;
+        if !store.instances.is_empty() || !store.outbox.is_empty() {
+            tracing::info!(
+                "alert store: {} alert(s) and {} queued notification(s) resumed",
+                store.instances.len(),
+                store.outbox.len()
+            );
+        }
+        Ok(AlertManager {
+            inner: Mutex::new(Inner {
+                store,
+                rules: HashMap::new(),
+                silences: Vec::new(),
+                sinks: HashMap::new(),
+            }),
+            clock,
+            timers: Notify::new(),
+            outbox: watch::channel(0).0,
+            publish,
+        })
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now() as i64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("alert manager")
+    }
+
+    /// Writes a batch of changes, then lets delivery and the relations see it.
+    fn commit(&self, inner: &mut Inner, b: Batch) {
+        let queued = !b.changes.out.is_empty();
+        if let Err(e) = inner.store.apply(b.changes) {
+            tracing::error!("alert store: a change could not be written durably: {e}");
+        }
+        for p in b.out {
+            let _ = self.publish.send(p);
+        }
+        if queued {
+            self.outbox.send_modify(|n| *n += 1);
+        }
+        self.timers.notify_one();
+    }
+
+    /// Starts (or restarts) following a rule: its instances wait for [`AlertManager::synced`].
+    pub fn follow(&self, spec: RuleSpec) {
+        let mut inner = self.lock();
+        inner.rules.insert(
+            spec.name.clone(),
+            RuleState {
+                spec,
+                synced: false,
+                present: HashMap::new(),
+            },
+        );
+    }
+
+    /// A rule's output changes at one time.
+    pub fn changes(
+        &self,
+        rule: &str,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        updates: Vec<(Row, isize)>,
+    ) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let Some(rs) = inner.rules.get_mut(rule) else {
+            return;
+        };
+        let mut touched = HashSet::new();
+        for (row, diff) in updates {
+            let Value::Object(obj) = crate::json::row_object(schema, &row) else {
+                continue;
+            };
+            let mut labels = BTreeMap::new();
+            let mut values = BTreeMap::new();
+            for (name, v) in obj {
+                if rs.spec.labels.contains(&name) {
+                    labels.insert(name, value_text(&v));
+                } else {
+                    values.insert(name, v);
+                }
+            }
+            let k = key(rule, &labels);
+            let e = rs.present.entry(k.clone()).or_insert(Present {
+                labels,
+                values: BTreeMap::new(),
+                count: 0,
+            });
+            e.count += diff as i64;
+            if diff > 0 {
+                e.values = values;
+            }
+            if e.count <= 0 {
+                rs.present.remove(&k);
+            }
+            touched.insert(k);
+        }
+        if !rs.synced {
+            return;
+        }
+        let mut b = Batch::default();
+        for k in touched {
+            inner.reconcile(rule, &k, now, &mut b);
+        }
+        self.commit(&mut inner, b);
+    }
+
+    /// A rule's output is complete up to now: decide about every instance it has or had.
+    pub fn synced(&self, rule: &str) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let Some(rs) = inner.rules.get_mut(rule) else {
+            return;
+        };
+        if rs.synced {
+            return;
+        }
+        rs.synced = true;
+        let mut keys: HashSet<String> = rs.present.keys().cloned().collect();
+        keys.extend(
+            inner
+                .store
+                .instances
+                .iter()
+                .filter(|(_, i)| i.rule == rule)
+                .map(|(k, _)| k.clone()),
+        );
+        let mut b = Batch::default();
+        for k in keys {
+            inner.reconcile(rule, &k, now, &mut b);
+        }
+        self.commit(&mut inner, b);
+    }
+
+    /// Keeps only the rules named: the alerts of any other (dropped) rule resolve.
+    pub fn retain_rules(&self, rules: &HashSet<String>) {
+        let now = self.now();
+        let mut inner = self.lock();
+        let gone: Vec<(String, Instance)> = inner
+            .store
+            .instances
+            .iter()
+            .filter(|(_, i)| !rules.contains(&i.rule))
+            .map(|(k, i)| (k.clone(), i.clone()))
+            .collect();
+        let mut b = Batch::default();
+        for (k, i) in gone {
+            let spec = match inner.rules.get(&i.rule) {
+                Some(rs) => rs.spec.clone(),
+                // Not followed since the start: its options are unknown, nobody is told.
+                None => RuleSpec {
+                    name: i.rule.clone(),
+                    options: RuleOptions::parse(Vec::new()).expect("defaults"),
+                    labels: Vec::new(),
+                },
+            };
+            inner.resolve(&spec, &k, i, now, &mut b);
+        }
+        inner.rules.retain(|name, _| rules.contains(name));
+        if !b.changes.is_empty() {
+            self.commit(&mut inner, b);
+        }
+    }
+
+    /// The silences in the catalog.
+    pub fn set_silences(&self, silences: Vec<(String, Silence)>) {
+        self.lock().silences = silences;
+        self.timers.notify_one();
+    }
+
+    /// Drops what is queued for sinks that no longer exist.
+    pub fn retain_sinks(&self, sinks: &HashSet<String>) {
+        let mut inner = self.lock();
+        let stale: Vec<u64> = inner
+            .store
+            .outbox
+            .values()
+            .filter(|q| !sinks.contains(&q.sink))
+            .map(|q| q.seq)
+            .collect();
+        inner.sinks.retain(|s, _| sinks.contains(s));
+        if !stale.is_empty() {
+            tracing::warn!(
+                "alert outbox: {} notification(s) for dropped sinks discarded",
+                stale.len()
+            );
+            let b = Batch {
+                changes: Changes {
+                    done: stale,
+                    ..Default::default()
+                },
+                out: Vec::new(),
+            };
+            self.commit(&mut inner, b);
+        }
+    }
+
+    /// Runs every due timer; returns when the next one is due.
+    pub fn tick(&self) -> i64 {
+        let now = self.now();
+        let mut inner = self.lock();
+        let mut b = Batch::default();
+        let due: Vec<(RuleSpec, String, Instance)> = inner
+            .store
+            .instances
+            .iter()
+            .filter_map(|(k, i)| {
+                let rs = inner.rules.get(&i.rule).filter(|r| r.synced)?;
+                let d = inner.deadline(&rs.spec, i, now)?;
+                (d <= now).then(|| (rs.spec.clone(), k.clone(), i.clone()))
+            })
+            .collect();
+        for (spec, k, i) in due {
+            inner.advance(&spec, &k, i, false, now, &mut b);
+        }
+        if !b.changes.is_empty() || !b.out.is_empty() {
+            self.commit(&mut inner, b);
+        }
+        inner
+            .store
+            .instances
+            .values()
+            .filter_map(|i| {
+                let rs = inner.rules.get(&i.rule).filter(|r| r.synced)?;
+                inner.deadline(&rs.spec, i, now)
+            })
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Runs timers for as long as the server runs.
+    pub async fn run_timers(&self) {
+        loop {
+            let next = self.tick();
+            let wait = (next - self.now()).clamp(0, 1000) as u64;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(wait.max(1)), self.timers.notified())
+                    .await;
+        }
+    }
+
+    /// Current instances, for `GET /v1/alerts`.
+    pub fn alerts(&self) -> Vec<Value> {
+        let inner = self.lock();
+        let mut list: Vec<(&String, &Instance)> = inner.store.instances.iter().collect();
+        list.sort_by(|a, b| a.0.cmp(b.0));
+        list.into_iter()
+            .map(|(_, i)| alert_json(i, inner.rules.get(&i.rule).map(|r| &r.spec)))
+            .collect()
+    }
+
+    /// The oldest queued notification for a sink.
+    pub fn next_for(&self, sink: &str) -> Option<Queued> {
+        self.lock()
+            .store
+            .outbox
+            .values()
+            .find(|q| q.sink == sink)
+            .cloned()
+    }
+
+    /// Waits until the outbox may have new entries.
+    pub fn outbox_changes(&self) -> watch::Receiver<u64> {
+        self.outbox.subscribe()
+    }
+
+    pub fn delivered(&self, sink: &str, seq: u64) {
+        let mut inner = self.lock();
+        let c = inner.sinks.entry(sink.to_string()).or_default();
+        c.delivered += 1;
+        c.last_error = None;
+        let changes = Changes {
+            done: vec![seq],
+            ..Default::default()
+        };
+        if let Err(e) = inner.store.apply(changes) {
+            tracing::error!("alert store: a delivery could not be recorded: {e}");
+        }
+    }
+
+    pub fn failed(&self, sink: &str, error: &str) {
+        let mut inner = self.lock();
+        let c = inner.sinks.entry(sink.to_string()).or_default();
+        c.failures += 1;
+        c.last_error = Some(error.to_string());
+    }
+
+    pub fn sink_status(&self, sink: &str) -> SinkStatus {
+        let inner = self.lock();
+        let queued = inner
+            .store
+            .outbox
+            .values()
+            .filter(|q| q.sink == sink)
+            .count() as u64;
+        let c = inner.sinks.get(sink);
+        SinkStatus {
+            queued,
+            delivered: c.map_or(0, |c| c.delivered),
+            failures: c.map_or(0, |c| c.failures),
+            last_error: c.and_then(|c| c.last_error.clone()),
+        }
+    }
+
+    /// Prometheus text: alerts by state, and per sink the queue, deliveries and failures.
+    pub fn render_metrics(&self) -> String {
+        use std::fmt::Write;
+        let inner = self.lock();
+        let mut s = String::new();
+        let count = |st: State| {
+            inner
+                .store
+                .instances
+                .values()
+                .filter(|i| i.state == st)
+                .count()
+        };
+        let _ = writeln!(
+            s,
+            "# HELP tocsin_alerts Alert instances by state.\n# TYPE tocsin_alerts gauge"
+        );
+        for st in [State::Pending, State::Firing] {
+            let _ = writeln!(
+                s,
+                "tocsin_alerts{{state=\"{}\"}} {}",
+                st.as_str(),
+                count(st)
+            );
+        }
+        let mut names: Vec<&String> = inner.sinks.keys().collect();
+        for q in inner.store.outbox.values() {
+            if !names.contains(&&q.sink) {
+                names.push(&q.sink);
+            }
+        }
+        names.sort();
+        let _ = writeln!(s, "# HELP tocsin_sink_queued Notifications waiting in the outbox.\n# TYPE tocsin_sink_queued gauge");
+        for n in &names {
+            let q = inner
+                .store
+                .outbox
+                .values()
+                .filter(|q| &q.sink == *n)
+                .count();
+            let _ = writeln!(s, "tocsin_sink_queued{{sink=\"{n}\"}} {q}");
+        }
+        let _ = writeln!(s, "# HELP tocsin_sink_delivered_total Notifications delivered.\n# TYPE tocsin_sink_delivered_total counter");
+        for n in &names {
+            let d = inner.sinks.get(*n).map_or(0, |c| c.delivered);
+            let _ = writeln!(s, "tocsin_sink_delivered_total{{sink=\"{n}\"}} {d}");
+        }
+        let _ = writeln!(s, "# HELP tocsin_sink_failures_total Failed delivery attempts.\n# TYPE tocsin_sink_failures_total counter");
+        for n in &names {
+            let f = inner.sinks.get(*n).map_or(0, |c| c.failures);
+            let _ = writeln!(s, "tocsin_sink_failures_total{{sink=\"{n}\"}} {f}");
+        }
+        s
+    }
+}
