@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Runs every tocsin test: unit tests, the SQL logic tests (sql/tests/slt/*.slt and the examples
-# of docs/sql.md), the subscription tests and the incremental-vs-batch oracle. Installs whatever
-# test peers the suite needs before running it (none yet beyond cargo: the end-to-end tests use
-# the tocsin binary that cargo builds, and Rust HTTP and WebSocket clients). Ends with one line that
-# adds up every test binary's results.
+# of docs/sql.md), the subscription tests, the incremental-vs-batch oracle and the end-to-end tests
+# against the tocsin binary. First installs the test peers the end-to-end tests talk to when they
+# are missing: Python's aiosmtpd (a real SMTP server) with pip, and Prometheus Alertmanager with
+# apt-get. Ends with one line that adds up every test binary's results.
 set -euo pipefail
 cd "$(dirname "$0")"
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  python3 -m pip install --quiet aiosmtpd
+fi
+if ! command -v prometheus-alertmanager >/dev/null; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -392,6 +392,11 @@ impl Inner {
         match i.state {
             State::Pending => Some(i.active_since + o.r#for.as_millis() as i64),
             State::Firing => {
+                let silenced = self.silenced(i, &o.severity, now);
+                if silenced != i.silenced || (!i.notified && !silenced) {
+                    // A silence came or went: show it, and send what it held back.
+                    return Some(now);
+                }
                 let mut d = i.published + relations::REFRESH.as_millis() as i64;
                 if let Some(g) = i.gone_since {
                     d = d.min(g + o.keep_firing_for.as_millis() as i64);

@@ -93,23 +93,7 @@ impl Server {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-        let mut req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
-        }
-        let req = req.body(Full::new(Bytes::from(body))).unwrap();
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok((status, headers, body.to_bytes().to_vec()))
+        request(&self.addr, method, path, content_type, body).await
     }
 
     pub async fn get(&self, path: &str) -> Result<(u16, Vec<u8>), String> {
@@ -163,6 +147,33 @@ impl Drop for Server {
     }
 }
 
+/// One HTTP request to `addr`; the status, headers and body.
+pub async fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
+    let resp = client.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, headers, body.to_bytes().to_vec()))
+}
+
 /// An Arrow IPC stream of the batches.
 pub fn ipc(batches: &[RecordBatch]) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -196,4 +207,96 @@ pub fn error_rows(ack: &Value) -> Vec<u64> {
         .iter()
         .map(|e| e["row"].as_u64().unwrap())
         .collect()
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A webhook receiver on a free port: answers 503 to its first `fail_first` requests, then 200;
+/// keeps every request's status and JSON body.
+pub struct Receiver {
+    pub url: String,
+    pub requests: Arc<std::sync::Mutex<Vec<(u16, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start(fail_first: usize) -> Receiver {
+        use axum::routing::post;
+        let requests: Arc<std::sync::Mutex<Vec<(u16, Value)>>> = Default::default();
+        let seen = requests.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    let status = if seen.len() < fail_first { 503 } else { 200 };
+                    seen.push((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            url,
+            requests,
+            task,
+        }
+    }
+
+    /// The bodies the receiver accepted (answered 200).
+    pub fn accepted(&self) -> Vec<Value> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Peer(pub Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something listens on `port`.
+pub async fn wait_for_port(port: u16, what: &str) {
+    eventually(30, what, || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await
 }

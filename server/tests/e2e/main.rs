@@ -2,6 +2,7 @@
 
 mod common;
 
+mod alerts;
 mod backpressure;
 mod cli;
 mod crash;
