@@ -490,6 +490,7 @@ async fn catalog(State(app): State<AppRef>) -> Response {
         groups.entry(key).or_default().push(json!({
             "name": e.name,
             "sql": e.display_sql(),
+            "system": e.system,
             "columns": e.schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
         }));
     }

@@ -654,7 +654,7 @@ impl Tocsin {
                 let rows = catalog
                     .entries
                     .values()
-                    .filter(|e| e.kind() == kind)
+                    .filter(|e| e.kind() == kind && !e.system)
                     .map(|e| vec![e.name.clone(), e.display_sql()])
                     .collect();
                 text_rows(&["name", "sql"], rows)

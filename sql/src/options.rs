@@ -164,6 +164,9 @@ impl RuleOptions {
             sinks: take(&mut options, "sink").map(list).unwrap_or_default(),
             repeat: dur(&mut options, "repeat", Duration::from_secs(4 * 3600))?,
         };
+        if out.repeat < Duration::from_secs(1) {
+            return Err(SqlError::plan("repeat must be at least 1s"));
+        }
         reject_rest(
             &options,
             "a rule",
@@ -345,6 +348,8 @@ mod tests {
         assert_eq!(o.r#for, Duration::from_secs(30));
         assert_eq!(o.sinks, vec!["a", "b"]);
         assert_eq!(o.repeat, Duration::from_secs(14400));
+        let e = RuleOptions::parse(vec![("repeat".into(), "0s".into())]).unwrap_err();
+        assert!(e.message.contains("repeat must be at least 1s"), "{e}");
     }
 
     #[test]

@@ -60,8 +60,9 @@ fn alertmanager_payload_has_alertname_and_ends_when_resolved() {
     assert_eq!(f[0]["endsAt"], "2025-11-22T16:27:10.000Z");
 }
 
-#[test]
-fn options_are_checked_when_the_sink_is_built() {
+/// The email transport's connection pool lives on the tokio runtime, as it does in the server.
+#[tokio::test]
+async fn options_are_checked_when_the_sink_is_built() {
     let err = |c: &str, kv: &[(&str, &str)]| build(c, "s", &opts(kv)).err().unwrap();
     assert!(err("WEBHOOK", &[]).contains("option 'url' is required"));
     assert!(err("WEBHOOK", &[("url", "ftp://x")]).contains("invalid url"));

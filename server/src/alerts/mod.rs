@@ -401,7 +401,8 @@ impl Inner {
                 if let Some(g) = i.gone_since {
                     d = d.min(g + o.keep_firing_for.as_millis() as i64);
                 }
-                if let Some(t) = i.last_notified {
+                if let Some(t) = i.last_notified.filter(|_| !silenced) {
+                    // Reminders wait while a silence holds; its end is a deadline below.
                     d = d.min(t + o.repeat.as_millis() as i64);
                 }
                 // A silence ending or starting changes what is sent.

@@ -1,0 +1,119 @@
+//! Alert latency: the time from a row being accepted by `tocsin serve` to its notification
+//! arriving at a webhook receiver (which includes the local HTTP POST), for a rule with
+//! `for = '0s'`. Reports p50, p99 and max.
+//!
+//! ```sh
+//! tocsin serve --no-default --data-dir /tmp/lat &
+//! alertlat --server 127.0.0.1:7654 --samples 1000 --interval-ms 20
+//! ```
+//!
+//! Every sample is one row of a new host, so it makes a new alert and one firing notification.
+//! Creates the source `lat`, the sink `lat_hook` (pointing at this program) and the rule
+//! `lat_rule`; drop them to run again on the same server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
+
+#[tokio::main]
+async fn main() {
+    let mut server = "127.0.0.1:7654".to_string();
+    let (mut samples, mut interval_ms) = (1000usize, 20u64);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let v = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--server" => server = v,
+            "--samples" => samples = v.parse().expect("--samples N"),
+            "--interval-ms" => interval_ms = v.parse().expect("--interval-ms N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    // The receiver notes when each host's notification arrives.
+    let arrivals: Arrivals = Default::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let at = Instant::now();
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if let Some(h) = v["labels"]["host"].as_str() {
+                    seen.lock().unwrap().entry(h.to_string()).or_insert(at);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let post = |path: String, body: String| {
+        let client = client.clone();
+        let url = format!("http://{server}{path}");
+        async move {
+            let req = hyper::Request::post(url)
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let resp = client.request(req).await.expect("reach tocsin");
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+        }
+    };
+    post(
+        "/v1/sql".into(),
+        format!(
+            "CREATE SOURCE lat (host TEXT, v DOUBLE) FROM HTTP;
+             CREATE SINK lat_hook TO WEBHOOK WITH (url = '{hook}');
+             CREATE RULE lat_rule AS SELECT host, v FROM lat WHERE v > 0 WITH (for = '0s', sink = 'lat_hook')"
+        ),
+    )
+    .await;
+    let mut accepted_at = HashMap::new();
+    let tag = std::process::id();
+    for i in 0..samples {
+        let host = format!("h{tag}-{i}");
+        post(
+            "/v1/ingest/lat".into(),
+            format!("{{\"host\": \"{host}\", \"v\": 1}}"),
+        )
+        .await;
+        accepted_at.insert(host, Instant::now());
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrivals.lock().unwrap().len() < samples && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arrivals = arrivals.lock().unwrap();
+    let mut lat: Vec<f64> = accepted_at
+        .iter()
+        .filter_map(|(h, t)| {
+            arrivals
+                .get(h)
+                .map(|a| a.saturating_duration_since(*t).as_secs_f64() * 1e3)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    assert!(!lat.is_empty(), "no notification arrived");
+    let q = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "samples {} (of {samples} sent)  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        lat.len(),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        lat[lat.len() - 1]
+    );
+}
