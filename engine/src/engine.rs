@@ -699,7 +699,8 @@ impl Engine {
     }
 }
 
-fn fmt_ms(ms: i64) -> String {
+/// `2026-11-21T10:00:00.000Z` for epoch milliseconds (the number itself when out of range).
+pub fn fmt_ms(ms: i64) -> String {
     datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms).map_or_else(
         || ms.to_string(),
         |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),

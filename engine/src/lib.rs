@@ -21,7 +21,7 @@ mod source;
 mod worker;
 
 pub use engine::{
-    Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription,
+    fmt_ms, Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription,
 };
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};

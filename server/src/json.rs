@@ -12,12 +12,7 @@ use serde_json::{json, Map, Value};
 use tocsin_engine::Datum;
 
 /// `2026-11-21T10:00:00.000Z` for epoch milliseconds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        None => ms.to_string(),
-    }
-}
+pub use tocsin_engine::fmt_ms as rfc3339_ms;
 
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)

@@ -224,12 +224,7 @@ fn parse_instant(text: &str, now_ms: i64, what: &str) -> Result<i64> {
 }
 
 /// RFC 3339 in UTC with milliseconds, as tocsin prints times.
-pub fn format_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
-        || ms.to_string(),
-        |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-    )
-}
+pub use tocsin_engine::fmt_ms as format_ms;
 
 impl Silence {
     /// Parses `matchers`, `until`, `starts` (default now) and `comment`; times given as durations

@@ -340,20 +340,7 @@ impl Inner {
         let existing = self.store.instances.get(k).cloned();
         match (present, existing) {
             (Some(Present { labels, values, .. }), None) => {
-                let i = Instance {
-                    rule: rule.to_string(),
-                    labels,
-                    values,
-                    state: State::Pending,
-                    active_since: now,
-                    firing_since: None,
-                    gone_since: None,
-                    notified: false,
-                    last_notified: None,
-                    repeats: 0,
-                    silenced: false,
-                    published: now,
-                };
+                let i = Instance::pending(rule, labels, values, now);
                 let silenced = self.silenced(&i, &spec.options.severity, now);
                 b.out.push(Published::Event(Self::row(
                     &spec, &i, "pending", silenced, now,

@@ -59,6 +59,31 @@ pub struct Instance {
     pub published: i64,
 }
 
+impl Instance {
+    /// A new pending instance whose row appeared at `now`.
+    pub fn pending(
+        rule: &str,
+        labels: BTreeMap<String, String>,
+        values: BTreeMap<String, serde_json::Value>,
+        now: i64,
+    ) -> Instance {
+        Instance {
+            rule: rule.to_string(),
+            labels,
+            values,
+            state: State::Pending,
+            active_since: now,
+            firing_since: None,
+            gone_since: None,
+            notified: false,
+            last_notified: None,
+            repeats: 0,
+            silenced: false,
+            published: now,
+        }
+    }
+}
+
 /// A queued notification for one sink.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Queued {
@@ -237,18 +262,13 @@ mod tests {
 
     fn instance(state: State) -> Instance {
         Instance {
-            rule: "r".into(),
-            labels: [("host".to_string(), "a".to_string())].into(),
-            values: Default::default(),
             state,
-            active_since: 1,
-            firing_since: None,
-            gone_since: None,
-            notified: false,
-            last_notified: None,
-            repeats: 0,
-            silenced: false,
-            published: 1,
+            ..Instance::pending(
+                "r",
+                [("host".to_string(), "a".to_string())].into(),
+                Default::default(),
+                1,
+            )
         }
     }
 
