@@ -17,6 +17,7 @@ pub mod error;
 pub mod lower;
 pub mod options;
 pub mod parser;
+pub mod pgcompat;
 pub mod planner;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::Query;
 use tocsin_engine::plan::Node;
 use tocsin_engine::{Engine, Plan, PushOutcome, Subscription};
@@ -786,33 +788,127 @@ impl Tocsin {
                 statement: "SET".into(),
                 name: String::new(),
             }),
+            Statement::Transaction(what) => Ok(StatementResult::Ddl {
+                statement: what.into(),
+                name: String::new(),
+            }),
         }
     }
 
     /// Runs an ad hoc query: peeks every relation it reads at one time, then lets DataFusion run it
     /// in batch over those rows, with `now()` the peek's time.
     pub async fn query(&self, query: &Query) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let names: Vec<String> = {
-            let catalog = self.catalog.lock().await;
-            let mut names = planner::referenced_tables(query)?;
-            names.retain(|n| catalog.entries.get(n).is_some_and(|e| e.is_relation()));
-            names.sort();
-            names.dedup();
-            names
-        };
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let peek = self.engine.peek(&refs).await?;
-        let tables = names
-            .into_iter()
-            .zip(peek.relations)
-            .map(|(n, (s, b))| (n, s, b))
-            .collect();
-        let ctx = planner::batch_context(tables, peek.time as i64)?;
-        let plan = planner::plan_query(&ctx, query).await?;
+        self.query_with(query, Vec::new()).await
+    }
+
+    /// [`Tocsin::query`] with values for the parameters `$1`, `$2`, ...
+    pub async fn query_with(
+        &self,
+        query: &Query,
+        params: Vec<ScalarValue>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let (ctx, query) = self.batch_session(query, true).await?;
+        let mut plan = planner::plan_query(&ctx, &query).await?;
+        if !params.is_empty() {
+            plan = plan.with_param_values(params)?;
+        }
         let df = ctx.execute_logical_plan(plan).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await?;
         Ok((schema, batches))
+    }
+
+    /// The types of an ad hoc query's parameters (`$1` first; `None` where the query does not
+    /// imply one) and its result columns, without running it.
+    pub async fn describe_query(
+        &self,
+        query: &Query,
+    ) -> Result<(Vec<Option<DataType>>, SchemaRef)> {
+        let (ctx, query) = self.batch_session(query, false).await?;
+        let plan = planner::plan_query(&ctx, &query).await?;
+        let types = plan.get_parameter_types()?;
+        let count = types
+            .keys()
+            .filter_map(|k| k.strip_prefix('$')?.parse::<usize>().ok())
+            .max()
+            .unwrap_or(0);
+        let params = (1..=count)
+            .map(|i| types.get(&format!("${i}")).cloned().flatten())
+            .collect();
+        Ok((params, Arc::new(plan.schema().as_arrow().clone())))
+    }
+
+    /// A batch session for an ad hoc query: the relations it reads (peeked, or empty when only
+    /// planning), the PostgreSQL catalog tables it reads, and the PostgreSQL functions. Returns
+    /// the query as PostgreSQL reads it (see [`pgcompat::rewrite`]).
+    async fn batch_session(
+        &self,
+        query: &Query,
+        peek: bool,
+    ) -> Result<(datafusion::prelude::SessionContext, Query)> {
+        let mut query = query.clone();
+        pgcompat::rewrite(&mut query);
+        let refs = planner::referenced_tables(&query)?;
+        let (relations, pg_tables, listed, names) = {
+            let catalog = self.catalog.lock().await;
+            let is_relation = |n: &str| catalog.entries.get(n).is_some_and(|e| e.is_relation());
+            let mut relations: Vec<(String, SchemaRef)> = refs
+                .iter()
+                .filter_map(planner::relation_name)
+                .filter(|n| is_relation(n))
+                .map(|n| (n.to_string(), catalog.entries[n].schema.clone()))
+                .collect();
+            relations.sort_by(|a, b| a.0.cmp(&b.0));
+            relations.dedup_by(|a, b| a.0 == b.0);
+            let mut pg_tables: Vec<(&'static str, &'static str)> = refs
+                .iter()
+                .filter_map(|r| pgcompat::catalog_table(r, is_relation))
+                .collect();
+            pg_tables.sort();
+            pg_tables.dedup();
+            let listed: Vec<pgcompat::RelationInfo> = if pg_tables.is_empty() {
+                Vec::new()
+            } else {
+                catalog
+                    .entries
+                    .values()
+                    .filter(|e| e.is_relation())
+                    .map(|e| pgcompat::RelationInfo {
+                        name: e.name.clone(),
+                        table: e.kind() == ObjectKind::Source,
+                        schema: e.schema.clone(),
+                        definition: (e.kind() != ObjectKind::Source).then(|| e.sql.clone()),
+                    })
+                    .collect()
+            };
+            let names: std::collections::HashSet<String> = catalog
+                .entries
+                .values()
+                .filter(|e| e.is_relation())
+                .map(|e| e.name.clone())
+                .collect();
+            (relations, pg_tables, listed, names)
+        };
+        let (tables, now) = if peek {
+            let refs: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+            let peek = self.engine.peek(&refs).await?;
+            let tables = relations
+                .into_iter()
+                .zip(peek.relations)
+                .map(|((n, _), (s, b))| (n, s, b))
+                .collect();
+            (tables, peek.time)
+        } else {
+            let tables = relations
+                .into_iter()
+                .map(|(n, s)| (n, s, Vec::new()))
+                .collect();
+            (tables, self.engine.clock().now())
+        };
+        let ctx = planner::batch_context(tables, now as i64)?;
+        pgcompat::install(&ctx, &pg_tables, &listed, &names)?;
+        pgcompat::inline_subqueries(&ctx, &mut query).await?;
+        Ok((ctx, query))
     }
 
     /// `INSERT INTO source [(columns)] VALUES ... | SELECT ...`: evaluates the rows, fills missing

@@ -114,6 +114,10 @@ pub enum Statement {
     },
     /// `SET name = value` and friends: accepted, they change nothing in tocsin.
     Set,
+    /// `BEGIN`, `COMMIT`, `ROLLBACK` (as `"BEGIN"`, `"COMMIT"`, `"ROLLBACK"`): accepted for
+    /// clients that wrap statements in transactions; tocsin has none, every statement takes
+    /// effect when it runs.
+    Transaction(&'static str),
 }
 
 /// A statement and where it starts in the request.
@@ -449,6 +453,9 @@ fn convert_generic(stmt: ast::Statement) -> Result<Statement> {
             })
         }
         ast::Statement::Set(_) => Ok(Statement::Set),
+        ast::Statement::StartTransaction { .. } => Ok(Statement::Transaction("BEGIN")),
+        ast::Statement::Commit { .. } => Ok(Statement::Transaction("COMMIT")),
+        ast::Statement::Rollback { .. } => Ok(Statement::Transaction("ROLLBACK")),
         other => {
             let text = other.to_string();
             let head: String = text

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::empty::EmptyTable;
-use datafusion::common::ScalarValue;
+use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
@@ -129,12 +129,17 @@ pub fn continuous_context<'a>(
     Ok(ctx)
 }
 
-/// A session over fixed contents, where `now()` is `now_ms`.
+/// A session over fixed contents, where `now()` is `now_ms`. Its catalog is named as tocsin's
+/// database, so `tocsin.public.name` resolves too.
 pub fn batch_context(
     tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>,
     now_ms: i64,
 ) -> Result<SessionContext> {
-    let ctx = SessionContext::new_with_config(config());
+    let mut config = config()
+        .with_default_catalog_and_schema(crate::pgcompat::DATABASE, crate::pgcompat::SCHEMA);
+    // `::timestamptz` and times without an offset are UTC, as tocsin's times are.
+    config.options_mut().execution.time_zone = Some("UTC".into());
+    let ctx = SessionContext::new_with_config(config);
     ctx.register_udf(ScalarUDF::from(FixedNow {
         signature: Signature::nullary(Volatility::Stable),
         aliases: vec!["current_timestamp".into()],
@@ -160,10 +165,20 @@ pub async fn plan_query(ctx: &SessionContext, query: &Query) -> Result<LogicalPl
     Ok(ctx.state().statement_to_plan(statement(query)).await?)
 }
 
-/// The tables a query reads, as normalized names (unquoted names lowercased, as the planner
-/// resolves them; CTE names are not tables).
-pub fn referenced_tables(query: &Query) -> Result<Vec<String>> {
+/// The tables a query reads, normalized (unquoted names lowercased, as the planner resolves
+/// them; CTE names are not tables).
+pub fn referenced_tables(query: &Query) -> Result<Vec<TableReference>> {
     let (tables, _ctes) =
         datafusion::sql::resolve::resolve_table_references(&statement(query), true)?;
-    Ok(tables.iter().map(|t| t.table().to_string()).collect())
+    Ok(tables)
+}
+
+/// The name of one of tocsin's relations a table reference names: a bare name, or one in schema
+/// `public` (of database `tocsin`).
+pub fn relation_name(r: &TableReference) -> Option<&str> {
+    use crate::pgcompat::{DATABASE, SCHEMA};
+    match (r.catalog(), r.schema()) {
+        (None | Some(DATABASE), None | Some(SCHEMA)) => Some(r.table()),
+        _ => None,
+    }
 }
