@@ -2,17 +2,24 @@
 # Runs every tocsin test: unit tests, the SQL logic tests (sql/tests/slt/*.slt and the examples
 # of docs/sql.md), the subscription tests, the incremental-vs-batch oracle and the end-to-end tests
 # against the tocsin binary. First installs the test peers the end-to-end tests talk to when they
-# are missing: Python's aiosmtpd (a real SMTP server) with pip, and Prometheus Alertmanager with
-# apt-get. Ends with one line that adds up every test binary's results.
+# are missing: Python's aiosmtpd (a real SMTP server) and psycopg (a PostgreSQL client) with pip,
+# Prometheus Alertmanager and psql with apt-get. Ends with one line that adds up every test
+# binary's results.
 set -euo pipefail
 cd "$(dirname "$0")"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
   python3 -m pip install --quiet aiosmtpd
 fi
-if ! command -v prometheus-alertmanager >/dev/null; then
+if ! python3 -c 'import psycopg' 2>/dev/null; then
+  python3 -m pip install --quiet 'psycopg[binary]'
+fi
+packages=()
+command -v prometheus-alertmanager >/dev/null || packages+=(prometheus-alertmanager)
+command -v psql >/dev/null || packages+=(postgresql-client)
+if [ ${#packages[@]} -gt 0 ]; then
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

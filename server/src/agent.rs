@@ -22,6 +22,8 @@ pub struct AgentConfig {
     pub server: String,
     pub source: String,
     pub interval: Duration,
+    /// Bearer token for a server started with `--http-token`.
+    pub token: Option<String>,
 }
 
 fn ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
@@ -113,6 +115,22 @@ async fn drain(
     }
 }
 
+/// The WebSocket handshake request, with the bearer token when there is one.
+fn request(
+    url: &str,
+    token: Option<&str>,
+) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(t) = token {
+        let value = format!("Bearer {t}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_string())?;
+        req.headers_mut().insert("authorization", value);
+    }
+    Ok(req)
+}
+
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     let url = ws_url(&config.server, &config.source);
     let backlog = Arc::new(Mutex::new(VecDeque::new()));
@@ -124,7 +142,11 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
     );
     let mut backoff = Duration::from_millis(500);
     loop {
-        match tokio_tungstenite::connect_async(url.as_str()).await {
+        let request = match request(&url, config.token.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return Err(format!("agent: bad server address {url}: {e}")),
+        };
+        match tokio_tungstenite::connect_async(request).await {
             Ok((mut ws, _)) => {
                 tracing::info!("agent: connected to {url}");
                 backoff = Duration::from_millis(500);

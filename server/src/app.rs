@@ -31,6 +31,12 @@ pub struct Config {
     pub ingest_wait: Duration,
     /// Create the embedded default (host source, starter views and rules) on a new data dir.
     pub defaults: bool,
+    /// A second address that serves only the PostgreSQL protocol.
+    pub pg_listen: Option<SocketAddr>,
+    /// The password pg clients must give (clear-text authentication); none: no authentication.
+    pub pg_password: Option<String>,
+    /// Bearer tokens that HTTP requests which change something must carry; none: no tokens.
+    pub http_tokens: Vec<String>,
 }
 
 impl Default for Config {
@@ -42,6 +48,9 @@ impl Default for Config {
             ingest_queue: 256,
             ingest_wait: Duration::from_secs(5),
             defaults: true,
+            pg_listen: None,
+            pg_password: None,
+            http_tokens: Vec::new(),
         }
     }
 }
@@ -53,6 +62,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub tasks: Tasks,
     pub alerts: Arc<AlertManager>,
+    /// Bearer tokens for HTTP writes (empty: not required).
+    pub http_tokens: Vec<String>,
+    /// When the server started, epoch ms.
+    pub started_ms: i64,
     /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
     _lock: std::fs::File,
 }
@@ -217,6 +230,8 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         metrics,
         tasks: Tasks::default(),
         alerts,
+        http_tokens: config.http_tokens.clone(),
+        started_ms: chrono::Utc::now().timestamp_millis(),
         _lock: lock,
     });
     app.tasks
@@ -235,20 +250,60 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     Ok(app)
 }
 
-/// Opens the data dir, binds the address and serves until the process ends.
+/// Opens the data dir, binds the address(es) and serves until the process ends.
 pub async fn serve(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let pg_listener = match config.pg_listen {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (--pg-listen): {e}"))?,
+        ),
+        None => None,
+    };
     let app = open(&config).await?;
     tracing::info!(
-        "tocsin listening on http://{addr} (HTTP API, WebSocket ingest and subscriptions); data dir {}",
+        "tocsin listening on {addr}: HTTP API, WebSocket ingest and subscriptions, and the PostgreSQL protocol (psql -h {} -p {} -U tocsin); data dir {}",
+        addr.ip(),
+        addr.port(),
         config.data_dir.display()
     );
-    if addr.ip().is_loopback() {
+    let mut addrs = vec![addr];
+    if let Some(l) = &pg_listener {
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("PostgreSQL protocol also on {a}");
+        addrs.push(a);
+    }
+    let open_to_network = addrs.iter().any(|a| !a.ip().is_loopback());
+    match (&config.pg_password, config.http_tokens.is_empty()) {
+        (Some(_), false) => tracing::info!(
+            "pg clients need the password (--pg-password); HTTP requests that change something need a bearer token (--http-token)"
+        ),
+        (Some(_), true) => tracing::info!(
+            "pg clients need the password (--pg-password); HTTP requests need no token (set --http-token to require one for writes)"
+        ),
+        (None, false) => tracing::info!(
+            "HTTP requests that change something need a bearer token (--http-token); pg clients need no password (set --pg-password)"
+        ),
+        (None, true) => tracing::info!(
+            "no --pg-password and no --http-token: anyone who can connect can read and change everything"
+        ),
+    }
+    if !open_to_network {
         tracing::info!("listening on loopback only: other machines cannot reach this address");
+    } else if config.pg_password.is_none() || config.http_tokens.is_empty() {
+        tracing::warn!(
+            "listening beyond loopback without --pg-password and --http-token: protect this address or set both"
+        );
     }
     tracing::info!("try: tocsin sql 'SELECT * FROM host_cpu'    (or curl -d 'SHOW RULES' http://{addr}/v1/sql)");
-    crate::listen::run(listener, app).await
+    let backend = crate::pg::Backend::new(app.clone(), config.pg_password.clone());
+    if let Some(l) = pg_listener {
+        let (app, backend) = (app.clone(), backend.clone());
+        tokio::spawn(crate::listen::run_pg(l, app, backend));
+    }
+    crate::listen::run(listener, app, backend).await
 }

@@ -6,17 +6,22 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// Posts a body to `http://server/path`; returns the status and the body.
+/// Posts a body to `http://server/path` (with a bearer token when given); returns the status
+/// and the body.
 pub async fn post(
     server: &str,
     path: &str,
     content_type: &str,
     body: Vec<u8>,
+    token: Option<&str>,
 ) -> Result<(u16, Vec<u8>), String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let url = format!("{}{path}", base_url(server));
-    let req = hyper::Request::post(&url)
-        .header("content-type", content_type)
+    let mut req = hyper::Request::post(&url).header("content-type", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = client
@@ -115,8 +120,15 @@ pub fn table(result: &Value) -> String {
 
 /// Runs SQL against a server and prints the results; the error (with its position) is returned
 /// as text.
-pub async fn run_sql(server: &str, sql: &str) -> Result<String, String> {
-    let (status, body) = post(server, "/v1/sql", "text/plain", sql.as_bytes().to_vec()).await?;
+pub async fn run_sql(server: &str, sql: &str, token: Option<&str>) -> Result<String, String> {
+    let (status, body) = post(
+        server,
+        "/v1/sql",
+        "text/plain",
+        sql.as_bytes().to_vec(),
+        token,
+    )
+    .await?;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|_| format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))?;
     if let Some(e) = v.get("error") {

@@ -32,8 +32,13 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .merge(crate::amapi::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see docs/http.md") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            require_token,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             count_requests,
@@ -48,6 +53,44 @@ async fn count_requests(
 ) -> Response {
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
     next.run(req).await
+}
+
+/// Whether a request may change something: SQL (which runs DDL and INSERT) and ingest. Reads
+/// (catalog, alerts, subscriptions, metrics, the Alertmanager API) are open.
+fn is_write(method: &axum::http::Method, path: &str) -> bool {
+    !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        || path.starts_with("/v1/ingest/")
+}
+
+/// With `--http-token`, requests that change something need `Authorization: Bearer TOKEN`.
+async fn require_token(
+    State(app): State<AppRef>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if app.http_tokens.is_empty() || !is_write(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(t) if app.http_tokens.iter().any(|k| k == t) => next.run(req).await,
+        _ => {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "this request needs a bearer token: Authorization: Bearer TOKEN (see --http-token)",
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+            r
+        }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -7,6 +7,8 @@
 //! | [`app`] | start-up: replaying the catalog and WAL, the embedded default |
 //! | [`listen`] | the listening port and protocol detection |
 //! | [`http`] | the HTTP and WebSocket API |
+//! | [`pg`] | the PostgreSQL wire protocol |
+//! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
 //! | [`tasks`] | host collectors and rule output logs that follow the catalog |
@@ -15,6 +17,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod amapi;
 pub mod app;
 pub mod catalog_log;
 pub mod client;
@@ -23,6 +26,7 @@ pub mod ingest;
 pub mod json;
 pub mod listen;
 pub mod metrics;
+pub mod pg;
 pub mod records;
 pub mod tasks;
 pub mod wal;

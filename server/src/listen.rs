@@ -3,6 +3,7 @@
 //! length byte. Connections that are neither are closed and counted.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -11,6 +12,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::AppRef;
+use crate::pg::Backend;
 
 /// A connection that sends nothing for this long is closed.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,22 +33,29 @@ pub fn sniff(first: u8) -> Protocol {
     }
 }
 
-pub async fn run(listener: TcpListener, app: AppRef) -> Result<(), String> {
-    let router = crate::http::router(app.clone());
+/// Accepts the next connection; errors (out of file descriptors and the like) wait instead of
+/// spinning.
+async fn accept(listener: &TcpListener) -> TcpStream {
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
             Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
+        }
+    }
+}
+
+pub async fn run(listener: TcpListener, app: AppRef, backend: Arc<Backend>) -> Result<(), String> {
+    let router = crate::http::router(app.clone());
+    loop {
+        let stream = accept(&listener).await;
         app.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let app = app.clone();
+        let backend = backend.clone();
         tokio::spawn(async move {
             let mut first = [0u8; 1];
             let n = match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.peek(&mut first)).await {
@@ -58,7 +67,8 @@ pub async fn run(listener: TcpListener, app: AppRef) -> Result<(), String> {
             }
             match sniff(first[0]) {
                 Protocol::Http => serve_http(stream, router).await,
-                Protocol::Postgres | Protocol::Unknown => {
+                Protocol::Postgres => crate::pg::serve(stream, backend).await,
+                Protocol::Unknown => {
                     app.metrics
                         .connections_unrecognized
                         .fetch_add(1, Ordering::Relaxed);
@@ -73,4 +83,15 @@ async fn serve_http(stream: TcpStream, router: axum::Router) {
     let _ = Builder::new(TokioExecutor::new())
         .serve_connection_with_upgrades(TokioIo::new(stream), service)
         .await;
+}
+
+/// `--pg-listen`: a port that serves only the PostgreSQL protocol.
+pub async fn run_pg(listener: TcpListener, app: AppRef, backend: Arc<Backend>) {
+    loop {
+        let stream = accept(&listener).await;
+        app.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        // Each connection in its own task: a panic on a malformed message ends only that one.
+        tokio::spawn(crate::pg::serve(stream, backend.clone()));
+    }
 }

@@ -46,6 +46,22 @@ enum Command {
         /// data dir.
         #[arg(long)]
         no_default: bool,
+        /// A second address that serves only the PostgreSQL protocol (it is also served on
+        /// --listen).
+        #[arg(long)]
+        pg_listen: Option<SocketAddr>,
+        /// Password PostgreSQL clients must give (any user name); without it, no authentication.
+        #[arg(long, env = "TOCSIN_PG_PASSWORD", hide_env_values = true)]
+        pg_password: Option<String>,
+        /// Bearer token(s), comma-separated, that HTTP requests which change something
+        /// (POST /v1/sql, ingest) must carry as `Authorization: Bearer TOKEN`.
+        #[arg(
+            long,
+            env = "TOCSIN_HTTP_TOKEN",
+            hide_env_values = true,
+            value_delimiter = ','
+        )]
+        http_token: Vec<String>,
     },
     /// Run SQL on a server and print the results (reads stdin when no SQL is given).
     Sql {
@@ -54,6 +70,9 @@ enum Command {
         /// The server's address.
         #[arg(long, default_value = "127.0.0.1:7654", env = "TOCSIN_SERVER")]
         server: String,
+        /// Bearer token for a server started with --http-token.
+        #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Push this host's metrics to a server.
     Agent {
@@ -66,6 +85,9 @@ enum Command {
         /// How often to sample (e.g. 5s).
         #[arg(long, default_value = "5s")]
         interval: String,
+        /// Bearer token for a server started with --http-token.
+        #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -96,6 +118,9 @@ fn main() {
                 ingest_queue,
                 ingest_wait,
                 no_default,
+                pg_listen,
+                pg_password,
+                http_token,
             } => {
                 let mut config = Config {
                     listen,
@@ -103,6 +128,13 @@ fn main() {
                     ingest_queue,
                     ingest_wait: duration(&ingest_wait)?,
                     defaults: !no_default,
+                    pg_listen,
+                    pg_password: pg_password.filter(|p| !p.is_empty()),
+                    http_tokens: http_token
+                        .into_iter()
+                        .map(|t| t.trim().to_string())
+                        .filter(|t| !t.is_empty())
+                        .collect(),
                     ..Config::default()
                 };
                 if let Some(w) = workers {
@@ -110,7 +142,7 @@ fn main() {
                 }
                 serve(config).await
             }
-            Command::Sql { sql, server } => {
+            Command::Sql { sql, server, token } => {
                 let sql = match sql.as_deref() {
                     None | Some("-") => {
                         let mut s = String::new();
@@ -121,7 +153,7 @@ fn main() {
                     }
                     Some(s) => s.to_string(),
                 };
-                let out = tocsin_server::client::run_sql(&server, &sql).await?;
+                let out = tocsin_server::client::run_sql(&server, &sql, token.as_deref()).await?;
                 print!("{out}");
                 Ok(())
             }
@@ -129,11 +161,13 @@ fn main() {
                 server,
                 source,
                 interval,
+                token,
             } => {
                 tocsin_server::agent::run(tocsin_server::agent::AgentConfig {
                     server,
                     source,
                     interval: duration(&interval)?,
+                    token,
                 })
                 .await
             }

@@ -455,7 +455,7 @@ impl AlertManager {
         })
     }
 
-    fn now(&self) -> i64 {
+    pub fn now(&self) -> i64 {
         self.clock.now() as i64
     }
 
@@ -792,5 +792,87 @@ impl AlertManager {
             let _ = writeln!(s, "tocsin_sink_failures_total{{sink=\"{n}\"}} {f}");
         }
         s
+    }
+}
+
+/// A firing alert as the Alertmanager API shows it.
+pub struct FiringAlert {
+    /// `alertname` (the rule), `severity` when the rule has one, and the instance's labels.
+    pub labels: BTreeMap<String, String>,
+    /// `summary` and `description`, rendered, when the rule has them.
+    pub annotations: BTreeMap<String, String>,
+    /// The rule's sinks.
+    pub sinks: Vec<String>,
+    /// Stable per instance: rule and labels.
+    pub fingerprint: String,
+    pub firing_since: i64,
+    /// When its state was last written.
+    pub updated: i64,
+    /// Until when it holds without news: as the Alertmanager webhook format's `endsAt`.
+    pub valid_until: i64,
+    /// The active silences that match it.
+    pub silenced_by: Vec<String>,
+}
+
+impl AlertManager {
+    /// Firing alerts (pending ones are not sent anywhere yet, so Alertmanager clients do not see
+    /// them), ordered by fingerprint.
+    pub fn firing(&self) -> Vec<FiringAlert> {
+        let inner = self.lock();
+        let now = self.now();
+        let mut out: Vec<FiringAlert> = inner
+            .store
+            .instances
+            .values()
+            .filter(|i| i.state == State::Firing)
+            .map(|i| {
+                let spec = inner.rules.get(&i.rule).map(|r| &r.spec);
+                let severity = spec.map(|s| s.options.severity.clone()).unwrap_or_default();
+                let mut labels = i.labels.clone();
+                labels.insert("alertname".into(), i.rule.clone());
+                if !severity.is_empty() {
+                    labels.insert("severity".into(), severity.clone());
+                }
+                let mut annotations = BTreeMap::new();
+                if let Some(o) = spec.map(|s| &s.options) {
+                    for (k, t) in [("summary", &o.summary), ("description", &o.description)] {
+                        if let Some(t) = t {
+                            annotations.insert(k.to_string(), render(t, i, "firing", &severity));
+                        }
+                    }
+                }
+                let label = |name: &str| match name {
+                    "rule" => Some(i.rule.clone()),
+                    "severity" => Some(severity.clone()),
+                    _ => i.labels.get(name).cloned(),
+                };
+                let labels_json = serde_json::to_string(&i.labels).unwrap_or_default();
+                let firing_since = i.firing_since.unwrap_or(i.active_since);
+                FiringAlert {
+                    labels,
+                    annotations,
+                    sinks: spec.map(|s| s.options.sinks.clone()).unwrap_or_default(),
+                    fingerprint: format!("{:016x}", fnv(&[&i.rule, &labels_json])),
+                    firing_since,
+                    updated: i.published.max(firing_since),
+                    valid_until: now.saturating_add(
+                        2 * spec.map_or(0, |s| s.options.repeat.as_millis() as i64),
+                    ),
+                    silenced_by: inner
+                        .silences
+                        .iter()
+                        .filter(|(_, s)| s.active(now) && s.matches(&label))
+                        .map(|(n, _)| n.clone())
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        out
+    }
+
+    /// The silences in the catalog, by name.
+    pub fn silences(&self) -> Vec<(String, Silence)> {
+        self.lock().silences.clone()
     }
 }

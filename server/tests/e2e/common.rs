@@ -155,12 +155,27 @@ pub async fn request(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|c| ("content-type", c))
+        .into_iter()
+        .collect();
+    request_with(addr, method, path, &headers, body).await
+}
+
+/// [`request`] with any headers.
+pub async fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<(u16, hyper::HeaderMap, Vec<u8>), String> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
-    if let Some(ct) = content_type {
-        req = req.header("content-type", ct);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
     let req = req.body(Full::new(Bytes::from(body))).unwrap();
     let resp = client.request(req).await.map_err(|e| e.to_string())?;

@@ -3,9 +3,11 @@
 mod common;
 
 mod alerts;
+mod amapi;
 mod backpressure;
 mod cli;
 mod crash;
 mod garbage;
 mod http;
+mod pg;
 mod websocket;
