@@ -434,6 +434,42 @@ fn copy_to_stdout(text: &str) -> Option<&str> {
     (tail == ["to", "stdout"]).then(|| &rest[..close])
 }
 
+/// Starts a COPY out of `columns` text columns.
+async fn copy_start<C>(client: &mut C, columns: usize) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let message = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(message))
+        .await?;
+    Ok(())
+}
+
+/// Sends COPY lines, flushed at once.
+async fn copy_send<C>(client: &mut C, lines: String) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let data = CopyData::new(Bytes::from(lines));
+    client.send(PgWireBackendMessage::CopyData(data)).await?;
+    Ok(())
+}
+
+/// Ends a COPY out of `n` lines.
+async fn copy_end<C>(client: &mut C, n: usize) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    client
+        .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(Response::Execution(Tag::new("COPY").with_rows(n)))
+}
+
 /// The SQL-level handlers of one connection.
 struct Queries {
     app: AppRef,
@@ -509,14 +545,7 @@ impl Queries {
             Err(e) => return Err(user_error(&e, text)),
         };
         let schema = sub.schema().clone();
-        let columns = schema.fields().len() + 2;
-        client
-            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
-                0,
-                columns as i16,
-                vec![0; columns],
-            )))
-            .await?;
+        copy_start(client, schema.fields().len() + 2).await?;
         let mut n = 0;
         while let Some(event) = sub.next().await {
             let SubscribeEvent::Changes { time, updates } = event else {
@@ -528,16 +557,9 @@ impl Queries {
                     .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
                 n += copy_lines(&mut chunk, &batch, &format!("{time}\t{diff}"))?;
             }
-            client
-                .send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(
-                    chunk,
-                ))))
-                .await?;
+            copy_send(client, chunk).await?;
         }
-        client
-            .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
-            .await?;
-        Ok(Response::Execution(Tag::new("COPY").with_rows(n)))
+        copy_end(client, n).await
     }
 
     /// `COPY (SELECT | SHOW ...) TO STDOUT`: the rows in COPY text format.
@@ -564,28 +586,14 @@ impl Queries {
             },
             Err(e) => return Err(user_error(&e, text)),
         };
-        let columns = schema.fields().len();
-        client
-            .send(PgWireBackendMessage::CopyOutResponse(CopyOutResponse::new(
-                0,
-                columns as i16,
-                vec![0; columns],
-            )))
-            .await?;
+        copy_start(client, schema.fields().len()).await?;
         let mut n = 0;
         for batch in &batches {
             let mut chunk = String::new();
             n += copy_lines(&mut chunk, batch, "")?;
-            client
-                .send(PgWireBackendMessage::CopyData(CopyData::new(Bytes::from(
-                    chunk,
-                ))))
-                .await?;
+            copy_send(client, chunk).await?;
         }
-        client
-            .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
-            .await?;
-        Ok(Response::Execution(Tag::new("COPY").with_rows(n)))
+        copy_end(client, n).await
     }
 
     /// A statement that answers with COPY (SUBSCRIBE, or `COPY (...) TO STDOUT`), if it is one.

@@ -147,6 +147,27 @@ impl Drop for Server {
     }
 }
 
+/// Runs a command with `stdin` (if any) on its standard input, to the end.
+pub fn run_piped(mut command: Command, stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
 /// One HTTP request to `addr`; the status, headers and body.
 pub async fn request(
     addr: &str,

@@ -2,7 +2,6 @@
 //! text parameters) and tokio-postgres (extended, binary results), with every query Grafana's
 //! PostgreSQL data source sends by itself.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-use crate::common::{eventually, request_with, Server};
+use crate::common::{eventually, request_with, run_piped, Server};
 
 fn port(s: &Server) -> &str {
     s.addr.rsplit(':').next().unwrap()
@@ -35,25 +34,13 @@ async fn connect(s: &Server) -> Client {
 
 /// `psql -At` with the given arguments; stdout, stderr and success.
 fn psql(s: &Server, args: &[&str], stdin: Option<&str>) -> (String, String, bool) {
-    let mut child = Command::new("psql")
+    let mut command = Command::new("psql");
+    command
         .arg(conninfo(s))
         .args(["-X", "-At", "-F", "|"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql is needed for these tests (apt-get install postgresql-client)");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+        .args(args);
+    // psql is needed for these tests (apt-get install postgresql-client).
+    let out = run_piped(command, stdin);
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
