@@ -35,6 +35,8 @@ pub struct Config {
     pub pg_listen: Option<SocketAddr>,
     /// The password pg clients must give (clear-text authentication); none: no authentication.
     pub pg_password: Option<String>,
+    /// PEM certificate chain and private key for TLS on the PostgreSQL protocol.
+    pub pg_tls: Option<(PathBuf, PathBuf)>,
     /// Bearer tokens that HTTP requests which change something must carry; none: no tokens.
     pub http_tokens: Vec<String>,
 }
@@ -50,6 +52,7 @@ impl Default for Config {
             defaults: true,
             pg_listen: None,
             pg_password: None,
+            pg_tls: None,
             http_tokens: Vec::new(),
         }
     }
@@ -264,6 +267,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         ),
         None => None,
     };
+    let tls = match &config.pg_tls {
+        Some((cert, key)) => Some(crate::pg::tls_acceptor(cert, key)?),
+        None => None,
+    };
     let app = open(&config).await?;
     tracing::info!(
         "tocsin listening on {addr}: HTTP API, WebSocket ingest and subscriptions, and the PostgreSQL protocol (psql -h {} -p {} -U tocsin); data dir {}",
@@ -300,7 +307,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         );
     }
     tracing::info!("try: tocsin sql 'SELECT * FROM host_cpu'    (or curl -d 'SHOW RULES' http://{addr}/v1/sql)");
-    let backend = crate::pg::Backend::new(app.clone(), config.pg_password.clone());
+    if tls.is_some() {
+        tracing::info!("PostgreSQL clients may use TLS (sslmode=require)");
+    }
+    let backend = crate::pg::Backend::new(app.clone(), config.pg_password.clone(), tls);
     if let Some(l) = pg_listener {
         let (app, backend) = (app.clone(), backend.clone());
         tokio::spawn(crate::listen::run_pg(l, app, backend));

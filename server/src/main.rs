@@ -53,6 +53,12 @@ enum Command {
         /// Password PostgreSQL clients must give (any user name); without it, no authentication.
         #[arg(long, env = "TOCSIN_PG_PASSWORD", hide_env_values = true)]
         pg_password: Option<String>,
+        /// PEM certificate (chain) for TLS on the PostgreSQL protocol; with --pg-tls-key.
+        #[arg(long, requires = "pg_tls_key")]
+        pg_tls_cert: Option<PathBuf>,
+        /// PEM private key for --pg-tls-cert.
+        #[arg(long, requires = "pg_tls_cert")]
+        pg_tls_key: Option<PathBuf>,
         /// Bearer token(s), comma-separated, that HTTP requests which change something
         /// (POST /v1/sql, ingest) must carry as `Authorization: Bearer TOKEN`.
         #[arg(
@@ -120,6 +126,8 @@ fn main() {
                 no_default,
                 pg_listen,
                 pg_password,
+                pg_tls_cert,
+                pg_tls_key,
                 http_token,
             } => {
                 let mut config = Config {
@@ -130,6 +138,7 @@ fn main() {
                     defaults: !no_default,
                     pg_listen,
                     pg_password: pg_password.filter(|p| !p.is_empty()),
+                    pg_tls: pg_tls_cert.zip(pg_tls_key),
                     http_tokens: http_token
                         .into_iter()
                         .map(|t| t.trim().to_string())

@@ -52,10 +52,43 @@ pub struct Backend {
     parser: Arc<Parser>,
     startup: Arc<Startup>,
     cancel: Arc<DefaultCancelHandler>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+}
+
+/// A TLS acceptor from a PEM certificate chain and private key (`--pg-tls-cert`, `--pg-tls-key`).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<pgwire::tokio::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in {}", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("the certificate and key do not make a TLS configuration: {e}"))?;
+    // What libpq 17 asks for.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
 }
 
 impl Backend {
-    pub fn new(app: AppRef, password: Option<String>) -> Arc<Self> {
+    pub fn new(
+        app: AppRef,
+        password: Option<String>,
+        tls: Option<pgwire::tokio::TlsAcceptor>,
+    ) -> Arc<Self> {
         let connections = Arc::new(ConnectionManager::new());
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = tocsin_sql::pgcompat::SERVER_VERSION.to_string();
@@ -68,6 +101,7 @@ impl Backend {
                 password: password.map(|p| CleartextPasswordAuth::new(Arc::new(Secret(p)))),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            tls,
             app,
         })
     }
@@ -94,9 +128,11 @@ impl PgWireServerHandlers for Backend {
     }
 }
 
-/// Serves one connection whose first byte said PostgreSQL.
+/// Serves one connection whose first byte said PostgreSQL. An SSLRequest is answered 'S' and
+/// TLS negotiated when TLS is configured, else 'N'.
 pub async fn serve(stream: tokio::net::TcpStream, backend: Arc<Backend>) {
-    if let Err(e) = pgwire::tokio::process_socket(stream, None, backend).await {
+    let tls = backend.tls.clone();
+    if let Err(e) = pgwire::tokio::process_socket(stream, tls, backend).await {
         tracing::debug!("pg connection ended: {e}");
     }
 }

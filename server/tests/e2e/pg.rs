@@ -774,3 +774,59 @@ async fn passwords_and_tokens_guard_access() {
     })
     .await;
 }
+
+/// `--pg-tls-cert`/`--pg-tls-key`: SSLRequest is answered 'S' and psql talks TLS; without them it
+/// is answered 'N', so `sslmode=require` fails and `sslmode=prefer` falls back to plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed for this test");
+    assert!(made.status.success(), "{made:?}");
+    let s = Server::start(
+        &dir.path().join("data"),
+        &[
+            "--pg-tls-cert",
+            cert.to_str().unwrap(),
+            "--pg-tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let with_ssl = |mode: &str, s: &Server| {
+        let mut command = Command::new("psql");
+        command
+            .arg(conninfo(s).replace("sslmode=disable", &format!("sslmode={mode}")))
+            .args(["-X", "-At", "-c", "SELECT 41 + 1", "-c", "\\conninfo"]);
+        let out = run_piped(command, None);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (out, err) = with_ssl("require", &s);
+    assert!(
+        out.starts_with("42\n") && out.contains("SSL connection"),
+        "{out}{err}"
+    );
+    let (out, err) = with_ssl("disable", &s);
+    assert!(
+        out.starts_with("42\n") && !out.contains("SSL connection"),
+        "{out}{err}"
+    );
+    // Without TLS configured.
+    let (_d2, plain) = with_data().await;
+    let (out, err) = with_ssl("require", &plain);
+    assert!(out.is_empty() && err.contains("SSL"), "{out}{err}");
+    let (out, err) = with_ssl("prefer", &plain);
+    assert!(out.starts_with("42\n"), "{out}{err}");
+}
