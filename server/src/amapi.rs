@@ -126,7 +126,10 @@ impl LabelMatcher {
 
     /// Alertmanager's rule: a missing label has the empty value.
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let v = labels.get(&self.name).map_or("", String::as_str);
+        self.matches_value(labels.get(&self.name).map_or("", String::as_str))
+    }
+
+    fn matches_value(&self, v: &str) -> bool {
         let hit = match &self.regex {
             Some(r) => r.is_match(v),
             None => v == self.value,

@@ -512,6 +512,15 @@ struct Queries {
     parser: Arc<Parser>,
 }
 
+/// Runs one parsed statement; its one result.
+async fn execute_one(app: &AppRef, located: Located) -> Result<StatementResult, SqlError> {
+    app.tocsin
+        .execute_parsed(vec![located])
+        .await?
+        .pop()
+        .ok_or_else(|| SqlError::internal("no result"))
+}
+
 impl Queries {
     /// Runs one statement (not SUBSCRIBE); rows are encoded as `format` asks.
     async fn run(
@@ -536,15 +545,14 @@ impl Queries {
                 StatementResult::Rows { schema, batches }
             }
             statement => {
-                let mut r = self
-                    .app
-                    .tocsin
-                    .execute_parsed(vec![Located {
+                let r = execute_one(
+                    &self.app,
+                    Located {
                         statement,
                         start: located.start,
-                    }])
-                    .await?;
-                let r = r.pop().ok_or_else(|| SqlError::internal("no result"))?;
+                    },
+                )
+                .await?;
                 ddl = matches!(r, StatementResult::Ddl { .. });
                 r
             }
@@ -573,11 +581,9 @@ impl Queries {
         C: Sink<PgWireBackendMessage> + Unpin + Send,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let mut sub = match self.app.tocsin.execute_parsed(vec![located]).await {
-            Ok(mut r) => match r.pop() {
-                Some(StatementResult::Subscribe(s)) => s,
-                _ => return Err(user_error(&SqlError::internal("no subscription"), text)),
-            },
+        let mut sub = match execute_one(&self.app, located).await {
+            Ok(StatementResult::Subscribe(s)) => s,
+            Ok(_) => return Err(user_error(&SqlError::internal("no subscription"), text)),
             Err(e) => return Err(user_error(&e, text)),
         };
         let schema = sub.schema().clone();
@@ -609,17 +615,15 @@ impl Queries {
         C: Sink<PgWireBackendMessage> + Unpin + Send,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let (schema, batches) = match self.app.tocsin.execute_parsed(vec![located]).await {
-            Ok(mut r) => match r.pop() {
-                Some(StatementResult::Rows { schema, batches }) => (schema, batches),
-                _ => {
-                    let e = SqlError::new(
-                        ErrorKind::Unsupported,
-                        "COPY ... TO STDOUT takes a SELECT, SHOW or SUBSCRIBE",
-                    );
-                    return Err(user_error(&e, text));
-                }
-            },
+        let (schema, batches) = match execute_one(&self.app, located).await {
+            Ok(StatementResult::Rows { schema, batches }) => (schema, batches),
+            Ok(_) => {
+                let e = SqlError::new(
+                    ErrorKind::Unsupported,
+                    "COPY ... TO STDOUT takes a SELECT, SHOW or SUBSCRIBE",
+                );
+                return Err(user_error(&e, text));
+            }
             Err(e) => return Err(user_error(&e, text)),
         };
         copy_start(client, schema.fields().len()).await?;
@@ -745,15 +749,8 @@ impl Parser {
             | Statement::ShowColumns { .. }
             | Statement::Explain { .. }
             | Statement::ExplainQuery { .. } => {
-                let r = self
-                    .app
-                    .tocsin
-                    .execute_parsed(vec![located.clone()])
-                    .await?;
-                match r.first() {
-                    Some(StatementResult::Rows { schema, .. }) => {
-                        (Vec::new(), Some(schema.clone()))
-                    }
+                match execute_one(&self.app, located.clone()).await? {
+                    StatementResult::Rows { schema, .. } => (Vec::new(), Some(schema)),
                     _ => (Vec::new(), None),
                 }
             }

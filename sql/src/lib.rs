@@ -866,6 +866,7 @@ impl Tocsin {
                 .collect();
             pg_tables.sort();
             pg_tables.dedup();
+            // Only a query that reads the catalog tables needs the whole catalog.
             let listed: Vec<pgcompat::RelationInfo> = if pg_tables.is_empty() {
                 Vec::new()
             } else {
@@ -881,12 +882,8 @@ impl Tocsin {
                     })
                     .collect()
             };
-            let names: std::collections::HashSet<String> = catalog
-                .entries
-                .values()
-                .filter(|e| e.is_relation())
-                .map(|e| e.name.clone())
-                .collect();
+            let names: std::collections::HashSet<String> =
+                listed.iter().map(|r| r.name.clone()).collect();
             (relations, pg_tables, listed, names)
         };
         let (tables, now) = if peek {

@@ -167,14 +167,25 @@ pub fn render(template: &str, i: &Instance, state: &str, severity: &str) -> Stri
 
 impl Inner {
     fn silenced(&self, i: &Instance, severity: &str, now: i64) -> bool {
-        let label = |name: &str| match name {
+        self.silenced_by(i, severity, now).next().is_some()
+    }
+
+    /// The names of the silences in force at `now` that match `i`.
+    fn silenced_by<'a>(
+        &'a self,
+        i: &'a Instance,
+        severity: &'a str,
+        now: i64,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        let label = move |name: &str| match name {
             "rule" => Some(i.rule.clone()),
             "severity" => Some(severity.to_string()),
             _ => i.labels.get(name).cloned(),
         };
         self.silences
             .iter()
-            .any(|(_, s)| s.active(now) && s.matches(&label))
+            .filter(move |(_, s)| s.active(now) && s.matches(&label))
+            .map(|(n, _)| n)
     }
 
     /// Queues a notification about `i` for every sink of its rule.
@@ -841,11 +852,6 @@ impl AlertManager {
                         }
                     }
                 }
-                let label = |name: &str| match name {
-                    "rule" => Some(i.rule.clone()),
-                    "severity" => Some(severity.clone()),
-                    _ => i.labels.get(name).cloned(),
-                };
                 let labels_json = serde_json::to_string(&i.labels).unwrap_or_default();
                 let firing_since = i.firing_since.unwrap_or(i.active_since);
                 FiringAlert {
@@ -858,12 +864,7 @@ impl AlertManager {
                     valid_until: now.saturating_add(
                         2 * spec.map_or(0, |s| s.options.repeat.as_millis() as i64),
                     ),
-                    silenced_by: inner
-                        .silences
-                        .iter()
-                        .filter(|(_, s)| s.active(now) && s.matches(&label))
-                        .map(|(n, _)| n.clone())
-                        .collect(),
+                    silenced_by: inner.silenced_by(i, &severity, now).cloned().collect(),
                 }
             })
             .collect();
