@@ -6,7 +6,9 @@
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
 //! | [`sink`] | notification sinks: email, webhook (JSON, Alertmanager, Slack), log |
+//! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
 
 pub mod host;
 pub mod push;
 pub mod sink;
+pub mod snmp;

@@ -4,6 +4,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`engine`] | the coordinator: the thread-safe handle, time, pushes, peeks, subscriptions |
+//! | [`functions`] | functions shared by continuous and batch evaluation (`rate()`) |
 //! | [`plan`] | the plan IR the SQL frontend lowers to, and `EXPLAIN` |
 //! | `worker` | the timely worker loop and its commands |
 //! | `render` | plans into dataflows: one file per operator family |
@@ -14,6 +15,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod functions;
 pub mod plan;
 mod render;
 pub mod row;

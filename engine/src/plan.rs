@@ -72,6 +72,12 @@ pub enum AggFunc {
     /// The argument's value on the first row of the group in this order (what DataFusion makes of
     /// `DISTINCT ON`): the row the ordering puts first, ties broken by the whole row.
     First(Vec<SortKey>),
+    /// `rate(counter, ts)`: the counter's increase per second (see
+    /// [`crate::functions::counter_rate`]); `ts` is a column of the reduce's input holding epoch
+    /// milliseconds.
+    Rate {
+        ts: usize,
+    },
 }
 
 /// One aggregate of a [`Node::Reduce`]. `arg` is a column of the reduce's input.

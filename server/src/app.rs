@@ -89,7 +89,13 @@ impl Durability for ServerDurability {
             .log
             .append(&change.statement, &change.name, &change.sql)
             .map_err(|e| e.to_string())?;
-        track(&self.generations, &change.statement, &change.name, seq);
+        track(
+            &self.generations,
+            &change.statement,
+            &change.name,
+            &change.companions,
+            seq,
+        );
         Ok(())
     }
 
@@ -130,7 +136,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     })
     .map_err(|e| e.to_string())?;
     let tocsin = Arc::new(Tocsin::new(engine.clone()));
-    tocsin.register_connector("HOST", tocsin_connectors::host::host_schema());
+    crate::sources::register(&tocsin);
     let metrics = Arc::new(Metrics::default());
 
     // tocsin's own relations and the alert manager, before the catalog that may use them.
@@ -163,6 +169,8 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             .insert(s.to_string(), 0);
     }
     for r in &records {
+        // Companions of a dropped source are known before the drop, of a created one after.
+        let mut companions = tocsin.companions(&r.name).await;
         if let Err(e) = tocsin.execute(&r.sql).await {
             // Starting without an object the operator created (a rule that would stay silent,
             // a source whose stored rows would be pruned) is worse than not starting.
@@ -175,7 +183,8 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
                 e.message
             ));
         }
-        track(&generations, &r.statement, &r.name, r.seq);
+        companions.extend(tocsin.companions(&r.name).await);
+        track(&generations, &r.statement, &r.name, &companions, r.seq);
     }
     if !records.is_empty() {
         tracing::info!(

@@ -80,16 +80,25 @@ impl CatalogLog {
 /// The live generation (`seq` of its `CREATE SOURCE`) of every source.
 pub type Generations = std::sync::Arc<std::sync::RwLock<HashMap<String, u64>>>;
 
-/// Applies one record to the generations map.
-pub fn track(generations: &Generations, statement: &str, name: &str, seq: u64) {
+/// Applies one record to the generations map: a source and the relations made or dropped with
+/// it (`companions`) share the record's generation.
+pub fn track(
+    generations: &Generations,
+    statement: &str,
+    name: &str,
+    companions: &[String],
+    seq: u64,
+) {
     let mut g = generations.write().expect("generations");
-    match statement {
-        "CREATE SOURCE" => {
-            g.insert(name.to_string(), seq);
+    for n in std::iter::once(name).chain(companions.iter().map(String::as_str)) {
+        match statement {
+            "CREATE SOURCE" => {
+                g.insert(n.to_string(), seq);
+            }
+            "DROP SOURCE" => {
+                g.remove(n);
+            }
+            _ => {}
         }
-        "DROP SOURCE" => {
-            g.remove(name);
-        }
-        _ => {}
     }
 }

@@ -11,7 +11,8 @@
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
-//! | [`tasks`] | host collectors and rule output logs that follow the catalog |
+//! | [`sources`] | the connectors tocsin runs itself: `FROM HOST`, `FROM SNMP`, `FROM SNMP TRAP` |
+//! | [`tasks`] | source tasks, rule followers and sink deliveries that follow the catalog |
 //! | [`metrics`] | Prometheus metrics about tocsin itself |
 //! | [`client`], [`agent`] | `tocsin sql` and `tocsin agent` |
 
@@ -28,5 +29,6 @@ pub mod listen;
 pub mod metrics;
 pub mod pg;
 pub mod records;
+pub mod sources;
 pub mod tasks;
 pub mod wal;

@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tocsin_connectors::snmp::trap::TrapStats;
 
 /// Upper bounds (seconds) of the ingest latency histogram's buckets.
 const BUCKETS: [f64; 12] = [
@@ -18,9 +20,28 @@ struct SourceCounts {
     batches: u64,
 }
 
+/// Name, type, help and reading of one per-source SNMP metric.
+type SnmpMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&SnmpCounters) -> u64,
+);
+
+/// Counters of one SNMP source (polling or traps).
+#[derive(Default)]
+pub struct SnmpCounters {
+    pub polls: AtomicU64,
+    pub poll_failures: AtomicU64,
+    pub traps: Arc<TrapStats>,
+    /// 1 while a trap source's socket is bound.
+    pub listening: AtomicU64,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     sources: Mutex<BTreeMap<String, SourceCounts>>,
+    snmp: Mutex<BTreeMap<String, Arc<SnmpCounters>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -61,6 +82,16 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counters of an SNMP source, made on first use.
+    pub fn snmp(&self, source: &str) -> Arc<SnmpCounters> {
+        self.snmp
+            .lock()
+            .expect("metrics")
+            .entry(source.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Rows refused before they reached the queue (payloads that could not be decoded).
@@ -172,6 +203,63 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
+        }
+        let snmp = self.snmp.lock().expect("metrics").clone();
+        let snmp_counters: [SnmpMetric; 8] = [
+            (
+                "tocsin_snmp_polls_total",
+                "counter",
+                "Polls of SNMP targets.",
+                |c| c.polls.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_poll_failures_total",
+                "counter",
+                "Polls that failed (timeout, network, agent or protocol error).",
+                |c| c.poll_failures.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_trap_listening",
+                "gauge",
+                "1 while a trap source's socket is bound.",
+                |c| c.listening.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_trap_datagrams_total",
+                "counter",
+                "Datagrams received on a trap port.",
+                |c| c.traps.received.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_trap_malformed_total",
+                "counter",
+                "Datagrams on a trap port that were not well-formed notifications.",
+                |c| c.traps.malformed.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_trap_refused_total",
+                "counter",
+                "Well-formed datagrams refused (other community, SNMPv3, not a notification).",
+                |c| c.traps.refused.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_informs_total",
+                "counter",
+                "Informs received (each copy is acknowledged).",
+                |c| c.traps.informs.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_snmp_inform_duplicates_total",
+                "counter",
+                "Retransmitted informs recognised and not stored twice.",
+                |c| c.traps.duplicates.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, f) in snmp_counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (s, c) in &snmp {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(s), f(c));
+            }
         }
         let name = "tocsin_ingest_latency_seconds";
         let _ = writeln!(

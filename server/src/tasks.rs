@@ -1,5 +1,6 @@
-//! Background work that follows the catalog: a collector per `FROM HOST` source, a follower per
-//! rule feeding the alert manager, and a delivery task per sink. After every catalog change the
+//! Background work that follows the catalog: a collector, poller or receiver per `FROM HOST`,
+//! `FROM SNMP` and `FROM SNMP TRAP` source, a follower per rule feeding the alert manager, and a
+//! delivery task per sink. After every catalog change the
 //! running set is reconciled with the catalog: new objects get a task, dropped (or re-created)
 //! ones lose theirs, and the alert manager learns the current rules, sinks and silences.
 
@@ -7,14 +8,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tocsin_connectors::host::HostCollector;
 use tocsin_engine::SubscribeEvent;
 use tocsin_sql::ObjectDef;
 use tokio::task::JoinHandle;
 
 use crate::alerts::RuleSpec;
 use crate::app::AppRef;
-use crate::ingest::IngestError;
+use crate::sources;
 
 /// Running tasks by object name, with the SQL of the object they serve; and tasks that run for
 /// as long as the server does.
@@ -53,7 +53,9 @@ pub async fn reconcile(app: &AppRef) {
     let (mut rules, mut sinks, mut silences) = (HashSet::new(), HashSet::new(), Vec::new());
     for e in catalog {
         let needs_task = match &e.def {
-            ObjectDef::Source { connector, .. } => connector == "HOST",
+            ObjectDef::Source {
+                connector, owner, ..
+            } => owner.is_none() && matches!(connector.as_str(), "HOST" | "SNMP" | "SNMP TRAP"),
             ObjectDef::Rule { .. } => rules.insert(e.name.clone()),
             ObjectDef::Sink { .. } => sinks.insert(e.name.clone()),
             ObjectDef::Silence(s) => {
@@ -82,9 +84,26 @@ pub async fn reconcile(app: &AppRef) {
             continue;
         }
         let handle = match def {
-            ObjectDef::Source { options, .. } => {
+            ObjectDef::Source {
+                connector, options, ..
+            } => {
                 let interval = options.interval.unwrap_or(Duration::from_secs(10));
-                tokio::spawn(collect_host(app.clone(), name.clone(), interval))
+                match connector.as_str() {
+                    "HOST" => {
+                        tokio::spawn(sources::collect_host(app.clone(), name.clone(), interval))
+                    }
+                    "SNMP" => tokio::spawn(sources::poll_snmp(
+                        app.clone(),
+                        name.clone(),
+                        interval,
+                        options.connector,
+                    )),
+                    _ => tokio::spawn(sources::receive_traps(
+                        app.clone(),
+                        name.clone(),
+                        options.connector,
+                    )),
+                }
             }
             ObjectDef::Rule {
                 options, labels, ..
@@ -107,39 +126,6 @@ pub async fn reconcile(app: &AppRef) {
             ObjectDef::View { .. } | ObjectDef::Silence(_) => continue,
         };
         running.insert(name, (sql, handle));
-    }
-}
-
-/// Samples this host every `interval` and pushes the rows into the source.
-async fn collect_host(app: AppRef, source: String, interval: Duration) {
-    let mut collector = HostCollector::new();
-    tracing::info!(
-        "source {source}: collecting metrics of host {} every {interval:?}",
-        collector.host()
-    );
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let now = app.tocsin.engine().clock().now() as i64;
-        let batch = collector.collect(now);
-        let rows = (1..=batch.num_rows()).collect();
-        match app.ingest.push(&source, batch, rows, true).await {
-            Ok(o) if !o.rejected.is_empty() => {
-                tracing::warn!(
-                    "source {source}: {} host row(s) refused: {:?}",
-                    o.rejected.len(),
-                    o.rejected.first()
-                )
-            }
-            Ok(_) => {}
-            Err(e @ (IngestError::Refused(_) | IngestError::Stopped)) => {
-                tracing::warn!("source {source}: host collector stopped: {e}");
-                return;
-            }
-            Err(e) => tracing::warn!("source {source}: a host sample was not stored: {e}"),
-        }
     }
 }
 

@@ -18,6 +18,9 @@ pub enum ObjectDef {
     Source {
         connector: String,
         options: SourceOptions,
+        /// Set on a relation made with another source (`<name>_status` of a `FROM SNMP`
+        /// source): it is created and dropped with its owner, and has no task of its own.
+        owner: Option<String>,
     },
     View {
         plan: Plan,
@@ -118,6 +121,15 @@ impl Catalog {
         let name = entry.name.clone();
         self.entries.insert(name.clone(), entry);
         crate::StatementResult::Ddl { statement, name }
+    }
+
+    /// The relations made with `name` and dropped with it.
+    pub fn companions(&self, name: &str) -> Vec<String> {
+        self.entries
+            .values()
+            .filter(|e| matches!(&e.def, ObjectDef::Source { owner: Some(o), .. } if o == name))
+            .map(|e| e.name.clone())
+            .collect()
     }
 
     pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {

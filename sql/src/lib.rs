@@ -14,6 +14,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod functions;
 pub mod lower;
 pub mod options;
 pub mod parser;
@@ -93,6 +94,8 @@ pub struct DdlChange {
     pub name: String,
     /// The statement to replay to make the change again.
     pub sql: String,
+    /// Relations created or dropped with this one (a `FROM SNMP` source's `<name>_status`).
+    pub companions: Vec<String>,
 }
 
 /// What the server plugs in to make changes durable: every catalog change is handed over (in the
@@ -128,6 +131,25 @@ pub trait SinkKinds: Send + Sync {
     fn status(&self, name: &str) -> SinkStatus;
 }
 
+/// A connector that decides its sources' schema from their options (`HOST`, `SNMP`,
+/// `SNMP TRAP`), registered by the server.
+pub trait SourceKind: Send + Sync {
+    /// Option names the connector takes besides `format`, `retain` and `interval`.
+    fn options(&self) -> &'static [&'static str];
+    /// Whether it samples every `interval`.
+    fn collecting(&self) -> bool;
+    /// Checks the connector's options; answers the source's schema and its companion relations
+    /// (name suffix, schema), or an error shown to the user as it is.
+    fn derive(&self, options: &Options) -> std::result::Result<DerivedSource, String>;
+}
+
+/// What a [`SourceKind`] derives from a source's options.
+pub struct DerivedSource {
+    pub schema: SchemaRef,
+    /// Relations created and dropped with the source, named `<source><suffix>`.
+    pub companions: Vec<(String, SchemaRef)>,
+}
+
 /// Names of objects tocsin makes itself start with this.
 pub const SYSTEM_PREFIX: &str = "tocsin_";
 
@@ -138,8 +160,8 @@ pub struct Tocsin {
     /// Held across a catalog change and its hand-over to `durability`, so they happen in one order.
     ddl: Mutex<()>,
     durability: std::sync::RwLock<Option<Arc<dyn Durability>>>,
-    /// Connectors that define their sources' schema (`HOST`), registered by the server.
-    connectors: std::sync::RwLock<std::collections::HashMap<String, SchemaRef>>,
+    /// Connectors that define their sources' schema (`HOST`, `SNMP`), registered by the server.
+    connectors: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn SourceKind>>>,
     /// The sink connectors, registered by the server.
     sinks: std::sync::RwLock<Option<Arc<dyn SinkKinds>>>,
 }
@@ -223,11 +245,11 @@ impl Tocsin {
     }
 
     /// Makes a connector that defines its sources' schema available to `CREATE SOURCE ... FROM`.
-    pub fn register_connector(&self, name: &str, schema: SchemaRef) {
+    pub fn register_connector(&self, name: &str, kind: Arc<dyn SourceKind>) {
         self.connectors
             .write()
             .expect("connectors")
-            .insert(name.to_ascii_uppercase(), schema);
+            .insert(name.to_ascii_uppercase(), kind);
     }
 
     /// Hands every later catalog change and `INSERT` to `durability`.
@@ -252,6 +274,11 @@ impl Tocsin {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// The relations made with `name` and dropped with it (a `FROM SNMP` source's status).
+    pub async fn companions(&self, name: &str) -> Vec<String> {
+        self.catalog.lock().await.companions(name)
     }
 
     /// One catalog entry.
@@ -298,11 +325,13 @@ impl Tocsin {
             _ => return self.execute_statement(statement).await,
         };
         let _order = self.ddl.lock().await;
+        let mut dropped_companions = Vec::new();
         if let Some((name, _)) = &drop_target {
             if !self.catalog.lock().await.entries.contains_key(name) {
                 // Nothing to drop (IF EXISTS) or an error: nothing to record.
                 return self.execute_statement(statement).await;
             }
+            dropped_companions = self.companions(name).await;
         }
         let r = self.execute_statement(statement).await?;
         let Some(durability) = self.durability() else {
@@ -317,6 +346,7 @@ impl Tocsin {
                 kind,
                 name: name.clone(),
                 sql: format!("DROP {} {name}", kind.as_str()),
+                companions: dropped_companions,
             },
             None => {
                 let catalog = self.catalog.lock().await;
@@ -324,11 +354,13 @@ impl Tocsin {
                     .entries
                     .get(name)
                     .ok_or_else(|| SqlError::internal("created object is not in the catalog"))?;
+                let companions = catalog.companions(name);
                 DdlChange {
                     statement: statement.clone(),
                     kind: e.kind(),
                     name: name.clone(),
                     sql: e.sql.clone(),
+                    companions,
                 }
             }
         };
@@ -367,38 +399,59 @@ impl Tocsin {
             } => {
                 let mut catalog = self.catalog.lock().await;
                 exists_check(&catalog, &name)?;
-                let defined = self
+                let kind = self
                     .connectors
                     .read()
                     .expect("connectors")
                     .get(&connector)
                     .cloned();
-                let schema = match (connector.as_str(), defined) {
-                    (_, Some(schema)) => {
+                let sql_options = options.clone();
+                let (schema, companions, opts) = match (connector.as_str(), kind) {
+                    (_, Some(kind)) => {
                         if !columns.is_empty() {
                             return Err(SqlError::plan(format!(
-                                "a {connector} source has a fixed schema: leave out the column list"
+                                "a {connector} source derives its columns from its options: leave out the column list"
                             )));
                         }
-                        schema
+                        let opts = SourceOptions::parse(options, &connector, Some(kind.as_ref()))?;
+                        let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
+                        (d.schema, d.companions, opts)
                     }
-                    ("WEBSOCKET" | "HTTP", None) => source_schema(&columns)?,
+                    ("WEBSOCKET" | "HTTP", None) => (
+                        source_schema(&columns)?,
+                        Vec::new(),
+                        SourceOptions::parse(options, &connector, None)?,
+                    ),
                     ("HOST" | "SNMP" | "SNMP TRAP", None) => {
                         return Err(SqlError::unsupported(format!(
-                            "the {connector} connector is not available in this build yet"
+                            "the {connector} connector is not available here (sources of it are run by tocsin serve)"
                         )))
                     }
                     (other, None) => {
                         return Err(SqlError::plan(format!(
-                            "unknown connector {other}: use WEBSOCKET, HTTP or HOST"
+                            "unknown connector {other}: use WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP"
                         )))
                     }
                 };
-                let sql_options = options.clone();
-                let opts = SourceOptions::parse(options, &connector)?;
+                let companions: Vec<(String, SchemaRef)> = companions
+                    .into_iter()
+                    .map(|(suffix, s)| (format!("{name}{suffix}"), s))
+                    .collect();
+                for (c, _) in &companions {
+                    exists_check(&catalog, c)?;
+                }
                 self.engine
                     .create_source(&name, schema.clone(), opts.retain)
                     .await?;
+                for (i, (c, s)) in companions.iter().enumerate() {
+                    if let Err(e) = self.engine.create_source(c, s.clone(), opts.retain).await {
+                        for (made, _) in &companions[..i] {
+                            let _ = self.engine.drop_object(made);
+                        }
+                        let _ = self.engine.drop_object(&name);
+                        return Err(e.into());
+                    }
+                }
                 let cols: Vec<String> = columns.iter().map(ToString::to_string).collect();
                 let cols = if cols.is_empty() {
                     String::new()
@@ -409,6 +462,19 @@ impl Tocsin {
                     "CREATE SOURCE {name}{cols} FROM {connector}{}",
                     options_sql(&sql_options)
                 );
+                for (c, s) in companions {
+                    catalog.register(CatalogEntry {
+                        name: c,
+                        schema: s,
+                        sql: sql.clone(),
+                        def: ObjectDef::Source {
+                            connector: connector.clone(),
+                            options: opts.clone(),
+                            owner: Some(name.clone()),
+                        },
+                        system: false,
+                    });
+                }
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema,
@@ -416,6 +482,7 @@ impl Tocsin {
                     def: ObjectDef::Source {
                         connector,
                         options: opts,
+                        owner: None,
                     },
                     system: false,
                 }))
@@ -569,13 +636,54 @@ impl Tocsin {
                         )));
                     }
                 }
-                if matches!(
-                    kind,
-                    ObjectKind::Source | ObjectKind::View | ObjectKind::Rule
-                ) {
-                    self.engine.drop_object(&name)?;
+                if let Some(ObjectDef::Source {
+                    owner: Some(owner), ..
+                }) = catalog.entries.get(&name).map(|e| &e.def)
+                {
+                    return Err(SqlError::plan(format!(
+                        "\"{name}\" belongs to source {owner}: DROP SOURCE {owner} drops both"
+                    )));
                 }
-                catalog.entries.remove(&name);
+                // A source's companions go with it.
+                let mut dropped: Vec<String> = catalog
+                    .entries
+                    .values()
+                    .filter(|e| {
+                        matches!(&e.def, ObjectDef::Source { owner: Some(o), .. } if *o == name)
+                    })
+                    .map(|e| e.name.clone())
+                    .collect();
+                dropped.push(name.clone());
+                let users: Vec<&str> = catalog
+                    .entries
+                    .values()
+                    .filter(|e| !dropped.contains(&e.name))
+                    .filter(|e| {
+                        e.plan()
+                            .is_some_and(|p| p.dependencies().iter().any(|d| dropped.contains(d)))
+                    })
+                    .map(|e| e.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(SqlError::plan(format!(
+                        "cannot drop \"{name}\": {} depend(s) on {}",
+                        users.join(", "),
+                        if dropped.len() > 1 {
+                            format!("it or on {}", dropped[..dropped.len() - 1].join(", "))
+                        } else {
+                            "it".to_string()
+                        }
+                    )));
+                }
+                for d in &dropped {
+                    if matches!(
+                        kind,
+                        ObjectKind::Source | ObjectKind::View | ObjectKind::Rule
+                    ) {
+                        self.engine.drop_object(d)?;
+                    }
+                    catalog.entries.remove(d);
+                }
                 Ok(StatementResult::Ddl {
                     statement: format!("DROP {}", kind.as_str()),
                     name,

@@ -374,9 +374,22 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                     ));
                 }
                 let name = func.name().to_lowercase();
+                let mut order = Vec::new();
+                let mut rate_ts = None;
                 let arg = match params.args.as_slice() {
                     [] => Expr::Literal(ScalarValue::Int64(Some(1)), None),
                     [a] => a.clone(),
+                    [counter, ts] if name == crate::functions::Rate::NAME => {
+                        no_now(ts, "rate()")?;
+                        // The time as epoch milliseconds (type coercion made it a
+                        // millisecond timestamp).
+                        pre.push(Expr::Cast(datafusion::logical_expr::Cast::new(
+                            Box::new(ts.clone()),
+                            DataType::Int64,
+                        )));
+                        rate_ts = Some(pre.len() - 1);
+                        counter.clone()
+                    }
                     _ => {
                         return Err(SqlError::unsupported(format!(
                             "aggregate {name} with several arguments"
@@ -384,8 +397,12 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                     }
                 };
                 no_now(&arg, "an aggregate's argument")?;
-                let mut order = Vec::new();
                 let func = match name.as_str() {
+                    "rate" => AggFunc::Rate {
+                        ts: rate_ts.ok_or_else(|| {
+                            SqlError::unsupported("rate takes two arguments: rate(counter, ts)")
+                        })?,
+                    },
                     "count" => AggFunc::Count,
                     "sum" => AggFunc::Sum,
                     "avg" | "mean" => AggFunc::Avg,

@@ -61,24 +61,32 @@ fn reject_rest(options: &Options, what: &str, known: &[&str]) -> Result<()> {
 }
 
 /// Options of a source. Every source takes pushed rows; `format` and `interval` depend on the
-/// connector.
+/// connector, and a connector with a [`crate::SourceKind`] takes options of its own.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceOptions {
     /// Default payload format when a request does not say: `json` (default), `ndjson`, `influx`, `arrow`.
     pub format: String,
     /// How long a row stays in the source after its `ts` (default 5 minutes).
     pub retain: Duration,
-    /// How often a collecting connector (`HOST`) samples (default 10s); `None` for pushed sources.
+    /// How often a collecting connector (`HOST`, `SNMP`) samples (default 10s); `None` for
+    /// pushed sources.
     pub interval: Option<Duration>,
+    /// The connector's own options (`targets`, `table`, `listen`, ...), checked by the connector.
+    pub connector: Options,
 }
 
 pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl SourceOptions {
-    /// Parses the options of a source with the given connector (`WEBSOCKET`, `HTTP`, `HOST`).
-    pub fn parse(mut options: Options, connector: &str) -> Result<Self> {
-        let collecting = connector == "HOST";
+    /// Parses the options of a source with the given connector (`WEBSOCKET`, `HTTP`, or one
+    /// with a [`crate::SourceKind`]).
+    pub fn parse(
+        mut options: Options,
+        connector: &str,
+        kind: Option<&dyn crate::SourceKind>,
+    ) -> Result<Self> {
+        let collecting = kind.is_some_and(|k| k.collecting());
         let format = take(&mut options, "format")
             .unwrap_or_else(|| "json".into())
             .to_lowercase();
@@ -106,16 +114,24 @@ impl SourceOptions {
         } else {
             None
         };
-        let known: &[&str] = if collecting {
-            &["format", "retain", "interval"]
-        } else {
-            &["format", "retain"]
-        };
-        reject_rest(&options, &format!("a {connector} source"), known)?;
+        let own: &[&str] = kind.map_or(&[], |k| k.options());
+        let mut connector_options = Vec::new();
+        for key in own {
+            if let Some(v) = take(&mut options, key) {
+                connector_options.push((key.to_string(), v));
+            }
+        }
+        let mut known: Vec<&str> = vec!["format", "retain"];
+        if collecting {
+            known.push("interval");
+        }
+        known.extend(own);
+        reject_rest(&options, &format!("a {connector} source"), &known)?;
         Ok(SourceOptions {
             format,
             retain,
             interval,
+            connector: connector_options,
         })
     }
 }

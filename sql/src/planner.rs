@@ -123,6 +123,7 @@ pub fn continuous_context<'a>(
 ) -> Result<SessionContext> {
     let ctx = SessionContext::new_with_config(config());
     ctx.register_udf(ScalarUDF::from(ContinuousNow::new()));
+    crate::functions::register(&ctx);
     for (name, schema) in relations {
         ctx.register_table(name, Arc::new(EmptyTable::new(schema)))?;
     }
@@ -145,6 +146,7 @@ pub fn batch_context(
         aliases: vec!["current_timestamp".into()],
         ms: now_ms,
     }));
+    crate::functions::register(&ctx);
     for (name, schema, batches) in tables {
         ctx.register_table(
             name.as_str(),

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Coll, Context};
 use crate::error::{EngineError, Result};
+use crate::functions::{counter_rate, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
 use crate::row::{repr_of, Datum, Repr, Row, F64};
 
@@ -154,7 +155,12 @@ pub(crate) fn render_reduce<'s>(
     aggs: &[Aggregate],
 ) -> Result<Coll<'s>> {
     for a in aggs {
-        if a.arg < keys || a.arg >= in_schema.fields().len() {
+        let width = in_schema.fields().len();
+        let ts_ok = match a.func {
+            AggFunc::Rate { ts } => ts >= keys && ts < width,
+            _ => true,
+        };
+        if a.arg < keys || a.arg >= width || !ts_ok {
             return Err(EngineError::Internal(format!(
                 "aggregate argument {} out of range",
                 a.arg
@@ -262,6 +268,16 @@ fn group_aggregate(
             .min_by(|(x, _), (y, _)| compare_by(order, keys, x, y).then_with(|| x.cmp(y)))
             .map(|(v, _)| v[col].clone())
             .unwrap_or(Datum::Null),
+        AggFunc::Rate { ts } => {
+            let mut samples: Vec<(i64, Counter)> = present
+                .filter_map(|(v, _)| match (&v[ts - keys], &v[col]) {
+                    (Datum::Int(t), Datum::Int(c)) => Some((*t, Counter::Int(*c))),
+                    (Datum::Int(t), Datum::Float(c)) => Some((*t, Counter::Float(c.get()))),
+                    _ => None,
+                })
+                .collect();
+            counter_rate(&mut samples).map_or(Datum::Null, |r| Datum::Float(F64::new(r)))
+        }
         func => {
             let mut s = vec![0i128; slots(func)];
             if a.distinct {

@@ -2,13 +2,14 @@
 //! Alertmanager, and webhook receivers that fail on purpose.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::common::{eventually, free_port, request, wait_for_port, Peer, Receiver, Server};
+use crate::common::{
+    eventually, free_port, mails, request, wait_for_port, Peer, Receiver, Server, Smtp,
+};
 
 /// A source, the latest cpu per host, and `hot`: hosts whose latest cpu is above 90. Its label
 /// is `host` (the text column); `cpu` is its value.
@@ -53,50 +54,13 @@ fn ms(v: &Value) -> i64 {
         .timestamp_millis()
 }
 
-/// The messages an aiosmtpd `Mailbox` handler stored: (subject, whole text).
-fn mails(maildir: &Path) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = std::fs::read_dir(maildir.join("new"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| std::fs::read_to_string(e.path()).unwrap())
-                .map(|text| {
-                    let subject = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Subject: "))
-                        .unwrap_or_default()
-                        .to_string();
-                    (subject, text)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
 /// `for = '2s'`: pending, firing after 2 s (not before), one email; a value change sends
 /// nothing; the row going away sends one resolved email.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_per_transition_through_a_real_smtp_server() {
     let dir = tempfile::tempdir().unwrap();
-    let maildir = dir.path().join("maildir");
-    let smtp_port = free_port();
-    let _smtp = Peer(
-        Command::new("python3")
-            .args([
-                "-m",
-                "aiosmtpd",
-                "-n",
-                "-l",
-                &format!("127.0.0.1:{smtp_port}"),
-            ])
-            .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 -m aiosmtpd (pip install aiosmtpd)"),
-    );
-    wait_for_port(smtp_port, "aiosmtpd").await;
+    let smtp = Smtp::start(dir.path()).await;
+    let (smtp_port, maildir) = (smtp.port, smtp.maildir.clone());
     let s = Server::start(&dir.path().join("data"), &[]).await;
     s.rows(&format!(
         "{SCHEMA};

@@ -336,3 +336,53 @@ pub async fn wait_for_port(port: u16, what: &str) {
     })
     .await
 }
+
+/// A real SMTP server (Python's aiosmtpd) on a free port, storing every message in a maildir.
+pub struct Smtp {
+    pub port: u16,
+    pub maildir: PathBuf,
+    _peer: Peer,
+}
+
+impl Smtp {
+    pub async fn start(dir: &Path) -> Smtp {
+        let maildir = dir.join("maildir");
+        let port = free_port();
+        let peer = Peer(
+            Command::new("python3")
+                .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                .args(["-c", "aiosmtpd.handlers.Mailbox", maildir.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("python3 -m aiosmtpd (pip install aiosmtpd)"),
+        );
+        wait_for_port(port, "aiosmtpd").await;
+        Smtp {
+            port,
+            maildir,
+            _peer: peer,
+        }
+    }
+}
+
+/// The messages an aiosmtpd `Mailbox` handler stored: (subject, whole text).
+pub fn mails(maildir: &Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(maildir.join("new"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                .map(|text| {
+                    let subject = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Subject: "))
+                        .unwrap_or_default()
+                        .to_string();
+                    (subject, text)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

@@ -10,4 +10,5 @@ mod crash;
 mod garbage;
 mod http;
 mod pg;
+mod snmp;
 mod websocket;
