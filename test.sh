@@ -3,7 +3,8 @@
 # of docs/sql.md), the subscription tests, the incremental-vs-batch oracle and the end-to-end tests
 # against the tocsin binary. First installs the test peers the end-to-end tests talk to when they
 # are missing: Python's aiosmtpd (a real SMTP server) and psycopg (a PostgreSQL client) with pip,
-# Prometheus Alertmanager and psql with apt-get. Ends with one line that adds up every test
+# Prometheus Alertmanager, psql and net-snmp (snmpd, snmpbulkwalk, snmptrap, snmpinform) with
+# apt-get. Ends with one line that adds up every test
 # binary's results.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -17,9 +18,15 @@ fi
 packages=()
 command -v prometheus-alertmanager >/dev/null || packages+=(prometheus-alertmanager)
 command -v psql >/dev/null || packages+=(postgresql-client)
+command -v snmpd >/dev/null || packages+=(snmpd)
+command -v snmpbulkwalk >/dev/null || packages+=(snmp)
 if [ ${#packages[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+  # The tests run private snmpd instances on their own ports; the packaged service is not needed.
+  if [[ " ${packages[*]} " == *" snmpd "* ]]; then
+    as_root service snmpd stop >/dev/null 2>&1 || true
+  fi
 fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

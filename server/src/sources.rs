@@ -169,14 +169,23 @@ async fn poll_target(
     tokio::time::sleep(offset).await;
     let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last poll's error, so the log says when a target starts and stops failing.
+    let mut failing: Option<String> = None;
     loop {
         every.tick().await;
         let now = now_ms(&app);
         let out = poller.poll(now).await;
         counters.polls.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = &out.status.error {
+        let device = &poller.target().device;
+        if out.status.error.is_some() {
             counters.poll_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!("source {source}: {}: {e}", poller.target().device);
+        }
+        if out.status.error != failing {
+            match &out.status.error {
+                Some(e) => tracing::warn!("source {source}: polling {device} fails: {e}"),
+                None => tracing::info!("source {source}: polling {device} works again"),
+            }
+            failing.clone_from(&out.status.error);
         }
         if let Some(batch) = out.batch.filter(|b| b.num_rows() > 0) {
             if push(&app, &source, batch).await == Err(true) {
@@ -201,19 +210,27 @@ pub async fn receive_traps(app: AppRef, source: String, options: Options) {
         }
     };
     let counters = app.metrics.snmp(&source);
-    let mut receiver = match TrapReceiver::bind(&config, counters.traps.clone()).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(
-                "source {source}: cannot listen for traps on {}: {e}{}",
-                config.listen,
-                if config.listen.port() < 1024 {
-                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-                } else {
-                    ""
+    // A port in use or not allowed is retried every 5 s, so the source starts receiving once the
+    // port is free; the log says so once.
+    let mut logged = false;
+    let mut receiver = loop {
+        match TrapReceiver::bind(&config, counters.traps.clone()).await {
+            Ok(r) => break r,
+            Err(e) => {
+                if !logged {
+                    tracing::error!(
+                        "source {source}: cannot listen for traps on {}: {e}{}; retrying every 5s",
+                        config.listen,
+                        if config.listen.port() < 1024 {
+                            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+                        } else {
+                            ""
+                        }
+                    );
+                    logged = true;
                 }
-            );
-            return;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         }
     };
     let _listening = Listening::new(counters.clone());

@@ -46,6 +46,8 @@ fn queries(rng: &mut StdRng) -> Vec<String> {
         "SELECT DISTINCT ON (host) host, v, ts FROM m ORDER BY host, ts DESC".into(),
         format!("SELECT upper(host) AS h, round(v * 2) / 2 AS r, n + 1 AS n1 FROM m WHERE v BETWEEN {c} AND {} AND host <> 'h3'", c + 15),
         format!("SELECT host, min(ts) AS first, max(ts) AS last FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host"),
+        "SELECT host, rate(n, ts) AS rn, rate(v, ts) AS rv, count(*) AS c FROM m GROUP BY host".into(),
+        format!("SELECT dc, rate(n * 1000, ts) AS r FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY dc"),
     ]
 }
 

@@ -374,6 +374,16 @@ impl Mib {
         Ok(oid)
     }
 
+    /// Whether an object is a column of a known table (its parent is the table's entry).
+    pub fn is_column(&self, o: &Object) -> bool {
+        let n = o.oid.len();
+        n > 2
+            && o.oid[n - 2] == 1
+            && self
+                .by_oid(&o.oid[..n - 2])
+                .is_some_and(|t| t.syntax == Syntax::Table)
+    }
+
     /// The columns of a known table: objects directly under its entry (`table.1`).
     pub fn columns(&self, table: &Object) -> Vec<&Object> {
         let mut entry = table.oid.clone();

@@ -260,7 +260,27 @@ fn get_columns(text: &str) -> Result<Vec<Column>, String> {
             None => (None, item),
         };
         let (spec, ty) = split_type(spec);
-        let oid = m.resolve(spec)?;
+        let mut oid = m.resolve(spec)?;
+        if let Some(o) = m.by_oid(&oid) {
+            match o.syntax {
+                Syntax::Table | Syntax::Notification => {
+                    return Err(format!(
+                        "{} is not a value to GET{}",
+                        o.qualified(),
+                        if o.syntax == Syntax::Table { ": poll it with table = '...'" } else { "" }
+                    ))
+                }
+                _ if m.is_column(o) => {
+                    return Err(format!(
+                        "{} is a table column: name an instance (e.g. {}.1) or poll the table with table = '...'",
+                        o.qualified(),
+                        o.qualified()
+                    ))
+                }
+                // A scalar named without its instance: `.0` is meant.
+                _ => oid.push(0),
+            }
+        }
         let known = m.lookup_instance(&oid);
         let name = match (name, known) {
             (Some(n), _) => n,
@@ -791,8 +811,8 @@ impl Value {
         })
     }
 
-    /// As JSON (trap varbinds).
-    pub fn to_json(&self) -> serde_json::Value {
+    /// As JSON (trap varbinds); `syntax` (from the MIB) decides how octet strings are shown.
+    pub fn to_json(&self, syntax: Option<Syntax>) -> serde_json::Value {
         use serde_json::Value as J;
         match self {
             Value::Int(i) => J::from(*i),
@@ -804,7 +824,7 @@ impl Value {
             | Value::NoSuchInstance
             | Value::EndOfMibView
             | Value::Other => J::Null,
-            v => v.as_text(None).map_or(J::Null, J::from),
+            v => v.as_text(syntax).map_or(J::Null, J::from),
         }
     }
 }

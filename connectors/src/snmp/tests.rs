@@ -124,7 +124,7 @@ fn column_subsets_numeric_tables_and_gets() {
         ("targets", "a:1"),
         (
             "oids",
-            "SNMPv2-MIB::sysUpTime.0, sysName.0, IF-MIB::ifDescr.2, load=1.3.6.1.4.1.2021.10.1.5.1:bigint",
+            "SNMPv2-MIB::sysUpTime.0, sysName, IF-MIB::ifDescr.2, load=1.3.6.1.4.1.2021.10.1.5.1:bigint",
         ),
     ]))
     .unwrap();
@@ -142,6 +142,14 @@ fn column_subsets_numeric_tables_and_gets() {
     assert_eq!(
         g.schema.field_with_name("sys_up_time").unwrap().data_type(),
         &DataType::Int64
+    );
+    let Polled::Get { columns } = &g.polled else {
+        panic!()
+    };
+    assert_eq!(
+        mib::dotted(&columns[1].oid),
+        "1.3.6.1.2.1.1.5.0",
+        "a scalar without .0"
     );
 }
 
@@ -166,6 +174,9 @@ fn bad_options_say_what_is_wrong() {
     ])
     .contains("not a column of ifTable"));
     assert!(err(&[("targets", "a:1"), ("oids", "1.3.6.1.4.1.1.1.0")]).contains("column name"));
+    assert!(err(&[("targets", "a:1"), ("oids", "IF-MIB::ifDescr")]).contains("table column"));
+    assert!(err(&[("targets", "a:1"), ("oids", "ifTable")]).contains("table = "));
+    assert!(err(&[("targets", "a:1"), ("oids", "linkDown")]).contains("not a value"));
     assert!(
         err(&[("targets", "a:1"), ("oids", "sysName.0"), ("version", "4")])
             .contains("unknown version")
@@ -323,6 +334,7 @@ fn v2c_trap_and_v1_traps_decode_as_net_snmp_sends_them() {
     let vb: serde_json::Value = serde_json::from_str(&t.varbinds).unwrap();
     assert_eq!(vb["IF-MIB::ifIndex"], 4);
     assert_eq!(vb["SNMPv2-MIB::snmpTrapEnterprise"], "1.3.6.1.6.3.1.1.5");
+    assert_eq!(vb["SNMP-COMMUNITY-MIB::snmpTrapAddress"], "127.0.0.1");
 
     let v1e = unhex("304002010004067075626c6963a43306092b06010401bf0802034004c00002020201060201114302303930163014060b2b06010401bf0802030201040568656c6c6f");
     let Ok(Decoded::Trap(t)) = decode(&v1e, peer, None) else {

@@ -74,6 +74,7 @@ const SYS_UPTIME_0: [u32; 9] = [1, 3, 6, 1, 2, 1, 1, 3, 0];
 const SNMP_TRAP_OID_0: [u32; 11] = [1, 3, 6, 1, 6, 3, 1, 1, 4, 1, 0];
 const SNMP_TRAPS: [u32; 9] = [1, 3, 6, 1, 6, 3, 1, 1, 5];
 const SNMP_TRAP_ENTERPRISE_0: [u32; 11] = [1, 3, 6, 1, 6, 3, 1, 1, 4, 3, 0];
+const SNMP_TRAP_ADDRESS_0: [u32; 10] = [1, 3, 6, 1, 6, 3, 18, 1, 3, 0];
 
 /// JSON object of varbinds: keys are `MODULE::name` for known objects (with the instance, e.g.
 /// `IF-MIB::ifIndex`, then `IF-MIB::ifIndex.4` if the name repeats), else the dotted OID.
@@ -92,7 +93,8 @@ fn varbinds_json(varbinds: &[(Vec<u32>, Value)]) -> String {
             }
             None => dotted(o),
         };
-        map.insert(key, v.to_json());
+        let syntax = m.lookup_instance(o).map(|(obj, _)| obj.syntax);
+        map.insert(key, v.to_json(syntax));
     }
     serde_json::Value::Object(map).to_string()
 }
@@ -153,6 +155,14 @@ fn decode_inner(
                     info.generic_trap, info.specific_trap
                 )));
             };
+            // RFC 3584 §3.1 appends the v1 header's agent-addr and enterprise.
+            if let std::net::IpAddr::V4(a) = info.agent_addr {
+                if !a.is_unspecified()
+                    && !varbinds.iter().any(|(o, _)| o[..] == SNMP_TRAP_ADDRESS_0)
+                {
+                    varbinds.push((SNMP_TRAP_ADDRESS_0.to_vec(), Value::Ip(a.octets())));
+                }
+            }
             if !varbinds
                 .iter()
                 .any(|(o, _)| o[..] == SNMP_TRAP_ENTERPRISE_0)

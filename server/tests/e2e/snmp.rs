@@ -255,7 +255,7 @@ async fn agent_down_and_up_and_scalar_gets() {
     let s = Server::start(&dir.path().join("data"), &[]).await;
     let addr = agent.address();
     s.rows(&format!(
-        "CREATE SOURCE sys FROM SNMP WITH (targets = 'a={addr}', oids = 'SNMPv2-MIB::sysName.0, sysUpTime.0, sysLocation.0, missing=1.3.6.1.2.1.1.99.0:bigint', interval = '1s', timeout = '300ms', retries = '1');
+        "CREATE SOURCE sys FROM SNMP WITH (targets = 'a={addr}', oids = 'SNMPv2-MIB::sysName.0, sysUpTime, sysLocation.0, missing=1.3.6.1.2.1.1.99.0:bigint', interval = '1s', timeout = '300ms', retries = '1');
          CREATE SOURCE sys1 FROM SNMP WITH (targets = 'a={addr}', version = '1', oids = 'sysName.0, missing=1.3.6.1.2.1.1.99.0', interval = '1s');
          CREATE SOURCE sys3 FROM SNMP WITH (targets = 'a={addr}', version = '3', user = 'v3user', auth = 'sha', auth_password = 'authpass123', priv = 'aes', priv_password = 'privpass123', oids = 'sysName.0', interval = '1s');
          CREATE SOURCE bad3 FROM SNMP WITH (targets = 'a={addr}', version = '3', user = 'v3user', auth = 'sha', auth_password = 'wrongpass123', oids = 'sysName.0', interval = '1s', timeout = '300ms', retries = '0')"
@@ -358,7 +358,12 @@ async fn agent_down_and_up_and_scalar_gets() {
     assert_eq!(code, 400, "the companion is dropped with its source");
 }
 
-fn send_trap(args: &[&str]) -> std::process::Output {
+/// Runs a net-snmp command line given as one string; `''` is an empty argument.
+fn send_trap(line: &str) -> std::process::Output {
+    let args: Vec<&str> = line
+        .split_whitespace()
+        .map(|a| if a == "''" { "" } else { a })
+        .collect();
     snmp_tool(args[0])
         .args(&args[1..])
         .output()
@@ -391,79 +396,25 @@ async fn traps_informs_and_garbage() {
         (metric(&s, "tocsin_snmp_trap_listening", "traps").await == 1).then_some(())
     })
     .await;
-    let linkdown = [
-        "snmptrap",
-        "-v",
-        "2c",
-        "-c",
-        "public",
-        &to,
-        "",
-        ".1.3.6.1.6.3.1.1.5.3",
-        ".1.3.6.1.2.1.2.2.1.1.4",
-        "i",
-        "4",
-        ".1.3.6.1.2.1.2.2.1.7.4",
-        "i",
-        "1",
-        ".1.3.6.1.2.1.2.2.1.8.4",
-        "i",
-        "2",
-        ".1.3.6.1.2.1.2.2.1.2.4",
-        "s",
-        "eth3",
-    ];
+    let linkdown = format!(
+        "snmptrap -v 2c -c public {to} '' .1.3.6.1.6.3.1.1.5.3 .1.3.6.1.2.1.2.2.1.1.4 i 4 \
+         .1.3.6.1.2.1.2.2.1.7.4 i 1 .1.3.6.1.2.1.2.2.1.8.4 i 2 .1.3.6.1.2.1.2.2.1.2.4 s eth3"
+    );
     assert!(send_trap(&linkdown).status.success());
-    let v1 = [
-        "snmptrap",
-        "-v",
-        "1",
-        "-c",
-        "public",
-        &to,
-        ".1.3.6.1.6.3.1.1.5",
-        "127.0.0.1",
-        "2",
-        "0",
-        "4242",
-        ".1.3.6.1.2.1.2.2.1.1.7",
-        "i",
-        "7",
-    ];
+    let v1 = format!(
+        "snmptrap -v 1 -c public {to} .1.3.6.1.6.3.1.1.5 127.0.0.1 2 0 4242 .1.3.6.1.2.1.2.2.1.1.7 i 7"
+    );
     assert!(send_trap(&v1).status.success());
-    let inform = [
-        "snmpinform",
-        "-v",
-        "2c",
-        "-c",
-        "public",
-        "-t",
-        "1",
-        "-r",
-        "0",
-        &to,
-        "",
-        ".1.3.6.1.6.3.1.1.5.4",
-        ".1.3.6.1.2.1.2.2.1.1.4",
-        "i",
-        "4",
-    ];
+    let inform = format!(
+        "snmpinform -v 2c -c public -t 1 -r 0 {to} '' .1.3.6.1.6.3.1.1.5.4 .1.3.6.1.2.1.2.2.1.1.4 i 4"
+    );
     let acked = send_trap(&inform);
     assert!(
         acked.status.success(),
         "snmpinform got no acknowledgement: {}",
         String::from_utf8_lossy(&acked.stderr)
     );
-    let wrong = [
-        "snmptrap",
-        "-v",
-        "2c",
-        "-c",
-        "secret",
-        &to,
-        "",
-        ".1.3.6.1.6.3.1.1.5.1",
-    ];
+    let wrong = format!("snmptrap -v 2c -c secret {to} '' .1.3.6.1.6.3.1.1.5.1");
     assert!(send_trap(&wrong).status.success());
 
     let q = "SELECT agent, version, trap, trap_oid, uptime, json_get_int(varbinds, 'IF-MIB::ifIndex') AS if_index,
@@ -577,7 +528,7 @@ async fn link_down_trap_to_email() {
            SELECT agent, json_get_int(varbinds, 'IF-MIB::ifIndex') AS if_index
            FROM traps
            WHERE trap = 'IF-MIB::linkDown' AND ts > now() - INTERVAL '10 minutes'
-           WITH (severity = 'critical', sink = 'oncall', summary = 'link down on {{{{agent}}}} ifIndex {{{{if_index}}}}')",
+           WITH (severity = 'critical', sink = 'oncall', labels = 'agent, if_index', summary = 'link down on {{{{agent}}}} ifIndex {{{{if_index}}}}')",
         agent.address(),
         smtp.port
     );
@@ -594,22 +545,10 @@ async fn link_down_trap_to_email() {
     let to = format!("127.0.0.1:{trap_port}");
     let index = if_index.to_string();
     let started = Instant::now();
-    let out = send_trap(&[
-        "snmptrap",
-        "-v",
-        "2c",
-        "-c",
-        "public",
-        &to,
-        "",
-        ".1.3.6.1.6.3.1.1.5.3",
-        &format!(".1.3.6.1.2.1.2.2.1.1.{index}"),
-        "i",
-        &index,
-        &format!(".1.3.6.1.2.1.2.2.1.8.{index}"),
-        "i",
-        "2",
-    ]);
+    let out = send_trap(&format!(
+        "snmptrap -v 2c -c public {to} '' .1.3.6.1.6.3.1.1.5.3 .1.3.6.1.2.1.2.2.1.1.{index} i {index} \
+         .1.3.6.1.2.1.2.2.1.8.{index} i 2"
+    ));
     assert!(out.status.success());
     let mail = loop {
         if let Some(m) = mails(&smtp.maildir).pop() {
