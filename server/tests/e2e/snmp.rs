@@ -572,3 +572,75 @@ async fn link_down_trap_to_email() {
     );
     assert!(mail.1.contains("noc@example.com"));
 }
+
+/// `kill -9` and a restart: an SNMP source's rows and its status relation's rows are replayed
+/// from the write-ahead log, polling resumes, and a dropped SNMP source (with its status
+/// relation) stays dropped, also when re-created under the same name with other options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snmp_sources_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Nothing answers on this port: every poll writes a status row, and no data rows.
+    let nobody = format!("127.0.0.1:{}", free_udp_port());
+    let s = Server::start(&data, &[]).await;
+    s.rows(&format!(
+        "CREATE SOURCE gone FROM SNMP WITH (targets = 'x={nobody}', oids = 'sysName.0', interval = '300ms', timeout = '100ms', retries = '0', retain = '1h');
+         CREATE SOURCE dev FROM SNMP WITH (targets = 'x={nobody}', oids = 'sysName.0', interval = '300ms', timeout = '100ms', retries = '0', retain = '1h')"
+    ))
+    .await;
+    eventually(20, "a status row of gone", || async {
+        s.rows("SELECT count(*) FROM gone_status")
+            .await
+            .pop()
+            .filter(|r| r[0].as_i64() > Some(0))
+    })
+    .await;
+    s.rows("DROP SOURCE gone").await;
+    s.rows(&format!(
+        "CREATE SOURCE gone FROM SNMP WITH (targets = 'y={nobody}', table = 'ifTable', interval = '1h')"
+    ))
+    .await;
+    let before = eventually(20, "status rows", || async {
+        s.rows("SELECT count(*) FROM dev_status WHERE NOT up")
+            .await
+            .pop()
+            .and_then(|r| r[0].as_i64())
+            .filter(|n| *n >= 3)
+    })
+    .await;
+    let killed = chrono::Utc::now().timestamp_millis();
+    let data = s.kill();
+    let s = Server::start(&data, &[]).await;
+    // Only replayed rows can be older than the kill.
+    let after = s
+        .rows(&format!(
+            "SELECT count(*) FROM dev_status WHERE ts <= to_timestamp_millis({killed})"
+        ))
+        .await[0][0]
+        .as_i64()
+        .unwrap();
+    assert!(
+        after >= before,
+        "{after} status rows replayed, {before} stored before"
+    );
+    let restarted = chrono::Utc::now().timestamp_millis();
+    eventually(20, "polling again", || async {
+        s.rows(&format!(
+            "SELECT count(*) FROM dev_status WHERE ts > to_timestamp_millis({restarted})"
+        ))
+        .await
+        .pop()
+        .filter(|r| r[0].as_i64() > Some(0))
+    })
+    .await;
+    // The re-created `gone` is the ifTable one, and its status has none of the old rows.
+    let cols = column_names(&s.rows("SHOW COLUMNS FROM gone").await);
+    assert_eq!(cols[2], "if_index");
+    let old = s
+        .rows("SELECT count(*) FROM gone_status WHERE device = 'x'")
+        .await;
+    assert_eq!(
+        old[0][0], 0,
+        "rows of the dropped source came back: {old:?}"
+    );
+}
