@@ -53,6 +53,9 @@ struct Job {
     batch: RecordBatch,
     /// Payload row number of each row of `batch`.
     rows: Vec<usize>,
+    /// The source's generation the producer started with (its catalog-log sequence number):
+    /// rows of a task that outlived its source are refused by a re-created one.
+    generation: Option<u64>,
     queued: Instant,
     reply: oneshot::Sender<Result<Outcome, IngestError>>,
 }
@@ -67,6 +70,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct Ingest {
     tx: mpsc::Sender<Msg>,
+    generations: Generations,
     wait: Duration,
     capacity: usize,
 }
@@ -82,6 +86,7 @@ impl Ingest {
         wait: Duration,
     ) -> Ingest {
         let capacity = queue.max(1);
+        let lookup = generations.clone();
         let (tx, rx) = mpsc::channel(capacity);
         let ticker = tx.clone();
         tokio::spawn(async move {
@@ -106,7 +111,12 @@ impl Ingest {
                 .run(rx)
             })
             .expect("spawn the WAL writer");
-        Ingest { tx, wait, capacity }
+        Ingest {
+            tx,
+            generations: lookup,
+            wait,
+            capacity,
+        }
     }
 
     /// Batches waiting in the queue.
@@ -128,11 +138,35 @@ impl Ingest {
         rows: Vec<usize>,
         patient: bool,
     ) -> Result<Outcome, IngestError> {
+        self.push_to(source, None, batch, rows, patient).await
+    }
+
+    /// The current generation of a source (`None` if it does not exist).
+    pub fn generation(&self, source: &str) -> Option<u64> {
+        self.generations
+            .read()
+            .expect("generations")
+            .get(source)
+            .copied()
+    }
+
+    /// [`Ingest::push`] for a producer tied to one generation of the source (see
+    /// [`Ingest::generation`]): refused once the source has been dropped, also if it was
+    /// re-created under the same name.
+    pub async fn push_to(
+        &self,
+        source: &str,
+        generation: Option<u64>,
+        batch: RecordBatch,
+        rows: Vec<usize>,
+        patient: bool,
+    ) -> Result<Outcome, IngestError> {
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Batch(Job {
             source: source.to_string(),
             batch,
             rows,
+            generation,
             queued: Instant::now(),
             reply,
         });
@@ -239,6 +273,13 @@ impl Writer {
             ))));
             return None;
         };
+        if job.generation.is_some_and(|g| g != generation) {
+            let _ = job.reply.send(Err(IngestError::Refused(format!(
+                "source \"{}\" was dropped and created again",
+                job.source
+            ))));
+            return None;
+        }
         let (admitted, rejected) = match self.engine.admit(&job.source, job.batch.clone()) {
             Ok(a) => a,
             Err(e) => {

@@ -77,10 +77,31 @@ pub fn register(tocsin: &Tocsin) {
     tocsin.register_connector("SNMP TRAP", Arc::new(SnmpTrap));
 }
 
-/// Pushes rows a connector made; `false` when the source is gone and the task should end.
-async fn push(app: &AppRef, source: &str, batch: RecordBatch) -> Result<(), bool> {
+/// Where a connector task's rows go: a source as it was when the task started.
+struct Destination {
+    source: String,
+    generation: Option<u64>,
+}
+
+impl Destination {
+    fn new(app: &AppRef, source: &str) -> Self {
+        Destination {
+            source: source.to_string(),
+            generation: app.ingest.generation(source),
+        }
+    }
+}
+
+/// Pushes rows a connector made; `Err(true)` when the source is gone (dropped, or dropped and
+/// created again) and the task should end.
+async fn push(app: &AppRef, into: &Destination, batch: RecordBatch) -> Result<(), bool> {
     let rows = (1..=batch.num_rows()).collect();
-    match app.ingest.push(source, batch, rows, true).await {
+    let source = &into.source;
+    match app
+        .ingest
+        .push_to(source, into.generation, batch, rows, true)
+        .await
+    {
         Ok(o) if !o.rejected.is_empty() => {
             tracing::warn!(
                 "source {source}: {} row(s) refused: {:?}",
@@ -112,13 +133,14 @@ pub async fn collect_host(app: AppRef, source: String, interval: Duration) {
         "source {source}: collecting metrics of host {} every {interval:?}",
         collector.host()
     );
+    let into = Destination::new(&app, &source);
     let mut every = tokio::time::interval(interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
         let batch = collector.collect(now_ms(&app));
-        if push(&app, &source, batch).await == Err(true) {
+        if push(&app, &into, batch).await == Err(true) {
             return;
         }
     }
@@ -163,7 +185,8 @@ async fn poll_target(
     interval: Duration,
     offset: Duration,
 ) {
-    let status_source = format!("{source}{}", snmp::STATUS_SUFFIX);
+    let into = Destination::new(&app, &source);
+    let status = Destination::new(&app, &format!("{source}{}", snmp::STATUS_SUFFIX));
     let counters = app.metrics.snmp(&source);
     let mut poller = Poller::new(config, target);
     tokio::time::sleep(offset).await;
@@ -188,12 +211,12 @@ async fn poll_target(
             failing.clone_from(&out.status.error);
         }
         if let Some(batch) = out.batch.filter(|b| b.num_rows() > 0) {
-            if push(&app, &source, batch).await == Err(true) {
+            if push(&app, &into, batch).await == Err(true) {
                 return;
             }
         }
-        let status = snmp::status_batch(&[out.status], now);
-        if push(&app, &status_source, status).await == Err(true) {
+        let rows = snmp::status_batch(&[out.status], now);
+        if push(&app, &status, rows).await == Err(true) {
             return;
         }
     }
@@ -210,6 +233,7 @@ pub async fn receive_traps(app: AppRef, source: String, options: Options) {
         }
     };
     let counters = app.metrics.snmp(&source);
+    let into = Destination::new(&app, &source);
     // A port in use or not allowed is retried every 5 s, so the source starts receiving once the
     // port is free; the log says so once.
     let mut logged = false;
@@ -248,7 +272,7 @@ pub async fn receive_traps(app: AppRef, source: String, options: Options) {
             }
         };
         if !received.rows.is_empty() {
-            match push(&app, &source, trap_batch(&received.rows)).await {
+            match push(&app, &into, trap_batch(&received.rows)).await {
                 Ok(()) => {}
                 Err(true) => return,
                 // Not stored: no acknowledgement, so informs are sent again.

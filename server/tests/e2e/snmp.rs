@@ -595,11 +595,19 @@ async fn snmp_sources_survive_a_restart() {
             .filter(|r| r[0].as_i64() > Some(0))
     })
     .await;
-    s.rows("DROP SOURCE gone").await;
+    // In one request: the old source's poller must not write into the new one.
     s.rows(&format!(
-        "CREATE SOURCE gone FROM SNMP WITH (targets = 'y={nobody}', table = 'ifTable', interval = '1h')"
+        "DROP SOURCE gone; CREATE SOURCE gone FROM SNMP WITH (targets = 'y={nobody}', table = 'ifTable', interval = '1h')"
     ))
     .await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stray = s
+        .rows("SELECT count(*) FROM gone_status WHERE device = 'x'")
+        .await;
+    assert_eq!(
+        stray[0][0], 0,
+        "the dropped source's poller wrote into the new one"
+    );
     let before = eventually(20, "status rows", || async {
         s.rows("SELECT count(*) FROM dev_status WHERE NOT up")
             .await
