@@ -645,14 +645,7 @@ impl Tocsin {
                     )));
                 }
                 // A source's companions go with it.
-                let mut dropped: Vec<String> = catalog
-                    .entries
-                    .values()
-                    .filter(|e| {
-                        matches!(&e.def, ObjectDef::Source { owner: Some(o), .. } if *o == name)
-                    })
-                    .map(|e| e.name.clone())
-                    .collect();
+                let mut dropped = catalog.companions(&name);
                 dropped.push(name.clone());
                 let users: Vec<&str> = catalog
                     .entries

@@ -257,17 +257,13 @@ impl Poller {
                 }
             }
         }
-        Err(match last {
-            Some(PollError::Timeout { timeout, .. }) => PollError::Timeout {
+        // Every attempt went unanswered unless another failure was seen last.
+        Err(last
+            .filter(|e| !matches!(e, PollError::Timeout { .. }))
+            .unwrap_or(PollError::Timeout {
                 timeout,
                 attempts: retries + 1,
-            },
-            Some(e) => e,
-            None => PollError::Timeout {
-                timeout,
-                attempts: retries + 1,
-            },
-        })
+            }))
     }
 
     /// Walks the subtree under `root`: every (OID, value) in it, in order.
