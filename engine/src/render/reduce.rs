@@ -2,24 +2,28 @@
 //!
 //! Two strategies, chosen per Reduce node:
 //! - **accumulated differences**: when every aggregate is `count`, `sum` or `avg` (not DISTINCT),
-//!   each row is exploded into a vector of integer accumulators that differential adds up per key
-//!   (`count_total`), so an update costs O(1) no matter how large the group is. Float sums are
-//!   accumulated in fixed point (2^-32 resolution, with separate NaN/±inf counts), so sums and
-//!   averages are exact under retractions and never drift.
+//!   each group keeps a vector of integer accumulators in a hash map, and an update adds its row's
+//!   values times its multiplicity: O(1) per update no matter how large the group is, with no
+//!   history kept (logical time is totally ordered, so updates are applied in time order once
+//!   their time is complete). Float sums are accumulated in fixed point (2^-32 resolution, with
+//!   separate NaN/±inf counts), so sums and averages are exact under retractions and never drift.
 //! - **per-group reduce**: anything else (`min`, `max`, `first_value` from DISTINCT ON, DISTINCT
 //!   aggregates) recomputes the group's aggregates from its distinct values with multiplicities.
 //!
 //! With no GROUP BY keys SQL wants exactly one row, also when the input is empty: a default row
 //! (count 0, other aggregates null) is present exactly while the aggregate has no row of its own.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
-use differential_dataflow::operators::CountTotal;
-use serde::{Deserialize, Serialize};
+use differential_dataflow::AsCollection;
+use foldhash::fast::FixedState;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::Capability;
 
-use super::{Coll, Context};
+use super::{Coll, Context, Time, UpdateBuilder};
 use crate::error::{EngineError, Result};
 use crate::functions::{counter_rate, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
@@ -29,47 +33,7 @@ const FLOAT_SCALE: f64 = 4294967296.0; // 2^32
 /// Floats at least this large (2^90) are beyond the fixed-point range and make the sum NaN.
 const FLOAT_LIMIT: f64 = 1237940039285380274899124224.0;
 
-/// A vector of integer accumulators used as a differential difference type.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Accum(pub Vec<i128>);
-
-impl IsZero for Accum {
-    fn is_zero(&self) -> bool {
-        self.0.iter().all(|x| *x == 0)
-    }
-}
-impl Semigroup for Accum {
-    fn plus_equals(&mut self, rhs: &Self) {
-        if self.0.len() < rhs.0.len() {
-            self.0.resize(rhs.0.len(), 0);
-        }
-        // Wrapping arithmetic is exact modulo 2^128, so a sum whose true value fits is exact
-        // even if partial sums passed through an overflow, and nothing panics.
-        for (a, b) in self.0.iter_mut().zip(&rhs.0) {
-            *a = a.wrapping_add(*b);
-        }
-    }
-}
-impl Monoid for Accum {
-    fn zero() -> Self {
-        Accum(Vec::new())
-    }
-}
-impl Abelian for Accum {
-    fn negate(&mut self) {
-        self.0.iter_mut().for_each(|x| *x = x.wrapping_neg());
-    }
-}
-impl Multiply<isize> for Accum {
-    type Output = Accum;
-    fn multiply(mut self, rhs: &isize) -> Accum {
-        let r = *rhs as i128;
-        self.0.iter_mut().for_each(|x| *x = x.wrapping_mul(r));
-        self
-    }
-}
-
-/// Slots of one aggregate in an [`Accum`].
+/// Accumulator slots of one aggregate.
 fn slots(func: &AggFunc) -> usize {
     match func {
         AggFunc::Count => 1,
@@ -135,6 +99,164 @@ fn finalize(func: &AggFunc, input_float: bool, out: &DataType, s: &[i128]) -> Da
     }
 }
 
+/// Turns a group's accumulators into its output columns.
+struct Finish {
+    aggs: Vec<Aggregate>,
+    input_float: Vec<bool>,
+    out_types: Vec<DataType>,
+}
+
+impl Finish {
+    /// Slot 0 counts the group's rows; then each aggregate's slots.
+    fn width(&self) -> usize {
+        1 + self.aggs.iter().map(|a| slots(&a.func)).sum::<usize>()
+    }
+
+    fn add(&self, row: &[Datum], acc: &mut [i128], m: i128) {
+        acc[0] += m;
+        let mut off = 1;
+        for a in &self.aggs {
+            let n = slots(&a.func);
+            accumulate(&a.func, &row[a.arg], &mut acc[off..off + n], m);
+            off += n;
+        }
+    }
+
+    /// The group's output row, or `None` while it has no rows.
+    fn row(&self, key: &[Datum], acc: &[i128]) -> Option<Row> {
+        if acc[0] == 0 {
+            return None;
+        }
+        let mut row = Vec::with_capacity(key.len() + self.aggs.len());
+        row.extend_from_slice(key);
+        let mut off = 1;
+        for (i, a) in self.aggs.iter().enumerate() {
+            let n = slots(&a.func);
+            let s = &acc[off..off + n];
+            row.push(finalize(
+                &a.func,
+                self.input_float[i],
+                &self.out_types[i],
+                s,
+            ));
+            off += n;
+        }
+        Some(row.into_boxed_slice())
+    }
+}
+
+/// One group of [`accumulate_groups`].
+#[derive(Default)]
+struct Group {
+    key: Row,
+    acc: Vec<i128>,
+    /// The last round of updates that changed the group.
+    round: u64,
+}
+
+/// The hash that places a group on a worker. Fixed, so every process agrees.
+pub(crate) fn key_hash(key: &[Datum]) -> u64 {
+    FixedState::with_seed(0x7c51).hash_one(key)
+}
+
+/// GROUP BY with accumulable aggregates: updates are exchanged by key, held until their time is
+/// complete, and then applied in time order to each group's accumulators; a group whose output
+/// row changed at a time retracts the old row and inserts the new one at that time.
+fn accumulate_groups<'s>(input: Coll<'s>, keys: usize, finish: Finish) -> Coll<'s> {
+    let width = finish.width();
+    let exchange = Exchange::new(move |(row, _, _): &(Row, Time, isize)| key_hash(&row[..keys]));
+    input
+        .inner
+        .unary_frontier::<UpdateBuilder, _, _, _>(exchange, "Accumulate", move |_cap, _info| {
+            let mut pending: BTreeMap<Time, Vec<(Row, isize)>> = BTreeMap::new();
+            // A capability at the earliest pending time, while there is one.
+            let mut held: Option<Capability<Time>> = None;
+            let mut index: HashMap<Row, usize, FixedState> = HashMap::default();
+            let mut groups: Vec<Group> = Vec::new();
+            let mut free: Vec<usize> = Vec::new();
+            // The groups changed at the time being applied, with their output row before it.
+            let mut touched: Vec<(usize, Option<Row>)> = Vec::new();
+            // Numbers the times applied, so a group knows whether it is in `touched` already.
+            let mut round = 0u64;
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    for (row, time, diff) in data.drain(..) {
+                        if held.as_ref().is_none_or(|h| time < *h.time()) {
+                            held = Some(cap.delayed(&time, 0));
+                        }
+                        pending.entry(time).or_default().push((row, diff));
+                    }
+                });
+                let Some(cap) = held.as_mut() else { return };
+                let due = match frontier.frontier().iter().next() {
+                    Some(upper) => {
+                        let later = pending.split_off(upper);
+                        std::mem::replace(&mut pending, later)
+                    }
+                    None => std::mem::take(&mut pending),
+                };
+                let mut session = output.session(cap);
+                for (time, updates) in due {
+                    round += 1;
+                    for (row, diff) in updates {
+                        let key = &row[..keys];
+                        let g = match index.get(key) {
+                            Some(g) => *g,
+                            None => {
+                                let group = Group {
+                                    key: key.to_vec().into_boxed_slice(),
+                                    acc: vec![0; width],
+                                    round: 0,
+                                };
+                                let g = match free.pop() {
+                                    Some(g) => {
+                                        groups[g] = group;
+                                        g
+                                    }
+                                    None => {
+                                        groups.push(group);
+                                        groups.len() - 1
+                                    }
+                                };
+                                index.insert(groups[g].key.clone(), g);
+                                g
+                            }
+                        };
+                        let group = &mut groups[g];
+                        if group.round != round {
+                            group.round = round;
+                            touched.push((g, finish.row(&group.key, &group.acc)));
+                        }
+                        finish.add(&row, &mut group.acc, diff as i128);
+                    }
+                    for (g, before) in touched.drain(..) {
+                        let group = &mut groups[g];
+                        let after = finish.row(&group.key, &group.acc);
+                        if before != after {
+                            if let Some(b) = before {
+                                session.give((b, time, -1));
+                            }
+                            if let Some(a) = after {
+                                session.give((a, time, 1));
+                            }
+                        }
+                        if group.acc.iter().all(|x| *x == 0) {
+                            index.remove(&group.key);
+                            *group = Group::default();
+                            free.push(g);
+                        }
+                    }
+                }
+                drop(session);
+                match pending.first_key_value() {
+                    Some((t, _)) => cap.downgrade(t),
+                    None => held = None,
+                }
+            }
+        })
+        .as_collection()
+}
+
 fn default_value(func: &AggFunc) -> Datum {
     match func {
         AggFunc::Count => Datum::Int(0),
@@ -180,34 +302,12 @@ pub(crate) fn render_reduce<'s>(
         .collect();
 
     let result = if aggs.iter().all(Aggregate::is_accumulable) {
-        let aggs_e = aggs.to_vec();
-        let width = 1 + aggs.iter().map(|a| slots(&a.func)).sum::<usize>();
-        let aggs_f = aggs.to_vec();
-        // Straight from the input row to (key, accumulators): no intermediate value row.
-        input
-            .explode(move |row: Row| {
-                let mut acc = vec![0i128; width];
-                acc[0] = 1;
-                let mut off = 1;
-                for a in &aggs_e {
-                    let n = slots(&a.func);
-                    accumulate(&a.func, &row[a.arg], &mut acc[off..off + n], 1);
-                    off += n;
-                }
-                Some((row[..keys].to_vec().into_boxed_slice(), Accum(acc)))
-            })
-            .count_total()
-            .map(move |(k, acc): (Row, Accum)| {
-                let mut row: Vec<Datum> = k.to_vec();
-                let mut off = 1;
-                for (i, a) in aggs_f.iter().enumerate() {
-                    let n = slots(&a.func);
-                    let s = acc.0.get(off..off + n).unwrap_or(&[0; 5][..n]);
-                    row.push(finalize(&a.func, input_float[i], &out_types[i], s));
-                    off += n;
-                }
-                row.into_boxed_slice()
-            })
+        let finish = Finish {
+            aggs: aggs.to_vec(),
+            input_float: input_float.clone(),
+            out_types: out_types.clone(),
+        };
+        accumulate_groups(input, keys, finish)
     } else {
         let aggs_r = aggs.to_vec();
         let kv = input.map(move |row: Row| {
