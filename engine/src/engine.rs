@@ -26,6 +26,7 @@ use crate::plan::Plan;
 use crate::render::subscribe::WorkerUpdate;
 use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
+use crate::share::Shares;
 use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
@@ -97,6 +98,10 @@ struct Object {
     schema: SchemaRef,
     source: Option<SourceInfo>,
     deps: Vec<String>,
+    /// A view's or rule's plan as its dataflow runs it (shared aggregations as relations).
+    plan: Option<Plan>,
+    /// The shared relations `plan` uses (see [`Shares`]).
+    uses: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +121,8 @@ struct Coord {
     last_push: Time,
     /// Live subscriptions and what they read; dropping what one reads ends it.
     subscriptions: HashMap<u64, Vec<String>>,
+    /// Aggregations shared by views and rules.
+    shares: Shares,
 }
 
 struct Shared {
@@ -250,6 +257,18 @@ async fn collect<T>(mut rx: UnboundedReceiver<(usize, Result<T>)>, n: usize) -> 
         .collect())
 }
 
+/// Waits for `n` acknowledgements (several per worker); the first error if any failed.
+async fn collect_units(mut rx: UnboundedReceiver<(usize, Result<()>)>, n: usize) -> Result<()> {
+    for _ in 0..n {
+        let (_, r) = rx
+            .recv()
+            .await
+            .ok_or_else(|| EngineError::Unavailable("a worker stopped before answering".into()))?;
+        r?;
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Starts the workers.
     pub fn start(config: EngineConfig) -> Result<Engine> {
@@ -293,6 +312,7 @@ impl Engine {
                 next_subscription: 0,
                 objects: HashMap::new(),
                 subscriptions: HashMap::new(),
+                shares: Shares::default(),
                 last_push: 0,
             }),
             threads: threads.into_iter().map(|t| t.expect("thread")).collect(),
@@ -398,6 +418,8 @@ impl Engine {
                     schema: schema.clone(),
                     source: Some(SourceInfo { ts_col, retain_ms }),
                     deps: Vec::new(),
+                    plan: None,
+                    uses: Vec::new(),
                 },
             );
         }
@@ -418,35 +440,57 @@ impl Engine {
     }
 
     /// Creates a view or rule: a dataflow maintaining `plan`, arranged so that peeks, subscriptions
-    /// and other dataflows share it.
+    /// and other dataflows share it. Aggregations below the plan's root are shared with every
+    /// other view and rule that contains the same one (see [`crate::share`]).
     pub async fn create_relation(&self, name: &str, plan: Plan) -> Result<()> {
         let (reply, rx) = unbounded_channel();
-        {
+        let dataflows = {
             let mut c = self.coord()?;
             if c.objects.contains_key(name) {
                 return Err(EngineError::Plan(format!("\"{name}\" already exists")));
             }
             let deps = Self::check_plan(&c, &plan)?;
             let schema = plan.schema.clone();
-            c.broadcast(&self.shared.threads, || Command::CreateRelation {
-                name: name.to_string(),
-                plan: plan.clone(),
-                reply: reply.clone(),
-            })?;
+            let shared = c.shares.share(&plan);
+            let mut create = shared.create;
+            create.push((name.to_string(), shared.plan.clone()));
+            for (n, p) in &create {
+                c.broadcast(&self.shared.threads, || Command::CreateRelation {
+                    name: n.clone(),
+                    plan: p.clone(),
+                    reply: reply.clone(),
+                })?;
+            }
             c.objects.insert(
                 name.to_string(),
                 Object {
                     schema,
                     source: None,
                     deps,
+                    plan: Some(shared.plan),
+                    uses: shared.uses,
                 },
             );
-        }
-        if let Err(e) = collect(rx, self.shared.workers).await {
+            create.len()
+        };
+        if let Err(e) = collect_units(rx, self.shared.workers * dataflows).await {
             let _ = self.drop_object(name);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// How a view or rule runs (`EXPLAIN`), with the shared aggregations it reads and how many
+    /// views and rules share each. `None` for sources and unknown names.
+    pub fn explain(&self, name: &str) -> Option<String> {
+        let c = self.coord().ok()?;
+        let plan = c.objects.get(name)?.plan.as_ref()?;
+        Some(plan.explain_with(&|n| c.shares.get(n).map(|(p, u)| (p.clone(), u))))
+    }
+
+    /// The number of shared aggregations running.
+    pub fn shared_relations(&self) -> usize {
+        self.coord().map(|c| c.shares.len()).unwrap_or(0)
     }
 
     /// Drops a source, view or rule. Fails while another object reads it.
@@ -482,7 +526,10 @@ impl Engine {
         c.broadcast(&self.shared.threads, || Command::Drop {
             name: name.to_string(),
         })?;
-        c.objects.remove(name);
+        let object = c.objects.remove(name).expect("checked above");
+        for n in c.shares.release(&object.uses) {
+            c.broadcast(&self.shared.threads, || Command::Drop { name: n.clone() })?;
+        }
         Ok(())
     }
 
@@ -688,11 +735,18 @@ impl Engine {
     /// Evaluation errors a view or rule met (count, last message): rows it had to leave out.
     pub async fn errors(&self, name: &str) -> Result<(u64, Option<String>)> {
         let (reply, rx) = unbounded_channel();
-        self.coord()?
-            .broadcast(&self.shared.threads, || Command::Errors {
-                name: name.to_string(),
+        {
+            let c = self.coord()?;
+            // Rows an aggregation shared with other relations left out are left out of each.
+            let mut names = vec![name.to_string()];
+            if let Some(o) = c.objects.get(name) {
+                names.extend(c.shares.closure(&o.uses));
+            }
+            c.broadcast(&self.shared.threads, || Command::Errors {
+                names: names.clone(),
                 reply: reply.clone(),
             })?;
+        }
         let per_worker = collect(rx, self.shared.workers).await?;
         let count = per_worker.iter().map(|(c, _)| c).sum();
         Ok((count, per_worker.into_iter().find_map(|(_, l)| l)))

@@ -10,6 +10,7 @@
 //! | `render` | plans into dataflows: one file per operator family |
 //! | `source` | a source's retained rows on one worker, shared by every reader |
 //! | [`row`] | compact rows and their conversion to and from Arrow |
+//! | `share` | aggregations shared by every view and rule that contains them |
 //!
 //! The engine knows nothing of SQL text, HTTP or SNMP: it takes plans and record batches.
 
@@ -19,6 +20,7 @@ pub mod functions;
 pub mod plan;
 mod render;
 pub mod row;
+mod share;
 mod source;
 mod worker;
 

@@ -163,12 +163,24 @@ impl Plan {
 
     /// A readable, indented description of the dataflow this plan renders to (`EXPLAIN`).
     pub fn explain(&self) -> String {
+        self.explain_with(&|_| None)
+    }
+
+    /// [`Plan::explain`], showing each shared relation `expand` knows (by internal name) with its
+    /// plan and number of users.
+    pub(crate) fn explain_with(&self, expand: &dyn Fn(&str) -> Option<(Plan, usize)>) -> String {
         let mut s = String::new();
-        self.explain_into(&mut s, 0).expect("writing to a string");
+        self.explain_into(&mut s, 0, expand)
+            .expect("writing to a string");
         s
     }
 
-    fn explain_into(&self, s: &mut String, depth: usize) -> fmt::Result {
+    fn explain_into(
+        &self,
+        s: &mut String,
+        depth: usize,
+        expand: &dyn Fn(&str) -> Option<(Plan, usize)>,
+    ) -> fmt::Result {
         let pad = "  ".repeat(depth);
         let cols = |schema: &SchemaRef| {
             schema
@@ -184,11 +196,22 @@ impl Plan {
                 "{pad}Source {name} [{}] (retained rows)",
                 cols(&self.schema)
             )?,
-            Node::Relation { name } => writeln!(
-                s,
-                "{pad}Arrangement {name} [{}] (shared)",
-                cols(&self.schema)
-            )?,
+            Node::Relation { name } => match (crate::share::display_name(name), expand(name)) {
+                (Some(shown), Some((plan, users))) => {
+                    writeln!(
+                        s,
+                        "{pad}Shared arrangement {shown} [{}] (maintained once for {users} user{})",
+                        cols(&self.schema),
+                        if users == 1 { "" } else { "s" }
+                    )?;
+                    plan.explain_into(s, depth + 1, expand)?;
+                }
+                _ => writeln!(
+                    s,
+                    "{pad}Arrangement {name} [{}] (shared)",
+                    cols(&self.schema)
+                )?,
+            },
             Node::Constant { rows } => writeln!(s, "{pad}Constant {} rows", rows.len())?,
             Node::Mfp { input, steps } => {
                 writeln!(s, "{pad}Map/Filter/Project (vectorized)")?;
@@ -221,7 +244,7 @@ impl Plan {
                         }
                     }
                 }
-                input.explain_into(s, depth + 1)?;
+                input.explain_into(s, depth + 1, expand)?;
             }
             Node::Reduce { input, keys, aggs } => {
                 let key_names: Vec<&str> = input
@@ -253,7 +276,7 @@ impl Plan {
                     key_names.join(", "),
                     agg_names.join(", ")
                 )?;
-                input.explain_into(s, depth + 1)?;
+                input.explain_into(s, depth + 1, expand)?;
             }
             Node::Join {
                 left,
@@ -278,13 +301,13 @@ impl Plan {
                     "{pad}{kind:?} Join on [{}] (arranged by key)",
                     on.join(", ")
                 )?;
-                left.explain_into(s, depth + 1)?;
-                right.explain_into(s, depth + 1)?;
+                left.explain_into(s, depth + 1, expand)?;
+                right.explain_into(s, depth + 1, expand)?;
             }
             Node::Union { inputs } => {
                 writeln!(s, "{pad}Union All")?;
                 for i in inputs {
-                    i.explain_into(s, depth + 1)?;
+                    i.explain_into(s, depth + 1, expand)?;
                 }
             }
         }

@@ -21,8 +21,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{EngineError, Result};
 use crate::plan::Plan;
+use crate::render::spans::ArrowSpans;
 use crate::render::subscribe::{render_subscribe, WorkerUpdate};
-use crate::render::{Context, DataflowErrors, RowTrace, Time};
+use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
 use crate::source::SourceLog;
 
@@ -93,8 +94,9 @@ pub(crate) enum Command {
         read: bool,
         reply: Reply<Vec<PeekPart>>,
     },
+    /// Evaluation errors of these relations, added up.
     Errors {
-        name: String,
+        names: Vec<String>,
         reply: Reply<(u64, Option<String>)>,
     },
     Shutdown,
@@ -117,6 +119,7 @@ struct WorkerState {
     subscriptions: HashMap<u64, usize>,
     errors: HashMap<String, Rc<RefCell<DataflowErrors>>>,
     peeks: Vec<PendingPeek>,
+    spans: Rc<RefCell<ArrowSpans>>,
 }
 
 pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
@@ -173,10 +176,10 @@ impl WorkerState {
                         scope,
                         sources: &self.sources,
                         traces: &mut self.traces,
+                        spans: self.spans.clone(),
                         errors: errors.clone(),
                     };
-                    ctx.render(&plan)
-                        .map(|coll| coll.arrange_by_self_named(&format!("Arrange {name}")).trace)
+                    ctx.render(&plan).map(|coll| arrange(coll, &name))
                 });
                 let result = match result {
                     Ok(trace) => {
@@ -207,6 +210,7 @@ impl WorkerState {
                             scope,
                             sources: &self.sources,
                             traces: &mut self.traces,
+                            spans: self.spans.clone(),
                             errors,
                         };
                         ctx.render(&plan)
@@ -250,12 +254,14 @@ impl WorkerState {
                 read,
                 reply,
             }),
-            Command::Errors { name, reply } => {
-                let e = self.errors.get(&name).map(|e| {
+            Command::Errors { names, reply } => {
+                let (mut count, mut last) = (0, None);
+                for e in names.iter().filter_map(|n| self.errors.get(n)) {
                     let e = e.borrow();
-                    (e.count, e.last.clone())
-                });
-                let _ = reply.send((index, Ok(e.unwrap_or((0, None)))));
+                    count += e.count;
+                    last = last.or(e.last.clone());
+                }
+                let _ = reply.send((index, Ok((count, last))));
             }
             Command::Shutdown => {}
         }

@@ -823,9 +823,11 @@ impl Tocsin {
                         )));
                     }
                 }
-                let text = match e.plan() {
-                    Some(p) => p.explain(),
-                    None => Plan {
+                // The engine shows the plan as it runs, with the aggregations it shares.
+                let text = match (self.engine.explain(&name), e.plan()) {
+                    (Some(text), _) => text,
+                    (None, Some(p)) => p.explain(),
+                    (None, None) => Plan {
                         node: Node::Source { name: name.clone() },
                         schema: e.schema.clone(),
                     }

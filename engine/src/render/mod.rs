@@ -12,11 +12,13 @@
 //! | `mfp.rs` | vectorized map/filter/project and temporal bounds |
 //! | `reduce.rs` | GROUP BY, DISTINCT, DISTINCT ON, global aggregates |
 //! | `join.rs` | inner and left equi-joins |
+//! | `spans.rs` | Arrow forms of shared arrangement batches, built once for every reader |
 //! | `subscribe.rs` | the sink that ships a collection's changes and progress to a subscriber |
 
 pub(crate) mod join;
 pub(crate) mod mfp;
 pub(crate) mod reduce;
+pub(crate) mod spans;
 pub(crate) mod subscribe;
 
 use std::cell::RefCell;
@@ -45,7 +47,12 @@ pub(crate) type Time = u64;
 pub(crate) type Coll<'s> = VecCollection<'s, Time, Row, isize>;
 /// The shared arrangement of a view's or rule's rows.
 pub(crate) type RowTrace = TraceAgent<KeySpine<Row, Time, isize>>;
-type UpdateBuilder = CapacityContainerBuilder<Vec<(Row, Time, isize)>>;
+
+/// Arranges a relation's rows for peeks, subscriptions and other dataflows to share.
+pub(crate) fn arrange(coll: Coll<'_>, name: &str) -> RowTrace {
+    coll.arrange_by_self_named(&format!("Arrange {name}")).trace
+}
+pub(crate) type UpdateBuilder = CapacityContainerBuilder<Vec<(Row, Time, isize)>>;
 
 /// Errors met while a dataflow evaluates data, reported instead of losing them silently.
 #[derive(Default, Debug)]
@@ -59,6 +66,7 @@ pub(crate) struct Context<'a, 's> {
     pub scope: Scope<'s, Time>,
     pub sources: &'a HashMap<String, Rc<RefCell<SourceLog>>>,
     pub traces: &'a mut HashMap<String, RowTrace>,
+    pub spans: Rc<RefCell<spans::ArrowSpans>>,
     pub errors: Rc<RefCell<DataflowErrors>>,
 }
 
@@ -68,6 +76,9 @@ impl<'s> Context<'_, 's> {
             Node::Source { name } => self.render_source(name, &[]),
             Node::Mfp { input, steps } => match &input.node {
                 Node::Source { name } => self.render_source(name, steps),
+                Node::Relation { name } => {
+                    self.render_relation_mfp(name, input.schema.clone(), steps.clone())
+                }
                 _ => {
                     let coll = self.render(input)?;
                     Ok(self.render_mfp(coll, input.schema.clone(), steps.clone()))
@@ -204,50 +215,99 @@ impl<'s> Context<'_, 's> {
             return coll;
         }
         let errors = self.errors.clone();
-        coll.inner
-            .unary_frontier::<UpdateBuilder, _, _, _>(Pipeline, "Mfp", move |_cap, _info| {
-                let mut buffer = Vec::new();
-                let mut delayed = Delayed::default();
-                // A capability at the earliest held update, while there is one.
-                let mut held: Option<Capability<Time>> = None;
-                move |(input, frontier), output| {
-                    input.for_each(|cap, data| {
-                        let batch =
-                            match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
-                                Ok(b) => b,
-                                Err(e) => return record_error(&errors, e),
-                            };
-                        let info = mfp::RowInfo {
-                            time: &|i| data[i].1,
-                            diff: &|i| data[i].2,
-                            expiry: &|_| None,
-                        };
-                        mfp_into(&steps, &batch, &info, &mut buffer, &errors);
-                        let Some(&now) = cap.least() else { return };
-                        let mut session = output.session(&cap);
-                        for (row, time, diff) in buffer.drain(..) {
-                            if time <= now {
-                                session.give((row, time, diff));
-                            } else {
-                                if held.as_ref().is_none_or(|h| time < *h.time()) {
-                                    held = Some(cap.delayed(&time, 0));
-                                }
-                                delayed.hold(row, time, diff);
+        mfp_operator(
+            coll.inner,
+            move |data: &mut Vec<(Row, Time, isize)>, buffer| {
+                let batch = match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
+                    Ok(b) => b,
+                    Err(e) => return record_error(&errors, e),
+                };
+                let info = mfp::RowInfo {
+                    time: &|i| data[i].1,
+                    diff: &|i| data[i].2,
+                    expiry: &|_| None,
+                };
+                mfp_into(&steps, &batch, &info, buffer, &errors);
+            },
+        )
+    }
+
+    /// Map/filter/project over a view's, rule's or shared aggregation's arrangement: each of its
+    /// batches is converted to Arrow once per worker, however many dataflows read it (see
+    /// [`spans`]), and only the rows that pass become rows again.
+    fn render_relation_mfp(
+        &mut self,
+        name: &str,
+        schema: datafusion::arrow::datatypes::SchemaRef,
+        steps: Vec<MfpStep>,
+    ) -> Result<Coll<'s>> {
+        let trace = self
+            .traces
+            .get_mut(name)
+            .ok_or_else(|| EngineError::Plan(format!("relation \"{name}\" does not exist")))?;
+        let arranged = trace.import_named(self.scope, name);
+        let reader = spans::Reader::new(&self.spans, name);
+        let errors = self.errors.clone();
+        Ok(mfp_operator(
+            arranged.stream,
+            move |data: &mut Vec<differential_dataflow::trace::SpanOf<RowTrace>>, buffer| {
+                for batch in data.iter().filter_map(|s| s.inner.as_ref()) {
+                    let span = match reader.read(batch, &schema) {
+                        Ok(s) => s,
+                        Err(e) => return record_error(&errors, e),
+                    };
+                    let info = mfp::RowInfo {
+                        time: &|i| span.times[i],
+                        diff: &|i| span.diffs[i],
+                        expiry: &|_| None,
+                    };
+                    mfp_into(&steps, &span.batch, &info, buffer, &errors);
+                }
+            },
+        ))
+    }
+}
+
+/// An operator that turns each input message into updates with `eval` and sends them on, holding
+/// back the updates dated after the message's time until the frontier reaches them.
+fn mfp_operator<'s, C, F>(stream: timely::dataflow::Stream<'s, Time, C>, mut eval: F) -> Coll<'s>
+where
+    C: timely::Container + 'static,
+    F: FnMut(&mut C, &mut Vec<(Row, Time, isize)>) + 'static,
+{
+    stream
+        .unary_frontier::<UpdateBuilder, _, _, _>(Pipeline, "Mfp", move |_cap, _info| {
+            let mut buffer = Vec::new();
+            let mut delayed = Delayed::default();
+            // A capability at the earliest held update, while there is one.
+            let mut held: Option<Capability<Time>> = None;
+            move |(input, frontier), output| {
+                input.for_each(|cap, data| {
+                    eval(data, &mut buffer);
+                    let Some(&now) = cap.least() else { return };
+                    let mut session = output.session(&cap);
+                    for (row, time, diff) in buffer.drain(..) {
+                        if time <= now {
+                            session.give((row, time, diff));
+                        } else {
+                            if held.as_ref().is_none_or(|h| time < *h.time()) {
+                                held = Some(cap.delayed(&time, 0));
                             }
-                        }
-                    });
-                    if let Some(h) = &mut held {
-                        let upper = frontier.frontier().iter().next().copied();
-                        output.session(h).give_iterator(delayed.take_before(upper));
-                        match delayed.first() {
-                            Some(t) => h.downgrade(&t),
-                            None => held = None,
+                            delayed.hold(row, time, diff);
                         }
                     }
+                });
+                if let Some(h) = &mut held {
+                    let upper = frontier.frontier().iter().next().copied();
+                    output.session(h).give_iterator(delayed.take_before(upper));
+                    match delayed.first() {
+                        Some(t) => h.downgrade(&t),
+                        None => held = None,
+                    }
                 }
-            })
-            .as_collection()
-    }
+            }
+        })
+        .as_collection()
 }
 
 /// Updates dated after the moment they are produced (retractions by temporal filters and

@@ -1,0 +1,203 @@
+//! Sharing aggregations among views and rules.
+//!
+//! Alerting workloads hold many rules that aggregate the same rows the same way and differ only in
+//! the condition they apply to the result (`HAVING avg(cpu) > 90` for one team, `> 95` for
+//! another). Every `Reduce` below the root of a view's or rule's plan therefore becomes a *shared
+//! relation*: a dataflow of its own that maintains the aggregation and arranges its output, which
+//! every plan containing the same subplan imports instead of aggregating again. A thousand such
+//! rules maintain one aggregation and a thousand cheap filters of its changes.
+//!
+//! Two subplans are the same when their plans print the same (`Debug`, which includes every
+//! expression, literal, type and the names of what they read). A shared relation lives while any
+//! view, rule or other shared relation uses it; the last user's `DROP` drops it.
+
+use std::collections::HashMap;
+
+use crate::plan::{MfpStep, Node, Plan};
+
+/// The prefix of shared relations' internal names; no SQL identifier starts with it.
+const PREFIX: char = '\u{0}';
+
+/// The internal name of shared relation `n`.
+fn internal_name(n: u64) -> String {
+    format!("{PREFIX}shared-{n}")
+}
+
+/// How a shared relation's internal name is shown (`EXPLAIN`).
+pub fn display_name(name: &str) -> Option<String> {
+    name.strip_prefix(PREFIX)
+        .and_then(|n| n.strip_prefix("shared-"))
+        .map(|n| format!("shared#{n}"))
+}
+
+struct SharedRelation {
+    name: String,
+    /// The plan the shared relation's dataflow runs (itself rewritten to use shared relations).
+    plan: Plan,
+    /// Views, rules and shared relations using it.
+    users: usize,
+    /// The keys of the shared relations its plan uses.
+    uses: Vec<String>,
+}
+
+/// What [`Shares::share`] made of a plan.
+pub(crate) struct Shared {
+    /// The plan with shared subplans replaced by relations.
+    pub plan: Plan,
+    /// The keys of the shared relations `plan` uses; give them back with [`Shares::release`].
+    pub uses: Vec<String>,
+    /// Shared relations to create first, in order (inputs before their users).
+    pub create: Vec<(String, Plan)>,
+}
+
+/// The shared relations of an engine, by the text of their subplan.
+#[derive(Default)]
+pub(crate) struct Shares {
+    by_key: HashMap<String, SharedRelation>,
+    next: u64,
+}
+
+impl Shares {
+    /// Replaces every `Reduce` below the root of `plan` by a shared relation, creating the ones
+    /// that do not exist yet. A `Reduce` whose rows the root only renames or computes columns from
+    /// (no filter in between) is not shared: its output is the relation's output row for row, and
+    /// a second arrangement of it would double the work.
+    pub fn share(&mut self, plan: &Plan) -> Shared {
+        let mut uses = Vec::new();
+        let mut create = Vec::new();
+        let plan = self.rewrite(plan, false, &mut uses, &mut create);
+        Shared { plan, uses, create }
+    }
+
+    fn rewrite(
+        &mut self,
+        plan: &Plan,
+        share_here: bool,
+        uses: &mut Vec<String>,
+        create: &mut Vec<(String, Plan)>,
+    ) -> Plan {
+        if share_here && matches!(plan.node, Node::Reduce { .. }) {
+            let key = format!("{plan:?}");
+            if let Some(s) = self.by_key.get_mut(&key) {
+                s.users += 1;
+            } else {
+                let mut inner_uses = Vec::new();
+                let inner = self.rewrite_children(plan, false, &mut inner_uses, create);
+                self.next += 1;
+                let name = internal_name(self.next);
+                create.push((name.clone(), inner.clone()));
+                self.by_key.insert(
+                    key.clone(),
+                    SharedRelation {
+                        name,
+                        plan: inner,
+                        users: 1,
+                        uses: inner_uses,
+                    },
+                );
+            }
+            let name = self.by_key[&key].name.clone();
+            uses.push(key);
+            return Plan {
+                node: Node::Relation { name },
+                schema: plan.schema.clone(),
+            };
+        }
+        self.rewrite_children(plan, share_here, uses, create)
+    }
+
+    /// Rewrites the inputs of `plan`; `share_here` says whether `plan` itself could have been
+    /// shared (it is below a filter or a stateful operator).
+    fn rewrite_children(
+        &mut self,
+        plan: &Plan,
+        share_here: bool,
+        uses: &mut Vec<String>,
+        create: &mut Vec<(String, Plan)>,
+    ) -> Plan {
+        // Below a map that filters nothing, an input is in the same place as the map.
+        let filters =
+            |steps: &[MfpStep]| steps.iter().any(|s| !matches!(s, MfpStep::Project { .. }));
+        let mut sub = |p: &Plan, share: bool| Box::new(self.rewrite(p, share, uses, create));
+        let node = match &plan.node {
+            Node::Source { .. } | Node::Relation { .. } | Node::Constant { .. } => {
+                plan.node.clone()
+            }
+            Node::Mfp { input, steps } => Node::Mfp {
+                input: sub(input, share_here || filters(steps)),
+                steps: steps.clone(),
+            },
+            Node::Reduce { input, keys, aggs } => Node::Reduce {
+                input: sub(input, true),
+                keys: *keys,
+                aggs: aggs.clone(),
+            },
+            Node::Join {
+                left,
+                right,
+                left_keys,
+                right_keys,
+                kind,
+            } => Node::Join {
+                left: sub(left, true),
+                right: sub(right, true),
+                left_keys: left_keys.clone(),
+                right_keys: right_keys.clone(),
+                kind: *kind,
+            },
+            Node::Union { inputs } => Node::Union {
+                inputs: inputs.iter().map(|p| *sub(p, share_here)).collect(),
+            },
+        };
+        Plan {
+            node,
+            schema: plan.schema.clone(),
+        }
+    }
+
+    /// Gives back the uses [`Shares::share`] returned; returns the internal names of the shared
+    /// relations nobody uses any more, users before the relations they read.
+    pub fn release(&mut self, uses: &[String]) -> Vec<String> {
+        let mut dropped = Vec::new();
+        let mut stack: Vec<String> = uses.to_vec();
+        while let Some(key) = stack.pop() {
+            let Some(s) = self.by_key.get_mut(&key) else {
+                continue;
+            };
+            s.users -= 1;
+            if s.users == 0 {
+                let s = self.by_key.remove(&key).expect("present");
+                dropped.push(s.name);
+                stack.extend(s.uses);
+            }
+        }
+        dropped
+    }
+
+    /// The internal names of the shared relations, with their plans and number of users.
+    pub fn get(&self, name: &str) -> Option<(&Plan, usize)> {
+        self.by_key
+            .values()
+            .find(|s| s.name == name)
+            .map(|s| (&s.plan, s.users))
+    }
+
+    /// The internal names of every shared relation `uses` reaches, directly or not.
+    pub fn closure(&self, uses: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut stack: Vec<&String> = uses.iter().collect();
+        while let Some(key) = stack.pop() {
+            if let Some(s) = self.by_key.get(key) {
+                if !out.contains(&s.name) {
+                    out.push(s.name.clone());
+                    stack.extend(&s.uses);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+}
