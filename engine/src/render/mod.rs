@@ -318,29 +318,38 @@ where
 /// window that is a minute of updates re-sorted every tick. Held here, in time order, each is
 /// touched once more when it falls due.
 #[derive(Default)]
-struct Delayed {
+pub(crate) struct Delayed {
     pending: BTreeMap<Time, Vec<(Row, isize)>>,
 }
 
 impl Delayed {
-    fn hold(&mut self, row: Row, time: Time, diff: isize) {
+    pub(crate) fn hold(&mut self, row: Row, time: Time, diff: isize) {
         self.pending.entry(time).or_default().push((row, diff));
     }
 
-    fn first(&self) -> Option<Time> {
+    pub(crate) fn first(&self) -> Option<Time> {
         self.pending.first_key_value().map(|(t, _)| *t)
     }
 
-    /// Removes and returns the updates with times before `upper` (all of them for `None`).
-    fn take_before(&mut self, upper: Option<Time>) -> impl Iterator<Item = (Row, Time, isize)> {
-        let due = match upper {
+    /// Removes and returns the updates with times before `upper` (all of them for `None`),
+    /// grouped by time in time order.
+    pub(crate) fn take_times_before(
+        &mut self,
+        upper: Option<Time>,
+    ) -> BTreeMap<Time, Vec<(Row, isize)>> {
+        match upper {
             Some(u) => {
                 let later = self.pending.split_off(&u);
                 std::mem::replace(&mut self.pending, later)
             }
             None => std::mem::take(&mut self.pending),
-        };
-        due.into_iter()
+        }
+    }
+
+    /// Removes and returns the updates with times before `upper` (all of them for `None`).
+    fn take_before(&mut self, upper: Option<Time>) -> impl Iterator<Item = (Row, Time, isize)> {
+        self.take_times_before(upper)
+            .into_iter()
             .flat_map(|(t, rows)| rows.into_iter().map(move |(r, d)| (r, t, d)))
     }
 }

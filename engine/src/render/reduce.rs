@@ -13,7 +13,7 @@
 //! With no GROUP BY keys SQL wants exactly one row, also when the input is empty: a default row
 //! (count 0, other aggregates null) is present exactly while the aggregate has no row of its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::hash::BuildHasher;
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
@@ -23,7 +23,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{Coll, Context, Time, UpdateBuilder};
+use super::{Coll, Context, Delayed, Time, UpdateBuilder};
 use crate::error::{EngineError, Result};
 use crate::functions::{counter_rate, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
@@ -155,7 +155,7 @@ struct Group {
 }
 
 /// The hash that places a group on a worker. Fixed, so every process agrees.
-pub(crate) fn key_hash(key: &[Datum]) -> u64 {
+fn key_hash(key: &[Datum]) -> u64 {
     FixedState::with_seed(0x7c51).hash_one(key)
 }
 
@@ -168,7 +168,7 @@ fn accumulate_groups<'s>(input: Coll<'s>, keys: usize, finish: Finish) -> Coll<'
     input
         .inner
         .unary_frontier::<UpdateBuilder, _, _, _>(exchange, "Accumulate", move |_cap, _info| {
-            let mut pending: BTreeMap<Time, Vec<(Row, isize)>> = BTreeMap::new();
+            let mut pending = Delayed::default();
             // A capability at the earliest pending time, while there is one.
             let mut held: Option<Capability<Time>> = None;
             let mut index: HashMap<Row, usize, FixedState> = HashMap::default();
@@ -184,17 +184,11 @@ fn accumulate_groups<'s>(input: Coll<'s>, keys: usize, finish: Finish) -> Coll<'
                         if held.as_ref().is_none_or(|h| time < *h.time()) {
                             held = Some(cap.delayed(&time, 0));
                         }
-                        pending.entry(time).or_default().push((row, diff));
+                        pending.hold(row, time, diff);
                     }
                 });
                 let Some(cap) = held.as_mut() else { return };
-                let due = match frontier.frontier().iter().next() {
-                    Some(upper) => {
-                        let later = pending.split_off(upper);
-                        std::mem::replace(&mut pending, later)
-                    }
-                    None => std::mem::take(&mut pending),
-                };
+                let due = pending.take_times_before(frontier.frontier().iter().next().copied());
                 let mut session = output.session(cap);
                 for (time, updates) in due {
                     round += 1;
@@ -248,8 +242,8 @@ fn accumulate_groups<'s>(input: Coll<'s>, keys: usize, finish: Finish) -> Coll<'
                     }
                 }
                 drop(session);
-                match pending.first_key_value() {
-                    Some((t, _)) => cap.downgrade(t),
+                match pending.first() {
+                    Some(t) => cap.downgrade(&t),
                     None => held = None,
                 }
             }
