@@ -2,8 +2,10 @@
 //!
 //! Stateless operators work on Arrow `RecordBatch`es; stateful operators (reduce, join, distinct,
 //! arrangements) work on differential collections of [`Row`]s. A row is a boxed slice of
-//! fixed-width [`Datum`]s; strings are reference counted, so a label value that repeats in many
-//! rows is stored once per batch it came from. The Arrow type of every column is known from the
+//! fixed-width [`Datum`]s. Strings of up to 23 bytes (host names, interface names, most label
+//! values) are held inline in the datum, so rows of them need no allocation of their own and
+//! compare without following a pointer; longer strings are reference counted, so one that repeats
+//! in consecutive rows of a batch is stored once. The Arrow type of every column is known from the
 //! plan's schema, so a datum only records the value's representation (integer, float, string,
 //! boolean), never its logical type: timestamps and dates are integers in their Arrow unit.
 
@@ -19,6 +21,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use serde::{Deserialize, Serialize};
+pub use smol_str::SmolStr;
 
 use crate::error::{EngineError, Result};
 
@@ -70,7 +73,7 @@ pub enum Datum {
     Bool(bool),
     Int(i64),
     Float(F64),
-    Str(Arc<str>),
+    Str(SmolStr),
 }
 
 impl Datum {
@@ -85,8 +88,8 @@ impl Datum {
     }
 }
 
-// Rows of one group share their key's strings, so equal strings are often the same allocation:
-// comparing the pointers first spares arrangements most string comparisons.
+// Written out rather than derived so that the order is fixed by `rank` and hashing by the values
+// alone, whatever the enum's layout.
 impl PartialEq for Datum {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
@@ -94,7 +97,7 @@ impl PartialEq for Datum {
             (Datum::Bool(a), Datum::Bool(b)) => a == b,
             (Datum::Int(a), Datum::Int(b)) => a == b,
             (Datum::Float(a), Datum::Float(b)) => a == b,
-            (Datum::Str(a), Datum::Str(b)) => Arc::ptr_eq(a, b) || a == b,
+            (Datum::Str(a), Datum::Str(b)) => a == b,
             _ => false,
         }
     }
@@ -108,7 +111,7 @@ impl Hash for Datum {
             Datum::Bool(b) => b.hash(state),
             Datum::Int(i) => i.hash(state),
             Datum::Float(f) => f.hash(state),
-            Datum::Str(s) => s.hash(state),
+            Datum::Str(s) => s.as_str().hash(state),
         }
     }
 }
@@ -123,7 +126,6 @@ impl Ord for Datum {
             (Datum::Bool(a), Datum::Bool(b)) => a.cmp(b),
             (Datum::Int(a), Datum::Int(b)) => a.cmp(b),
             (Datum::Float(a), Datum::Float(b)) => a.cmp(b),
-            (Datum::Str(a), Datum::Str(b)) if Arc::ptr_eq(a, b) => Ordering::Equal,
             (Datum::Str(a), Datum::Str(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
@@ -245,8 +247,8 @@ fn push_column(rows: &mut [Vec<Datum>], array: &ArrayRef, selection: Option<&[u3
         }
         Repr::Str => {
             let a = arr.as_any().downcast_ref::<StringArray>().expect("str");
-            // Consecutive equal strings (label values) share one allocation.
-            let mut last: Option<Arc<str>> = None;
+            // Consecutive equal long strings share one allocation.
+            let mut last: Option<SmolStr> = None;
             for (i, r) in rows.iter_mut().enumerate() {
                 let j = idx(i);
                 if a.is_null(j) {
@@ -255,9 +257,10 @@ fn push_column(rows: &mut [Vec<Datum>], array: &ArrayRef, selection: Option<&[u3
                 }
                 let v = a.value(j);
                 let s = match &last {
-                    Some(l) if &**l == v => l.clone(),
+                    _ if v.len() <= SmolStr::INLINE_CAP => SmolStr::new_inline(v),
+                    Some(l) if l.as_str() == v => l.clone(),
                     _ => {
-                        let s: Arc<str> = Arc::from(v);
+                        let s = SmolStr::new(v);
                         last = Some(s.clone());
                         s
                     }
@@ -345,7 +348,7 @@ where
                 for r in rows.clone() {
                     match &r[c] {
                         Datum::Null => b.append_null(),
-                        Datum::Str(v) => b.append_value(v),
+                        Datum::Str(v) => b.append_value(v.as_str()),
                         d => return Err(bad(d)),
                     }
                 }
@@ -374,6 +377,35 @@ mod tests {
     use super::*;
     use datafusion::arrow::array::TimestampMillisecondArray;
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+
+    #[test]
+    fn datums_are_three_words() {
+        assert_eq!(std::mem::size_of::<Datum>(), 24);
+    }
+
+    #[test]
+    fn short_and_long_strings_compare_by_value() {
+        let long = "a-label-value-longer-than-twenty-three-bytes";
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)])),
+            vec![Arc::new(StringArray::from(vec![
+                long, long, "b", "a", long,
+            ]))],
+        )
+        .unwrap();
+        let rows = batch_to_rows(&batch, None).unwrap();
+        let s = |i: usize| &rows[i][0];
+        assert_eq!(s(0), s(1));
+        assert_eq!(s(0), s(4));
+        assert_eq!(s(0), &Datum::Str(SmolStr::new(long)));
+        assert!(
+            s(3) < s(0) && s(0) < s(2),
+            "byte order, whatever the representation"
+        );
+        use std::hash::BuildHasher;
+        let h = |d: &Datum| foldhash::fast::FixedState::with_seed(1).hash_one(d);
+        assert_eq!(h(s(0)), h(&Datum::Str(SmolStr::new(long))));
+    }
 
     #[test]
     fn round_trip_through_rows() {

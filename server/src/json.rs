@@ -141,7 +141,7 @@ pub fn row_object(schema: &SchemaRef, row: &[Datum]) -> Value {
                 _ => json!(i),
             },
             Datum::Float(x) => float(x.get()),
-            Datum::Str(s) => json!(s.as_ref()),
+            Datum::Str(s) => json!(s.as_str()),
         };
         m.insert(f.name().clone(), v);
     }
