@@ -51,6 +51,33 @@ fn queries(rng: &mut StdRng) -> Vec<String> {
     ]
 }
 
+/// Rules on one shared aggregation, each with its own condition: more of them than it takes for
+/// the aggregation's changes to be indexed by value, so conditions that bound a column are answered
+/// from the index once enough of them exist, and scanned before.
+fn thresholds(rng: &mut StdRng) -> Vec<String> {
+    let k = rng.gen_range(10..40);
+    (0..18)
+        .map(|i| {
+            // No average of tenths equals the threshold, whose side an average would otherwise
+            // depend on how its sum was rounded (exact fixed point here, floats in the batch).
+            let x = format!("{}.0137", rng.gen_range(30..70));
+            let c = rng.gen_range(1..6);
+            let having = match i % 9 {
+                0 => format!("avg(v) > {x}"),
+                1 => format!("avg(v) >= {x}"),
+                2 => format!("{x} < avg(v)"),
+                3 => format!("avg(v) < {x}"),
+                4 => format!("avg(v) <= {x} AND count(*) > {c}"),
+                5 => format!("count(*) = {}", c * 3),
+                6 => format!("sum(n) > {} AND avg(v) < {x}", c * 4),
+                7 => format!("avg(v) > {x} OR sum(n) < {c}"),
+                _ => format!("count(*) >= {} AND host <> 'h{c}'", c * 3),
+            };
+            format!("SELECT host, avg(v) AS a, sum(n) AS s, count(*) AS c FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host HAVING {having}")
+        })
+        .collect()
+}
+
 fn batch(schema: &SchemaRef, rows: &[Sample]) -> RecordBatch {
     RecordBatch::try_new(
         schema.clone(),
@@ -127,9 +154,13 @@ async fn run(workers: usize, seed: u64) {
                 CREATE SOURCE owners (host TEXT, team TEXT) FROM WEBSOCKET WITH (retain = '1 day')")
         .await
         .unwrap();
-    let qs = queries(&mut rng);
-    // Half the views exist before any data, half are created midway (they must replay the source).
-    let (early, late) = qs.split_at(qs.len() / 2);
+    let base = queries(&mut rng);
+    let family = thresholds(&mut rng);
+    // Half the views exist before any data, half are created midway (they must replay the source):
+    // half of the threshold rules each.
+    let (b, f) = (base.len() / 2, family.len() / 2);
+    let qs: Vec<String> = [&base[..b], &family[..f], &base[b..], &family[f..]].concat();
+    let (early, late) = qs.split_at(b + f);
     for (i, q) in early.iter().enumerate() {
         db.execute(&format!("CREATE VIEW q{i} AS {q}"))
             .await
@@ -262,9 +293,17 @@ async fn run(workers: usize, seed: u64) {
     // The comparison must have had something to compare: every query saw rows at some check.
     println!("workers={workers} seed={seed}: compared {compared_rows} rows; non-empty checks per query {nonempty_checks:?}");
     assert!(compared_rows > 1000, "only {compared_rows} rows compared");
+    // Every query of the base set saw rows at some check, and most threshold rules did (an
+    // equality may never hold; its empty result is still compared).
+    let is_base = |i: usize| i < b || (b + f..b + f + base.len() - b).contains(&i);
     assert!(
-        nonempty_checks.iter().all(|n| *n > 0),
+        (0..qs.len()).all(|i| !is_base(i) || nonempty_checks[i] > 0),
         "a query never had rows: {nonempty_checks:?}"
+    );
+    let family_seen = (0..qs.len()).filter(|&i| !is_base(i) && nonempty_checks[i] > 0);
+    assert!(
+        family_seen.count() >= family.len() * 2 / 3,
+        "threshold rules rarely had rows: {nonempty_checks:?}"
     );
 }
 

@@ -25,7 +25,8 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::{AsArray, UInt32Array};
+use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use differential_dataflow::operators::arrange::TraceAgent;
 use differential_dataflow::trace::implementations::KeySpine;
@@ -247,6 +248,10 @@ impl<'s> Context<'_, 's> {
             .ok_or_else(|| EngineError::Plan(format!("relation \"{name}\" does not exist")))?;
         let arranged = trace.import_named(self.scope, name);
         let reader = spans::Reader::new(&self.spans, name);
+        let probe = match steps.first() {
+            Some(MfpStep::Filter(pred)) => spans::RangeProbe::find(pred, &schema),
+            _ => None,
+        };
         let errors = self.errors.clone();
         Ok(mfp_operator(
             arranged.stream,
@@ -256,12 +261,33 @@ impl<'s> Context<'_, 's> {
                         Ok(s) => s,
                         Err(e) => return record_error(&errors, e),
                     };
+                    let rows = match probe.filter(|_| reader.indexed()) {
+                        Some(p) => span.candidates(&p),
+                        None => {
+                            let info = mfp::RowInfo {
+                                time: &|i| span.times[i],
+                                diff: &|i| span.diffs[i],
+                                expiry: &|_| None,
+                            };
+                            mfp_into(&steps, &span.batch, &info, buffer, &errors);
+                            continue;
+                        }
+                    };
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    let indices = UInt32Array::from(rows);
+                    let part = match take_record_batch(&span.batch, &indices) {
+                        Ok(b) => b,
+                        Err(e) => return record_error(&errors, e.into()),
+                    };
+                    let rows = indices.values();
                     let info = mfp::RowInfo {
-                        time: &|i| span.times[i],
-                        diff: &|i| span.diffs[i],
+                        time: &|i| span.times[rows[i] as usize],
+                        diff: &|i| span.diffs[rows[i] as usize],
                         expiry: &|_| None,
                     };
-                    mfp_into(&steps, &span.batch, &info, buffer, &errors);
+                    mfp_into(&steps, &part, &info, buffer, &errors);
                 }
             },
         ))
