@@ -120,6 +120,8 @@ struct WorkerState {
     errors: HashMap<String, Rc<RefCell<DataflowErrors>>>,
     peeks: Vec<PendingPeek>,
     spans: Rc<RefCell<ArrowSpans>>,
+    /// The compaction frontier and peek hold last applied; `None` once a trace is added.
+    compacted: Option<(Time, Time)>,
 }
 
 pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
@@ -184,6 +186,7 @@ impl WorkerState {
                 let result = match result {
                     Ok(trace) => {
                         self.traces.insert(name.clone(), trace);
+                        self.compacted = None;
                         self.dataflows.insert(name.clone(), df_index);
                         self.errors.insert(name, errors);
                         Ok(())
@@ -319,12 +322,19 @@ impl WorkerState {
 
     /// Lets arrangements merge history older than a second behind the write frontier, and sources
     /// drop expired rows, but never past the time of a peek that is still waiting.
+    /// Nothing is done while neither the frontier nor the hold moved: with many relations this
+    /// runs after every step of the worker.
     fn compact(&mut self) {
         let hold = self.peeks.iter().map(|p| p.time).min().unwrap_or(Time::MAX);
+        let since = self.upper.saturating_sub(COMPACTION_LAG_MS).min(hold);
+        if self.compacted == Some((since, hold)) {
+            return;
+        }
+        self.compacted = Some((since, hold));
         for log in self.sources.values() {
             log.borrow_mut().prune(hold);
         }
-        let since = [self.upper.saturating_sub(COMPACTION_LAG_MS).min(hold)];
+        let since = [since];
         for trace in self.traces.values_mut() {
             trace.set_logical_compaction(AntichainRef::new(&since));
             trace.set_physical_compaction(AntichainRef::new(&since));
