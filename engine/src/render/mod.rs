@@ -12,7 +12,7 @@
 //! | `mfp.rs` | vectorized map/filter/project and temporal bounds |
 //! | `reduce.rs` | GROUP BY, DISTINCT, DISTINCT ON, global aggregates |
 //! | `join.rs` | inner and left equi-joins |
-//! | `spans.rs` | Arrow forms of shared arrangement batches, built once for every reader |
+//! | `spans.rs` | Arrow forms of shared arrangement batches, built once for every reader, and their value indexes for range filters |
 //! | `subscribe.rs` | the sink that ships a collection's changes and progress to a subscriber |
 
 pub(crate) mod join;
