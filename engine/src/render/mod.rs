@@ -261,30 +261,25 @@ impl<'s> Context<'_, 's> {
                         Ok(s) => s,
                         Err(e) => return record_error(&errors, e),
                     };
-                    let rows = match probe.filter(|_| reader.indexed()) {
-                        Some(p) => span.candidates(&p),
-                        None => {
-                            let info = mfp::RowInfo {
-                                time: &|i| span.times[i],
-                                diff: &|i| span.diffs[i],
-                                expiry: &|_| None,
-                            };
-                            mfp_into(&steps, &span.batch, &info, buffer, &errors);
-                            continue;
+                    // With an index, only the rows in the filter's range are evaluated.
+                    let (part, picked) = match probe.filter(|_| reader.indexed()) {
+                        Some(p) => {
+                            let rows = span.candidates(&p);
+                            if rows.is_empty() {
+                                continue;
+                            }
+                            let rows = UInt32Array::from(rows);
+                            match take_record_batch(&span.batch, &rows) {
+                                Ok(b) => (b, Some(rows)),
+                                Err(e) => return record_error(&errors, e.into()),
+                            }
                         }
+                        None => (span.batch.clone(), None),
                     };
-                    if rows.is_empty() {
-                        continue;
-                    }
-                    let indices = UInt32Array::from(rows);
-                    let part = match take_record_batch(&span.batch, &indices) {
-                        Ok(b) => b,
-                        Err(e) => return record_error(&errors, e.into()),
-                    };
-                    let rows = indices.values();
+                    let at = |i: usize| picked.as_ref().map_or(i, |p| p.value(i) as usize);
                     let info = mfp::RowInfo {
-                        time: &|i| span.times[rows[i] as usize],
-                        diff: &|i| span.diffs[rows[i] as usize],
+                        time: &|i| span.times[at(i)],
+                        diff: &|i| span.diffs[at(i)],
                         expiry: &|_| None,
                     };
                     mfp_into(&steps, &part, &info, buffer, &errors);
