@@ -83,7 +83,7 @@ impl CatalogEntry {
                     .collect();
                 format!(
                     "CREATE SINK {} TO {connector}{}",
-                    self.name,
+                    crate::pgcompat::quote_ident(&self.name),
                     crate::options_sql(&masked)
                 )
             }

