@@ -27,6 +27,7 @@ use crate::render::subscribe::WorkerUpdate;
 use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
 use crate::share::Shares;
+use crate::source::Retained;
 use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
@@ -102,6 +103,8 @@ struct Object {
     plan: Option<Plan>,
     /// The shared relations `plan` uses (see [`Shares`]).
     uses: Vec<String>,
+    /// A source's retained rows and bytes, counted by the workers.
+    retained: Option<Arc<Retained>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -135,6 +138,8 @@ struct Shared {
     ticker: Mutex<Option<JoinHandle<()>>>,
     /// Rows pushed that no worker has taken yet.
     pending: Arc<AtomicUsize>,
+    /// Arrow memory of every source's retained rows (see [`Retained`]).
+    retained_bytes: Arc<AtomicU64>,
 }
 
 /// A running engine. Cheap to clone; the workers stop when the last clone (and subscription) is gone.
@@ -320,6 +325,7 @@ impl Engine {
             stop: AtomicBool::new(false),
             ticker: Mutex::new(None),
             pending: Arc::new(AtomicUsize::new(0)),
+            retained_bytes: Arc::new(AtomicU64::new(0)),
         });
         let engine = Engine { shared };
         engine.coord()?.advance(&engine.shared.threads, now)?;
@@ -406,10 +412,12 @@ impl Engine {
             if c.objects.contains_key(name) {
                 return Err(EngineError::Plan(format!("\"{name}\" already exists")));
             }
+            let retained = Arc::new(Retained::new(self.shared.retained_bytes.clone()));
             c.broadcast(&self.shared.threads, || Command::CreateSource {
                 name: name.to_string(),
                 ts_col,
                 retain_ms,
+                retained: retained.clone(),
                 reply: reply.clone(),
             })?;
             c.objects.insert(
@@ -420,6 +428,7 @@ impl Engine {
                     deps: Vec::new(),
                     plan: None,
                     uses: Vec::new(),
+                    retained: Some(retained),
                 },
             );
         }
@@ -469,6 +478,7 @@ impl Engine {
                     deps,
                     plan: Some(shared.plan),
                     uses: shared.uses,
+                    retained: None,
                 },
             );
             create.len()
@@ -538,6 +548,30 @@ impl Engine {
         let c = self.coord().ok()?;
         let info = c.objects.get(name)?.source?;
         Some(Duration::from_millis(info.retain_ms.max(0) as u64))
+    }
+
+    /// Arrow memory of the rows every source retains now, in bytes (rows pushed but not yet
+    /// taken by a worker are not counted: see [`Engine::pending_rows`]).
+    pub fn retained_bytes(&self) -> u64 {
+        self.shared.retained_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Each source's retained rows and their Arrow memory: (name, rows, bytes), by name.
+    pub fn retained(&self) -> Vec<(String, u64, u64)> {
+        let Ok(c) = self.coord() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u64, u64)> = c
+            .objects
+            .iter()
+            .filter_map(|(n, o)| {
+                o.retained
+                    .as_ref()
+                    .map(|r| (n.clone(), r.rows(), r.bytes()))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Rows pushed that the workers have not taken yet: what a producer waits on to apply

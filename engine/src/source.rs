@@ -7,10 +7,17 @@
 //! rules on one source share one copy of its rows instead of each arranging their own.
 //!
 //! Entries leave the log once every row in them has expired and every reader has read them.
+//!
+//! Every worker's log of a source counts what it holds in the source's [`Retained`]: rows, and
+//! the Arrow memory of their batches. The counts go up on append and down when entries leave (or
+//! the log is dropped with its source), so they are exact at all times; the server budgets memory
+//! with them (`--memory-limit`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
@@ -25,6 +32,49 @@ pub(crate) struct Entry {
     pub batch: RecordBatch,
     /// The time at which the last row of this entry expires.
     pub expires: i64,
+    /// The batch's Arrow memory, as counted in [`Retained`].
+    bytes: u64,
+}
+
+/// What one source holds on every worker: rows and the Arrow memory of their batches. The
+/// engine-wide total of every source is kept beside it.
+#[derive(Debug)]
+pub struct Retained {
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    total: Arc<AtomicU64>,
+}
+
+impl Retained {
+    pub(crate) fn new(total: Arc<AtomicU64>) -> Self {
+        Retained {
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            total,
+        }
+    }
+
+    /// Rows retained now.
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of Arrow memory retained now.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, rows: u64, bytes: u64) {
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, rows: u64, bytes: u64) {
+        self.rows.fetch_sub(rows, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct SourceLog {
@@ -36,10 +86,19 @@ pub(crate) struct SourceLog {
     /// Every entry appended from now on has a time at least this.
     pub upper: u64,
     readers: Vec<(Weak<Cell<u64>>, Activator)>,
+    retained: Arc<Retained>,
+}
+
+impl Drop for SourceLog {
+    fn drop(&mut self) {
+        for e in &self.entries {
+            self.retained.sub(e.batch.num_rows() as u64, e.bytes);
+        }
+    }
 }
 
 impl SourceLog {
-    pub fn new(ts_col: usize, retain_ms: i64, upper: u64) -> Self {
+    pub fn new(ts_col: usize, retain_ms: i64, upper: u64, retained: Arc<Retained>) -> Self {
         SourceLog {
             ts_col,
             retain_ms,
@@ -47,6 +106,7 @@ impl SourceLog {
             base_seq: 0,
             upper,
             readers: Vec::new(),
+            retained,
         }
     }
 
@@ -65,10 +125,13 @@ impl SourceLog {
         let ts = self.ts_millis(&batch);
         let max_ts = ts.iter().flatten().max().unwrap_or(i64::MIN);
         let expires = max_ts.saturating_add(self.retain_ms);
+        let bytes = batch.get_array_memory_size() as u64;
+        self.retained.add(batch.num_rows() as u64, bytes);
         self.entries.push_back(Entry {
             time,
             batch,
             expires,
+            bytes,
         });
         self.activate_readers();
     }
@@ -118,7 +181,8 @@ impl SourceLog {
             .unwrap_or(u64::MAX);
         while let Some(front) = self.entries.front() {
             if front.expires <= hold as i64 && self.base_seq < min_cursor {
-                self.entries.pop_front();
+                let e = self.entries.pop_front().expect("front");
+                self.retained.sub(e.batch.num_rows() as u64, e.bytes);
                 self.base_seq += 1;
             } else {
                 break;
@@ -179,7 +243,9 @@ mod tests {
     #[test]
     fn peeks_see_arrived_unexpired_rows_and_pruning_waits_for_peeks() {
         // Rows are retained 100 ms after their ts.
-        let mut log = SourceLog::new(1, 100, 1_000);
+        let total = Arc::new(AtomicU64::new(0));
+        let retained = Arc::new(Retained::new(total.clone()));
+        let mut log = SourceLog::new(1, 100, 1_000, retained.clone());
         log.append(1_000, batch(&[950, 990]));
         log.advance(1_010);
         log.append(1_010, batch(&[1_005]));
@@ -202,7 +268,19 @@ mod tests {
             "the first batch still has a live row (ts 990) at 1060"
         );
         assert_eq!(rows(log.peek(1_060).unwrap()), 2);
+        assert_eq!(retained.rows(), 3);
+        assert!(retained.bytes() > 0);
         log.prune(u64::MAX);
         assert_eq!(log.len(), 0, "everything expired by 1200");
+        assert_eq!((retained.rows(), retained.bytes()), (0, 0));
+        assert_eq!(total.load(Ordering::Relaxed), 0);
+        log.append(1_200, batch(&[1_190]));
+        assert_eq!(retained.rows(), 1);
+        drop(log);
+        assert_eq!(
+            (retained.rows(), total.load(Ordering::Relaxed)),
+            (0, 0),
+            "a dropped source's rows are no longer counted"
+        );
     }
 }

@@ -25,7 +25,7 @@ use crate::render::spans::ArrowSpans;
 use crate::render::subscribe::{render_subscribe, WorkerUpdate};
 use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
-use crate::source::SourceLog;
+use crate::source::{Retained, SourceLog};
 
 /// How long an idle worker parks before looking at the clock again.
 const PARK: Duration = Duration::from_millis(5);
@@ -60,6 +60,7 @@ pub(crate) enum Command {
         name: String,
         ts_col: usize,
         retain_ms: i64,
+        retained: Arc<Retained>,
         reply: Reply<()>,
     },
     CreateRelation {
@@ -164,9 +165,10 @@ impl WorkerState {
                 name,
                 ts_col,
                 retain_ms,
+                retained,
                 reply,
             } => {
-                let log = SourceLog::new(ts_col, retain_ms, self.upper);
+                let log = SourceLog::new(ts_col, retain_ms, self.upper, retained);
                 self.sources.insert(name, Rc::new(RefCell::new(log)));
                 let _ = reply.send((index, Ok(())));
             }
