@@ -22,8 +22,10 @@ pub struct AgentConfig {
     pub server: String,
     pub source: String,
     pub interval: Duration,
-    /// Bearer token for a server started with `--http-token`.
+    /// Bearer token (scope write) for a server with credentials.
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for `wss://`, instead of the public web roots.
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 fn ipc(batch: &RecordBatch) -> Result<Vec<u8>, String> {
@@ -140,13 +142,17 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
         "agent: pushing metrics of {host} to {url} every {:?}",
         config.interval
     );
+    let tls = crate::client::tls_config(config.ca_cert.as_deref())?;
     let mut backoff = Duration::from_millis(500);
     loop {
         let request = match request(&url, config.token.as_deref()) {
             Ok(r) => r,
             Err(e) => return Err(format!("agent: bad server address {url}: {e}")),
         };
-        match tokio_tungstenite::connect_async(request).await {
+        let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+        match tokio_tungstenite::connect_async_tls_with_config(request, None, true, Some(connector))
+            .await
+        {
             Ok((mut ws, _)) => {
                 tracing::info!("agent: connected to {url}");
                 backoff = Duration::from_millis(500);

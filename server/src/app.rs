@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use tocsin_engine::{Engine, EngineConfig, PushOutcome};
-use tocsin_sql::{DdlChange, Durability, Tocsin};
+use tocsin_sql::{Access, DdlChange, Durability, Tocsin};
 
 use crate::alerts::deliver::Sinks;
 use crate::alerts::{relations, AlertManager};
+use crate::auth::{BrowserPolicy, Credentials};
 use crate::catalog_log::{track, CatalogLog, Generations};
 use crate::ingest::Ingest;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::tasks::Tasks;
 use crate::wal::Wal;
@@ -33,12 +35,19 @@ pub struct Config {
     pub defaults: bool,
     /// A second address that serves only the PostgreSQL protocol.
     pub pg_listen: Option<SocketAddr>,
-    /// The password pg clients must give (clear-text authentication); none: no authentication.
-    pub pg_password: Option<String>,
-    /// PEM certificate chain and private key for TLS on the PostgreSQL protocol.
-    pub pg_tls: Option<(PathBuf, PathBuf)>,
-    /// Bearer tokens that HTTP requests which change something must carry; none: no tokens.
-    pub http_tokens: Vec<String>,
+    /// Tokens, pg users and whether reads are open (none configured: everyone is admin).
+    pub credentials: Credentials,
+    /// Origins allowed besides the server's own (`--allow-origin`).
+    pub allow_origin: Vec<String>,
+    /// Host names allowed on a loopback address besides loopback ones (`--allow-host`).
+    pub allow_host: Vec<String>,
+    /// PEM certificate chain and private key: TLS for HTTP, WebSocket and the PostgreSQL
+    /// protocol on the one port (and on `--pg-listen`).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Request sizes, connections and header time.
+    pub limits: Limits,
+    /// The memory budget, bytes: ingest is refused beyond it (see `memory`).
+    pub memory_limit: u64,
 }
 
 impl Default for Config {
@@ -51,9 +60,12 @@ impl Default for Config {
             ingest_wait: Duration::from_secs(5),
             defaults: true,
             pg_listen: None,
-            pg_password: None,
-            pg_tls: None,
-            http_tokens: Vec::new(),
+            credentials: Credentials::default(),
+            allow_origin: Vec::new(),
+            allow_host: Vec::new(),
+            tls: None,
+            limits: Limits::default(),
+            memory_limit: crate::memory::default_limit(),
         }
     }
 }
@@ -65,8 +77,12 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub tasks: Tasks,
     pub alerts: Arc<AlertManager>,
-    /// Bearer tokens for HTTP writes (empty: not required).
-    pub http_tokens: Vec<String>,
+    /// Who may do what.
+    pub credentials: Credentials,
+    /// The Host and Origin checks.
+    pub browser: BrowserPolicy,
+    /// Request sizes, connections and header time.
+    pub limits: Limits,
     /// When the server started, epoch ms.
     pub started_ms: i64,
     /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
@@ -197,9 +213,18 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     // The rows, as the WAL holds them.
     let wal_dir = config.data_dir.join("wal");
     let (mut fed, mut expired) = (0usize, 0usize);
+    let (replay_from, skipped, skipped_bytes) =
+        crate::memory::segments_to_skip(&wal_dir, config.memory_limit);
+    if skipped > 0 {
+        tracing::warn!(
+            "write-ahead log: {skipped} oldest segment(s) ({}) left unread so that the newest rows fit in --memory-limit {}; they stay on disk until their rows pass retention",
+            crate::memory::human(skipped_bytes),
+            crate::memory::human(config.memory_limit)
+        );
+    }
     let wal = {
         let live = generations.read().expect("generations").clone();
-        Wal::open(&wal_dir, |source, generation, batch| {
+        Wal::open(&wal_dir, replay_from, |source, generation, batch| {
             if live.get(source) != Some(&generation) {
                 return;
             }
@@ -230,6 +255,10 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         metrics.clone(),
         config.ingest_queue,
         config.ingest_wait,
+        Arc::new(crate::memory::Budget::start(
+            config.memory_limit,
+            engine.clone(),
+        )),
     );
     tocsin.set_durability(Arc::new(ServerDurability {
         log,
@@ -242,7 +271,13 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         metrics,
         tasks: Tasks::default(),
         alerts,
-        http_tokens: config.http_tokens.clone(),
+        credentials: config.credentials.clone(),
+        browser: BrowserPolicy {
+            loopback: config.listen.ip().is_loopback(),
+            allow_origin: config.allow_origin.clone(),
+            allow_host: config.allow_host.clone(),
+        },
+        limits: config.limits.clone(),
         started_ms: chrono::Utc::now().timestamp_millis(),
         _lock: lock,
     });
@@ -276,8 +311,8 @@ pub async fn serve(config: Config) -> Result<(), String> {
         ),
         None => None,
     };
-    let tls = match &config.pg_tls {
-        Some((cert, key)) => Some(crate::pg::tls_acceptor(cert, key)?),
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(crate::listen::Tls::load(cert, key)?),
         None => None,
     };
     let app = open(&config).await?;
@@ -294,35 +329,59 @@ pub async fn serve(config: Config) -> Result<(), String> {
         addrs.push(a);
     }
     let open_to_network = addrs.iter().any(|a| !a.ip().is_loopback());
-    match (&config.pg_password, config.http_tokens.is_empty()) {
-        (Some(_), false) => tracing::info!(
-            "pg clients need the password (--pg-password); HTTP requests that change something need a bearer token (--http-token)"
-        ),
-        (Some(_), true) => tracing::info!(
-            "pg clients need the password (--pg-password); HTTP requests need no token (set --http-token to require one for writes)"
-        ),
-        (None, false) => tracing::info!(
-            "HTTP requests that change something need a bearer token (--http-token); pg clients need no password (set --pg-password)"
-        ),
-        (None, true) => tracing::info!(
-            "no --pg-password and no --http-token: anyone who can connect can read and change everything"
-        ),
-    }
-    if !open_to_network {
-        tracing::info!("listening on loopback only: other machines cannot reach this address");
-    } else if config.pg_password.is_none() || config.http_tokens.is_empty() {
-        tracing::warn!(
-            "listening beyond loopback without --pg-password and --http-token: protect this address or set both"
+    let c = &config.credentials;
+    if !c.any() {
+        tracing::info!(
+            "no credentials configured (--admin-token, --write-token, --read-token, --pg-user, --pg-password): anyone who can connect can read and change everything"
         );
+    } else {
+        let scopes = |a: Access| c.tokens.iter().filter(|(_, s)| *s == a).count();
+        tracing::info!(
+            "credentials: {} admin, {} write and {} read token(s), {} pg user(s){}; reads {}",
+            scopes(Access::Admin),
+            scopes(Access::Write),
+            scopes(Access::Read),
+            c.pg_users.len(),
+            if c.pg_password.is_some() {
+                ", --pg-password for other pg user names"
+            } else {
+                ""
+            },
+            if c.read_open {
+                "are open to anyone (--read-open)"
+            } else {
+                "need a credential"
+            }
+        );
+    }
+    tracing::info!(
+        "memory budget: {} (--memory-limit); ingest is refused beyond it, see docs/security.md",
+        crate::memory::human(config.memory_limit)
+    );
+    if !open_to_network {
+        tracing::info!("listening on loopback only: other machines cannot reach this address; browsers are held to Host and Origin checks");
+    } else {
+        if !c.any() {
+            tracing::warn!(
+                "listening beyond loopback without credentials: anyone on the network can change rules and sinks; set --admin-token (and --pg-user) or listen on 127.0.0.1"
+            );
+        }
+        if tls.is_none() {
+            tracing::warn!(
+                "listening beyond loopback without TLS: tokens, passwords and data cross the network in clear text; set --tls-cert and --tls-key"
+            );
+        }
     }
     tracing::info!("try: tocsin sql 'SELECT * FROM host_cpu'    (or curl -d 'SHOW RULES' http://{addr}/v1/sql)");
     if tls.is_some() {
-        tracing::info!("PostgreSQL clients may use TLS (sslmode=require)");
+        tracing::info!(
+            "TLS on: https:// and wss:// on {addr}, PostgreSQL clients with sslmode=require or verify-full; plain text is refused from other machines"
+        );
     }
-    let backend = crate::pg::Backend::new(app.clone(), config.pg_password.clone(), tls);
+    let backend = crate::pg::Backend::new(app.clone(), tls.as_ref().map(|t| t.pg.clone()));
     if let Some(l) = pg_listener {
         let (app, backend) = (app.clone(), backend.clone());
         tokio::spawn(crate::listen::run_pg(l, app, backend));
     }
-    crate::listen::run(listener, app, backend).await
+    crate::listen::run(listener, app, backend, tls).await
 }

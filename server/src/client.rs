@@ -1,33 +1,83 @@
 //! `tocsin sql`: a thin client of `POST /v1/sql` that prints results as aligned tables.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// Posts a body to `http://server/path` (with a bearer token when given); returns the status
-/// and the body.
+/// The TLS settings of `tocsin sql` and `tocsin agent` for `https://` and `wss://` servers: the
+/// public web roots, or only the CA of `--ca-cert` (a PEM file) when one is given.
+pub fn tls_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("no certificate in {}", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// How `tocsin sql` reaches a server.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// Bearer token, for a server with credentials.
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for `https://`, instead of the public web roots.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Posts a body to `server` + `path` (`http://` or `https://`); returns the status and the body.
 pub async fn post(
     server: &str,
     path: &str,
     content_type: &str,
     body: Vec<u8>,
-    token: Option<&str>,
+    options: &ClientOptions,
 ) -> Result<(u16, Vec<u8>), String> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls_config(options.ca_cert.as_deref())?).clone())
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(https);
     let url = format!("{}{path}", base_url(server));
     let mut req = hyper::Request::post(&url).header("content-type", content_type);
-    if let Some(t) = token {
+    if let Some(t) = &options.token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
-    let resp = client
-        .request(req)
-        .await
-        .map_err(|e| format!("cannot reach tocsin at {url}: {e}"))?;
+    let resp = client.request(req).await.map_err(|e| {
+        format!(
+            "cannot reach tocsin at {url}: {}",
+            tocsin_connectors::sink::webhook::error_chain(&e)
+        )
+    })?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -39,12 +89,14 @@ pub async fn post(
     Ok((status, body))
 }
 
-/// `http://host:port` from `host:port`, `http://host:port` or `ws://host:port`.
+/// `http(s)://host:port` from `host:port`, `http(s)://host:port` or `ws(s)://host:port`.
 pub fn base_url(server: &str) -> String {
     let s = server.trim_end_matches('/');
     if let Some(rest) = s.strip_prefix("ws://") {
         format!("http://{rest}")
-    } else if s.starts_with("http://") {
+    } else if let Some(rest) = s.strip_prefix("wss://") {
+        format!("https://{rest}")
+    } else if s.starts_with("http://") || s.starts_with("https://") {
         s.to_string()
     } else {
         format!("http://{s}")
@@ -120,13 +172,13 @@ pub fn table(result: &Value) -> String {
 
 /// Runs SQL against a server and prints the results; the error (with its position) is returned
 /// as text.
-pub async fn run_sql(server: &str, sql: &str, token: Option<&str>) -> Result<String, String> {
+pub async fn run_sql(server: &str, sql: &str, options: &ClientOptions) -> Result<String, String> {
     let (status, body) = post(
         server,
         "/v1/sql",
         "text/plain",
         sql.as_bytes().to_vec(),
-        token,
+        options,
     )
     .await?;
     let v: Value = serde_json::from_slice(&body)

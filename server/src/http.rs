@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use datafusion::arrow::datatypes::SchemaRef;
 use serde_json::{json, Value};
@@ -18,12 +19,12 @@ use tocsin_engine::SubscribeEvent;
 use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, StatementResult};
 
 use crate::app::AppRef;
+use crate::auth::Caller;
 use crate::ingest::IngestError;
-
-/// The largest request body tocsin reads.
-pub const MAX_BODY: usize = 256 << 20;
+use crate::metrics::Refusal as Refused;
 
 pub fn router(app: AppRef) -> Router {
+    let max_body = app.limits.max_body;
     Router::new()
         .route("/v1/sql", post(sql))
         .route("/v1/ingest/{source}", post(ingest_http).get(ingest_ws))
@@ -34,10 +35,14 @@ pub fn router(app: AppRef) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::amapi::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see docs/http.md") })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            require_token,
+            limit_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -55,45 +60,46 @@ async fn count_requests(
     next.run(req).await
 }
 
-/// Whether a request may change something: SQL (which runs DDL and INSERT) and ingest. Reads
-/// (catalog, alerts, subscriptions, metrics, the Alertmanager API) are open.
-fn is_write(method: &axum::http::Method, path: &str) -> bool {
-    !matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
-        || path.starts_with("/v1/ingest/")
-}
-
-/// With `--http-token`, requests that change something need `Authorization: Bearer TOKEN`.
-async fn require_token(
+/// Bodies over `--max-body` are answered 413 with the limit, whether their `Content-Length`
+/// says so up front or the body turns out longer while it is read.
+async fn limit_body(
     State(app): State<AppRef>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if app.http_tokens.is_empty() || !is_write(req.method(), req.uri().path()) {
-        return next.run(req).await;
-    }
-    let given = req
+    let max = app.limits.max_body;
+    let declared = req
         .headers()
-        .get(header::AUTHORIZATION)
+        .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(t) if app.http_tokens.iter().any(|k| k == t) => next.run(req).await,
-        _ => {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "this request needs a bearer token: Authorization: Bearer TOKEN (see --http-token)",
-            );
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        .and_then(|v| v.parse::<u64>().ok());
+    let response = match declared {
+        Some(n) if n > max as u64 => None,
+        _ => Some(next.run(req).await),
+    };
+    match response {
+        Some(r) if r.status() != StatusCode::PAYLOAD_TOO_LARGE => r,
+        // axum's own answer for a body that grew past the limit is plain text: say it in JSON.
+        Some(r)
+            if r.headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|c| c.as_bytes().starts_with(b"application/json")) =>
+        {
             r
+        }
+        _ => {
+            app.metrics.refused(Refused::BodyTooLarge);
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is larger than the limit of {max} bytes (--max-body); send smaller batches"
+                ),
+            )
         }
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": {"message": message.into()}}))).into_response()
 }
 
@@ -119,7 +125,23 @@ fn sql_error(e: &SqlError) -> Response {
 }
 
 /// `POST /v1/sql`: SQL text, or `{"sql": "..."}`.
-async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Response {
+async fn sql(
+    State(app): State<AppRef>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if body.len() > app.limits.max_sql {
+        app.metrics.refused(Refused::SqlTooLong);
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the SQL text is {} bytes, over the limit of {} (--max-sql): send it in several requests",
+                body.len(),
+                app.limits.max_sql
+            ),
+        );
+    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -149,6 +171,34 @@ async fn sql(State(app): State<AppRef>, headers: HeaderMap, body: Bytes) -> Resp
         Ok(st) => st,
         Err(e) => return sql_error(&e),
     };
+    // The guard admitted the caller; each statement must be within its scope, checked before
+    // any runs.
+    let Some(Extension(caller)) = caller else {
+        return error(StatusCode::UNAUTHORIZED, "this request needs a token");
+    };
+    if let Some((i, need)) = crate::auth::first_denied(caller.scope, &statements) {
+        let (status, why) = if caller.anonymous {
+            app.metrics.refused(Refused::Unauthenticated);
+            (StatusCode::UNAUTHORIZED, "without a token".to_string())
+        } else {
+            app.metrics.refused(Refused::Forbidden);
+            (
+                StatusCode::FORBIDDEN,
+                format!("a {} credential", caller.scope.as_str()),
+            )
+        };
+        let mut e = SqlError::new(
+            ErrorKind::Plan,
+            format!(
+                "permission denied: {why} may not run this statement, it needs scope {}",
+                need.as_str()
+            ),
+        );
+        e.statement = i;
+        e.line = Some(statements[i].start.line);
+        e.column = Some(statements[i].start.column);
+        return (status, Json(sql_error_body(&e))).into_response();
+    }
     if let Some(i) = statements
         .iter()
         .position(|s| matches!(s.statement, tocsin_sql::parser::Statement::Subscribe { .. }))
@@ -213,6 +263,7 @@ enum Refusal {
     NotFound(String),
     BadPayload(String),
     Full,
+    Memory(String),
     Unavailable(String),
     Failed(String),
 }
@@ -231,6 +282,7 @@ impl Refusal {
                     .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
                 r
             }
+            Refusal::Memory(m) => error(StatusCode::INSUFFICIENT_STORAGE, m),
             Refusal::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
             Refusal::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
         }
@@ -239,6 +291,7 @@ impl Refusal {
         match self {
             Refusal::NotFound(m)
             | Refusal::BadPayload(m)
+            | Refusal::Memory(m)
             | Refusal::Unavailable(m)
             | Refusal::Failed(m) => m.clone(),
             Refusal::Full => IngestError::Full.to_string(),
@@ -318,6 +371,7 @@ async fn push_payload(
                 .fetch_add(1, Ordering::Relaxed);
             Err(Refusal::Full)
         }
+        Err(IngestError::Memory(m)) => Err(Refusal::Memory(m)),
         Err(IngestError::Refused(m)) if m.contains("does not exist") => Err(Refusal::NotFound(m)),
         Err(IngestError::Refused(m)) => Err(Refusal::BadPayload(m)),
         Err(IngestError::Failed(m)) => Err(Refusal::Failed(m)),
@@ -404,7 +458,9 @@ async fn ingest_ws(
         Some(f @ (Format::Json | Format::Ndjson | Format::Influx(_))) => with_precision(f, p),
         _ => Format::Json,
     };
-    ws.max_message_size(MAX_BODY)
+    let max = app.limits.max_frame;
+    ws.max_message_size(max)
+        .max_frame_size(max)
         .on_upgrade(move |socket| ingest_socket(app, source, socket, forced, text_format))
 }
 
@@ -415,7 +471,26 @@ async fn ingest_socket(
     forced: Option<Format>,
     text_format: Format,
 ) {
-    while let Some(Ok(msg)) = socket.recv().await {
+    while let Some(msg) = socket.recv().await {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                if too_large(e) {
+                    app.metrics.refused(Refused::FrameTooLarge);
+                    let reason = format!(
+                        "message larger than {} bytes (--max-frame)",
+                        app.limits.max_frame
+                    );
+                    let _ = socket
+                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                            code: 1009,
+                            reason: reason.into(),
+                        })))
+                        .await;
+                }
+                break;
+            }
+        };
         let (format, payload) = match msg {
             Message::Text(t) => (
                 forced.unwrap_or(text_format),
@@ -448,30 +523,38 @@ async fn ingest_socket(
     }
 }
 
+/// Whether a WebSocket error is a message over the size limit.
+fn too_large(e: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    matches!(
+        e.into_inner().downcast::<Error>().map(|e| *e),
+        Ok(Error::Capacity(_))
+    )
+}
+
 /// `GET /v1/subscribe?q=NAME_OR_SELECT` (WebSocket).
 async fn subscribe(
     State(app): State<AppRef>,
     Query(params): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(q) = params
-        .get("q")
-        .map(|q| q.trim().trim_end_matches(';').to_string())
-    else {
+    let Some(q) = params.get("q") else {
         return error(
             StatusCode::BAD_REQUEST,
             "give the view, rule, source or SELECT to follow as ?q=",
         );
     };
-    let statement = if q
-        .chars()
-        .all(|c| c.is_alphanumeric() || c == '_' || c == '"')
-    {
-        format!("SUBSCRIBE TO {q}")
-    } else {
-        format!("SUBSCRIBE TO ({q})")
+    // The text is parsed on its own into a name or one query, and the statement built from
+    // what was parsed: nothing the client sends is pasted into SQL.
+    let target = match tocsin_sql::parser::parse_subscribe_target(q) {
+        Ok(t) => t,
+        Err(e) => return sql_error(&e),
     };
-    let sub = match app.tocsin.execute(&statement).await {
+    let statement = tocsin_sql::Located {
+        statement: tocsin_sql::parser::Statement::Subscribe { target },
+        start: datafusion::sql::sqlparser::tokenizer::Location::new(1, 1),
+    };
+    let sub = match app.tocsin.execute_parsed(vec![statement]).await {
         Ok(mut r) => match r.pop() {
             Some(StatementResult::Subscribe(s)) => s,
             _ => {
@@ -483,7 +566,10 @@ async fn subscribe(
         },
         Err(e) => return sql_error(&e),
     };
-    ws.on_upgrade(move |socket| follow(sub, socket))
+    let max = app.limits.max_frame;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| follow(sub, socket))
 }
 
 async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
@@ -556,6 +642,10 @@ async fn metrics(State(app): State<AppRef>) -> Response {
         engine_pending_rows: app.tocsin.engine().pending_rows(),
         dataflows: catalog.len(),
         workers: app.tocsin.engine().workers(),
+        limits: app.limits.gauges(),
+        retained: app.tocsin.engine().retained(),
+        memory_limit: app.ingest.budget().limit(),
+        resident: app.ingest.budget().resident(),
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

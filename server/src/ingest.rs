@@ -16,7 +16,8 @@ use tocsin_engine::Engine;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog_log::Generations;
-use crate::metrics::Metrics;
+use crate::memory::Budget;
+use crate::metrics::{Metrics, Refusal};
 use crate::wal::Wal;
 
 /// The engine may hold this many pushed rows not yet taken by a worker before the writer waits.
@@ -46,6 +47,9 @@ pub enum IngestError {
     Failed(String),
     #[error("tocsin is shutting down")]
     Stopped,
+    /// Taking the batch would pass the memory budget (`--memory-limit`); nothing was written.
+    #[error("{0}")]
+    Memory(String),
 }
 
 struct Job {
@@ -73,6 +77,8 @@ pub struct Ingest {
     generations: Generations,
     wait: Duration,
     capacity: usize,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -84,11 +90,13 @@ impl Ingest {
         metrics: Arc<Metrics>,
         queue: usize,
         wait: Duration,
+        budget: Arc<Budget>,
     ) -> Ingest {
         let capacity = queue.max(1);
         let lookup = generations.clone();
         let (tx, rx) = mpsc::channel(capacity);
         let ticker = tx.clone();
+        let counted = metrics.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -116,7 +124,14 @@ impl Ingest {
             generations: lookup,
             wait,
             capacity,
+            budget,
+            metrics: counted,
         }
+    }
+
+    /// The memory budget batches are checked against.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Batches waiting in the queue.
@@ -161,6 +176,17 @@ impl Ingest {
         rows: Vec<usize>,
         patient: bool,
     ) -> Result<Outcome, IngestError> {
+        // tocsin's own relations (alert state and events) are bounded by the live alerts and
+        // must keep working when users' data fills the budget.
+        if !source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
+            if let Err(m) = self
+                .budget
+                .admit(source, batch.get_array_memory_size() as u64)
+            {
+                self.metrics.refused(Refusal::Memory);
+                return Err(IngestError::Memory(m));
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Batch(Job {
             source: source.to_string(),

@@ -5,7 +5,10 @@
 //! | module | owns |
 //! |---|---|
 //! | [`app`] | start-up: replaying the catalog and WAL, the embedded default |
-//! | [`listen`] | the listening port and protocol detection |
+//! | [`listen`] | the listening port: protocol detection, TLS, connection and header limits |
+//! | [`auth`] | credentials and scopes, the Host and Origin checks every request passes |
+//! | [`limits`] | request limits and their defaults |
+//! | [`memory`] | the memory budget ingest is checked against |
 //! | [`http`] | the HTTP and WebSocket API |
 //! | [`pg`] | the PostgreSQL wire protocol |
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
@@ -20,12 +23,15 @@ pub mod agent;
 pub mod alerts;
 pub mod amapi;
 pub mod app;
+pub mod auth;
 pub mod catalog_log;
 pub mod client;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod limits;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod pg;
 pub mod records;

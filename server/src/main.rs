@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tocsin_server::app::{serve, Config};
+use tocsin_server::auth::{Credentials, PgUser};
+use tocsin_server::limits::{parse_size, Limits};
+use tocsin_sql::Access;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,6 +25,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start: the size of the `serve` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: HTTP API, WebSocket ingest and subscriptions on one address.
@@ -50,24 +55,85 @@ enum Command {
         /// --listen).
         #[arg(long)]
         pg_listen: Option<SocketAddr>,
-        /// Password PostgreSQL clients must give (any user name); without it, no authentication.
+        /// Password PostgreSQL clients must give for any user name not given with --pg-user;
+        /// such clients have the admin role.
         #[arg(long, env = "TOCSIN_PG_PASSWORD", hide_env_values = true)]
         pg_password: Option<String>,
-        /// PEM certificate (chain) for TLS on the PostgreSQL protocol; with --pg-tls-key.
-        #[arg(long, requires = "pg_tls_key")]
-        pg_tls_cert: Option<PathBuf>,
-        /// PEM private key for --pg-tls-cert.
-        #[arg(long, requires = "pg_tls_cert")]
-        pg_tls_key: Option<PathBuf>,
-        /// Bearer token(s), comma-separated, that HTTP requests which change something
-        /// (POST /v1/sql, ingest) must carry as `Authorization: Bearer TOKEN`.
+        /// A PostgreSQL user, NAME:ROLE:PASSWORD with ROLE admin, write or read (repeat it, or
+        /// separate several with commas in TOCSIN_PG_USERS). Clients authenticate with
+        /// SCRAM-SHA-256.
         #[arg(
-            long,
-            env = "TOCSIN_HTTP_TOKEN",
+            long = "pg-user",
+            env = "TOCSIN_PG_USERS",
             hide_env_values = true,
             value_delimiter = ','
         )]
-        http_token: Vec<String>,
+        pg_users: Vec<String>,
+        /// PEM certificate (chain): TLS for HTTP, WebSocket and the PostgreSQL protocol on the
+        /// one port; with --tls-key.
+        #[arg(long, alias = "pg-tls-cert", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, alias = "pg-tls-key", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Bearer token(s) of scope admin (everything: DDL, silences, ingest, reads),
+        /// comma-separated.
+        #[arg(
+            long,
+            alias = "http-token",
+            env = "TOCSIN_ADMIN_TOKEN",
+            hide_env_values = true,
+            value_delimiter = ','
+        )]
+        admin_token: Vec<String>,
+        /// Bearer token(s) of scope write (ingest only: agents and devices), comma-separated.
+        #[arg(
+            long,
+            env = "TOCSIN_WRITE_TOKEN",
+            hide_env_values = true,
+            value_delimiter = ','
+        )]
+        write_token: Vec<String>,
+        /// Bearer token(s) of scope read (queries, subscriptions, alerts, catalog, /metrics),
+        /// comma-separated.
+        #[arg(
+            long,
+            env = "TOCSIN_READ_TOKEN",
+            hide_env_values = true,
+            value_delimiter = ','
+        )]
+        read_token: Vec<String>,
+        /// Let reads (queries, subscriptions, alerts, catalog, /metrics, pg users not
+        /// configured) through without a credential even when credentials are configured.
+        #[arg(long)]
+        read_open: bool,
+        /// An origin (e.g. https://grafana.example:3000) whose web pages may use the API
+        /// besides the server's own; `*` allows every origin. Repeat or comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        allow_origin: Vec<String>,
+        /// A host name the server answers to on a loopback address besides localhost,
+        /// 127.0.0.1 and ::1. Repeat or comma-separate.
+        #[arg(long, value_delimiter = ',')]
+        allow_host: Vec<String>,
+        /// Largest request body (e.g. 64MiB).
+        #[arg(long, default_value = "64MiB")]
+        max_body: String,
+        /// Longest SQL text of one request or query (e.g. 1MiB).
+        #[arg(long, default_value = "1MiB")]
+        max_sql: String,
+        /// Largest WebSocket message (e.g. 64MiB).
+        #[arg(long, default_value = "64MiB")]
+        max_frame: String,
+        /// Open connections the port accepts at once.
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
+        /// Time a client has to send its first bytes and each request's headers.
+        #[arg(long, default_value = "10s")]
+        header_timeout: String,
+        /// Memory budget (e.g. 4GiB): ingest is refused when the sources' retained rows, or the
+        /// process's resident memory, would pass it (default: half of the machine's memory).
+        #[arg(long, env = "TOCSIN_MEMORY_LIMIT")]
+        memory_limit: Option<String>,
     },
     /// Run SQL on a server and print the results (reads stdin when no SQL is given).
     Sql {
@@ -76,13 +142,16 @@ enum Command {
         /// The server's address.
         #[arg(long, default_value = "127.0.0.1:7654", env = "TOCSIN_SERVER")]
         server: String,
-        /// Bearer token for a server started with --http-token.
+        /// Bearer token for a server with credentials (scope admin for DDL, read for queries).
         #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) to trust for an https:// server instead of the public roots.
+        #[arg(long, env = "TOCSIN_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
     /// Push this host's metrics to a server.
     Agent {
-        /// The server, e.g. ws://10.0.0.5:7654.
+        /// The server, e.g. ws://10.0.0.5:7654 or wss://tocsin.example:7654.
         #[arg(long)]
         server: String,
         /// The source to push to (it needs the host schema, e.g. `CREATE SOURCE host FROM HOST`).
@@ -91,9 +160,12 @@ enum Command {
         /// How often to sample (e.g. 5s).
         #[arg(long, default_value = "5s")]
         interval: String,
-        /// Bearer token for a server started with --http-token.
+        /// Bearer token (scope write) for a server with credentials.
         #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// CA certificate (PEM) to trust for a wss:// server instead of the public roots.
+        #[arg(long, env = "TOCSIN_CA_CERT")]
+        ca_cert: Option<PathBuf>,
     },
 }
 
@@ -126,10 +198,53 @@ fn main() {
                 no_default,
                 pg_listen,
                 pg_password,
-                pg_tls_cert,
-                pg_tls_key,
-                http_token,
+                pg_users,
+                tls_cert,
+                tls_key,
+                admin_token,
+                write_token,
+                read_token,
+                read_open,
+                allow_origin,
+                allow_host,
+                max_body,
+                max_sql,
+                max_frame,
+                max_connections,
+                header_timeout,
+                memory_limit,
             } => {
+                let mut tokens = Vec::new();
+                // TOCSIN_HTTP_TOKEN is what --http-token (now --admin-token) was read from.
+                let admin_token = if admin_token.is_empty() {
+                    std::env::var("TOCSIN_HTTP_TOKEN")
+                        .map(|v| v.split(',').map(str::to_string).collect())
+                        .unwrap_or_default()
+                } else {
+                    admin_token
+                };
+                for (list, scope) in [
+                    (admin_token, Access::Admin),
+                    (write_token, Access::Write),
+                    (read_token, Access::Read),
+                ] {
+                    tokens.extend(
+                        list.into_iter()
+                            .map(|t| t.trim().to_string())
+                            .filter(|t| !t.is_empty())
+                            .map(|t| (t, scope)),
+                    );
+                }
+                let pg_users = pg_users
+                    .iter()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| PgUser::parse(u.trim()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let size = |flag: &str, text: &str| {
+                    parse_size(text)
+                        .map(|n| n as usize)
+                        .map_err(|e| format!("--{flag}: {e}"))
+                };
                 let mut config = Config {
                     listen,
                     data_dir,
@@ -137,13 +252,34 @@ fn main() {
                     ingest_wait: duration(&ingest_wait)?,
                     defaults: !no_default,
                     pg_listen,
-                    pg_password: pg_password.filter(|p| !p.is_empty()),
-                    pg_tls: pg_tls_cert.zip(pg_tls_key),
-                    http_tokens: http_token
+                    credentials: Credentials {
+                        tokens,
+                        pg_users,
+                        pg_password: pg_password.filter(|p| !p.is_empty()),
+                        read_open,
+                    },
+                    allow_origin: allow_origin
                         .into_iter()
-                        .map(|t| t.trim().to_string())
-                        .filter(|t| !t.is_empty())
+                        .map(|o| o.trim().trim_end_matches('/').to_string())
+                        .filter(|o| !o.is_empty())
                         .collect(),
+                    allow_host: allow_host
+                        .into_iter()
+                        .map(|h| h.trim().to_string())
+                        .filter(|h| !h.is_empty())
+                        .collect(),
+                    tls: tls_cert.zip(tls_key),
+                    limits: Limits {
+                        max_body: size("max-body", &max_body)?,
+                        max_sql: size("max-sql", &max_sql)?,
+                        max_frame: size("max-frame", &max_frame)?,
+                        max_connections: max_connections.max(1),
+                        header_timeout: duration(&header_timeout)?,
+                    },
+                    memory_limit: match memory_limit {
+                        Some(m) => parse_size(&m).map_err(|e| format!("--memory-limit: {e}"))?,
+                        None => tocsin_server::memory::default_limit(),
+                    },
                     ..Config::default()
                 };
                 if let Some(w) = workers {
@@ -151,7 +287,12 @@ fn main() {
                 }
                 serve(config).await
             }
-            Command::Sql { sql, server, token } => {
+            Command::Sql {
+                sql,
+                server,
+                token,
+                ca_cert,
+            } => {
                 let sql = match sql.as_deref() {
                     None | Some("-") => {
                         let mut s = String::new();
@@ -162,7 +303,8 @@ fn main() {
                     }
                     Some(s) => s.to_string(),
                 };
-                let out = tocsin_server::client::run_sql(&server, &sql, token.as_deref()).await?;
+                let options = tocsin_server::client::ClientOptions { token, ca_cert };
+                let out = tocsin_server::client::run_sql(&server, &sql, &options).await?;
                 print!("{out}");
                 Ok(())
             }
@@ -171,12 +313,14 @@ fn main() {
                 source,
                 interval,
                 token,
+                ca_cert,
             } => {
                 tocsin_server::agent::run(tocsin_server::agent::AgentConfig {
                     server,
                     source,
                     interval: duration(&interval)?,
                     token,
+                    ca_cert,
                 })
                 .await
             }

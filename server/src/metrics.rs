@@ -28,6 +28,9 @@ type SnmpMetric = (
     fn(&SnmpCounters) -> u64,
 );
 
+/// Name, help and reading of one per-source gauge of retained rows.
+type PerSource = (&'static str, &'static str, fn(&(String, u64, u64)) -> u64);
+
 /// Counters of one SNMP source (polling or traps).
 #[derive(Default)]
 pub struct SnmpCounters {
@@ -38,8 +41,68 @@ pub struct SnmpCounters {
     pub listening: AtomicU64,
 }
 
+/// Why a request or connection was refused before its handler ran (docs/security.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refusal {
+    /// A non-loopback `Host` on a loopback address (DNS rebinding).
+    Host,
+    /// A foreign `Origin` or a cross-site fetch.
+    Origin,
+    /// No credential, or one that is not valid.
+    Unauthenticated,
+    /// A credential whose scope does not allow the request.
+    Forbidden,
+    /// A request body over `--max-body`.
+    BodyTooLarge,
+    /// SQL text over `--max-sql`.
+    SqlTooLong,
+    /// A WebSocket message over `--max-frame`.
+    FrameTooLarge,
+    /// A connection over `--max-connections`.
+    ConnectionLimit,
+    /// Request headers not complete within `--header-timeout`.
+    HeaderTimeout,
+    /// Ingest refused because retained rows would pass `--memory-limit`.
+    Memory,
+    /// Plain text from another machine on a port that speaks TLS.
+    NotTls,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 11] = [
+        Refusal::Host,
+        Refusal::Origin,
+        Refusal::Unauthenticated,
+        Refusal::Forbidden,
+        Refusal::BodyTooLarge,
+        Refusal::SqlTooLong,
+        Refusal::FrameTooLarge,
+        Refusal::ConnectionLimit,
+        Refusal::HeaderTimeout,
+        Refusal::Memory,
+        Refusal::NotTls,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Host => "host",
+            Refusal::Origin => "origin",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Forbidden => "forbidden",
+            Refusal::BodyTooLarge => "body_too_large",
+            Refusal::SqlTooLong => "sql_too_long",
+            Refusal::FrameTooLarge => "frame_too_large",
+            Refusal::ConnectionLimit => "connection_limit",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::Memory => "memory_limit",
+            Refusal::NotTls => "not_tls",
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
+    refusals: [AtomicU64; Refusal::ALL.len()],
     sources: Mutex<BTreeMap<String, SourceCounts>>,
     snmp: Mutex<BTreeMap<String, Arc<SnmpCounters>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
@@ -51,6 +114,8 @@ pub struct Metrics {
     pub wal_syncs: AtomicU64,
     pub wal_segments: AtomicU64,
     pub connections: AtomicU64,
+    /// Connections open now, on every port.
+    pub connections_open: Arc<AtomicU64>,
     pub connections_unrecognized: AtomicU64,
 }
 
@@ -61,6 +126,14 @@ pub struct Gauges {
     pub engine_pending_rows: usize,
     pub dataflows: usize,
     pub workers: usize,
+    /// Each limit by name, in its unit (bytes, connections, seconds).
+    pub limits: Vec<(&'static str, u64)>,
+    /// Each source's retained rows and their Arrow memory.
+    pub retained: Vec<(String, u64, u64)>,
+    /// `--memory-limit`, bytes.
+    pub memory_limit: u64,
+    /// The process's resident memory, bytes.
+    pub resident: u64,
 }
 
 impl Metrics {
@@ -92,6 +165,11 @@ impl Metrics {
             .entry(source.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Counts one refused request or connection.
+    pub fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Rows refused before they reached the queue (payloads that could not be decoded).
@@ -162,6 +240,12 @@ impl Metrics {
                 self.connections.load(Ordering::Relaxed),
             ),
             (
+                "tocsin_connections_open",
+                "gauge",
+                "Connections open now (HTTP, WebSocket and PostgreSQL).",
+                self.connections_open.load(Ordering::Relaxed),
+            ),
+            (
                 "tocsin_connections_unrecognized_total",
                 "counter",
                 "Connections closed because their first bytes were no known protocol.",
@@ -203,6 +287,59 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
+        }
+        let name = "tocsin_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests and connections refused before they were served, by reason (see docs/security.md).\n# TYPE {name} counter"
+        );
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "{name}{{reason=\"{}\"}} {}",
+                r.as_str(),
+                self.refusals[r as usize].load(Ordering::Relaxed)
+            );
+        }
+        let per_source: [PerSource; 2] = [
+            (
+                "tocsin_source_retained_rows",
+                "Rows a source holds for its retention window.",
+                |r| r.1,
+            ),
+            (
+                "tocsin_source_retained_bytes",
+                "Arrow memory of the rows a source holds for its retention window.",
+                |r| r.2,
+            ),
+        ];
+        for (name, help, value) in per_source {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for r in &g.retained {
+                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(&r.0), value(r));
+            }
+        }
+        for (name, help, v) in [
+            (
+                "tocsin_memory_limit_bytes",
+                "The memory budget (--memory-limit): ingest is refused beyond it.",
+                g.memory_limit,
+            ),
+            (
+                "tocsin_memory_resident_bytes",
+                "The process's resident memory, as the budget last read it.",
+                g.resident,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let name = "tocsin_limit";
+        let _ = writeln!(
+            out,
+            "# HELP {name} The request limits this server runs with (docs/security.md).\n# TYPE {name} gauge"
+        );
+        for (limit, v) in &g.limits {
+            let _ = writeln!(out, "{name}{{limit=\"{limit}\"}} {v}");
         }
         let snmp = self.snmp.lock().expect("metrics").clone();
         let snmp_counters: [SnmpMetric; 8] = [

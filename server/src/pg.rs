@@ -17,8 +17,8 @@ use datafusion::arrow::util::display::ArrayFormatter;
 use datafusion::common::ScalarValue;
 use futures_util::sink::{Sink, SinkExt};
 use futures_util::stream;
-use pgwire::api::auth::cleartext::CleartextPasswordAuth;
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::scram::{gen_salted_password, random_nonce, ScramAuth};
 use pgwire::api::auth::{
     protocol_negotiation, save_startup_parameters_to_metadata, AuthDriver, AuthOutcome, AuthSource,
     DefaultServerParameterProvider, LoginInfo, Password, StartupHandler,
@@ -37,9 +37,11 @@ use tocsin_engine::SubscribeEvent;
 use tocsin_sql::error::{ErrorKind, SqlError};
 use tocsin_sql::parser::{Located, Statement};
 use tocsin_sql::pgcompat::PgType;
-use tocsin_sql::StatementResult;
+use tocsin_sql::{Access, StatementResult};
 
 use crate::app::AppRef;
+use crate::auth::Credentials;
+use crate::metrics::Refusal;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
@@ -55,50 +57,28 @@ pub struct Backend {
     tls: Option<pgwire::tokio::TlsAcceptor>,
 }
 
-/// A TLS acceptor from a PEM certificate chain and private key (`--pg-tls-cert`, `--pg-tls-key`).
-pub fn tls_acceptor(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<pgwire::tokio::TlsAcceptor, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the certificate {}: {e}", cert.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate in {}", cert.display()));
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read the private key {}: {e}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| format!("the certificate and key do not make a TLS configuration: {e}"))?;
-    // What libpq 17 asks for.
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(pgwire::tokio::TlsAcceptor::from(Arc::new(config)))
-}
-
 impl Backend {
-    pub fn new(
-        app: AppRef,
-        password: Option<String>,
-        tls: Option<pgwire::tokio::TlsAcceptor>,
-    ) -> Arc<Self> {
+    /// The handlers of the pg connections of `app`; `tls` answers SSLRequests.
+    pub fn new(app: AppRef, tls: Option<pgwire::tokio::TlsAcceptor>) -> Arc<Self> {
         let connections = Arc::new(ConnectionManager::new());
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = tocsin_sql::pgcompat::SERVER_VERSION.to_string();
         parameters.date_style = "ISO, MDY".to_string();
         parameters.time_zone = "UTC".to_string();
+        let credentials = app.credentials.clone();
+        let scram = credentials.any().then(|| {
+            let mut scram = ScramAuth::new(Arc::new(UserBook::new(&credentials)));
+            scram.set_iterations(SCRAM_ITERATIONS);
+            scram
+        });
         Arc::new(Backend {
             parser: Arc::new(Parser { app: app.clone() }),
             startup: Arc::new(Startup {
                 driver: AuthDriver::new(parameters).with_connection_manager(connections.clone()),
-                password: password.map(|p| CleartextPasswordAuth::new(Arc::new(Secret(p)))),
+                scram,
+                credentials,
+                tls: tls.is_some(),
+                metrics: app.metrics.clone(),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
             tls,
@@ -137,26 +117,79 @@ pub async fn serve(stream: tokio::net::TcpStream, backend: Arc<Backend>) {
     }
 }
 
-/// The password `--pg-password` sets; any user name is accepted with it.
-struct Secret(String);
+/// Where a connection's role is kept in its metadata once it has authenticated.
+const ROLE: &str = "tocsin.role";
 
-impl Debug for Secret {
+/// PBKDF2 iterations of the SCRAM secrets (PostgreSQL's default).
+const SCRAM_ITERATIONS: usize = 4096;
+
+/// The SCRAM secrets of the pg users, derived once at start; passwords are not kept.
+struct UserBook {
+    users: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
+    /// `--pg-password`'s secret, for any other user name.
+    others: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl UserBook {
+    fn new(c: &Credentials) -> UserBook {
+        let secret = |password: &str| {
+            let salt = random_nonce().into_bytes();
+            let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
+            (salt, salted)
+        };
+        UserBook {
+            users: c
+                .pg_users
+                .iter()
+                .map(|u| (u.name.clone(), secret(&u.password)))
+                .collect(),
+            others: c.pg_password.as_deref().map(secret),
+        }
+    }
+}
+
+impl Debug for UserBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
+        write!(f, "UserBook({} users)", self.users.len())
     }
 }
 
 #[async_trait]
-impl AuthSource for Secret {
-    async fn get_password(&self, _login: &LoginInfo) -> PgWireResult<Password> {
-        Ok(Password::new(None, self.0.as_bytes().to_vec()))
+impl AuthSource for UserBook {
+    async fn get_password(&self, login: &LoginInfo) -> PgWireResult<Password> {
+        let user = login.user().unwrap_or_default();
+        let (salt, salted) = match self.users.get(user).or(self.others.as_ref()) {
+            Some(s) => s.clone(),
+            // An unknown user goes through the same exchange with a secret nobody knows, so
+            // the answer does not tell which user names exist.
+            None => (
+                random_nonce().into_bytes(),
+                random_nonce().into_bytes().repeat(2),
+            ),
+        };
+        Ok(Password::new(Some(salt), salted))
     }
 }
 
-/// Connection start: no authentication, or a clear-text password.
+/// A FATAL error that ends a connection's startup.
+fn fatal(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "FATAL".into(),
+        code.into(),
+        message.into(),
+    )))
+}
+
+/// Connection start: TLS required from other machines when it is configured, then the role of
+/// the user: everyone is admin when no credential is configured; a configured user (or any name
+/// with `--pg-password`) authenticates with SCRAM-SHA-256; with `--read-open` any other name is
+/// a reader without a password.
 struct Startup {
     driver: AuthDriver<DefaultServerParameterProvider>,
-    password: Option<CleartextPasswordAuth<Secret>>,
+    scram: Option<ScramAuth>,
+    credentials: Credentials,
+    tls: bool,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[async_trait]
@@ -175,16 +208,39 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                match &self.password {
-                    None => AuthOutcome::Authenticated {
+                if self.tls && !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+                    self.metrics.refused(Refusal::NotTls);
+                    return Err(fatal(
+                        "28000",
+                        "this server requires TLS from other machines: connect with sslmode=require (or verify-full)",
+                    ));
+                }
+                let user = client.metadata().get("user").cloned().unwrap_or_default();
+                let c = &self.credentials;
+                let (role, password) = if !c.any() {
+                    (Some(Access::Admin), false)
+                } else if let Some((_, role)) = c.pg_user(&user) {
+                    (Some(role), true)
+                } else if c.read_open {
+                    (Some(Access::Read), false)
+                } else {
+                    (None, true)
+                };
+                if let Some(role) = role {
+                    client
+                        .metadata_mut()
+                        .insert(ROLE.to_string(), role.as_str().to_string());
+                }
+                match (&self.scram, password) {
+                    (Some(scram), true) => {
+                        self.driver
+                            .begin_authentication(client, scram.create())
+                            .await?
+                    }
+                    _ => AuthOutcome::Authenticated {
                         final_message: None,
                         identity: None,
                     },
-                    Some(auth) => {
-                        self.driver
-                            .begin_authentication(client, auth.create())
-                            .await?
-                    }
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(message) => {
@@ -201,6 +257,64 @@ impl StartupHandler for Startup {
             }
         }
     }
+}
+
+/// The role of an authenticated connection.
+fn role_of<C: ClientInfo>(client: &C) -> Option<Access> {
+    client
+        .metadata()
+        .get(ROLE)
+        .and_then(|r| crate::auth::scope(r).ok())
+}
+
+/// Refuses statements the connection's role may not run (SQLSTATE 42501), before any runs.
+fn permitted<C: ClientInfo>(
+    app: &AppRef,
+    client: &C,
+    statements: &[Located],
+    text: &str,
+) -> Result<(), Box<ErrorInfo>> {
+    let have = role_of(client);
+    let denied = match have {
+        Some(have) => crate::auth::first_denied(have, statements),
+        None => (!statements.is_empty()).then(|| (0, statements[0].statement.access())),
+    };
+    let Some((i, need)) = denied else {
+        return Ok(());
+    };
+    app.metrics.refused(Refusal::Forbidden);
+    let user = client.metadata().get("user").cloned().unwrap_or_default();
+    let mut e = SqlError::new(
+        ErrorKind::Plan,
+        format!(
+            "permission denied: user \"{user}\" ({} role) may not run this statement, it needs the {} role",
+            have.map_or("no", Access::as_str),
+            need.as_str()
+        ),
+    )
+    .in_statement(i);
+    e.line = Some(statements[i].start.line);
+    e.column = Some(statements[i].start.column);
+    let mut info = error_info(&e, text);
+    info.code = "42501".into();
+    Err(Box::new(info))
+}
+
+/// Refuses SQL text over `--max-sql` (SQLSTATE 54000).
+fn within_limit(app: &AppRef, text: &str) -> Result<(), Box<ErrorInfo>> {
+    let max = app.limits.max_sql;
+    if text.len() <= max {
+        return Ok(());
+    }
+    app.metrics.refused(Refusal::SqlTooLong);
+    Err(Box::new(ErrorInfo::new(
+        "ERROR".into(),
+        "54000".into(),
+        format!(
+            "the query text is {} bytes, over the limit of {max} (--max-sql)",
+            text.len()
+        ),
+    )))
 }
 
 /// The SQLSTATE for an error, by its kind and, for planning errors, what it is about.
@@ -456,6 +570,20 @@ fn tag(result: &StatementResult) -> Tag {
     }
 }
 
+/// What `COPY (...) TO STDOUT` may run, checked before anything runs: statements that answer
+/// with rows, and SUBSCRIBE; never one that changes something.
+fn copyable(located: &Located) -> Result<(), SqlError> {
+    if located.statement.returns_rows() || matches!(located.statement, Statement::Subscribe { .. })
+    {
+        Ok(())
+    } else {
+        Err(SqlError::new(
+            ErrorKind::Unsupported,
+            "COPY ... TO STDOUT takes a SELECT, SHOW, EXPLAIN or SUBSCRIBE",
+        ))
+    }
+}
+
 /// `COPY (statement) TO STDOUT`: the statement inside, if that is what the text is.
 fn copy_to_stdout(text: &str) -> Option<&str> {
     let t = text.trim().trim_end_matches(';').trim_end();
@@ -648,6 +776,9 @@ impl Queries {
         }
         let located = statements.pop().expect("one");
         let subscribe = matches!(located.statement, Statement::Subscribe { .. });
+        if copy {
+            copyable(&located)?;
+        }
         Ok((copy || subscribe).then_some(located))
     }
 }
@@ -661,12 +792,23 @@ impl SimpleQueryHandler for Queries {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        if let Err(info) = within_limit(&self.app, text) {
+            return Ok(vec![Response::Error(info)]);
+        }
         if copy_to_stdout(text).is_some() {
             return match Self::copy_statement(text) {
-                Ok(Some(located)) if matches!(located.statement, Statement::Subscribe { .. }) => {
-                    Ok(vec![self.stream(client, located, text).await?])
+                Ok(Some(located)) => {
+                    if let Err(info) =
+                        permitted(&self.app, client, std::slice::from_ref(&located), text)
+                    {
+                        return Ok(vec![Response::Error(info)]);
+                    }
+                    if matches!(located.statement, Statement::Subscribe { .. }) {
+                        Ok(vec![self.stream(client, located, text).await?])
+                    } else {
+                        Ok(vec![self.copy_rows(client, located, text).await?])
+                    }
                 }
-                Ok(Some(located)) => Ok(vec![self.copy_rows(client, located, text).await?]),
                 Ok(None) => Err(user_error(
                     &SqlError::plan("COPY ... TO STDOUT takes one statement"),
                     text,
@@ -681,6 +823,9 @@ impl SimpleQueryHandler for Queries {
         if statements.is_empty() {
             // Only comments, e.g. a driver's `-- ping`.
             return Ok(vec![Response::EmptyQuery]);
+        }
+        if let Err(info) = permitted(&self.app, client, &statements, text) {
+            return Ok(vec![Response::Error(info)]);
         }
         let mut out = Vec::with_capacity(statements.len());
         for (i, located) in statements.into_iter().enumerate() {
@@ -720,8 +865,38 @@ struct Parser {
     app: AppRef,
 }
 
+/// Why a statement was not prepared.
+enum Denied {
+    Role(Box<ErrorInfo>),
+    Sql(SqlError),
+}
+
+impl From<SqlError> for Denied {
+    fn from(e: SqlError) -> Self {
+        Denied::Sql(e)
+    }
+}
+
 impl Parser {
-    async fn prepare(&self, text: &str) -> Result<Option<Prepared>, SqlError> {
+    /// Parses and describes a statement; `allowed` refuses what the connection's role may not
+    /// run before anything (a SHOW run for its columns included) runs.
+    async fn prepare(
+        &self,
+        text: &str,
+        allowed: impl Fn(&Located) -> Result<(), Box<ErrorInfo>>,
+    ) -> PgWireResult<Option<Prepared>> {
+        within_limit(&self.app, text).map_err(PgWireError::UserError)?;
+        self.describe(text, allowed).await.map_err(|e| match e {
+            Denied::Role(info) => PgWireError::UserError(info),
+            Denied::Sql(e) => user_error(&e, text),
+        })
+    }
+
+    async fn describe(
+        &self,
+        text: &str,
+        allowed: impl Fn(&Located) -> Result<(), Box<ErrorInfo>>,
+    ) -> Result<Option<Prepared>, Denied> {
         let inner = copy_to_stdout(text).unwrap_or(text);
         let mut statements = tocsin_sql::parser::parse(inner)?;
         let located = match statements.len() {
@@ -730,9 +905,14 @@ impl Parser {
             n => {
                 return Err(SqlError::plan(format!(
                     "a prepared statement is one statement; this text has {n}"
-                )))
+                ))
+                .into())
             }
         };
+        allowed(&located).map_err(Denied::Role)?;
+        if copy_to_stdout(text).is_some() {
+            copyable(&located)?;
+        }
         let (params, schema) = match &located.statement {
             _ if copy_to_stdout(text).is_some() => (Vec::new(), None),
             Statement::Query { query } => {
@@ -771,14 +951,17 @@ impl QueryParser for Parser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
         _types: &[Option<Type>],
     ) -> PgWireResult<Option<Prepared>>
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        self.prepare(sql).await.map_err(|e| user_error(&e, sql))
+        self.prepare(sql, |l| {
+            permitted(&self.app, client, std::slice::from_ref(l), sql)
+        })
+        .await
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
@@ -874,6 +1057,8 @@ impl ExtendedQueryHandler for Queries {
     {
         let stmt = &portal.statement.statement;
         let text = stmt.text.as_str();
+        permitted(&self.app, client, std::slice::from_ref(&stmt.located), text)
+            .map_err(PgWireError::UserError)?;
         if copy_to_stdout(text).is_some()
             || matches!(stmt.located.statement, Statement::Subscribe { .. })
         {

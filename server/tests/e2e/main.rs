@@ -10,5 +10,6 @@ mod crash;
 mod garbage;
 mod http;
 mod pg;
+mod security;
 mod snmp;
 mod websocket;

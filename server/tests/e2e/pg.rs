@@ -715,8 +715,8 @@ async fn random_messages_after_startup_do_not_hurt() {
     assert_eq!(st, 200);
 }
 
-/// `--pg-password` and `--http-token`: pg needs the password, HTTP writes need the token, reads
-/// do not.
+/// `--pg-password` and `--http-token` (admin tokens): pg needs the password, HTTP needs a token
+/// for writes and, with credentials configured, for reads too (docs/security.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_and_tokens_guard_access() {
     let dir = tempfile::tempdir().unwrap();
@@ -740,7 +740,7 @@ async fn passwords_and_tokens_guard_access() {
     c.simple_query("CREATE SOURCE t (v BIGINT) FROM HTTP")
         .await
         .unwrap();
-    // HTTP: writes need a token, reads do not.
+    // HTTP: writes and reads need a token.
     let (st, _, _) = request_with(&s.addr, "POST", "/v1/sql", &[], b"SHOW SOURCES".to_vec())
         .await
         .unwrap();
@@ -766,13 +766,24 @@ async fn passwords_and_tokens_guard_access() {
     .unwrap();
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     let (st, _) = s.get("/v1/catalog").await.unwrap();
+    assert_eq!(st, 401);
+    let (st, _, _) = request_with(
+        &s.addr,
+        "GET",
+        "/v1/catalog",
+        &[("authorization", "Bearer tok-1")],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(st, 200);
     eventually(5, "the log says what is protected", || async {
         s.log()
-            .contains("pg clients need the password")
+            .contains("credentials: 2 admin, 0 write and 0 read token(s), 0 pg user(s), --pg-password for other pg user names; reads need a credential")
             .then_some(())
     })
     .await;
+    assert!(!s.log().contains("s3cret") && !s.log().contains("tok-1"));
 }
 
 /// `--pg-tls-cert`/`--pg-tls-key`: SSLRequest is answered 'S' and psql talks TLS; without them it

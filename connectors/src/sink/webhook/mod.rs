@@ -197,8 +197,8 @@ impl Sink for Webhook {
     }
 }
 
-/// An error with its sources, `a: b: c`.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error with its sources, `a: b: c` (a TLS failure hides under "client error (Connect)").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
