@@ -38,9 +38,15 @@ impl Server {
 
     /// [`Server::start`] on a given port.
     pub async fn start_on(port: u16, data_dir: &Path, extra: &[&str]) -> Server {
+        Self::start_at("127.0.0.1", port, data_dir, extra).await
+    }
+
+    /// [`Server::start`] listening on `ip` (e.g. `0.0.0.0`); the tests reach it at 127.0.0.1.
+    pub async fn start_at(ip: &str, port: u16, data_dir: &Path, extra: &[&str]) -> Server {
         let addr = format!("127.0.0.1:{port}");
+        let listen = format!("{ip}:{port}");
         let log = data_dir.with_extension(format!("{port}.log"));
-        let mut args = vec!["serve", "--listen", &addr, "--workers", "2"];
+        let mut args = vec!["serve", "--listen", &listen, "--workers", "2"];
         let dir = data_dir.to_str().unwrap();
         args.extend(["--data-dir", dir]);
         if !extra.contains(&"--default") {

@@ -130,11 +130,31 @@ async fn subscriptions_are_parsed_not_pasted() {
     )
     .await;
     assert_eq!(st, 400, "{v}");
+    // Option values are quoted when written back: quotes and backslashes stay in the value.
+    let comment = r"it's a \ test'); DROP VIEW victim; --";
+    let (st, v) = post(
+        &s,
+        "/v1/sql",
+        &[],
+        &format!(
+            "CREATE SILENCE quiet WITH (matchers = 'host=a', until = '1h', comment = '{}')",
+            comment.replace('\'', "''")
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
     let data = s.kill();
     let s = Server::start(&data, &[]).await;
     assert_eq!(
         views(&s, None).await,
         ["victim", "x AS SELECT 1; DROP VIEW victim; CREATE VIEW y"]
+    );
+    let (_, v) = post(&s, "/v1/sql", &[], "SHOW SILENCES").await;
+    let rows = v["results"][0]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.as_array().unwrap().iter().any(|c| c == comment)),
+        "the comment came back changed: {v}"
     );
     // Over the PostgreSQL protocol: COPY runs only what answers with rows, a prepared statement
     // is one statement, and parameters are values.
@@ -705,7 +725,11 @@ async fn tls_on_the_one_port() {
     let dir = tempfile::tempdir().unwrap();
     make_certificates(dir.path());
     let file = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
-    let s = Server::start(
+    // On all addresses, so that a client from another address (this machine's own network
+    // address stands in for another machine) can be seen being refused plain text.
+    let s = Server::start_at(
+        "0.0.0.0",
+        crate::common::free_port(),
         &dir.path().join("data"),
         &[
             "--tls-cert",
@@ -792,6 +816,56 @@ async fn tls_on_the_one_port() {
     let _ = agent.0.kill();
     // Plain HTTP from this machine still works for local tools.
     assert_eq!(s.get("/healthz").await.unwrap().0, 200);
+    // Plain text from another address is refused: HTTP with a 400 that says to use https, pg in
+    // its startup.
+    let other = network_address();
+    let mut plain = tokio::net::TcpStream::connect((other, port.parse::<u16>().unwrap()))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {other}:{port}: {e}"));
+    plain
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {other}:{port}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    plain.read_to_string(&mut answer).await.unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("https://"),
+        "{answer}"
+    );
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={other} port={port} user=u dbname=tocsin sslmode=disable"
+    ))
+    .args(["-X", "-At", "-c", "SELECT 1"]);
+    let out = run_piped(c, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("requires TLS"),
+        "{err}"
+    );
+    let mut c = Command::new("psql");
+    c.arg(format!(
+        "host={other} port={port} user=u dbname=tocsin sslmode=require"
+    ))
+    .args(["-X", "-At", "-c", "SELECT 41 + 1"]);
+    let out = run_piped(c, None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+    assert!(s
+        .log()
+        .contains("listening beyond loopback without credentials"));
+}
+
+/// This machine's address on its network (not loopback), as the source address of a route.
+fn network_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // Connecting a UDP socket sends nothing; it only picks the route and its source address.
+    socket
+        .connect("192.0.2.255:9")
+        .or_else(|_| socket.connect("10.255.255.255:9"))
+        .expect("this test needs a network interface besides loopback");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address besides loopback: {ip}");
+    ip
 }
 
 /// Request limits answer with the limit and count each refusal.
