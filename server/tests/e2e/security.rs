@@ -599,8 +599,24 @@ async fn pg_roles_and_scram() {
     }
     let (ok, out) = psql("dev", "dev-pw", "INSERT INTO m (host, v) VALUES ('a', 1)");
     assert!(ok, "{out}");
-    let (ok, out) = psql("dev", "dev-pw", "CREATE VIEW v AS SELECT host FROM m");
-    assert!(!ok && out.contains("permission denied"), "{out}");
+    for sql in [
+        "CREATE VIEW v AS SELECT host FROM m",
+        "SELECT count(*) FROM m",
+        "SHOW SOURCES",
+    ] {
+        let (ok, out) = psql("dev", "dev-pw", sql);
+        assert!(!ok && out.contains("permission denied"), "{sql}: {out}");
+    }
+    for sql in [
+        "INSERT INTO m (host, v) VALUES ('b', 2)",
+        "SELECT count(*) FROM m",
+        "DROP SOURCE m",
+        "CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP",
+        "INSERT INTO m (host, v) VALUES ('a', 1)",
+    ] {
+        let (ok, out) = psql("ops", "ops-pw", sql);
+        assert!(ok, "{sql}: {out}");
+    }
     for (user, pw) in [("grafana", "wrong"), ("nobody", "x"), ("ops", "")] {
         let (ok, out) = psql(user, pw, "SELECT 1");
         let out = out.to_lowercase();
