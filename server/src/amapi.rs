@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tocsin_sql::options::Silence;
 
 use crate::alerts::FiringAlert;
-use crate::app::AppRef;
 use crate::json::rfc3339_ms;
+use crate::state::AppRef;
 
 pub fn routes() -> Router<AppRef> {
     Router::new()

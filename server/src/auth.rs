@@ -25,8 +25,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tocsin_sql::Access;
 
-use crate::app::AppRef;
 use crate::metrics::Refusal;
+use crate::state::AppRef;
 
 /// A PostgreSQL user: its name, role and password (kept only as SCRAM material by the pg side).
 #[derive(Clone)]
@@ -295,7 +295,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 
 fn refuse(app: &AppRef, status: StatusCode, reason: Refusal, message: String) -> Response {
     app.metrics.refused(reason);
-    let mut r = crate::http::error(status, message);
+    let mut r = crate::json::error(status, message);
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -18,10 +18,10 @@ use tocsin_connectors::push::{decode, Decoded, Format, Precision};
 use tocsin_engine::SubscribeEvent;
 use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, StatementResult};
 
-use crate::app::AppRef;
 use crate::auth::Caller;
 use crate::ingest::IngestError;
 use crate::metrics::Refusal as Refused;
+use crate::state::AppRef;
 
 pub fn router(app: AppRef) -> Router {
     let max_body = app.limits.max_body;
@@ -99,9 +99,7 @@ async fn limit_body(
     }
 }
 
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"message": message.into()}}))).into_response()
-}
+use crate::json::error;
 
 fn sql_error_body(e: &SqlError) -> Value {
     json!({"error": {
@@ -212,14 +210,8 @@ async fn sql(
         e.column = Some(statements[i].start.column);
         return sql_error(&e);
     }
+    // Each catalog change brings the running tasks in line (see `start::ServerDurability`).
     let result = app.tocsin.execute_parsed(statements).await;
-    // Collectors and rule logs follow the catalog: look again only when it may have changed.
-    let changed = result.as_ref().map_or(true, |r| {
-        r.iter().any(|r| matches!(r, StatementResult::Ddl { .. }))
-    });
-    if changed {
-        crate::tasks::reconcile(&app).await;
-    }
     let results = match result {
         Ok(r) => r,
         Err(e) => return sql_error(&e),

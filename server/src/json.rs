@@ -147,3 +147,16 @@ pub fn row_object(schema: &SchemaRef, row: &[Datum]) -> Value {
     }
     Value::Object(m)
 }
+
+/// An error answer: `{"error": {"message": "..."}}` with `status`.
+pub fn error(
+    status: axum::http::StatusCode,
+    message: impl Into<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"message": message.into()}})),
+    )
+        .into_response()
+}

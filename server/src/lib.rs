@@ -4,7 +4,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`app`] | start-up: replaying the catalog and WAL, the embedded default |
+//! | [`state`] | the configuration and the state every handler and task shares |
+//! | [`start`] | start-up: replaying the catalog and WAL, the embedded default, the listener |
 //! | [`listen`] | the listening port: protocol detection, TLS, connection and header limits |
 //! | [`auth`] | credentials and scopes, the Host and Origin checks every request passes |
 //! | [`limits`] | request limits and their defaults |
@@ -22,7 +23,6 @@
 pub mod agent;
 pub mod alerts;
 pub mod amapi;
-pub mod app;
 pub mod auth;
 pub mod catalog_log;
 pub mod client;
@@ -36,5 +36,7 @@ pub mod metrics;
 pub mod pg;
 pub mod records;
 pub mod sources;
+pub mod start;
+pub mod state;
 pub mod tasks;
 pub mod wal;

@@ -25,9 +25,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::AppRef;
 use crate::metrics::Refusal;
 use crate::pg::Backend;
+use crate::state::AppRef;
 
 /// The protocol a connection's first byte announces.
 #[derive(Debug, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tocsin_server::app::{serve, Config};
 use tocsin_server::auth::{Credentials, PgUser};
 use tocsin_server::limits::{parse_size, Limits};
+use tocsin_server::start::serve;
+use tocsin_server::state::Config;
 use tocsin_sql::Access;
 
 #[global_allocator]

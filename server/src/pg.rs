@@ -39,9 +39,9 @@ use tocsin_sql::parser::{Located, Statement};
 use tocsin_sql::pgcompat::PgType;
 use tocsin_sql::{Access, StatementResult};
 
-use crate::app::AppRef;
 use crate::auth::Credentials;
 use crate::metrics::Refusal;
+use crate::state::AppRef;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
@@ -657,7 +657,6 @@ impl Queries {
         params: Vec<ScalarValue>,
         format: Option<&Format>,
     ) -> Result<Response, SqlError> {
-        let ddl;
         let result = match located.statement {
             Statement::Transaction(what) => {
                 let tag = Tag::new(what);
@@ -668,27 +667,21 @@ impl Queries {
                 });
             }
             Statement::Query { query } if !params.is_empty() => {
-                ddl = false;
                 let (schema, batches) = self.app.tocsin.query_with(&query, params).await?;
                 StatementResult::Rows { schema, batches }
             }
+            // A catalog change brings the running tasks in line (see `start::ServerDurability`).
             statement => {
-                let r = execute_one(
+                execute_one(
                     &self.app,
                     Located {
                         statement,
                         start: located.start,
                     },
                 )
-                .await?;
-                ddl = matches!(r, StatementResult::Ddl { .. });
-                r
+                .await?
             }
         };
-        if ddl {
-            // Collectors and rule logs follow the catalog.
-            crate::tasks::reconcile(&self.app).await;
-        }
         match &result {
             StatementResult::Rows { schema, batches } => rows_response(schema, batches, format)
                 .map_err(|e| SqlError::internal(e.to_string())),

@@ -14,8 +14,8 @@ use tocsin_connectors::snmp::trap::{trap_batch, trap_schema, TrapReceiver};
 use tocsin_connectors::snmp::{self, PollConfig, Target};
 use tocsin_sql::{DerivedSource, Options, SourceKind, Tocsin};
 
-use crate::app::AppRef;
 use crate::ingest::IngestError;
+use crate::state::AppRef;
 
 struct Host;
 

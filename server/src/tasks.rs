@@ -13,8 +13,8 @@ use tocsin_sql::ObjectDef;
 use tokio::task::JoinHandle;
 
 use crate::alerts::RuleSpec;
-use crate::app::AppRef;
 use crate::sources;
+use crate::state::AppRef;
 
 /// Running tasks by object name, with the SQL of the object they serve; and tasks that run for
 /// as long as the server does.

@@ -16,7 +16,7 @@ use tocsin_connectors::push::{decode, Format};
 use tokio::sync::mpsc;
 
 use crate::alerts::Published;
-use crate::app::AppRef;
+use crate::state::AppRef;
 
 /// How often an unchanged instance's state row is written again.
 pub const REFRESH: Duration = Duration::from_secs(24 * 3600);

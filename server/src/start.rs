@@ -1,10 +1,7 @@
 //! Starting a tocsin server: the engine and catalog, the durable catalog log and WAL replayed
 //! into them, the ingest writer, the embedded default on a new data dir, and the listener.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use tocsin_engine::{Engine, EngineConfig, PushOutcome};
@@ -12,90 +9,22 @@ use tocsin_sql::{Access, DdlChange, Durability, Tocsin};
 
 use crate::alerts::deliver::Sinks;
 use crate::alerts::{relations, AlertManager};
-use crate::auth::{BrowserPolicy, Credentials};
+use crate::auth::BrowserPolicy;
 use crate::catalog_log::{track, CatalogLog, Generations};
 use crate::ingest::Ingest;
-use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::state::{App, AppRef, Config};
 use crate::tasks::Tasks;
 use crate::wal::Wal;
 
-/// How `tocsin serve` runs.
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// Timely worker threads (default: one per core).
-    pub workers: usize,
-    /// Batches the ingest queue holds before producers wait.
-    pub ingest_queue: usize,
-    /// How long an HTTP ingest request waits for room in a full queue before the 503.
-    pub ingest_wait: Duration,
-    /// Create the embedded default (host source, starter views and rules) on a new data dir.
-    pub defaults: bool,
-    /// A second address that serves only the PostgreSQL protocol.
-    pub pg_listen: Option<SocketAddr>,
-    /// Tokens, pg users and whether reads are open (none configured: everyone is admin).
-    pub credentials: Credentials,
-    /// Origins allowed besides the server's own (`--allow-origin`).
-    pub allow_origin: Vec<String>,
-    /// Host names allowed on a loopback address besides loopback ones (`--allow-host`).
-    pub allow_host: Vec<String>,
-    /// PEM certificate chain and private key: TLS for HTTP, WebSocket and the PostgreSQL
-    /// protocol on the one port (and on `--pg-listen`).
-    pub tls: Option<(PathBuf, PathBuf)>,
-    /// Request sizes, connections and header time.
-    pub limits: Limits,
-    /// The memory budget, bytes: ingest is refused beyond it (see `memory`).
-    pub memory_limit: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "127.0.0.1:7654".parse().expect("address"),
-            data_dir: PathBuf::from("tocsin-data"),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ingest_queue: 256,
-            ingest_wait: Duration::from_secs(5),
-            defaults: true,
-            pg_listen: None,
-            credentials: Credentials::default(),
-            allow_origin: Vec::new(),
-            allow_host: Vec::new(),
-            tls: None,
-            limits: Limits::default(),
-            memory_limit: crate::memory::default_limit(),
-        }
-    }
-}
-
-/// Everything a connection handler needs.
-pub struct App {
-    pub tocsin: Arc<Tocsin>,
-    pub ingest: Ingest,
-    pub metrics: Arc<Metrics>,
-    pub tasks: Tasks,
-    pub alerts: Arc<AlertManager>,
-    /// Who may do what.
-    pub credentials: Credentials,
-    /// The Host and Origin checks.
-    pub browser: BrowserPolicy,
-    /// Request sizes, connections and header time.
-    pub limits: Limits,
-    /// When the server started, epoch ms.
-    pub started_ms: i64,
-    /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
-    _lock: std::fs::File,
-}
-
-pub type AppRef = Arc<App>;
-
-/// Hands catalog changes to the catalog log and `INSERT`ed rows to the ingest path.
+/// Hands catalog changes to the catalog log and `INSERT`ed rows to the ingest path. Once the
+/// server runs, every change also brings the running tasks in line with the catalog, whichever
+/// front end (HTTP, pg) made it.
 struct ServerDurability {
     log: CatalogLog,
     generations: Generations,
     ingest: Ingest,
+    app: std::sync::OnceLock<std::sync::Weak<App>>,
 }
 
 #[async_trait::async_trait]
@@ -112,6 +41,9 @@ impl Durability for ServerDurability {
             &change.companions,
             seq,
         );
+        if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
+            crate::tasks::reconcile(&app).await;
+        }
         Ok(())
     }
 
@@ -260,11 +192,13 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             engine.clone(),
         )),
     );
-    tocsin.set_durability(Arc::new(ServerDurability {
+    let durability = Arc::new(ServerDurability {
         log,
         generations,
         ingest: ingest.clone(),
-    }));
+        app: std::sync::OnceLock::new(),
+    });
+    tocsin.set_durability(durability.clone());
     let app = Arc::new(App {
         tocsin,
         ingest,
@@ -281,6 +215,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         started_ms: chrono::Utc::now().timestamp_millis(),
         _lock: lock,
     });
+    let _ = durability.app.set(Arc::downgrade(&app));
     app.tasks
         .background(tokio::spawn(relations::publish(app.clone(), published)));
     let timers = app.alerts.clone();

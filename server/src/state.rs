@@ -1,0 +1,88 @@
+//! The server's state: how it was configured ([`Config`]) and what every connection handler and
+//! task shares ([`App`], behind an [`AppRef`]). Start-up (`start`) builds it; everything else
+//! reads it, so this module depends on the parts it holds and nothing depends back on start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tocsin_sql::Tocsin;
+
+use crate::alerts::AlertManager;
+use crate::auth::{BrowserPolicy, Credentials};
+use crate::ingest::Ingest;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::tasks::Tasks;
+
+/// How `tocsin serve` runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Timely worker threads (default: one per core).
+    pub workers: usize,
+    /// Batches the ingest queue holds before producers wait.
+    pub ingest_queue: usize,
+    /// How long an HTTP ingest request waits for room in a full queue before the 503.
+    pub ingest_wait: Duration,
+    /// Create the embedded default (host source, starter views and rules) on a new data dir.
+    pub defaults: bool,
+    /// A second address that serves only the PostgreSQL protocol.
+    pub pg_listen: Option<SocketAddr>,
+    /// Tokens, pg users and whether reads are open (none configured: everyone is admin).
+    pub credentials: Credentials,
+    /// Origins allowed besides the server's own (`--allow-origin`).
+    pub allow_origin: Vec<String>,
+    /// Host names allowed on a loopback address besides loopback ones (`--allow-host`).
+    pub allow_host: Vec<String>,
+    /// PEM certificate chain and private key: TLS for HTTP, WebSocket and the PostgreSQL
+    /// protocol on the one port (and on `--pg-listen`).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Request sizes, connections and header time.
+    pub limits: Limits,
+    /// The memory budget, bytes: ingest is refused beyond it (see `memory`).
+    pub memory_limit: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:7654".parse().expect("address"),
+            data_dir: PathBuf::from("tocsin-data"),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ingest_queue: 256,
+            ingest_wait: Duration::from_secs(5),
+            defaults: true,
+            pg_listen: None,
+            credentials: Credentials::default(),
+            allow_origin: Vec::new(),
+            allow_host: Vec::new(),
+            tls: None,
+            limits: Limits::default(),
+            memory_limit: crate::memory::default_limit(),
+        }
+    }
+}
+
+/// Everything a connection handler needs.
+pub struct App {
+    pub tocsin: Arc<Tocsin>,
+    pub ingest: Ingest,
+    pub metrics: Arc<Metrics>,
+    pub tasks: Tasks,
+    pub alerts: Arc<AlertManager>,
+    /// Who may do what.
+    pub credentials: Credentials,
+    /// The Host and Origin checks.
+    pub browser: BrowserPolicy,
+    /// Request sizes, connections and header time.
+    pub limits: Limits,
+    /// When the server started, epoch ms.
+    pub started_ms: i64,
+    /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
+    pub(crate) _lock: std::fs::File,
+}
+
+pub type AppRef = Arc<App>;
