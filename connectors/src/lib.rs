@@ -7,8 +7,10 @@
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
 //! | [`sink`] | notification sinks: email, webhook (JSON, Alertmanager, Slack), log |
 //! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
+//! | [`source`] | the [`source::SourceConnector`] trait and the registry of every source kind |
 
 pub mod host;
 pub mod push;
 pub mod sink;
 pub mod snmp;
+pub mod source;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tocsin_connectors::snmp::trap::TrapStats;
+use tocsin_connectors::source::Counters;
 
 /// Upper bounds (seconds) of the ingest latency histogram's buckets.
 const BUCKETS: [f64; 12] = [
@@ -25,21 +25,11 @@ type SnmpMetric = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&SnmpCounters) -> u64,
+    fn(&Counters) -> u64,
 );
 
 /// Name, help and reading of one per-source gauge of retained rows.
 type PerSource = (&'static str, &'static str, fn(&(String, u64, u64)) -> u64);
-
-/// Counters of one SNMP source (polling or traps).
-#[derive(Default)]
-pub struct SnmpCounters {
-    pub polls: AtomicU64,
-    pub poll_failures: AtomicU64,
-    pub traps: Arc<TrapStats>,
-    /// 1 while a trap source's socket is bound.
-    pub listening: AtomicU64,
-}
 
 /// Why a request or connection was refused before its handler ran (docs/security.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,7 +94,7 @@ impl Refusal {
 pub struct Metrics {
     refusals: [AtomicU64; Refusal::ALL.len()],
     sources: Mutex<BTreeMap<String, SourceCounts>>,
-    snmp: Mutex<BTreeMap<String, Arc<SnmpCounters>>>,
+    snmp: Mutex<BTreeMap<String, Arc<Counters>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -157,8 +147,8 @@ impl Metrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The counters of an SNMP source, made on first use.
-    pub fn snmp(&self, source: &str) -> Arc<SnmpCounters> {
+    /// The counters of a running source, made on first use.
+    pub fn source(&self, source: &str) -> Arc<Counters> {
         self.snmp
             .lock()
             .expect("metrics")

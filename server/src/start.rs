@@ -84,7 +84,6 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     })
     .map_err(|e| e.to_string())?;
     let tocsin = Arc::new(Tocsin::new(engine.clone()));
-    crate::sources::register(&tocsin);
     let metrics = Arc::new(Metrics::default());
 
     // tocsin's own relations and the alert manager, before the catalog that may use them.

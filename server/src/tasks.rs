@@ -6,7 +6,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use tocsin_engine::SubscribeEvent;
 use tocsin_sql::ObjectDef;
@@ -51,11 +50,24 @@ pub async fn reconcile(app: &AppRef) {
     let catalog = app.tocsin.catalog().await;
     let mut wanted: HashMap<String, (String, ObjectDef)> = HashMap::new();
     let (mut rules, mut sinks, mut silences) = (HashSet::new(), HashSet::new(), Vec::new());
+    let mut companions: HashMap<String, Vec<String>> = HashMap::new();
+    for e in &catalog {
+        if let ObjectDef::Source {
+            owner: Some(owner), ..
+        } = &e.def
+        {
+            companions
+                .entry(owner.clone())
+                .or_default()
+                .push(e.name.clone());
+        }
+    }
     for e in catalog {
         let needs_task = match &e.def {
+            // Every source whose connector produces rows itself; not its companions.
             ObjectDef::Source {
                 connector, owner, ..
-            } => owner.is_none() && matches!(connector.as_str(), "HOST" | "SNMP" | "SNMP TRAP"),
+            } => owner.is_none() && tocsin_connectors::source::find(connector).is_some(),
             ObjectDef::Rule { .. } => rules.insert(e.name.clone()),
             ObjectDef::Sink { .. } => sinks.insert(e.name.clone()),
             ObjectDef::Silence(s) => {
@@ -87,22 +99,20 @@ pub async fn reconcile(app: &AppRef) {
             ObjectDef::Source {
                 connector, options, ..
             } => {
-                let interval = options.interval.unwrap_or(Duration::from_secs(10));
-                match connector.as_str() {
-                    "HOST" => {
-                        tokio::spawn(sources::collect_host(app.clone(), name.clone(), interval))
-                    }
-                    "SNMP" => tokio::spawn(sources::poll_snmp(
-                        app.clone(),
-                        name.clone(),
-                        interval,
-                        options.connector,
-                    )),
-                    _ => tokio::spawn(sources::receive_traps(
-                        app.clone(),
-                        name.clone(),
-                        options.connector,
-                    )),
+                let Some(kind) = tocsin_connectors::source::find(&connector) else {
+                    continue;
+                };
+                let task = sources::task(
+                    app,
+                    kind.as_ref(),
+                    &name,
+                    companions.get(&name).cloned().unwrap_or_default(),
+                    options.interval,
+                    options.connector,
+                );
+                match task {
+                    Some(t) => tokio::spawn(t),
+                    None => continue,
                 }
             }
             ObjectDef::Rule {

@@ -132,25 +132,6 @@ pub trait SinkKinds: Send + Sync {
     fn status(&self, name: &str) -> SinkStatus;
 }
 
-/// A connector that decides its sources' schema from their options (`HOST`, `SNMP`,
-/// `SNMP TRAP`), registered by the server.
-pub trait SourceKind: Send + Sync {
-    /// Option names the connector takes besides `format`, `retain` and `interval`.
-    fn options(&self) -> &'static [&'static str];
-    /// Whether it samples every `interval`.
-    fn collecting(&self) -> bool;
-    /// Checks the connector's options; answers the source's schema and its companion relations
-    /// (name suffix, schema), or an error shown to the user as it is.
-    fn derive(&self, options: &Options) -> std::result::Result<DerivedSource, String>;
-}
-
-/// What a [`SourceKind`] derives from a source's options.
-pub struct DerivedSource {
-    pub schema: SchemaRef,
-    /// Relations created and dropped with the source, named `<source><suffix>`.
-    pub companions: Vec<(String, SchemaRef)>,
-}
-
 /// Names of objects tocsin makes itself start with this.
 pub const SYSTEM_PREFIX: &str = "tocsin_";
 
@@ -161,8 +142,6 @@ pub struct Tocsin {
     /// Held across a catalog change and its hand-over to `durability`, so they happen in one order.
     ddl: Mutex<()>,
     durability: std::sync::RwLock<Option<Arc<dyn Durability>>>,
-    /// Connectors that define their sources' schema (`HOST`, `SNMP`), registered by the server.
-    connectors: std::sync::RwLock<std::collections::HashMap<String, Arc<dyn SourceKind>>>,
     /// The sink connectors, registered by the server.
     sinks: std::sync::RwLock<Option<Arc<dyn SinkKinds>>>,
 }
@@ -214,7 +193,6 @@ impl Tocsin {
             catalog: Mutex::new(Catalog::default()),
             ddl: Mutex::new(()),
             durability: std::sync::RwLock::new(None),
-            connectors: Default::default(),
             sinks: Default::default(),
         }
     }
@@ -243,14 +221,6 @@ impl Tocsin {
             }
         }
         Ok(())
-    }
-
-    /// Makes a connector that defines its sources' schema available to `CREATE SOURCE ... FROM`.
-    pub fn register_connector(&self, name: &str, kind: Arc<dyn SourceKind>) {
-        self.connectors
-            .write()
-            .expect("connectors")
-            .insert(name.to_ascii_uppercase(), kind);
     }
 
     /// Hands every later catalog change and `INSERT` to `durability`.
@@ -400,39 +370,24 @@ impl Tocsin {
             } => {
                 let mut catalog = self.catalog.lock().await;
                 exists_check(&catalog, &name)?;
-                let kind = self
-                    .connectors
-                    .read()
-                    .expect("connectors")
-                    .get(&connector)
-                    .cloned();
+                let kind = tocsin_connectors::source::find(&connector).ok_or_else(|| {
+                    SqlError::plan(format!(
+                        "unknown connector {connector}: use {}",
+                        tocsin_connectors::source::names()
+                    ))
+                })?;
                 let sql_options = options.clone();
-                let (schema, companions, opts) = match (connector.as_str(), kind) {
-                    (_, Some(kind)) => {
-                        if !columns.is_empty() {
-                            return Err(SqlError::plan(format!(
-                                "a {connector} source derives its columns from its options: leave out the column list"
-                            )));
-                        }
-                        let opts = SourceOptions::parse(options, &connector, Some(kind.as_ref()))?;
-                        let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
-                        (d.schema, d.companions, opts)
-                    }
-                    ("WEBSOCKET" | "HTTP", None) => (
-                        source_schema(&columns)?,
-                        Vec::new(),
-                        SourceOptions::parse(options, &connector, None)?,
-                    ),
-                    ("HOST" | "SNMP" | "SNMP TRAP", None) => {
-                        return Err(SqlError::unsupported(format!(
-                            "the {connector} connector is not available here (sources of it are run by tocsin serve)"
-                        )))
-                    }
-                    (other, None) => {
+                let opts = SourceOptions::parse(options, kind.as_ref())?;
+                let (schema, companions) = if kind.declared() {
+                    (source_schema(&columns)?, Vec::new())
+                } else {
+                    if !columns.is_empty() {
                         return Err(SqlError::plan(format!(
-                            "unknown connector {other}: use WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP"
-                        )))
+                            "a {connector} source derives its columns from its options: leave out the column list"
+                        )));
                     }
+                    let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
+                    (d.schema, d.companions)
                 };
                 let companions: Vec<(String, SchemaRef)> = companions
                     .into_iter()

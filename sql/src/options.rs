@@ -2,6 +2,7 @@
 //! Unknown keys are rejected, so a typo never silently falls back to a default.
 
 use std::time::Duration;
+use tocsin_connectors::source::SourceConnector;
 
 use crate::error::{Result, SqlError};
 use crate::parser::Options;
@@ -61,7 +62,7 @@ fn reject_rest(options: &Options, what: &str, known: &[&str]) -> Result<()> {
 }
 
 /// Options of a source. Every source takes pushed rows; `format` and `interval` depend on the
-/// connector, and a connector with a [`crate::SourceKind`] takes options of its own.
+/// connector, and a connector may take options of its own ([`SourceConnector::options`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SourceOptions {
     /// Default payload format when a request does not say: `json` (default), `ndjson`, `influx`, `arrow`.
@@ -79,14 +80,10 @@ pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 impl SourceOptions {
-    /// Parses the options of a source with the given connector (`WEBSOCKET`, `HTTP`, or one
-    /// with a [`crate::SourceKind`]).
-    pub fn parse(
-        mut options: Options,
-        connector: &str,
-        kind: Option<&dyn crate::SourceKind>,
-    ) -> Result<Self> {
-        let collecting = kind.is_some_and(|k| k.collecting());
+    /// Parses the options of a source of the given connector.
+    pub fn parse(mut options: Options, kind: &dyn SourceConnector) -> Result<Self> {
+        let connector = kind.name();
+        let collecting = kind.collecting();
         let format = take(&mut options, "format")
             .unwrap_or_else(|| "json".into())
             .to_lowercase();
@@ -114,7 +111,7 @@ impl SourceOptions {
         } else {
             None
         };
-        let own: &[&str] = kind.map_or(&[], |k| k.options());
+        let own: &[&str] = kind.options();
         let mut connector_options = Vec::new();
         for key in own {
             if let Some(v) = take(&mut options, key) {

@@ -356,13 +356,16 @@ impl P<'_> {
                     Token::Word(w) => w.value.to_ascii_uppercase(),
                     other => {
                         return Err(self.err(format!(
-                            "Expected: a connector (WEBSOCKET, HTTP, HOST, SNMP), found: {other}"
+                            "Expected: a connector ({}), found: {other}",
+                            tocsin_connectors::source::names()
                         )))
                     }
                 };
-                if connector == "SNMP" && self.word(0).as_deref() == Some("TRAP") {
+                // A connector's name may be several words (`SNMP TRAP`).
+                while let Some(w) = self.word(0).filter(|w| w != "WITH") {
                     self.p.next_token();
-                    connector.push_str(" TRAP");
+                    connector.push(' ');
+                    connector.push_str(&w);
                 }
                 let options = self.options()?;
                 Ok(Statement::CreateSource {

@@ -12,6 +12,8 @@
 //! | `net_rx_bytes`, `net_tx_bytes`, `net_rx_errors`, `net_tx_errors` | interface | counters since boot |
 //! | `temperature_celsius` | sensor label | where the machine has sensors |
 
+pub mod connector;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

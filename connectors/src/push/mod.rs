@@ -6,6 +6,7 @@
 //! element of a JSON array, the line of NDJSON and line protocol, the row of the Arrow stream)
 //! and the field at fault; the payload's other rows are kept.
 
+pub mod connector;
 mod influx;
 mod ipc;
 mod json;

@@ -5,6 +5,7 @@
 //! module), walks with timeouts, retries and loop protection ([`poll`]), and trap decoding with
 //! RFC 3584 v1→v2 translation and inform acknowledgement ([`trap`]).
 
+pub mod connector;
 pub mod mib;
 pub mod poll;
 pub mod trap;

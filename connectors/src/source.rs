@@ -1,0 +1,201 @@
+//! Source connectors: what may follow `FROM` in `CREATE SOURCE`. Every kind implements the one
+//! [`SourceConnector`] trait and is listed once in [`registry`]; the SQL front end reads the list
+//! to check a source's options and derive its schema, and the server reads it to run the
+//! connectors that produce rows themselves. Adding a kind is a folder with its implementation
+//! and one line in [`registry`] (docs/connectors.md).
+//!
+//! | kind | where rows come from | schema |
+//! |---|---|---|
+//! | `HTTP`, `WEBSOCKET` | pushed by clients ([`crate::push`]) | declared columns |
+//! | `HOST` | this machine, sampled every `interval` ([`crate::host`]) | fixed |
+//! | `SNMP` | devices polled every `interval` ([`crate::snmp`]) | from the polled objects; companion `<name>_status` |
+//! | `SNMP TRAP` | traps and informs received on a UDP port ([`crate::snmp::trap`]) | fixed |
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::snmp::trap::TrapStats;
+
+/// `key = 'value'` options of a source, keys lowercased.
+pub type Options = [(String, String)];
+
+/// A task that runs a source until it is dropped (aborted).
+pub type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a connector derives from a source's options.
+pub struct Derived {
+    pub schema: SchemaRef,
+    /// Relations created and dropped with the source, named `<source><suffix>`, with their schema.
+    pub companions: Vec<(String, SchemaRef)>,
+}
+
+/// One kind of source.
+pub trait SourceConnector: Send + Sync {
+    /// The words after `FROM`, upper case: `HOST`, `SNMP TRAP`.
+    fn name(&self) -> &'static str;
+    /// The options it takes besides those every source takes (`format`, `retain`, and `interval`
+    /// when it is [`collecting`](SourceConnector::collecting)).
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether its sources declare their columns (`CREATE SOURCE s (host TEXT, ...) FROM HTTP`);
+    /// otherwise the connector derives them and a column list is refused.
+    fn declared(&self) -> bool {
+        false
+    }
+    /// Whether it samples every `interval` (default 10s).
+    fn collecting(&self) -> bool {
+        false
+    }
+    /// Checks the connector's own options; answers the schema (ignored for declared columns)
+    /// and companion relations, or an error shown to the user as it is.
+    fn derive(&self, options: &Options) -> Result<Derived, String>;
+    /// The task that produces a source's rows, for connectors that produce them themselves;
+    /// `None` for those whose rows are pushed by clients.
+    fn run(&self, _source: Running) -> Option<Task> {
+        None
+    }
+}
+
+/// Why rows were not stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// The source is gone (dropped, or dropped and created again): the task should end.
+    Gone(String),
+    /// Not stored this time (the disk failed, the memory budget is reached): the task goes on and
+    /// its next rows may be.
+    NotStored(String),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Gone(m) | PushError::NotStored(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Where a running source's rows go, as the server provides it.
+#[async_trait::async_trait]
+pub trait Output: Send + Sync {
+    /// Stores rows in `relation`: the source itself or one of its companions. `Ok` once they are
+    /// durable.
+    async fn push(&self, relation: &str, batch: RecordBatch) -> Result<(), PushError>;
+    /// The time rows are stamped with when they carry none, epoch milliseconds.
+    fn now(&self) -> i64;
+}
+
+/// Counters of a running source, exported by the server (`tocsin_snmp_*`).
+#[derive(Default)]
+pub struct Counters {
+    /// Polls of targets.
+    pub polls: AtomicU64,
+    /// Polls that failed (timeout, network, agent or protocol error).
+    pub poll_failures: AtomicU64,
+    /// 1 while a receiver's socket is bound.
+    pub listening: AtomicU64,
+    /// What a trap receiver saw.
+    pub traps: Arc<TrapStats>,
+}
+
+/// A source to run: its name, options, where its rows go and what it counts.
+pub struct Running {
+    pub name: String,
+    /// How often to sample, for collecting connectors.
+    pub interval: Duration,
+    /// The connector's own options (see [`SourceConnector::options`]).
+    pub options: Vec<(String, String)>,
+    pub output: Arc<dyn Output>,
+    pub counters: Arc<Counters>,
+}
+
+impl Running {
+    /// Pushes rows into the source itself (`relation` = its name) or a companion, and logs rows
+    /// that were not stored; [`PushError::Gone`] says the task should end.
+    pub async fn push(&self, relation: &str, batch: RecordBatch) -> Result<(), PushError> {
+        let r = self.output.push(relation, batch).await;
+        match &r {
+            Err(PushError::Gone(e)) => tracing::warn!("source {}: stopped: {e}", self.name),
+            Err(PushError::NotStored(e)) => {
+                tracing::warn!("source {}: rows were not stored: {e}", self.name)
+            }
+            Ok(()) => {}
+        }
+        r
+    }
+}
+
+/// Marks a source as listening ([`Counters::listening`]) for as long as it lives.
+pub struct Listening(Arc<Counters>);
+
+impl Listening {
+    pub fn new(c: Arc<Counters>) -> Self {
+        c.listening.store(1, Ordering::Relaxed);
+        Listening(c)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.listening.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Every source connector, the one list.
+pub fn registry() -> &'static [Arc<dyn SourceConnector>] {
+    static REGISTRY: OnceLock<Vec<Arc<dyn SourceConnector>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        vec![
+            Arc::new(crate::push::connector::Push("WEBSOCKET")),
+            Arc::new(crate::push::connector::Push("HTTP")),
+            Arc::new(crate::host::connector::Host),
+            Arc::new(crate::snmp::connector::Snmp),
+            Arc::new(crate::snmp::connector::SnmpTrap),
+        ]
+    })
+}
+
+/// The connector named `name` (as written after `FROM`, any case).
+pub fn find(name: &str) -> Option<&'static Arc<dyn SourceConnector>> {
+    registry()
+        .iter()
+        .find(|c| c.name().eq_ignore_ascii_case(name))
+}
+
+/// The names of every connector, for messages: `WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP`.
+pub fn names() -> String {
+    let names: Vec<&str> = registry().iter().map(|c| c.name()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_lists_each_kind_once() {
+        let mut seen: Vec<&str> = registry().iter().map(|c| c.name()).collect();
+        seen.sort_unstable();
+        let n = seen.len();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "a kind is registered twice");
+        assert!(find("snmp trap").is_some());
+        assert_eq!(names(), "WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP");
+        for c in registry() {
+            // A connector that derives its schema needs options that at least parse; one that
+            // declares columns ignores them.
+            if c.declared() {
+                assert!(c.derive(&[]).is_ok(), "{}", c.name());
+            }
+        }
+    }
+}
