@@ -5,12 +5,14 @@
 //! |---|---|
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
+//! | [`secrets`] | which option values are secrets, and how they are shown |
 //! | [`sink`] | notification sinks: email, webhook (JSON, Alertmanager, Slack), log |
 //! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
 //! | [`source`] | the [`source::SourceConnector`] trait and the registry of every source kind |
 
 pub mod host;
 pub mod push;
+pub mod secrets;
 pub mod sink;
 pub mod snmp;
 pub mod source;

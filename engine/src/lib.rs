@@ -30,3 +30,4 @@ pub use engine::{
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
 pub use row::{Datum, Row};
+pub use source::batch_bytes;

@@ -36,6 +36,21 @@ pub(crate) struct Entry {
     bytes: u64,
 }
 
+/// The memory a batch's rows take: each column's bytes within its slice. A batch decoded from
+/// Arrow IPC (ingest, the write-ahead log) is a slice of one message buffer that every column
+/// shares, and counting the buffer's whole capacity for each column would count it many times.
+pub fn batch_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size()) as u64
+        })
+        .sum()
+}
+
 /// What one source holds on every worker: rows and the Arrow memory of their batches. The
 /// engine-wide total of every source is kept beside it.
 #[derive(Debug)]
@@ -125,7 +140,7 @@ impl SourceLog {
         let ts = self.ts_millis(&batch);
         let max_ts = ts.iter().flatten().max().unwrap_or(i64::MIN);
         let expires = max_ts.saturating_add(self.retain_ms);
-        let bytes = batch.get_array_memory_size() as u64;
+        let bytes = batch_bytes(&batch);
         self.retained.add(batch.num_rows() as u64, bytes);
         self.entries.push_back(Entry {
             time,

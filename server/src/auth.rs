@@ -192,19 +192,21 @@ fn host_name(host: &str) -> &str {
 }
 
 impl BrowserPolicy {
-    /// Whether a `Host` header is acceptable.
-    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+    /// Whether a `Host` header is acceptable for a request from `peer` (`None`: unknown). The
+    /// check applies on a loopback listen address, and to loopback peers on any address: a
+    /// browser on the server's own machine is the one DNS rebinding turns against it.
+    pub fn host_allowed(&self, host: Option<&str>, peer: Option<IpAddr>) -> bool {
         let Some(host) = host else {
             // HTTP/1.0 clients send none; browsers always do.
             return true;
         };
-        if !self.loopback {
+        if !self.loopback && !peer.is_some_and(crate::limits::is_loopback) {
             return true;
         }
         let name = host_name(host).trim_end_matches('.').to_ascii_lowercase();
         name == "localhost"
             || name.ends_with(".localhost")
-            || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            || name.parse::<IpAddr>().is_ok_and(crate::limits::is_loopback)
             || self
                 .allow_host
                 .iter()
@@ -306,8 +308,17 @@ fn refuse(app: &AppRef, status: StatusCode, reason: Refusal, message: String) ->
 /// The guard in front of every HTTP request (see the module header).
 pub async fn guard(State(app): State<AppRef>, mut req: Request, next: Next) -> Response {
     let headers = req.headers();
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !app.browser.host_allowed(host) {
+    // An absolute request target (`GET http://name/ HTTP/1.1`) names the host when Host is
+    // missing.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let peer = req
+        .extensions()
+        .get::<crate::limits::Conn>()
+        .map(|c| c.peer.ip());
+    if !app.browser.host_allowed(host, peer) {
         return refuse(
             &app,
             StatusCode::FORBIDDEN,
@@ -461,7 +472,7 @@ mod tests {
             "app.localhost:7654",
             "tocsin.internal:7654",
         ] {
-            assert!(p.host_allowed(Some(ok)), "{ok}");
+            assert!(p.host_allowed(Some(ok), None), "{ok}");
         }
         for bad in [
             "evil.example:7654",
@@ -470,10 +481,18 @@ mod tests {
             "10.0.0.1:7654",
             "[::2]:7654",
         ] {
-            assert!(!p.host_allowed(Some(bad)), "{bad}");
+            assert!(!p.host_allowed(Some(bad), None), "{bad}");
         }
+        // On 0.0.0.0: a browser on this machine is held to the check, other machines are not.
         let open = BrowserPolicy::default();
-        assert!(open.host_allowed(Some("evil.example")));
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "10.0.0.9".parse().unwrap();
+        assert!(open.host_allowed(Some("evil.example"), Some(remote)));
+        assert!(!open.host_allowed(Some("evil.example"), Some(local)));
+        assert!(!open.host_allowed(Some("evil.example"), Some(mapped)));
+        assert!(open.host_allowed(Some("localhost:7654"), Some(local)));
+        assert!(p.host_allowed(Some("[::ffff:127.0.0.1]:7654"), None));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, Stat
 
 use crate::auth::Caller;
 use crate::ingest::IngestError;
+use crate::limits::Conn;
 use crate::metrics::Refusal as Refused;
 use crate::state::AppRef;
 
@@ -426,6 +427,7 @@ async fn ingest_ws(
     State(app): State<AppRef>,
     Path(source): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    conn: Option<Extension<Conn>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let (_, default) = match source_of(&app, &source).await {
@@ -453,7 +455,11 @@ async fn ingest_ws(
     let max = app.limits.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| ingest_socket(app, source, socket, forced, text_format))
+        .on_upgrade(move |socket| async move {
+            // The connection's slot stays taken for as long as the socket lives.
+            let _conn = conn;
+            ingest_socket(app, source, socket, forced, text_format).await
+        })
 }
 
 async fn ingest_socket(
@@ -528,6 +534,7 @@ fn too_large(e: axum::Error) -> bool {
 async fn subscribe(
     State(app): State<AppRef>,
     Query(params): Query<HashMap<String, String>>,
+    conn: Option<Extension<Conn>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let Some(q) = params.get("q") else {
@@ -561,7 +568,10 @@ async fn subscribe(
     let max = app.limits.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| follow(sub, socket))
+        .on_upgrade(move |socket| async move {
+            let _conn = conn;
+            follow(sub, socket).await
+        })
 }
 
 async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {

@@ -178,15 +178,20 @@ impl Ingest {
     ) -> Result<Outcome, IngestError> {
         // tocsin's own relations (alert state and events) are bounded by the live alerts and
         // must keep working when users' data fills the budget.
-        if !source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
-            if let Err(m) = self
+        let _reservation = if source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
+            None
+        } else {
+            match self
                 .budget
-                .admit(source, batch.get_array_memory_size() as u64)
+                .admit(source, tocsin_engine::batch_bytes(&batch))
             {
-                self.metrics.refused(Refusal::Memory);
-                return Err(IngestError::Memory(m));
+                Ok(r) => Some(r),
+                Err(m) => {
+                    self.metrics.refused(Refusal::Memory);
+                    return Err(IngestError::Memory(m));
+                }
             }
-        }
+        };
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Batch(Job {
             source: source.to_string(),

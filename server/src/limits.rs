@@ -2,7 +2,51 @@
 //! `tocsin serve` with the default below, is exported as `tocsin_limit{limit="..."}`, and each
 //! refusal is counted in `tocsin_refused_total{reason="..."}`.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Connections from loopback peers allowed beyond `--max-connections`, so that the operator's
+/// own `tocsin sql`, psql and health checks still get in when clients have taken every slot.
+pub const LOOPBACK_RESERVE: u64 = 32;
+
+/// Whether an address is loopback, an IPv4-mapped one (`::ffff:127.0.0.1`) included.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// One open connection, counted in `tocsin_connections_open` until it is dropped. An HTTP
+/// connection's slot goes with each request (in [`Conn`]), so a WebSocket keeps it for as long
+/// as the socket lives after the upgrade.
+pub struct Slot(Arc<AtomicU64>);
+
+impl Slot {
+    /// Takes a slot; how many are open with it.
+    pub fn take(count: &Arc<AtomicU64>) -> (Slot, u64) {
+        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+        (Slot(count.clone()), n)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The connection a request came on: its peer and its slot.
+#[derive(Clone)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub slot: Arc<Slot>,
+}
+
+/// Whether the `n`-th open connection, from `peer`, is over the limit.
+pub fn over(limits: &Limits, n: u64, peer: IpAddr) -> bool {
+    let max = limits.max_connections as u64;
+    n > max && !(is_loopback(peer) && n <= max + LOOPBACK_RESERVE)
+}
 
 /// The limits one server runs with.
 #[derive(Clone, Debug)]

@@ -14,17 +14,18 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::limits::{is_loopback, Conn, Slot};
 use crate::metrics::Refusal;
 use crate::pg::Backend;
 use crate::state::AppRef;
@@ -86,22 +87,6 @@ impl Tls {
     }
 }
 
-/// One open connection, counted until it is dropped.
-struct Open(Arc<AtomicU64>);
-
-impl Open {
-    fn new(count: &Arc<AtomicU64>) -> (Open, u64) {
-        let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        (Open(count.clone()), n)
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Accepts the next connection; errors (out of file descriptors and the like) wait instead of
 /// spinning.
 async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
@@ -137,12 +122,15 @@ pub async fn run(
     loop {
         let (stream, peer) = accept(&listener).await;
         app.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        let (open, n) = Open::new(&app.metrics.connections_open);
+        let (slot, n) = Slot::take(&app.metrics.connections_open);
         let _ = stream.set_nodelay(true);
         let (router, app, backend, tls) =
             (router.clone(), app.clone(), backend.clone(), tls.clone());
         tokio::spawn(async move {
-            let _open = open;
+            let conn = Conn {
+                peer,
+                slot: Arc::new(slot),
+            };
             let timeout = app.limits.header_timeout;
             let mut first = [0u8; 1];
             let n_read = match tokio::time::timeout(timeout, stream.peek(&mut first)).await {
@@ -156,7 +144,7 @@ pub async fn run(
             if n_read == 0 {
                 return;
             }
-            let over = n > app.limits.max_connections as u64;
+            let over = crate::limits::over(&app.limits, n, peer.ip());
             let protocol = sniff(first[0]);
             if over && protocol != Protocol::Unknown {
                 let message = over_limit(&app);
@@ -168,15 +156,15 @@ pub async fn run(
                 return;
             }
             match protocol {
-                Protocol::Http if tls.is_some() && !peer.ip().is_loopback() => {
+                Protocol::Http if tls.is_some() && !is_loopback(peer.ip()) => {
                     app.metrics.refused(Refusal::NotTls);
                     refuse_http(stream, 400, "this port speaks TLS: use https:// or wss://").await;
                 }
-                Protocol::Http => serve_http(TokioIo::new(stream), router, &app).await,
+                Protocol::Http => serve_http(TokioIo::new(stream), router, &app, conn).await,
                 Protocol::Tls => match &tls {
                     Some(tls) => {
                         match tokio::time::timeout(timeout, tls.http.accept(stream)).await {
-                            Ok(Ok(s)) => serve_http(TokioIo::new(s), router, &app).await,
+                            Ok(Ok(s)) => serve_http(TokioIo::new(s), router, &app, conn).await,
                             Ok(Err(e)) => tracing::debug!("TLS handshake with {peer}: {e}"),
                             Err(_) => app.metrics.refused(Refusal::HeaderTimeout),
                         }
@@ -187,7 +175,11 @@ pub async fn run(
                             .fetch_add(1, Ordering::Relaxed);
                     }
                 },
-                Protocol::Postgres => crate::pg::serve(stream, backend).await,
+                Protocol::Postgres => {
+                    // The slot is held for as long as the session lasts.
+                    let _conn = conn;
+                    crate::pg::serve(stream, backend).await
+                }
                 Protocol::Unknown => {
                     app.metrics
                         .connections_unrecognized
@@ -198,12 +190,19 @@ pub async fn run(
     }
 }
 
-async fn serve_http<S>(io: TokioIo<S>, router: axum::Router, app: &AppRef)
+/// Serves HTTP/1.1 on a connection (HTTP/2 is not offered: its preface would hold a connection
+/// with no header timeout). Each request carries the connection ([`Conn`]): the guard reads its
+/// peer, and a WebSocket keeps its slot after the upgrade.
+async fn serve_http<S>(io: TokioIo<S>, router: axum::Router, app: &AppRef, conn: Conn)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = TowerToHyperService::new(router);
-    let mut builder = Builder::new(TokioExecutor::new());
+    use tower::ServiceExt;
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().oneshot(req)
+    });
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -289,15 +288,15 @@ async fn refuse_pg(mut stream: TcpStream, code: &str, message: &str) {
 /// `--pg-listen`: a port that serves only the PostgreSQL protocol.
 pub async fn run_pg(listener: TcpListener, app: AppRef, backend: Arc<Backend>) {
     loop {
-        let (stream, _) = accept(&listener).await;
+        let (stream, peer) = accept(&listener).await;
         app.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        let (open, n) = Open::new(&app.metrics.connections_open);
+        let (slot, n) = Slot::take(&app.metrics.connections_open);
         let _ = stream.set_nodelay(true);
         let (app, backend) = (app.clone(), backend.clone());
         // Each connection in its own task: a panic on a malformed message ends only that one.
         tokio::spawn(async move {
-            let _open = open;
-            if n > app.limits.max_connections as u64 {
+            let _slot = slot;
+            if crate::limits::over(&app.limits, n, peer.ip()) {
                 let message = over_limit(&app);
                 refuse_pg(stream, "53300", &message).await;
                 return;

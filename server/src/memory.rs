@@ -9,7 +9,7 @@
 //!   (groups of rules, alert state, queries in flight) that also grows.
 //!
 //! Start-up applies the first reading to the write-ahead log: when its segments hold more than
-//! the limit, the oldest are left on disk but not fed (see [`segments_to_skip`]), so a process
+//! half the limit, the oldest are left on disk but not fed (see [`segments_to_skip`]), so a process
 //! whose data outgrew its memory starts with its newest rows instead of being killed again.
 
 use std::path::Path;
@@ -66,6 +66,23 @@ pub struct Budget {
     limit: u64,
     engine: Engine,
     resident: Arc<AtomicU64>,
+    /// Bytes of batches admitted and not yet answered: counted until the engine counts them, so
+    /// that batches admitted at the same time cannot pass the limit together.
+    inflight: AtomicU64,
+}
+
+/// A batch's place in the budget, held until the batch is answered.
+pub struct Reservation<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.budget
+            .inflight
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Budget {
@@ -85,6 +102,7 @@ impl Budget {
             limit,
             engine,
             resident,
+            inflight: AtomicU64::new(0),
         }
     }
 
@@ -99,12 +117,18 @@ impl Budget {
 
     /// Whether `source` may take a batch of `bytes` more Arrow memory; the refusal says why,
     /// naming the source and what it retains.
-    pub fn admit(&self, source: &str, bytes: u64) -> Result<(), String> {
+    pub fn admit(&self, source: &str, bytes: u64) -> Result<Reservation<'_>, String> {
+        let inflight = self.inflight.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let reservation = Reservation {
+            budget: self,
+            bytes,
+        };
         let retained = self.engine.retained_bytes();
         let resident = self.resident();
-        if retained.saturating_add(bytes) <= self.limit && resident <= self.limit {
-            return Ok(());
+        if retained.saturating_add(inflight) <= self.limit && resident <= self.limit {
+            return Ok(reservation);
         }
+        drop(reservation);
         let (rows, held) = self
             .engine
             .retained()
@@ -115,9 +139,9 @@ impl Budget {
             format!("tocsin uses {} of memory", human(resident))
         } else {
             format!(
-                "sources retain {} and this batch adds {}",
+                "sources retain {} and batches being stored add {}",
                 human(retained),
-                human(bytes)
+                human(inflight)
             )
         };
         Err(format!(

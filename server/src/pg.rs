@@ -128,12 +128,14 @@ struct UserBook {
     users: std::collections::HashMap<String, (Vec<u8>, Vec<u8>)>,
     /// `--pg-password`'s secret, for any other user name.
     others: Option<(Vec<u8>, Vec<u8>)>,
+    /// Key of the salts given for unknown user names (see [`UserBook::salt`]).
+    decoy: Vec<u8>,
 }
 
 impl UserBook {
     fn new(c: &Credentials) -> UserBook {
         let secret = |password: &str| {
-            let salt = random_nonce().into_bytes();
+            let salt = UserBook::salt(&random_nonce(), &random_nonce().into_bytes());
             let salted = gen_salted_password(password, &salt, SCRAM_ITERATIONS);
             (salt, salted)
         };
@@ -144,7 +146,15 @@ impl UserBook {
                 .map(|u| (u.name.clone(), secret(&u.password)))
                 .collect(),
             others: c.pg_password.as_deref().map(secret),
+            decoy: random_nonce().into_bytes(),
         }
+    }
+
+    /// 16 bytes from `text` and `key`: random for a random text, the same for the same user
+    /// name, so a salt looks alike for users who exist and who do not, and stays the same
+    /// across attempts either way.
+    fn salt(text: &str, key: &[u8]) -> Vec<u8> {
+        gen_salted_password(text, key, 1)[..16].to_vec()
     }
 }
 
@@ -163,8 +173,8 @@ impl AuthSource for UserBook {
             // An unknown user goes through the same exchange with a secret nobody knows, so
             // the answer does not tell which user names exist.
             None => (
-                random_nonce().into_bytes(),
-                random_nonce().into_bytes().repeat(2),
+                UserBook::salt(user, &self.decoy),
+                gen_salted_password(&random_nonce(), &self.decoy, 1),
             ),
         };
         Ok(Password::new(Some(salt), salted))
@@ -208,7 +218,12 @@ impl StartupHandler for Startup {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                if self.tls && !client.is_secure() && !client.socket_addr().ip().is_loopback() {
+                // A role is only ever what this handler sets, never a startup parameter.
+                client.metadata_mut().remove(ROLE);
+                if self.tls
+                    && !client.is_secure()
+                    && !crate::limits::is_loopback(client.socket_addr().ip())
+                {
                     self.metrics.refused(Refusal::NotTls);
                     return Err(fatal(
                         "28000",

@@ -126,7 +126,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
                  without it (move the data dir aside to start empty)",
                 config.data_dir.join("catalog.log").display(),
                 r.seq,
-                r.sql,
+                tocsin_sql::catalog::masked_sql(&r.sql),
                 e.message
             ));
         }
@@ -144,11 +144,13 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     // The rows, as the WAL holds them.
     let wal_dir = config.data_dir.join("wal");
     let (mut fed, mut expired) = (0usize, 0usize);
+    // Half the budget: what the replayed rows become (groups of views and rules) and the rows
+    // that arrive next need the other half.
     let (replay_from, skipped, skipped_bytes) =
-        crate::memory::segments_to_skip(&wal_dir, config.memory_limit);
+        crate::memory::segments_to_skip(&wal_dir, config.memory_limit / 2);
     if skipped > 0 {
         tracing::warn!(
-            "write-ahead log: {skipped} oldest segment(s) ({}) left unread so that the newest rows fit in --memory-limit {}; they stay on disk until their rows pass retention",
+            "write-ahead log: {skipped} oldest segment(s) ({}) left unread so that the newest rows fit in half of --memory-limit {}; they stay on disk until their rows pass retention",
             crate::memory::human(skipped_bytes),
             crate::memory::human(config.memory_limit)
         );

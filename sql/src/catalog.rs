@@ -69,26 +69,11 @@ impl CatalogEntry {
         }
     }
 
-    /// The statement as shown to users (`SHOW`, the HTTP catalog): a sink's `password` and
-    /// `headers` (which carry tokens) are masked. [`CatalogEntry::sql`] keeps them.
+    /// The statement as shown to users (`SHOW`, the HTTP catalog, messages): option values that
+    /// are secrets (passwords, SNMP communities, tokens in headers and webhook URLs) are masked,
+    /// see [`tocsin_connectors::secrets`]. [`CatalogEntry::sql`] keeps them.
     pub fn display_sql(&self) -> String {
-        match &self.def {
-            ObjectDef::Sink { connector, options } => {
-                let masked: Options = options
-                    .iter()
-                    .map(|(k, v)| match k.as_str() {
-                        "password" | "headers" => (k.clone(), "********".to_string()),
-                        _ => (k.clone(), v.clone()),
-                    })
-                    .collect();
-                format!(
-                    "CREATE SINK {} TO {connector}{}",
-                    crate::pgcompat::quote_ident(&self.name),
-                    crate::options_sql(&masked)
-                )
-            }
-            _ => self.sql.clone(),
-        }
+        masked_sql(&self.sql)
     }
 
     /// Sources, views and rules: what queries can read.
@@ -185,4 +170,34 @@ pub fn source_schema(columns: &[ColumnDef]) -> Result<SchemaRef> {
         fields.push(Field::new("ts", ts_type(), true));
     }
     Ok(std::sync::Arc::new(Schema::new(fields)))
+}
+
+/// A `CREATE SOURCE` or `CREATE SINK` statement with its secret option values masked; other
+/// statements as they are.
+pub fn masked_sql(sql: &str) -> String {
+    let mask = |options: &[(String, String)]| -> Vec<(String, String)> {
+        options
+            .iter()
+            .map(|(k, v)| (k.clone(), tocsin_connectors::secrets::shown(k, v)))
+            .collect()
+    };
+    let statement = crate::parser::parse(sql)
+        .ok()
+        .filter(|s| s.len() == 1)
+        .and_then(|mut s| s.pop())
+        .map(|l| l.statement);
+    match statement {
+        Some(crate::parser::Statement::CreateSource {
+            name,
+            columns,
+            connector,
+            options,
+        }) => crate::source_sql(&name, &columns, &connector, &mask(&options)),
+        Some(crate::parser::Statement::CreateSink {
+            name,
+            connector,
+            options,
+        }) => crate::sink_sql(&name, &connector, &mask(&options)),
+        _ => sql.to_string(),
+    }
 }

@@ -27,7 +27,7 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{cast_with_options, CastOptions};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use datafusion::sql::sqlparser::ast::Query;
+use datafusion::sql::sqlparser::ast::{ColumnDef, Query};
 use tocsin_engine::plan::Node;
 use tocsin_engine::{Engine, Plan, PushOutcome, Subscription};
 use tokio::sync::Mutex;
@@ -173,6 +173,35 @@ fn text_rows_nullable(columns: &[&str], rows: Vec<Vec<Option<String>>>) -> Resul
         schema,
         batches: vec![batch],
     })
+}
+
+/// `CREATE SOURCE name (columns) FROM connector WITH (options)`, as the catalog log records it.
+pub(crate) fn source_sql(
+    name: &str,
+    columns: &[ColumnDef],
+    connector: &str,
+    options: &[(String, String)],
+) -> String {
+    let cols: Vec<String> = columns.iter().map(ToString::to_string).collect();
+    let cols = if cols.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", cols.join(", "))
+    };
+    format!(
+        "CREATE SOURCE {}{cols} FROM {connector}{}",
+        quote_ident(name),
+        options_sql(options)
+    )
+}
+
+/// `CREATE SINK name TO connector WITH (options)`, as the catalog log records it.
+pub(crate) fn sink_sql(name: &str, connector: &str, options: &[(String, String)]) -> String {
+    format!(
+        "CREATE SINK {} TO {connector}{}",
+        quote_ident(name),
+        options_sql(options)
+    )
 }
 
 pub(crate) fn options_sql(options: &[(String, String)]) -> String {
@@ -408,17 +437,7 @@ impl Tocsin {
                         return Err(e.into());
                     }
                 }
-                let cols: Vec<String> = columns.iter().map(ToString::to_string).collect();
-                let cols = if cols.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", cols.join(", "))
-                };
-                let sql = format!(
-                    "CREATE SOURCE {}{cols} FROM {connector}{}",
-                    quote_ident(&name),
-                    options_sql(&sql_options)
-                );
+                let sql = source_sql(&name, &columns, &connector, &sql_options);
                 for (c, s) in companions {
                     catalog.register(CatalogEntry {
                         name: c,
@@ -525,11 +544,7 @@ impl Tocsin {
                 sinks
                     .validate(&connector, &options)
                     .map_err(SqlError::plan)?;
-                let sql = format!(
-                    "CREATE SINK {} TO {connector}{}",
-                    quote_ident(&name),
-                    options_sql(&options)
-                );
+                let sql = sink_sql(&name, &connector, &options);
                 Ok(catalog.register(CatalogEntry {
                     name,
                     schema: Arc::new(Schema::empty()),

@@ -157,7 +157,10 @@ impl Statement {
             | Statement::CreateSink { .. }
             | Statement::CreateSilence { .. }
             | Statement::Drop { .. } => Access::Admin,
-            Statement::Insert { .. } => Access::Write,
+            // Rows given as values; an INSERT that reads (a SELECT, a subquery) reads too, and only
+            // admin may both read and write.
+            Statement::Insert { query, .. } if values_only(query) => Access::Write,
+            Statement::Insert { .. } => Access::Admin,
             Statement::Show { .. }
             | Statement::ShowAlerts
             | Statement::ShowColumns { .. }
@@ -183,6 +186,27 @@ impl Statement {
                 | Statement::Query { .. }
         )
     }
+}
+
+/// Whether a query is `VALUES` of expressions that read nothing (no subqueries, no `WITH`).
+fn values_only(query: &Query) -> bool {
+    use datafusion::sql::sqlparser::ast::{Expr, SetExpr, Visit, Visitor};
+    use std::ops::ControlFlow;
+    struct Reads;
+    impl Visitor for Reads {
+        type Break = ();
+        fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+            match e {
+                Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        }
+    }
+    query.with.is_none()
+        && matches!(*query.body, SetExpr::Values(_))
+        && Visit::visit(query, &mut Reads).is_continue()
 }
 
 /// A statement and where it starts in the request.
@@ -699,6 +723,20 @@ mod tests {
             scopes,
             [Read, Read, Read, Read, Read, Read, Write, Admin, Admin, Admin]
         );
+        // An INSERT that reads needs admin: a write credential could read through it.
+        for sql in [
+            "INSERT INTO cpu (host) SELECT secret FROM v",
+            "INSERT INTO cpu (host) VALUES ((SELECT secret FROM v))",
+            "INSERT INTO cpu (host) VALUES ('a'), ('b' || (SELECT max(x) FROM v))",
+            "INSERT INTO cpu (v) VALUES (CASE WHEN EXISTS (SELECT 1 FROM v) THEN 1 ELSE 0 END)",
+            "INSERT INTO cpu (v) VALUES (1 IN (SELECT x FROM v))",
+            "INSERT INTO cpu (host) WITH s AS (SELECT 1) VALUES ('a')",
+        ] {
+            let s = parse(sql).unwrap();
+            assert_eq!(s[0].statement.access(), Admin, "{sql}");
+        }
+        let s = parse("INSERT INTO cpu (host, v) VALUES ('a', 1 + 2), ('b', -3.5)").unwrap();
+        assert_eq!(s[0].statement.access(), Write);
         assert!(Admin.allows(Write) && Admin.allows(Read) && Admin.allows(Admin));
         assert!(Write.allows(Write) && !Write.allows(Read) && !Write.allows(Admin));
         assert!(Read.allows(Read) && !Read.allows(Write) && !Read.allows(Admin));

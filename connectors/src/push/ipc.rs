@@ -19,6 +19,7 @@ const STRICT: CastOptions<'static> = CastOptions {
 };
 
 pub(super) fn decode(payload: &[u8], schema: &SchemaRef) -> Result<Decoded, PayloadError> {
+    uncompressed(payload)?;
     let reader = StreamReader::try_new(Cursor::new(payload), None)
         .map_err(|e| PayloadError(format!("invalid Arrow IPC stream: {e}")))?;
     let mut batches = Vec::new();
@@ -33,6 +34,55 @@ pub(super) fn decode(payload: &[u8], schema: &SchemaRef) -> Result<Decoded, Payl
         rows,
         errors: Vec::new(),
     })
+}
+
+/// Refuses streams whose record batches are compressed (lz4, zstd): a small compressed body may
+/// declare any size once decompressed, so it would pass every request limit and the memory
+/// budget before anything could check it. Uncompressed, what a stream holds is at most its size.
+fn uncompressed(payload: &[u8]) -> Result<(), PayloadError> {
+    let word = |at: usize| -> Option<i32> {
+        Some(i32::from_le_bytes(
+            payload.get(at..at + 4)?.try_into().ok()?,
+        ))
+    };
+    let mut pos = 0usize;
+    while let Some(mut len) = word(pos) {
+        pos += 4;
+        if len == -1 {
+            // The continuation marker before each message's length.
+            let Some(l) = word(pos) else { break };
+            len = l;
+            pos += 4;
+        }
+        let Ok(len) = usize::try_from(len) else { break };
+        if len == 0 {
+            break;
+        }
+        let Some(meta) = payload.get(pos..pos.saturating_add(len)) else {
+            break;
+        };
+        // Malformed framing is left to the reader, which says what is wrong.
+        let Ok(message) = arrow::ipc::root_as_message(meta) else {
+            break;
+        };
+        let compressed = message
+            .header_as_record_batch()
+            .is_some_and(|b| b.compression().is_some())
+            || message
+                .header_as_dictionary_batch()
+                .and_then(|d| d.data())
+                .is_some_and(|b| b.compression().is_some());
+        if compressed {
+            return Err(PayloadError(
+                "compressed Arrow IPC record batches (lz4, zstd) are not accepted: send them uncompressed".into(),
+            ));
+        }
+        let Ok(body) = usize::try_from(message.bodyLength()) else {
+            break;
+        };
+        pos = pos.saturating_add(len).saturating_add(body);
+    }
+    Ok(())
 }
 
 /// The batch in the source's schema.

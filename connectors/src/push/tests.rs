@@ -162,6 +162,34 @@ fn arrow_ipc_columns_are_matched_by_name_and_cast() {
     );
     assert!(decode(Format::Arrow, b"garbage", &schema(), NOW).is_err());
     assert!(decode(Format::Arrow, &buf[..buf.len() / 2], &schema(), NOW).is_err());
+    // Compressed batches could declare any size: refused before anything is decompressed.
+    let options = arrow::ipc::writer::IpcWriteOptions::default()
+        .try_with_compression(Some(arrow::ipc::CompressionType::LZ4_FRAME))
+        .unwrap();
+    let mut zipped = Vec::new();
+    {
+        let mut w =
+            arrow::ipc::writer::StreamWriter::try_new_with_options(&mut zipped, &sent, options)
+                .unwrap();
+        w.write(&d_source(&sent)).unwrap();
+        w.finish().unwrap();
+    }
+    let e = decode(Format::Arrow, &zipped, &schema(), NOW).unwrap_err();
+    assert!(e.0.contains("compressed"), "{}", e.0);
+}
+
+/// A two-row batch of the schema `arrow_ipc_columns_are_matched_by_name_and_cast` sends.
+fn d_source(sent: &Arc<Schema>) -> RecordBatch {
+    RecordBatch::try_new(
+        sent.clone(),
+        vec![
+            Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+            Arc::new(TimestampNanosecondArray::from(vec![None, None])),
+        ],
+    )
+    .unwrap()
 }
 
 #[test]

@@ -394,6 +394,16 @@ async fn token_scopes() {
     )
     .await;
     assert_eq!(st, 200, "{v}");
+    // Secrets in options are for the catalog log, not for readers.
+    let (st, v) = post(
+        &s,
+        "/v1/sql",
+        &[("authorization", "Bearer adm-1")],
+        "CREATE SOURCE sw FROM SNMP WITH (targets = '127.0.0.1:9', community = 'c0mm-s3cret', oids = 'SNMPv2-MIB::sysUpTime.0', interval = '1h');
+         CREATE SINK hook TO WEBHOOK WITH (url = 'https://hooks.example/services/T0/tok-s3cret')",
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
     // (what, method, path, body) → status for none, bad, read, write, admin.
     let cases: &[(&str, &str, &str, &str, [u16; 5])] = &[
         ("liveness", "GET", "/healthz", "", [200, 401, 200, 200, 200]),
@@ -440,6 +450,14 @@ async fn token_scopes() {
             "/v1/sql",
             "INSERT INTO m (host, v) VALUES ('a', 1)",
             [401, 401, 403, 200, 200],
+        ),
+        // An INSERT that reads: a write credential could read through it.
+        (
+            "insert select",
+            "POST",
+            "/v1/sql",
+            "INSERT INTO m (host, v) SELECT host, v FROM m",
+            [401, 401, 403, 403, 200],
         ),
         (
             "create",
@@ -547,6 +565,20 @@ async fn token_scopes() {
     assert_eq!(st, 401);
     assert!(s.log().contains("are open to anyone (--read-open)"));
     assert!(!s.log().contains("adm-1"), "a token was logged");
+    // The secrets survived the restart, and readers do not see them.
+    let (_, _, catalog) = request_with(&s.addr, "GET", "/v1/catalog", &[], Vec::new())
+        .await
+        .unwrap();
+    let catalog = String::from_utf8(catalog).unwrap();
+    assert!(catalog.contains("CREATE SOURCE sw FROM SNMP"), "{catalog}");
+    assert!(!catalog.contains("s3cret"), "{catalog}");
+    for show in ["SHOW SOURCES", "SHOW SINKS"] {
+        let (st, v) = post(&s, "/v1/sql", &[], show).await;
+        assert_eq!(st, 200);
+        assert!(!v.to_string().contains("s3cret"), "{v}");
+    }
+    let log = std::fs::read(data.join("catalog.log")).unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("c0mm-s3cret"));
 }
 
 /// pg users have roles; clients authenticate with SCRAM-SHA-256 (never a clear-text password).
@@ -888,7 +920,11 @@ fn network_address() -> std::net::IpAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(
+    // On all addresses: clients from this machine's network address stand in for other machines
+    // (loopback peers have a reserve of connections beyond the limit).
+    let s = Server::start_at(
+        "0.0.0.0",
+        crate::common::free_port(),
         &dir.path().join("data"),
         &[
             "--max-body",
@@ -942,22 +978,66 @@ async fn request_limits() {
     };
     assert_eq!(u16::from(close.unwrap().code), 1009);
     drop(ws);
-    // Idle connections hold slots until the header timeout closes them.
+    // Idle connections hold slots until the header timeout closes them; loopback clients (the
+    // operator's own tools) still get in, from the reserve.
+    let port = s.addr.rsplit(':').next().unwrap().to_string();
+    let other = format!("{}:{port}", network_address());
     let mut idle = Vec::new();
     for _ in 0..8 {
-        idle.push(tokio::net::TcpStream::connect(&s.addr).await.unwrap());
+        idle.push(tokio::net::TcpStream::connect(&other).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (st, _, body) = crate::common::request(&s.addr, "GET", "/healthz", None, Vec::new())
+    let (st, _, body) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
         .await
         .unwrap();
     assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("--max-connections"));
+    assert_eq!(s.get("/healthz").await.unwrap().0, 200, "loopback reserve");
     // The idle ones are closed after the header timeout: the server answers again.
     eventually(10, "slots free again", || async {
-        (s.get("/healthz").await.ok()?.0 == 200).then_some(())
+        let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
+            .await
+            .ok()?;
+        (st == 200).then_some(())
     })
     .await;
+    drop(idle);
+    // A WebSocket holds its slot for as long as it is open.
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{other}/v1/ingest/m"))
+            .await
+            .unwrap();
+        sockets.push(ws);
+    }
+    let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(st, 503, "eight open WebSockets fill eight slots");
+    let metrics = String::from_utf8(s.get("/metrics").await.unwrap().1).unwrap();
+    let open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tocsin_connections_open "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(open >= 8, "{open}");
+    drop(sockets);
+    eventually(10, "WebSocket slots freed", || async {
+        let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
+            .await
+            .ok()?;
+        (st == 200).then_some(())
+    })
+    .await;
+    // DNS rebinding on a server listening on every address: a browser on this machine (a
+    // loopback peer) is held to the Host check; other machines are not.
+    let evil = [("host", "evil.example:7654")];
+    assert_eq!(get(&s, "/healthz", &evil).await, 403);
+    let (st, _, _) = request_with(&other, "GET", "/healthz", &evil, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(st, 200);
     // Slowloris: headers that never end.
     let mut slow = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
@@ -971,7 +1051,6 @@ async fn request_limits() {
         matches!(n, Ok(0) | Err(_)) || buf.starts_with(b"HTTP/1.1 408"),
         "{n:?}"
     );
-    drop(idle);
     let metrics = String::from_utf8(s.get("/metrics").await.unwrap().1).unwrap();
     for reason in [
         "body_too_large",

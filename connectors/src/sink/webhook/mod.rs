@@ -51,6 +51,11 @@ fn parse_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
 }
 
 impl Webhook {
+    /// The URL as messages show it: without what may be a token (see [`crate::secrets`]).
+    fn shown_url(&self) -> String {
+        crate::secrets::shown("url", &self.url.to_string())
+    }
+
     pub fn new(options: &SinkOptions) -> Result<Self, String> {
         let url_text = options.required("url", "http://127.0.0.1:9000/alerts")?;
         let url: Uri = url_text
@@ -168,10 +173,9 @@ impl Sink for Webhook {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| SinkError::new(e.to_string()))?;
         let exchange = async {
-            let resp =
-                self.client.request(req).await.map_err(|e| {
-                    SinkError::new(format!("POST {}: {}", self.url, error_chain(&e)))
-                })?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                SinkError::new(format!("POST {}: {}", self.shown_url(), error_chain(&e)))
+            })?;
             let status = resp.status();
             let body = resp.into_body().collect().await.map(|b| b.to_bytes());
             if status.is_success() {
@@ -182,7 +186,7 @@ impl Sink for Webhook {
                 .unwrap_or_default();
             Err(SinkError::new(format!(
                 "POST {} answered {status}: {}",
-                self.url,
+                self.shown_url(),
                 text.trim()
             )))
         };
@@ -191,7 +195,8 @@ impl Sink for Webhook {
             .map_err(|_| {
                 SinkError::new(format!(
                     "POST {}: no answer within {:?}",
-                    self.url, self.timeout
+                    self.shown_url(),
+                    self.timeout
                 ))
             })?
     }
