@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`duration`] | the one duration parser of options and flags |
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
 //! | [`secrets`] | which option values are secrets, and how they are shown |
@@ -10,6 +11,7 @@
 //! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
 //! | [`source`] | the [`source::SourceConnector`] trait and the registry of every source kind |
 
+pub mod duration;
 pub mod host;
 pub mod push;
 pub mod secrets;

@@ -9,41 +9,7 @@ use crate::parser::Options;
 
 /// Parses `'30s'`, `'5m'`, `'1h'`, `'2d'`, `'250ms'`, `'10 minutes'`, `'1 hour 30 minutes'`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let bad = || {
-        SqlError::plan(format!(
-            "invalid duration '{text}': use e.g. '30s', '5m', '1h', '10 minutes'"
-        ))
-    };
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err(bad());
-        }
-        let n: f64 = rest[..num_len].parse().map_err(|_| bad())?;
-        rest = rest[num_len..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let unit = rest[..unit_len].to_ascii_lowercase();
-        rest = rest[unit_len..].trim_start();
-        let secs = match unit.as_str() {
-            "ms" | "millisecond" | "milliseconds" => 0.001,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-            "h" | "hour" | "hours" => 3600.0,
-            "d" | "day" | "days" => 86400.0,
-            _ => return Err(bad()),
-        };
-        total += Duration::try_from_secs_f64(n * secs).map_err(|_| bad())?;
-    }
-    Ok(total)
+    tocsin_connectors::duration::parse(text).map_err(SqlError::plan)
 }
 
 fn take(options: &mut Options, key: &str) -> Option<String> {

@@ -225,27 +225,12 @@ impl<'a> SinkOptions<'a> {
             .ok_or_else(|| format!("option '{key}' is required, e.g. {key} = '{example}'"))
     }
 
-    /// A duration option such as `'10s'` or `'500ms'`.
+    /// A duration option such as `'10s'`, `'500ms'` or `'10 minutes'` ([`crate::duration`]).
     pub fn duration(&self, key: &'static str, default: Duration) -> Result<Duration, String> {
         let Some(v) = self.get(key) else {
             return Ok(default);
         };
-        let v = v.trim();
-        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-        let n: f64 = num
-            .trim()
-            .parse()
-            .map_err(|_| format!("invalid {key} '{v}': use e.g. '10s' or '500ms'"))?;
-        let secs = match unit.trim() {
-            "ms" => n / 1000.0,
-            "s" | "" => n,
-            "m" => n * 60.0,
-            _ => return Err(format!("invalid {key} '{v}': use e.g. '10s' or '500ms'")),
-        };
-        Duration::try_from_secs_f64(secs)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("invalid {key} '{v}': must be longer than 0s"))
+        crate::duration::positive(key, v)
     }
 
     fn finish(&self, what: &str) -> Result<(), String> {

@@ -167,24 +167,6 @@ fn get<'a>(options: &'a Options, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `'1.5s'`, `'500ms'`, `'2s'`.
-fn duration(key: &str, text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (t, 1.0)
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|n| n.is_finite() && *n > 0.0)
-        .and_then(|n| Duration::try_from_secs_f64(n * mult).ok())
-        .ok_or_else(|| format!("invalid {key} '{text}': use e.g. '1s' or '500ms'"))
-}
-
 fn number(key: &str, text: &str, min: u32, max: u32) -> Result<u32, String> {
     text.trim()
         .parse::<u32>()
@@ -555,7 +537,7 @@ pub fn poll_config(options: &Options) -> Result<PollConfig, String> {
         None
     };
     let timeout = get(options, "timeout")
-        .map(|t| duration("timeout", t))
+        .map(|t| crate::duration::positive("timeout", t))
         .transpose()?
         .unwrap_or(Duration::from_secs(1));
     let retries = get(options, "retries")
