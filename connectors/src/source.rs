@@ -56,6 +56,9 @@ pub trait SourceConnector: Send + Sync {
     /// Checks the connector's own options; answers the schema (ignored for declared columns)
     /// and companion relations, or an error shown to the user as it is.
     fn derive(&self, options: &Options) -> Result<Derived, String>;
+    /// A `CREATE SOURCE example ...` statement of this kind, run by the registry test and shown
+    /// in docs/connectors.md.
+    fn example(&self) -> &'static str;
     /// The task that produces a source's rows, for connectors that produce them themselves;
     /// `None` for those whose rows are pushed by clients.
     fn run(&self, _source: Running) -> Option<Task> {

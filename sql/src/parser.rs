@@ -450,7 +450,19 @@ impl P<'_> {
                 self.p.next_token();
                 let name = self.name()?;
                 self.p.expect_keyword(Keyword::AS)?;
-                let query = self.p.parse_query()?;
+                let query = self.query_before_options()?;
+                // A trailing WITH (...) would otherwise be read as table hints and ignored, so
+                // a misplaced option would go unnoticed.
+                let at = self.p.peek_token().span.start;
+                if let Some((key, _)) = self.options()?.first() {
+                    return Err(SqlError::new(
+                        crate::error::ErrorKind::Parse,
+                        format!(
+                            "unknown option '{key}' for a view: a view takes no options (rules take for, severity, sink, ...)"
+                        ),
+                    )
+                    .at(at.line, at.column));
+                }
                 Ok(Statement::CreateView { name, query })
             }
             (Some("DROP"), Some(w)) if ObjectKind::from_word(w).is_some() => {
@@ -698,6 +710,17 @@ mod tests {
                 "{text:?} must not be accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_view_takes_no_options() {
+        let e = parse("CREATE VIEW v AS SELECT host FROM h WITH (bogus_option = 'x')").unwrap_err();
+        assert!(
+            e.message.contains("unknown option 'bogus_option'"),
+            "{}",
+            e.message
+        );
+        assert!(parse("CREATE VIEW v AS WITH t AS (SELECT 1 AS a) SELECT a FROM t").is_ok());
     }
 
     #[test]

@@ -12,6 +12,9 @@ impl SourceConnector for Host {
     fn collecting(&self) -> bool {
         true
     }
+    fn example(&self) -> &'static str {
+        "CREATE SOURCE example FROM HOST WITH (interval = '5s')"
+    }
     fn derive(&self, _: &Options) -> Result<Derived, String> {
         Ok(Derived {
             schema: host_schema(),

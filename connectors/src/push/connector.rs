@@ -17,6 +17,12 @@ impl SourceConnector for Push {
     fn declared(&self) -> bool {
         true
     }
+    fn example(&self) -> &'static str {
+        match self.0 {
+            "HTTP" => "CREATE SOURCE example (host TEXT, cpu DOUBLE) FROM HTTP",
+            _ => "CREATE SOURCE example (host TEXT, cpu DOUBLE) FROM WEBSOCKET WITH (format = 'ndjson', retain = '10 minutes')",
+        }
+    }
     fn derive(&self, _: &Options) -> Result<Derived, String> {
         Ok(Derived {
             schema: Arc::new(Schema::empty()),

@@ -172,8 +172,36 @@ pub trait Sink: Send + Sync {
     async fn send(&self, notification: &Notification) -> Result<(), SinkError>;
 }
 
-/// The connectors `CREATE SINK ... TO` names.
-pub const CONNECTORS: &[&str] = &["EMAIL", "WEBHOOK", "LOG"];
+/// One kind of sink: what may follow `TO` in `CREATE SINK`. Every kind is listed once in
+/// [`registry`].
+pub trait SinkConnector: Send + Sync {
+    /// The word after `TO`, upper case: `EMAIL`.
+    fn name(&self) -> &'static str;
+    /// Makes the sink `name` from its options, taking each option it knows from `options`
+    /// (unknown ones are then refused); the error names the option that is wrong.
+    fn build(&self, name: &str, options: &SinkOptions) -> Result<Box<dyn Sink>, String>;
+    /// A `CREATE SINK example TO ...` statement of this kind, run by the registry test and shown
+    /// in docs/connectors.md.
+    fn example(&self) -> &'static str;
+}
+
+/// Every sink connector, the one list.
+pub fn registry() -> &'static [&'static dyn SinkConnector] {
+    &[
+        &email::EmailConnector,
+        &webhook::WebhookConnector,
+        &log::LogConnector,
+    ]
+}
+
+/// The names of every sink connector, for messages: `EMAIL, WEBHOOK or LOG`.
+pub fn names() -> String {
+    let names: Vec<&str> = registry().iter().map(|c| c.name()).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.join(""),
+    }
+}
 
 /// Builds the sink `name` of a connector from its `WITH (...)` options; the error names the
 /// option that is wrong.
@@ -182,19 +210,13 @@ pub fn build(
     name: &str,
     options: &[(String, String)],
 ) -> Result<Box<dyn Sink>, String> {
+    let kind = registry()
+        .iter()
+        .find(|c| c.name().eq_ignore_ascii_case(connector))
+        .ok_or_else(|| format!("unknown sink connector {connector}: use {}", names()))?;
     let opts = SinkOptions::new(options);
-    let sink: Box<dyn Sink> = match connector {
-        "EMAIL" => Box::new(email::Email::new(&opts)?),
-        "WEBHOOK" => Box::new(webhook::Webhook::new(&opts)?),
-        "LOG" => Box::new(log::Log::new(name, &opts)?),
-        other => {
-            return Err(format!(
-                "unknown sink connector {other}: use {}",
-                CONNECTORS.join(", ")
-            ))
-        }
-    };
-    opts.finish(&format!("a {connector} sink"))?;
+    let sink = kind.build(name, &opts)?;
+    opts.finish(&format!("a {} sink", kind.name()))?;
     Ok(sink)
 }
 

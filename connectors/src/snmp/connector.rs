@@ -22,6 +22,9 @@ impl SourceConnector for Snmp {
     fn collecting(&self) -> bool {
         true
     }
+    fn example(&self) -> &'static str {
+        "CREATE SOURCE example FROM SNMP WITH (targets = 'sw1=127.0.0.1:16161', community = 'public', table = 'IF-MIB::ifTable', interval = '30s')"
+    }
     fn derive(&self, options: &Options) -> Result<Derived, String> {
         let c = snmp::poll_config(options)?;
         Ok(Derived {
@@ -42,6 +45,9 @@ impl SourceConnector for SnmpTrap {
     }
     fn options(&self) -> &'static [&'static str] {
         snmp::TRAP_OPTIONS
+    }
+    fn example(&self) -> &'static str {
+        "CREATE SOURCE example FROM SNMP TRAP WITH (listen = '127.0.0.1:16162', community = 'public')"
     }
     fn derive(&self, options: &Options) -> Result<Derived, String> {
         snmp::trap_config(options)?;

@@ -6,6 +6,7 @@ mod alerts;
 mod amapi;
 mod backpressure;
 mod cli;
+mod connectors;
 mod crash;
 mod garbage;
 mod http;

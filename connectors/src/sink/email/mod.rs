@@ -135,3 +135,22 @@ impl Sink for Email {
             .map_err(|e| SinkError::new(format!("SMTP {}: {}", self.server, error_chain(&e))))
     }
 }
+
+/// `TO EMAIL` in the registry (see [`super::SinkConnector`]).
+pub struct EmailConnector;
+
+impl super::SinkConnector for EmailConnector {
+    fn name(&self) -> &'static str {
+        "EMAIL"
+    }
+    fn build(
+        &self,
+        _name: &str,
+        options: &super::SinkOptions,
+    ) -> Result<Box<dyn super::Sink>, String> {
+        Ok(Box::new(Email::new(options)?))
+    }
+    fn example(&self) -> &'static str {
+        "CREATE SINK example TO EMAIL WITH (server = 'smtp://127.0.0.1:2525', from = 'tocsin@example.com', to = 'ops@example.com')"
+    }
+}

@@ -37,3 +37,22 @@ impl Sink for Log {
         Ok(())
     }
 }
+
+/// `TO LOG` in the registry (see [`super::SinkConnector`]).
+pub struct LogConnector;
+
+impl super::SinkConnector for LogConnector {
+    fn name(&self) -> &'static str {
+        "LOG"
+    }
+    fn build(
+        &self,
+        name: &str,
+        options: &super::SinkOptions,
+    ) -> Result<Box<dyn super::Sink>, String> {
+        Ok(Box::new(Log::new(name, options)?))
+    }
+    fn example(&self) -> &'static str {
+        "CREATE SINK example TO LOG"
+    }
+}

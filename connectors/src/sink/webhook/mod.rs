@@ -213,3 +213,22 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+/// `TO WEBHOOK` in the registry (see [`super::SinkConnector`]).
+pub struct WebhookConnector;
+
+impl super::SinkConnector for WebhookConnector {
+    fn name(&self) -> &'static str {
+        "WEBHOOK"
+    }
+    fn build(
+        &self,
+        _name: &str,
+        options: &super::SinkOptions,
+    ) -> Result<Box<dyn super::Sink>, String> {
+        Ok(Box::new(Webhook::new(options)?))
+    }
+    fn example(&self) -> &'static str {
+        "CREATE SINK example TO WEBHOOK WITH (url = 'http://127.0.0.1:9000/alerts', format = 'json')"
+    }
+}
