@@ -11,7 +11,7 @@
 //! | [`limits`] | request limits and their defaults |
 //! | [`memory`] | the memory budget ingest is checked against |
 //! | [`http`] | the HTTP and WebSocket API |
-//! | [`pg`] | the PostgreSQL wire protocol |
+//! | [`pg`] | the PostgreSQL wire protocol: authentication and roles, errors, encoding, COPY, the extended protocol |
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
