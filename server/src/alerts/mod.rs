@@ -13,11 +13,13 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`lifecycle`] | the lifecycle as a pure function: instance and event → new state, notifications, rows |
 //! | [`store`] | the durable instances and outbox |
 //! | [`deliver`] | one delivery task per sink: outbox order, retries with backoff |
 //! | [`relations`] | `tocsin_alerts` and `tocsin_alert_events`, fed from here |
 
 pub mod deliver;
+pub mod lifecycle;
 pub mod relations;
 pub mod store;
 
@@ -27,12 +29,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tocsin_connectors::sink::{rfc3339, Notification, Transition};
+use tocsin_connectors::sink::rfc3339;
 use tocsin_engine::{Clock, Row};
 use tocsin_sql::options::RuleOptions;
 use tocsin_sql::{Silence, SinkStatus};
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::alerts::lifecycle::{fnv, Context, Event, Outcome};
+pub use crate::alerts::lifecycle::{render, value_text};
 use crate::alerts::store::{Changes, Instance, Queued, State, Store};
 
 /// What the manager needs to know about a rule.
@@ -69,6 +73,7 @@ struct Batch {
 }
 
 /// A row for one of the alert relations.
+#[derive(Debug)]
 pub enum Published {
     Event(Value),
     State(Value),
@@ -106,239 +111,40 @@ fn key(rule: &str, labels: &BTreeMap<String, String>) -> String {
     )
 }
 
-/// FNV-1a, 64 bits: stable across versions and platforms.
-fn fnv(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
-}
-
-/// A value as text: strings as they are, numbers with at most two decimals.
-pub fn value_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or_default();
-            let s = format!("{x:.2}");
-            s.trim_end_matches('0').trim_end_matches('.').to_string()
-        }
-        other => other.to_string(),
-    }
-}
-
-/// Replaces `{{name}}` by the label or value of that name, or `rule`, `state`, `severity`.
-/// Unknown names are left as they are, so a typo shows.
-pub fn render(template: &str, i: &Instance, state: &str, severity: &str) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let name = after[..end].trim();
-        let v = match name {
-            "rule" => Some(i.rule.clone()),
-            "state" => Some(state.to_string()),
-            "severity" => Some(severity.to_string()),
-            _ => i
-                .labels
-                .get(name)
-                .cloned()
-                .or_else(|| i.values.get(name).map(value_text)),
-        };
-        match v {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[start..start + 2 + end + 2]),
-        }
-        rest = &after[end + 2..];
-    }
-    out.push_str(rest);
-    out
-}
-
 impl Inner {
-    fn silenced(&self, i: &Instance, severity: &str, now: i64) -> bool {
-        self.silenced_by(i, severity, now).next().is_some()
-    }
-
-    /// The names of the silences in force at `now` that match `i`.
-    fn silenced_by<'a>(
-        &'a self,
-        i: &'a Instance,
-        severity: &'a str,
-        now: i64,
-    ) -> impl Iterator<Item = &'a String> + 'a {
-        let label = move |name: &str| match name {
-            "rule" => Some(i.rule.clone()),
-            "severity" => Some(severity.to_string()),
-            _ => i.labels.get(name).cloned(),
-        };
-        self.silences
-            .iter()
-            .filter(move |(_, s)| s.active(now) && s.matches(&label))
-            .map(|(n, _)| n)
-    }
-
-    /// Queues a notification about `i` for every sink of its rule.
-    fn notify(
-        &mut self,
-        spec: &RuleSpec,
-        i: &Instance,
-        state: Transition,
-        now: i64,
-        b: &mut Batch,
-    ) {
-        let o = &spec.options;
-        let state_text = state.as_str();
-        let labels_json = serde_json::to_string(&i.labels).unwrap_or_default();
-        let id = fnv(&[
-            &i.rule,
-            &labels_json,
-            state_text,
-            &i.active_since.to_string(),
-        ]);
-        let n = Notification {
-            id: format!("{id:016x}"),
-            rule: i.rule.clone(),
-            state,
-            severity: o.severity.clone(),
-            labels: i.labels.clone(),
-            values: i.values.clone(),
-            summary: o
-                .summary
-                .as_deref()
-                .map(|t| render(t, i, state_text, &o.severity))
-                .unwrap_or_default(),
-            description: o
-                .description
-                .as_deref()
-                .map(|t| render(t, i, state_text, &o.severity))
-                .unwrap_or_default(),
-            active_since: i.active_since,
-            firing_since: i.firing_since,
-            resolved_at: (state == Transition::Resolved).then_some(now),
-            repeat: if state == Transition::Firing {
-                i.repeats
-            } else {
-                0
-            },
-            valid_until: (state == Transition::Firing)
-                .then(|| now.saturating_add(2 * o.repeat.as_millis() as i64)),
-        };
-        for sink in &o.sinks {
-            let seq = self.store.next_seq;
-            self.store.next_seq += 1;
-            b.changes.out.push(Queued {
-                seq,
-                sink: sink.clone(),
-                notification: n.clone(),
-            });
-        }
-    }
-
-    /// The row of `tocsin_alert_state` / `tocsin_alert_events` for an instance.
-    fn row(spec: &RuleSpec, i: &Instance, state: &str, silenced: bool, now: i64) -> Value {
-        let o = &spec.options;
-        json!({
-            "rule": i.rule,
-            "labels": serde_json::to_string(&i.labels).unwrap_or_default(),
-            "state": state,
-            "severity": o.severity,
-            "summary": o.summary.as_deref().map(|t| render(t, i, state, &o.severity)).unwrap_or_default(),
-            "description": o.description.as_deref().map(|t| render(t, i, state, &o.severity)).unwrap_or_default(),
-            "values_json": serde_json::to_string(&i.values).unwrap_or_default(),
-            "silenced": silenced,
-            "active_since": i.active_since,
-            "firing_since": i.firing_since,
-            "ts": now,
-        })
-    }
-
-    /// Moves one instance on by time: pending → firing, firing → resolved after
-    /// `keep_firing_for`, first notification and reminders. Returns whether it still exists.
-    fn advance(
-        &mut self,
-        spec: &RuleSpec,
-        k: &str,
-        mut i: Instance,
-        dirty: bool,
-        now: i64,
-        b: &mut Batch,
-    ) {
-        let o = &spec.options;
-        let before = i.clone();
-        let silenced = self.silenced(&i, &o.severity, now);
-        let mut event = None;
-        if i.state == State::Pending && now >= i.active_since + o.r#for.as_millis() as i64 {
-            i.state = State::Firing;
-            i.firing_since = Some(now);
-            event = Some("firing");
-        }
-        if i.state == State::Firing {
-            if let Some(g) = i.gone_since {
-                if now >= g + o.keep_firing_for.as_millis() as i64 {
-                    self.resolve(spec, k, i, now, b);
-                    return;
-                }
-            }
-            if !silenced {
-                if !i.notified {
-                    i.notified = true;
-                    i.last_notified = Some(now);
-                    self.notify(spec, &i, Transition::Firing, now, b);
-                } else if i
-                    .last_notified
-                    .is_some_and(|t| now >= t + o.repeat.as_millis() as i64)
-                {
-                    i.repeats += 1;
-                    i.last_notified = Some(now);
-                    self.notify(spec, &i, Transition::Firing, now, b);
-                }
+    /// Stores what a lifecycle step decided about the instance of `k`, queueing each
+    /// notification for every sink of its rule.
+    fn apply(&mut self, k: &str, sinks: &[String], o: Outcome, b: &mut Batch) {
+        for n in o.notify {
+            for sink in sinks {
+                let seq = self.store.next_seq;
+                self.store.next_seq += 1;
+                b.changes.out.push(Queued {
+                    seq,
+                    sink: sink.clone(),
+                    notification: n.clone(),
+                });
             }
         }
-        if let Some(e) = event {
-            b.out
-                .push(Published::Event(Self::row(spec, &i, e, silenced, now)));
-        }
-        let refresh = now - i.published >= relations::REFRESH.as_millis() as i64;
-        if event.is_some() || silenced != i.silenced || refresh || dirty {
-            i.silenced = silenced;
-            i.published = now;
-            b.out.push(Published::State(Self::row(
-                spec,
-                &i,
-                i.state.as_str(),
-                silenced,
-                now,
-            )));
-        }
-        if dirty || i != before {
+        b.out.extend(o.published);
+        if let Some(i) = o.put {
             b.changes.put.push((k.to_string(), i));
         }
+        if o.delete {
+            b.changes.del.push(k.to_string());
+        }
     }
 
-    /// The alert is over: a resolved notification if its firing one went out, an event, gone.
-    fn resolve(&mut self, spec: &RuleSpec, k: &str, i: Instance, now: i64, b: &mut Batch) {
-        let silenced = self.silenced(&i, &spec.options.severity, now);
-        if i.state == State::Firing && i.notified && !silenced {
-            self.notify(spec, &i, Transition::Resolved, now, b);
-        }
-        b.out.push(Published::Event(Self::row(
-            spec, &i, "resolved", silenced, now,
-        )));
-        b.out.push(Published::State(Self::row(
-            spec, &i, "resolved", silenced, now,
-        )));
-        b.changes.del.push(k.to_string());
+    /// Runs one lifecycle step for the instance of `k` of rule `spec`.
+    fn step(&mut self, spec: &RuleSpec, k: &str, event: Event, now: i64, b: &mut Batch) {
+        let existing = self.store.instances.get(k).cloned();
+        let cx = Context {
+            spec,
+            silences: &self.silences,
+            now,
+        };
+        let o = lifecycle::step(&cx, existing, event);
+        self.apply(k, &spec.options.sinks, o, b);
     }
 
     /// Brings the instance of `k` in line with whether the rule has a row for it.
@@ -347,73 +153,24 @@ impl Inner {
             return;
         };
         let spec = rs.spec.clone();
-        let present = rs.present.get(k).cloned();
-        let existing = self.store.instances.get(k).cloned();
-        match (present, existing) {
-            (Some(Present { labels, values, .. }), None) => {
-                let i = Instance::pending(rule, labels, values, now);
-                let silenced = self.silenced(&i, &spec.options.severity, now);
-                b.out.push(Published::Event(Self::row(
-                    &spec, &i, "pending", silenced, now,
-                )));
-                b.out.push(Published::State(Self::row(
-                    &spec, &i, "pending", silenced, now,
-                )));
-                self.advance(&spec, k, i, true, now, b);
-            }
-            (Some(Present { values, .. }), Some(mut i)) => {
-                if i.values != values || i.gone_since.is_some() {
-                    i.values = values;
-                    i.gone_since = None;
-                    self.advance(&spec, k, i, true, now, b);
-                }
-            }
-            (None, Some(mut i)) => match i.state {
-                State::Pending => self.resolve(&spec, k, i, now, b),
-                State::Firing if spec.options.keep_firing_for.is_zero() => {
-                    self.resolve(&spec, k, i, now, b)
-                }
-                State::Firing => {
-                    if i.gone_since.is_none() {
-                        i.gone_since = Some(now);
-                        b.changes.put.push((k.to_string(), i));
-                    }
-                }
+        let event = match rs.present.get(k) {
+            Some(p) => Event::Present {
+                labels: p.labels.clone(),
+                values: p.values.clone(),
             },
-            (None, None) => {}
-        }
+            None => Event::Gone,
+        };
+        self.step(&spec, k, event, now, b);
     }
 
     /// The next time something is due for an instance.
     fn deadline(&self, spec: &RuleSpec, i: &Instance, now: i64) -> Option<i64> {
-        let o = &spec.options;
-        match i.state {
-            State::Pending => Some(i.active_since + o.r#for.as_millis() as i64),
-            State::Firing => {
-                let silenced = self.silenced(i, &o.severity, now);
-                if silenced != i.silenced || (!i.notified && !silenced) {
-                    // A silence came or went: show it, and send what it held back.
-                    return Some(now);
-                }
-                let mut d = i.published + relations::REFRESH.as_millis() as i64;
-                if let Some(g) = i.gone_since {
-                    d = d.min(g + o.keep_firing_for.as_millis() as i64);
-                }
-                if let Some(t) = i.last_notified.filter(|_| !silenced) {
-                    // Reminders wait while a silence holds; its end is a deadline below.
-                    d = d.min(t + o.repeat.as_millis() as i64);
-                }
-                // A silence ending or starting changes what is sent.
-                for (_, s) in &self.silences {
-                    for t in [s.starts_ms, s.until_ms] {
-                        if t > now {
-                            d = d.min(t);
-                        }
-                    }
-                }
-                Some(d)
-            }
-        }
+        let cx = Context {
+            spec,
+            silences: &self.silences,
+            now,
+        };
+        lifecycle::deadline(&cx, i)
     }
 }
 
@@ -602,7 +359,7 @@ impl AlertManager {
                     labels: Vec::new(),
                 },
             };
-            inner.resolve(&spec, &k, i, now, &mut b);
+            inner.step(&spec, &k, Event::Dropped, now, &mut b);
         }
         inner.rules.retain(|name, _| rules.contains(name));
         if !b.changes.is_empty() {
@@ -648,18 +405,18 @@ impl AlertManager {
         let now = self.now();
         let mut inner = self.lock();
         let mut b = Batch::default();
-        let due: Vec<(RuleSpec, String, Instance)> = inner
+        let due: Vec<(RuleSpec, String)> = inner
             .store
             .instances
             .iter()
             .filter_map(|(k, i)| {
                 let rs = inner.rules.get(&i.rule).filter(|r| r.synced)?;
                 let d = inner.deadline(&rs.spec, i, now)?;
-                (d <= now).then(|| (rs.spec.clone(), k.clone(), i.clone()))
+                (d <= now).then(|| (rs.spec.clone(), k.clone()))
             })
             .collect();
-        for (spec, k, i) in due {
-            inner.advance(&spec, &k, i, false, now, &mut b);
+        for (spec, k) in due {
+            inner.step(&spec, &k, Event::Tick, now, &mut b);
         }
         if !b.changes.is_empty() || !b.out.is_empty() {
             self.commit(&mut inner, b);
@@ -864,7 +621,9 @@ impl AlertManager {
                     valid_until: now.saturating_add(
                         2 * spec.map_or(0, |s| s.options.repeat.as_millis() as i64),
                     ),
-                    silenced_by: inner.silenced_by(i, &severity, now).cloned().collect(),
+                    silenced_by: lifecycle::silenced_by(&inner.silences, i, &severity, now)
+                        .cloned()
+                        .collect(),
                 }
             })
             .collect();
