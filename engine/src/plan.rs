@@ -11,6 +11,7 @@
 //! ```
 
 use std::fmt::{self, Write};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -23,14 +24,14 @@ pub type Expr = Arc<dyn PhysicalExpr>;
 
 /// A bound on `now()` computed from a row: `expr` evaluates to a timestamp (or integer
 /// milliseconds), and `offset_ms` is added to it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Eq)]
 pub struct TimeBound {
     pub expr: Expr,
     pub offset_ms: i64,
 }
 
 /// One stateless step of a [`Node::Mfp`], applied to record batches in order.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Eq)]
 pub enum MfpStep {
     /// Keep the rows for which the predicate is true (null counts as false).
     Filter(Expr),
@@ -45,8 +46,73 @@ pub enum MfpStep {
     },
 }
 
+/// Expressions compare by what they compute (DataFusion's `PartialEq for dyn PhysicalExpr`); a
+/// derived `PartialEq` cannot compare `Arc<dyn PhysicalExpr>` fields, so these are written out.
+fn same(a: &Expr, b: &Expr) -> bool {
+    a.as_ref() == b.as_ref()
+}
+
+fn same_all(a: &[Expr], b: &[Expr]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| same(a, b))
+}
+
+impl PartialEq for TimeBound {
+    fn eq(&self, other: &Self) -> bool {
+        same(&self.expr, &other.expr) && self.offset_ms == other.offset_ms
+    }
+}
+
+impl PartialEq for MfpStep {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (MfpStep::Filter(a), MfpStep::Filter(b)) => same(a, b),
+            (
+                MfpStep::Project { exprs, schema },
+                MfpStep::Project {
+                    exprs: e2,
+                    schema: s2,
+                },
+            ) => same_all(exprs, e2) && schema == s2,
+            (
+                MfpStep::Temporal { lower, upper },
+                MfpStep::Temporal {
+                    lower: l2,
+                    upper: u2,
+                },
+            ) => lower == l2 && upper == u2,
+            _ => false,
+        }
+    }
+}
+
+impl Hash for TimeBound {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.expr.as_ref().hash(state);
+        self.offset_ms.hash(state);
+    }
+}
+
+impl Hash for MfpStep {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            MfpStep::Filter(e) => e.as_ref().hash(state),
+            MfpStep::Project { exprs, schema } => {
+                for e in exprs {
+                    e.as_ref().hash(state);
+                }
+                schema.hash(state);
+            }
+            MfpStep::Temporal { lower, upper } => {
+                lower.hash(state);
+                upper.hash(state);
+            }
+        }
+    }
+}
+
 /// How a join treats rows without a match.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum JoinKind {
     Inner,
     /// Left rows without a match are kept, padded with nulls.
@@ -54,7 +120,7 @@ pub enum JoinKind {
 }
 
 /// Sort order of one column, for `first_value(... ORDER BY ...)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SortKey {
     pub column: usize,
     pub descending: bool,
@@ -62,7 +128,7 @@ pub struct SortKey {
 }
 
 /// An aggregate function.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AggFunc {
     Count,
     Sum,
@@ -81,7 +147,7 @@ pub enum AggFunc {
 }
 
 /// One aggregate of a [`Node::Reduce`]. `arg` is a column of the reduce's input.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Aggregate {
     pub func: AggFunc,
     pub arg: usize,
@@ -95,14 +161,15 @@ impl Aggregate {
     }
 }
 
-/// A plan node and the schema of its output.
-#[derive(Clone, Debug)]
+/// A plan node and the schema of its output. Two plans are equal (and hash alike) when they are
+/// the same tree: every operator, expression, literal, type and name they read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Plan {
     pub node: Node,
     pub schema: SchemaRef,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Node {
     /// The live rows of a source: each row is present from its arrival until `ts + retain`.
     Source { name: String },

@@ -7,8 +7,8 @@
 //! every plan containing the same subplan imports instead of aggregating again. A thousand such
 //! rules maintain one aggregation and a thousand cheap filters of its changes.
 //!
-//! Two subplans are the same when their plans print the same (`Debug`, which includes every
-//! expression, literal, type and the names of what they read). A shared relation lives while any
+//! Two subplans are the same when their plans are equal ([`Plan`]'s derived `Eq` and `Hash`: every
+//! operator, expression, literal, type and the names of what they read). A shared relation lives while any
 //! view, rule or other shared relation uses it; the last user's `DROP` drops it.
 
 use std::collections::HashMap;
@@ -31,12 +31,13 @@ pub fn display_name(name: &str) -> Option<String> {
 }
 
 struct SharedRelation {
-    name: String,
+    /// The subplan it stands for, as the users' plans have it.
+    key: Plan,
     /// The plan the shared relation's dataflow runs (itself rewritten to use shared relations).
     plan: Plan,
     /// Views, rules and shared relations using it.
     users: usize,
-    /// The keys of the shared relations its plan uses.
+    /// The names of the shared relations its plan uses.
     uses: Vec<String>,
 }
 
@@ -44,16 +45,17 @@ struct SharedRelation {
 pub(crate) struct Shared {
     /// The plan with shared subplans replaced by relations.
     pub plan: Plan,
-    /// The keys of the shared relations `plan` uses; give them back with [`Shares::release`].
+    /// The names of the shared relations `plan` uses; give them back with [`Shares::release`].
     pub uses: Vec<String>,
     /// Shared relations to create first, in order (inputs before their users).
     pub create: Vec<(String, Plan)>,
 }
 
-/// The shared relations of an engine, by the text of their subplan.
+/// The shared relations of an engine: by internal name, and the name of each subplan.
 #[derive(Default)]
 pub(crate) struct Shares {
-    by_key: HashMap<String, SharedRelation>,
+    by_name: HashMap<String, SharedRelation>,
+    by_plan: HashMap<Plan, String>,
     next: u64,
 }
 
@@ -77,27 +79,32 @@ impl Shares {
         create: &mut Vec<(String, Plan)>,
     ) -> Plan {
         if share_here && matches!(plan.node, Node::Reduce { .. }) {
-            let key = format!("{plan:?}");
-            if let Some(s) = self.by_key.get_mut(&key) {
-                s.users += 1;
-            } else {
-                let mut inner_uses = Vec::new();
-                let inner = self.rewrite_children(plan, false, &mut inner_uses, create);
-                self.next += 1;
-                let name = internal_name(self.next);
-                create.push((name.clone(), inner.clone()));
-                self.by_key.insert(
-                    key.clone(),
-                    SharedRelation {
-                        name,
-                        plan: inner,
-                        users: 1,
-                        uses: inner_uses,
-                    },
-                );
-            }
-            let name = self.by_key[&key].name.clone();
-            uses.push(key);
+            let name = match self.by_plan.get(plan) {
+                Some(name) => {
+                    let name = name.clone();
+                    self.by_name.get_mut(&name).expect("shared").users += 1;
+                    name
+                }
+                None => {
+                    let mut inner_uses = Vec::new();
+                    let inner = self.rewrite_children(plan, false, &mut inner_uses, create);
+                    self.next += 1;
+                    let name = internal_name(self.next);
+                    create.push((name.clone(), inner.clone()));
+                    self.by_plan.insert(plan.clone(), name.clone());
+                    self.by_name.insert(
+                        name.clone(),
+                        SharedRelation {
+                            key: plan.clone(),
+                            plan: inner,
+                            users: 1,
+                            uses: inner_uses,
+                        },
+                    );
+                    name
+                }
+            };
+            uses.push(name.clone());
             return Plan {
                 node: Node::Relation { name },
                 schema: plan.schema.clone(),
@@ -160,36 +167,34 @@ impl Shares {
     pub fn release(&mut self, uses: &[String]) -> Vec<String> {
         let mut dropped = Vec::new();
         let mut stack: Vec<String> = uses.to_vec();
-        while let Some(key) = stack.pop() {
-            let Some(s) = self.by_key.get_mut(&key) else {
+        while let Some(name) = stack.pop() {
+            let Some(s) = self.by_name.get_mut(&name) else {
                 continue;
             };
             s.users -= 1;
             if s.users == 0 {
-                let s = self.by_key.remove(&key).expect("present");
-                dropped.push(s.name);
+                let s = self.by_name.remove(&name).expect("present");
+                self.by_plan.remove(&s.key);
+                dropped.push(name);
                 stack.extend(s.uses);
             }
         }
         dropped
     }
 
-    /// The internal names of the shared relations, with their plans and number of users.
+    /// The plan of a shared relation and its number of users.
     pub fn get(&self, name: &str) -> Option<(&Plan, usize)> {
-        self.by_key
-            .values()
-            .find(|s| s.name == name)
-            .map(|s| (&s.plan, s.users))
+        self.by_name.get(name).map(|s| (&s.plan, s.users))
     }
 
     /// The internal names of every shared relation `uses` reaches, directly or not.
     pub fn closure(&self, uses: &[String]) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
         let mut stack: Vec<&String> = uses.iter().collect();
-        while let Some(key) = stack.pop() {
-            if let Some(s) = self.by_key.get(key) {
-                if !out.contains(&s.name) {
-                    out.push(s.name.clone());
+        while let Some(name) = stack.pop() {
+            if let Some(s) = self.by_name.get(name) {
+                if !out.contains(name) {
+                    out.push(name.clone());
                     stack.extend(&s.uses);
                 }
             }
@@ -198,6 +203,6 @@ impl Shares {
     }
 
     pub fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_name.len()
     }
 }
