@@ -169,12 +169,12 @@ impl Metrics {
     }
 
     pub fn render(&self, g: &Gauges) -> String {
-        let mut out = String::new();
+        let mut out = Exposition::default();
         let sources = self.sources.lock().expect("metrics").clone();
         let mut counter = |name: &str, help: &str, f: &dyn Fn(&SourceCounts) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            out.family(name, "counter", help);
             for (s, c) in &sources {
-                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(s), f(c));
+                out.sample(name, &[("source", s)], f(c));
             }
         };
         counter(
@@ -273,22 +273,20 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, v) in plain {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-            );
+            out.family(name, kind, help);
+            out.sample(name, &[], v);
         }
         let name = "tocsin_refused_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Requests and connections refused before they were served, by reason (see docs/security.md).\n# TYPE {name} counter"
+        out.family(
+            name,
+            "counter",
+            "Requests and connections refused before they were served, by reason (see docs/security.md).",
         );
         for r in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{reason=\"{}\"}} {}",
-                r.as_str(),
-                self.refusals[r as usize].load(Ordering::Relaxed)
+            out.sample(
+                name,
+                &[("reason", r.as_str())],
+                self.refusals[r as usize].load(Ordering::Relaxed),
             );
         }
         let per_source: [PerSource; 2] = [
@@ -304,9 +302,9 @@ impl Metrics {
             ),
         ];
         for (name, help, value) in per_source {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            out.family(name, "gauge", help);
             for r in &g.retained {
-                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(&r.0), value(r));
+                out.sample(name, &[("source", &r.0)], value(r));
             }
         }
         for (name, help, v) in [
@@ -321,15 +319,17 @@ impl Metrics {
                 g.resident,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            out.family(name, "gauge", help);
+            out.sample(name, &[], v);
         }
         let name = "tocsin_limit";
-        let _ = writeln!(
-            out,
-            "# HELP {name} The request limits this server runs with (docs/security.md).\n# TYPE {name} gauge"
+        out.family(
+            name,
+            "gauge",
+            "The request limits this server runs with (docs/security.md).",
         );
         for (limit, v) in &g.limits {
-            let _ = writeln!(out, "{name}{{limit=\"{limit}\"}} {v}");
+            out.sample(name, &[("limit", limit)], v);
         }
         let snmp = self.snmp.lock().expect("metrics").clone();
         let snmp_counters: [SnmpMetric; 8] = [
@@ -383,32 +383,66 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, f) in snmp_counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            out.family(name, kind, help);
             for (s, c) in &snmp {
-                let _ = writeln!(out, "{name}{{source=\"{}\"}} {}", escape(s), f(c));
+                out.sample(name, &[("source", s)], f(c));
             }
         }
         let name = "tocsin_ingest_latency_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From a batch entering the ingest queue to its acknowledgement (durable and pushed).\n# TYPE {name} histogram"
+        out.family(
+            name,
+            "histogram",
+            "From a batch entering the ingest queue to its acknowledgement (durable and pushed).",
         );
+        let bucket = format!("{name}_bucket");
         for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                self.latency_buckets[i].load(Ordering::Relaxed)
+            out.sample(
+                &bucket,
+                &[("le", &b.to_string())],
+                self.latency_buckets[i].load(Ordering::Relaxed),
             );
         }
         let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        out.sample(&bucket, &[("le", "+Inf")], count);
+        out.sample(
+            &format!("{name}_sum"),
+            &[],
+            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
-        let _ = writeln!(out, "{name}_count {count}");
-        out
+        out.sample(&format!("{name}_count"), &[], count);
+        out.finish()
+    }
+}
+
+/// The one writer of Prometheus' text format: families with their help and type, samples with
+/// escaped label values (a quoted sink or source name may hold `"`, `\\` or a line break).
+#[derive(Default)]
+pub struct Exposition(String);
+
+impl Exposition {
+    /// Starts a family: `# HELP` and `# TYPE` lines.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample of `name` with its labels.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    pub fn finish(self) -> String {
+        self.0
     }
 }
 
@@ -416,4 +450,22 @@ fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut out = Exposition::default();
+        out.family("tocsin_sink_queued", "gauge", "Notifications waiting.");
+        out.sample("tocsin_sink_queued", &[("sink", "a\"b\\c\nd")], 3);
+        out.sample("tocsin_workers", &[], 2);
+        assert_eq!(
+            out.finish(),
+            "# HELP tocsin_sink_queued Notifications waiting.\n# TYPE tocsin_sink_queued gauge\n\
+             tocsin_sink_queued{sink=\"a\\\"b\\\\c\\nd\"} 3\ntocsin_workers 2\n"
+        );
+    }
 }

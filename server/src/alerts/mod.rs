@@ -509,9 +509,8 @@ impl AlertManager {
 
     /// Prometheus text: alerts by state, and per sink the queue, deliveries and failures.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
         let inner = self.lock();
-        let mut s = String::new();
+        let mut out = crate::metrics::Exposition::default();
         let count = |st: State| {
             inner
                 .store
@@ -520,17 +519,9 @@ impl AlertManager {
                 .filter(|i| i.state == st)
                 .count()
         };
-        let _ = writeln!(
-            s,
-            "# HELP tocsin_alerts Alert instances by state.\n# TYPE tocsin_alerts gauge"
-        );
+        out.family("tocsin_alerts", "gauge", "Alert instances by state.");
         for st in [State::Pending, State::Firing] {
-            let _ = writeln!(
-                s,
-                "tocsin_alerts{{state=\"{}\"}} {}",
-                st.as_str(),
-                count(st)
-            );
+            out.sample("tocsin_alerts", &[("state", st.as_str())], count(st));
         }
         let mut names: Vec<&String> = inner.sinks.keys().collect();
         for q in inner.store.outbox.values() {
@@ -539,29 +530,40 @@ impl AlertManager {
             }
         }
         names.sort();
-        let _ = writeln!(s, "# HELP tocsin_sink_queued Notifications waiting in the outbox.\n# TYPE tocsin_sink_queued gauge");
-        for n in &names {
-            let q = inner
-                .store
-                .outbox
-                .values()
-                .filter(|q| &q.sink == *n)
-                .count();
-            let _ = writeln!(s, "tocsin_sink_queued{{sink=\"{n}\"}} {q}");
+        let queued =
+            |n: &String| inner.store.outbox.values().filter(|q| &q.sink == n).count() as u64;
+        let per_sink: [PerSink; 3] = [
+            (
+                "tocsin_sink_queued",
+                "gauge",
+                "Notifications waiting in the outbox.",
+                &queued,
+            ),
+            (
+                "tocsin_sink_delivered_total",
+                "counter",
+                "Notifications delivered.",
+                &|n| inner.sinks.get(n).map_or(0, |c| c.delivered),
+            ),
+            (
+                "tocsin_sink_failures_total",
+                "counter",
+                "Failed delivery attempts.",
+                &|n| inner.sinks.get(n).map_or(0, |c| c.failures),
+            ),
+        ];
+        for (name, kind, help, value) in per_sink {
+            out.family(name, kind, help);
+            for n in &names {
+                out.sample(name, &[("sink", n)], value(n));
+            }
         }
-        let _ = writeln!(s, "# HELP tocsin_sink_delivered_total Notifications delivered.\n# TYPE tocsin_sink_delivered_total counter");
-        for n in &names {
-            let d = inner.sinks.get(*n).map_or(0, |c| c.delivered);
-            let _ = writeln!(s, "tocsin_sink_delivered_total{{sink=\"{n}\"}} {d}");
-        }
-        let _ = writeln!(s, "# HELP tocsin_sink_failures_total Failed delivery attempts.\n# TYPE tocsin_sink_failures_total counter");
-        for n in &names {
-            let f = inner.sinks.get(*n).map_or(0, |c| c.failures);
-            let _ = writeln!(s, "tocsin_sink_failures_total{{sink=\"{n}\"}} {f}");
-        }
-        s
+        out.finish()
     }
 }
+
+/// Name, type, help and reading of one per-sink metric.
+type PerSink<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&String) -> u64);
 
 /// A firing alert as the Alertmanager API shows it.
 pub struct FiringAlert {
