@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tocsin_sql::options::Silence;
 
 use crate::alerts::FiringAlert;
-use crate::json::rfc3339_ms;
 use crate::state::AppRef;
+use tocsin_engine::fmt_ms;
 
 pub fn routes() -> Router<AppRef> {
     Router::new()
@@ -56,7 +56,7 @@ async fn status(State(app): State<AppRef>) -> Response {
             "goVersion": "none (tocsin is written in Rust)",
         },
         "config": {"original": config},
-        "uptime": rfc3339_ms(app.started_ms),
+        "uptime": fmt_ms(app.started_ms),
     }))
     .into_response()
 }
@@ -212,9 +212,9 @@ fn alert_json(a: &FiringAlert) -> Value {
         "annotations": a.annotations,
         "receivers": AlertQuery::receivers(a).iter().map(|s| json!({"name": s})).collect::<Vec<_>>(),
         "fingerprint": a.fingerprint,
-        "startsAt": rfc3339_ms(a.firing_since),
-        "updatedAt": rfc3339_ms(a.updated),
-        "endsAt": rfc3339_ms(a.valid_until),
+        "startsAt": fmt_ms(a.firing_since),
+        "updatedAt": fmt_ms(a.updated),
+        "endsAt": fmt_ms(a.valid_until),
         "status": {
             "state": state,
             "silencedBy": a.silenced_by,
@@ -284,7 +284,7 @@ fn silence_json(name: &str, s: &Silence, now: i64) -> Value {
     json!({
         "id": name,
         "status": {"state": silence_state(s, now)},
-        "updatedAt": rfc3339_ms(s.starts_ms.min(now)),
+        "updatedAt": fmt_ms(s.starts_ms.min(now)),
         "annotations": {},
         "matchers": s.matchers.iter().map(|m| json!({
             "name": if m.label == "rule" { "alertname" } else { m.label.as_str() },
@@ -292,8 +292,8 @@ fn silence_json(name: &str, s: &Silence, now: i64) -> Value {
             "isRegex": false,
             "isEqual": !m.negate,
         })).collect::<Vec<_>>(),
-        "startsAt": rfc3339_ms(s.starts_ms),
-        "endsAt": rfc3339_ms(s.until_ms),
+        "startsAt": fmt_ms(s.starts_ms),
+        "endsAt": fmt_ms(s.until_ms),
         "createdBy": "tocsin",
         "comment": s.comment,
     })

@@ -9,10 +9,7 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::util::display::ArrayFormatter;
 use serde_json::{json, Map, Value};
-use tocsin_engine::Datum;
-
-/// `2026-11-21T10:00:00.000Z` for epoch milliseconds.
-pub use tocsin_engine::fmt_ms as rfc3339_ms;
+use tocsin_engine::{fmt_ms, Datum};
 
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
@@ -72,18 +69,18 @@ fn column_values(a: &ArrayRef) -> Vec<Value> {
         DataType::Float32 => prim!(Float32Type, |v: f32| float(v as f64)),
         DataType::Float64 => prim!(Float64Type, float),
         DataType::Timestamp(TimeUnit::Second, _) => {
-            prim!(TimestampSecondType, |v: i64| json!(rfc3339_ms(v * 1000)))
+            prim!(TimestampSecondType, |v: i64| json!(fmt_ms(v * 1000)))
         }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            prim!(TimestampMillisecondType, |v| json!(rfc3339_ms(v)))
+            prim!(TimestampMillisecondType, |v| json!(fmt_ms(v)))
         }
         DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            prim!(TimestampMicrosecondType, |v: i64| json!(rfc3339_ms(
+            prim!(TimestampMicrosecondType, |v: i64| json!(fmt_ms(
                 v.div_euclid(1000)
             )))
         }
         DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            prim!(TimestampNanosecondType, |v: i64| json!(rfc3339_ms(
+            prim!(TimestampNanosecondType, |v: i64| json!(fmt_ms(
                 v.div_euclid(1_000_000)
             )))
         }
@@ -137,7 +134,7 @@ pub fn row_object(schema: &SchemaRef, row: &[Datum]) -> Value {
             Datum::Null => Value::Null,
             Datum::Bool(b) => Value::Bool(*b),
             Datum::Int(i) => match f.data_type() {
-                DataType::Timestamp(TimeUnit::Millisecond, _) => json!(rfc3339_ms(*i)),
+                DataType::Timestamp(TimeUnit::Millisecond, _) => json!(fmt_ms(*i)),
                 _ => json!(i),
             },
             Datum::Float(x) => float(x.get()),

@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 use crate::catalog::{source_schema, Catalog};
 pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
-pub use crate::options::{format_ms, Matcher, Silence};
+pub use crate::options::{Matcher, Silence};
 use crate::options::{RuleOptions, SourceOptions};
 pub use crate::parser::ObjectKind;
 pub use crate::parser::Options;
@@ -724,8 +724,8 @@ impl Tocsin {
                                 _ => "expired",
                             }
                             .to_string(),
-                            format_ms(s.starts_ms),
-                            format_ms(s.until_ms),
+                            tocsin_engine::fmt_ms(s.starts_ms),
+                            tocsin_engine::fmt_ms(s.until_ms),
                             s.comment.clone(),
                         ]),
                         _ => None,

@@ -203,7 +203,7 @@ fn parse_instant(text: &str, now_ms: i64, what: &str) -> Result<i64> {
 }
 
 /// RFC 3339 in UTC with milliseconds, as tocsin prints times.
-pub use tocsin_engine::fmt_ms as format_ms;
+use tocsin_engine::fmt_ms;
 
 impl Silence {
     /// Parses `matchers`, `until`, `starts` (default now) and `comment`; times given as durations
@@ -266,8 +266,8 @@ impl Silence {
         };
         let recorded = vec![
             ("matchers".to_string(), silence.matchers_text()),
-            ("starts".to_string(), format_ms(silence.starts_ms)),
-            ("until".to_string(), format_ms(silence.until_ms)),
+            ("starts".to_string(), fmt_ms(silence.starts_ms)),
+            ("until".to_string(), fmt_ms(silence.until_ms)),
             ("comment".to_string(), silence.comment.clone()),
         ];
         Ok((silence, recorded))

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tocsin_connectors::sink::rfc3339;
+use tocsin_engine::fmt_ms;
 use tocsin_engine::{Clock, Row};
 use tocsin_sql::options::RuleOptions;
 use tocsin_sql::{Silence, SinkStatus};
@@ -189,8 +189,8 @@ pub fn alert_json(i: &Instance, spec: Option<&RuleSpec>) -> Value {
         "severity": severity,
         "summary": summary,
         "silenced": i.silenced,
-        "active_since": rfc3339(i.active_since),
-        "firing_since": i.firing_since.map(rfc3339),
+        "active_since": fmt_ms(i.active_since),
+        "firing_since": i.firing_since.map(fmt_ms),
     })
 }
 
