@@ -7,12 +7,16 @@
 //! | [`planner`] | DataFusion sessions and tocsin's `now()` |
 //! | [`lower`] | DataFusion logical plan → engine plan; refuses what it cannot run |
 //! | [`catalog`] | sources, views and rules with their SQL |
+//! | `ddl` | `CREATE` and `DROP`, one module per kind of object |
+//! | `show` | `SHOW` and `EXPLAIN` |
+//! | `session` | `SUBSCRIBE` |
 //! | [`options`] | `WITH (...)` options and durations |
 //! | [`error`] | the error type with statement, line and column |
 //!
 //! [`Tocsin`] is the embeddable API the server calls.
 
 pub mod catalog;
+mod ddl;
 pub mod error;
 pub mod functions;
 pub mod lower;
@@ -20,6 +24,8 @@ pub mod options;
 pub mod parser;
 pub mod pgcompat;
 pub mod planner;
+mod session;
+mod show;
 
 use std::sync::Arc;
 
@@ -396,472 +402,36 @@ impl Tocsin {
                 columns,
                 connector,
                 options,
-            } => {
-                let mut catalog = self.catalog.lock().await;
-                exists_check(&catalog, &name)?;
-                let kind = tocsin_connectors::source::find(&connector).ok_or_else(|| {
-                    SqlError::plan(format!(
-                        "unknown connector {connector}: use {}",
-                        tocsin_connectors::source::names()
-                    ))
-                })?;
-                let sql_options = options.clone();
-                let opts = SourceOptions::parse(options, kind.as_ref())?;
-                let (schema, companions) = if kind.declared() {
-                    (source_schema(&columns)?, Vec::new())
-                } else {
-                    if !columns.is_empty() {
-                        return Err(SqlError::plan(format!(
-                            "a {connector} source derives its columns from its options: leave out the column list"
-                        )));
-                    }
-                    let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
-                    (d.schema, d.companions)
-                };
-                let companions: Vec<(String, SchemaRef)> = companions
-                    .into_iter()
-                    .map(|(suffix, s)| (format!("{name}{suffix}"), s))
-                    .collect();
-                for (c, _) in &companions {
-                    exists_check(&catalog, c)?;
-                }
-                self.engine
-                    .create_source(&name, schema.clone(), opts.retain)
-                    .await?;
-                for (i, (c, s)) in companions.iter().enumerate() {
-                    if let Err(e) = self.engine.create_source(c, s.clone(), opts.retain).await {
-                        for (made, _) in &companions[..i] {
-                            let _ = self.engine.drop_object(made);
-                        }
-                        let _ = self.engine.drop_object(&name);
-                        return Err(e.into());
-                    }
-                }
-                let sql = source_sql(&name, &columns, &connector, &sql_options);
-                for (c, s) in companions {
-                    catalog.register(CatalogEntry {
-                        name: c,
-                        schema: s,
-                        sql: sql.clone(),
-                        def: ObjectDef::Source {
-                            connector: connector.clone(),
-                            options: opts.clone(),
-                            owner: Some(name.clone()),
-                        },
-                        system: false,
-                    });
-                }
-                Ok(catalog.register(CatalogEntry {
-                    name,
-                    schema,
-                    sql,
-                    def: ObjectDef::Source {
-                        connector,
-                        options: opts,
-                        owner: None,
-                    },
-                    system: false,
-                }))
-            }
-            Statement::CreateView { name, query } => {
-                let mut catalog = self.catalog.lock().await;
-                exists_check(&catalog, &name)?;
-                let plan = self.plan_continuous(&catalog, &query).await?;
-                self.engine.create_relation(&name, plan.clone()).await?;
-                let sql = format!("CREATE VIEW {} AS {query}", quote_ident(&name));
-                Ok(catalog.register(CatalogEntry {
-                    name,
-                    schema: plan.schema.clone(),
-                    sql,
-                    def: ObjectDef::View { plan },
-                    system: false,
-                }))
-            }
+            } => self.create_source(name, columns, connector, options).await,
+            Statement::CreateView { name, query } => self.create_view(name, query).await,
             Statement::CreateRule {
                 name,
                 query,
                 options,
-            } => {
-                let mut catalog = self.catalog.lock().await;
-                exists_check(&catalog, &name)?;
-                let sql_options = options.clone();
-                let opts = RuleOptions::parse(options)?;
-                let plan = self.plan_continuous(&catalog, &query).await?;
-                if let Some(labels) = &opts.labels {
-                    for l in labels {
-                        if plan.schema.index_of(l).is_err() {
-                            return Err(SqlError::plan(format!(
-                                "label \"{l}\" is not a column of the rule's result"
-                            )));
-                        }
-                    }
-                }
-                for sink in &opts.sinks {
-                    match catalog.entries.get(sink) {
-                        Some(e) if e.kind() == ObjectKind::Sink => {}
-                        Some(e) => {
-                            return Err(SqlError::plan(format!(
-                                "\"{sink}\" is a {}, not a sink",
-                                e.kind().as_str().to_lowercase()
-                            )))
-                        }
-                        None => {
-                            return Err(SqlError::plan(format!(
-                                "sink \"{sink}\" does not exist: create it first with CREATE SINK {sink} TO ..."
-                            )))
-                        }
-                    }
-                }
-                let labels = alert_labels(&plan, &opts);
-                self.engine.create_relation(&name, plan.clone()).await?;
-                let sql = format!(
-                    "CREATE RULE {} AS {query}{}",
-                    quote_ident(&name),
-                    options_sql(&sql_options)
-                );
-                Ok(catalog.register(CatalogEntry {
-                    name,
-                    schema: plan.schema.clone(),
-                    sql,
-                    def: ObjectDef::Rule {
-                        plan,
-                        options: opts,
-                        labels,
-                    },
-                    system: false,
-                }))
-            }
+            } => self.create_rule(name, query, options).await,
             Statement::CreateSink {
                 name,
                 connector,
                 options,
-            } => {
-                let mut catalog = self.catalog.lock().await;
-                exists_check(&catalog, &name)?;
-                let sinks = self.sinks().ok_or_else(|| {
-                    SqlError::unsupported("CREATE SINK: no sink connectors are registered here (sinks are delivered by tocsin serve)")
-                })?;
-                sinks
-                    .validate(&connector, &options)
-                    .map_err(SqlError::plan)?;
-                let sql = sink_sql(&name, &connector, &options);
-                Ok(catalog.register(CatalogEntry {
-                    name,
-                    schema: Arc::new(Schema::empty()),
-                    sql,
-                    def: ObjectDef::Sink { connector, options },
-                    system: false,
-                }))
-            }
-            Statement::CreateSilence { name, options } => {
-                let mut catalog = self.catalog.lock().await;
-                exists_check(&catalog, &name)?;
-                let (silence, recorded) =
-                    Silence::parse(options, self.engine.clock().now() as i64)?;
-                let sql = format!(
-                    "CREATE SILENCE {}{}",
-                    quote_ident(&name),
-                    options_sql(&recorded)
-                );
-                Ok(catalog.register(CatalogEntry {
-                    name,
-                    schema: Arc::new(Schema::empty()),
-                    sql,
-                    def: ObjectDef::Silence(silence),
-                    system: false,
-                }))
-            }
+            } => self.create_sink(name, connector, options).await,
+            Statement::CreateSilence { name, options } => self.create_silence(name, options).await,
             Statement::Drop {
                 kind,
                 name,
                 if_exists,
-            } => {
-                let mut catalog = self.catalog.lock().await;
-                match catalog.entries.get(&name) {
-                    None if if_exists => {
-                        return Ok(StatementResult::Ddl {
-                            statement: format!("DROP {}", kind.as_str()),
-                            name,
-                        })
-                    }
-                    None => {
-                        return Err(SqlError::plan(format!(
-                            "{} \"{name}\" does not exist",
-                            kind.as_str().to_lowercase()
-                        )))
-                    }
-                    Some(e) if e.kind() != kind => {
-                        return Err(SqlError::plan(format!(
-                            "\"{name}\" is a {}, not a {}",
-                            e.kind().as_str().to_lowercase(),
-                            kind.as_str().to_lowercase()
-                        )))
-                    }
-                    Some(e) if e.system => {
-                        return Err(SqlError::plan(format!(
-                            "\"{name}\" is one of tocsin's own relations and cannot be dropped"
-                        )))
-                    }
-                    Some(_) => {}
-                }
-                if kind == ObjectKind::Sink {
-                    let users: Vec<&str> = catalog
-                        .entries
-                        .values()
-                        .filter(|e| {
-                            matches!(&e.def, ObjectDef::Rule { options, .. } if options.sinks.contains(&name))
-                        })
-                        .map(|e| e.name.as_str())
-                        .collect();
-                    if !users.is_empty() {
-                        return Err(SqlError::plan(format!(
-                            "cannot drop sink \"{name}\": rule(s) {} send to it; drop or re-create them first",
-                            users.join(", ")
-                        )));
-                    }
-                }
-                if let Some(ObjectDef::Source {
-                    owner: Some(owner), ..
-                }) = catalog.entries.get(&name).map(|e| &e.def)
-                {
-                    return Err(SqlError::plan(format!(
-                        "\"{name}\" belongs to source {owner}: DROP SOURCE {owner} drops both"
-                    )));
-                }
-                // A source's companions go with it.
-                let mut dropped = catalog.companions(&name);
-                dropped.push(name.clone());
-                let users: Vec<&str> = catalog
-                    .entries
-                    .values()
-                    .filter(|e| !dropped.contains(&e.name))
-                    .filter(|e| {
-                        e.plan()
-                            .is_some_and(|p| p.dependencies().iter().any(|d| dropped.contains(d)))
-                    })
-                    .map(|e| e.name.as_str())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(SqlError::plan(format!(
-                        "cannot drop \"{name}\": {} depend(s) on {}",
-                        users.join(", "),
-                        if dropped.len() > 1 {
-                            format!("it or on {}", dropped[..dropped.len() - 1].join(", "))
-                        } else {
-                            "it".to_string()
-                        }
-                    )));
-                }
-                for d in &dropped {
-                    if matches!(
-                        kind,
-                        ObjectKind::Source | ObjectKind::View | ObjectKind::Rule
-                    ) {
-                        self.engine.drop_object(d)?;
-                    }
-                    catalog.entries.remove(d);
-                }
-                Ok(StatementResult::Ddl {
-                    statement: format!("DROP {}", kind.as_str()),
-                    name,
-                })
-            }
+            } => self.drop_object(kind, name, if_exists).await,
             Statement::Show {
                 kind: ObjectKind::Sink,
-            } => {
-                let catalog = self.catalog.lock().await;
-                let sinks = self.sinks();
-                let rows = catalog
-                    .entries
-                    .values()
-                    .filter_map(|e| match &e.def {
-                        ObjectDef::Sink { connector, .. } => {
-                            let st = sinks
-                                .as_ref()
-                                .map(|s| s.status(&e.name))
-                                .unwrap_or_default();
-                            Some(vec![
-                                Some(e.name.clone()),
-                                Some(connector.clone()),
-                                Some(st.queued.to_string()),
-                                Some(st.delivered.to_string()),
-                                Some(st.failures.to_string()),
-                                st.last_error,
-                                Some(e.display_sql()),
-                            ])
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                text_rows_nullable(
-                    &[
-                        "name",
-                        "connector",
-                        "queued",
-                        "delivered",
-                        "failures",
-                        "last_error",
-                        "sql",
-                    ],
-                    rows,
-                )
-            }
+            } => self.show_sinks().await,
             Statement::Show {
                 kind: ObjectKind::Silence,
-            } => {
-                let catalog = self.catalog.lock().await;
-                let now = self.engine.clock().now() as i64;
-                let rows = catalog
-                    .entries
-                    .values()
-                    .filter_map(|e| match &e.def {
-                        ObjectDef::Silence(s) => Some(vec![
-                            e.name.clone(),
-                            s.matchers_text(),
-                            match () {
-                                _ if s.active(now) => "active",
-                                _ if now < s.starts_ms => "pending",
-                                _ => "expired",
-                            }
-                            .to_string(),
-                            tocsin_engine::fmt_ms(s.starts_ms),
-                            tocsin_engine::fmt_ms(s.until_ms),
-                            s.comment.clone(),
-                        ]),
-                        _ => None,
-                    })
-                    .collect();
-                text_rows(
-                    &["name", "matchers", "state", "starts", "until", "comment"],
-                    rows,
-                )
-            }
-            Statement::Show { kind } => {
-                let catalog = self.catalog.lock().await;
-                let rows = catalog
-                    .entries
-                    .values()
-                    .filter(|e| e.kind() == kind && !e.system)
-                    .map(|e| vec![e.name.clone(), e.display_sql()])
-                    .collect();
-                text_rows(&["name", "sql"], rows)
-            }
-            Statement::ShowAlerts => {
-                if !self
-                    .catalog
-                    .lock()
-                    .await
-                    .entries
-                    .contains_key("tocsin_alerts")
-                {
-                    return Err(SqlError::unsupported(
-                        "SHOW ALERTS: alerts are kept by the alert manager of tocsin serve",
-                    ));
-                }
-                let query = match parser::parse(SHOW_ALERTS)?.pop().map(|l| l.statement) {
-                    Some(Statement::Query { query }) => query,
-                    _ => return Err(SqlError::internal("SHOW ALERTS query")),
-                };
-                let (schema, batches) = self.query(&query).await?;
-                Ok(StatementResult::Rows { schema, batches })
-            }
-            Statement::ShowColumns { name } => {
-                let catalog = self.catalog.lock().await;
-                let e = catalog
-                    .entries
-                    .get(&name)
-                    .filter(|e| e.is_relation())
-                    .ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
-                let rows = e
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| {
-                        vec![
-                            f.name().clone(),
-                            sql_type_name(f.data_type()),
-                            f.is_nullable().to_string(),
-                        ]
-                    })
-                    .collect();
-                text_rows(&["name", "type", "nullable"], rows)
-            }
-            Statement::Explain { kind, name } => {
-                let catalog = self.catalog.lock().await;
-                let e = catalog
-                    .entries
-                    .get(&name)
-                    .ok_or_else(|| SqlError::plan(format!("\"{name}\" does not exist")))?;
-                if !e.is_relation() {
-                    return Err(SqlError::plan(format!(
-                        "\"{name}\" is a {}: it runs no dataflow (SHOW {}S shows it)",
-                        e.kind().as_str().to_lowercase(),
-                        e.kind().as_str()
-                    )));
-                }
-                if let Some(k) = kind {
-                    if k != e.kind() {
-                        return Err(SqlError::plan(format!(
-                            "\"{name}\" is a {}",
-                            e.kind().as_str().to_lowercase()
-                        )));
-                    }
-                }
-                // The engine shows the plan as it runs, with the aggregations it shares.
-                let text = match (self.engine.explain(&name), e.plan()) {
-                    (Some(text), _) => text,
-                    (None, Some(p)) => p.explain(),
-                    (None, None) => Plan {
-                        node: Node::Source { name: name.clone() },
-                        schema: e.schema.clone(),
-                    }
-                    .explain(),
-                };
-                text_rows(
-                    &["plan"],
-                    text.lines().map(|l| vec![l.to_string()]).collect(),
-                )
-            }
-            Statement::ExplainQuery { query } => {
-                let catalog = self.catalog.lock().await;
-                let plan = self.plan_continuous(&catalog, &query).await?;
-                text_rows(
-                    &["plan"],
-                    plan.explain()
-                        .lines()
-                        .map(|l| vec![l.to_string()])
-                        .collect(),
-                )
-            }
-            Statement::Subscribe { target } => {
-                let plan = {
-                    let catalog = self.catalog.lock().await;
-                    match target {
-                        SubscribeTarget::Name(name) => {
-                            let e = catalog
-                                .entries
-                                .get(&name)
-                                .filter(|e| e.is_relation())
-                                .ok_or_else(|| {
-                                    SqlError::plan(format!("relation \"{name}\" does not exist"))
-                                })?;
-                            let node = if e.kind() == ObjectKind::Source {
-                                Node::Source { name }
-                            } else {
-                                Node::Relation { name }
-                            };
-                            Plan {
-                                node,
-                                schema: e.schema.clone(),
-                            }
-                        }
-                        SubscribeTarget::Query(q) => self.plan_continuous(&catalog, &q).await?,
-                    }
-                };
-                Ok(StatementResult::Subscribe(
-                    self.engine.subscribe(plan).await?,
-                ))
-            }
+            } => self.show_silences().await,
+            Statement::Show { kind } => self.show(kind).await,
+            Statement::ShowAlerts => self.show_alerts().await,
+            Statement::ShowColumns { name } => self.show_columns(name).await,
+            Statement::Explain { kind, name } => self.explain(kind, name).await,
+            Statement::ExplainQuery { query } => self.explain_query(query).await,
+            Statement::Subscribe { target } => self.subscribe_to(target).await,
             Statement::Insert {
                 source,
                 columns,

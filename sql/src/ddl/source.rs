@@ -1,0 +1,80 @@
+//! `CREATE SOURCE`.
+
+use crate::*;
+
+impl Tocsin {
+    /// `CREATE SOURCE`: checks the connector and its options, creates the source and its companions.
+    pub(crate) async fn create_source(
+        &self,
+        name: String,
+        columns: Vec<ColumnDef>,
+        connector: String,
+        options: Options,
+    ) -> Result<StatementResult> {
+        let mut catalog = self.catalog.lock().await;
+        exists_check(&catalog, &name)?;
+        let kind = tocsin_connectors::source::find(&connector).ok_or_else(|| {
+            SqlError::plan(format!(
+                "unknown connector {connector}: use {}",
+                tocsin_connectors::source::names()
+            ))
+        })?;
+        let sql_options = options.clone();
+        let opts = SourceOptions::parse(options, kind.as_ref())?;
+        let (schema, companions) = if kind.declared() {
+            (source_schema(&columns)?, Vec::new())
+        } else {
+            if !columns.is_empty() {
+                return Err(SqlError::plan(format!(
+                    "a {connector} source derives its columns from its options: leave out the column list"
+                )));
+            }
+            let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
+            (d.schema, d.companions)
+        };
+        let companions: Vec<(String, SchemaRef)> = companions
+            .into_iter()
+            .map(|(suffix, s)| (format!("{name}{suffix}"), s))
+            .collect();
+        for (c, _) in &companions {
+            exists_check(&catalog, c)?;
+        }
+        self.engine
+            .create_source(&name, schema.clone(), opts.retain)
+            .await?;
+        for (i, (c, s)) in companions.iter().enumerate() {
+            if let Err(e) = self.engine.create_source(c, s.clone(), opts.retain).await {
+                for (made, _) in &companions[..i] {
+                    let _ = self.engine.drop_object(made);
+                }
+                let _ = self.engine.drop_object(&name);
+                return Err(e.into());
+            }
+        }
+        let sql = source_sql(&name, &columns, &connector, &sql_options);
+        for (c, s) in companions {
+            catalog.register(CatalogEntry {
+                name: c,
+                schema: s,
+                sql: sql.clone(),
+                def: ObjectDef::Source {
+                    connector: connector.clone(),
+                    options: opts.clone(),
+                    owner: Some(name.clone()),
+                },
+                system: false,
+            });
+        }
+        Ok(catalog.register(CatalogEntry {
+            name,
+            schema,
+            sql,
+            def: ObjectDef::Source {
+                connector,
+                options: opts,
+                owner: None,
+            },
+            system: false,
+        }))
+    }
+}

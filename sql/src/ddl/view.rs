@@ -1,0 +1,82 @@
+//! `CREATE VIEW` and `CREATE RULE`: continuous queries planned into dataflows.
+
+use crate::*;
+
+impl Tocsin {
+    /// `CREATE VIEW`: plans the query as a continuous dataflow.
+    pub(crate) async fn create_view(
+        &self,
+        name: String,
+        query: Box<Query>,
+    ) -> Result<StatementResult> {
+        let mut catalog = self.catalog.lock().await;
+        exists_check(&catalog, &name)?;
+        let plan = self.plan_continuous(&catalog, &query).await?;
+        self.engine.create_relation(&name, plan.clone()).await?;
+        let sql = format!("CREATE VIEW {} AS {query}", quote_ident(&name));
+        Ok(catalog.register(CatalogEntry {
+            name,
+            schema: plan.schema.clone(),
+            sql,
+            def: ObjectDef::View { plan },
+            system: false,
+        }))
+    }
+
+    /// `CREATE RULE`: a continuous query whose rows are alerts, with its options and sinks checked.
+    pub(crate) async fn create_rule(
+        &self,
+        name: String,
+        query: Box<Query>,
+        options: Options,
+    ) -> Result<StatementResult> {
+        let mut catalog = self.catalog.lock().await;
+        exists_check(&catalog, &name)?;
+        let sql_options = options.clone();
+        let opts = RuleOptions::parse(options)?;
+        let plan = self.plan_continuous(&catalog, &query).await?;
+        if let Some(labels) = &opts.labels {
+            for l in labels {
+                if plan.schema.index_of(l).is_err() {
+                    return Err(SqlError::plan(format!(
+                        "label \"{l}\" is not a column of the rule's result"
+                    )));
+                }
+            }
+        }
+        for sink in &opts.sinks {
+            match catalog.entries.get(sink) {
+                Some(e) if e.kind() == ObjectKind::Sink => {}
+                Some(e) => {
+                    return Err(SqlError::plan(format!(
+                        "\"{sink}\" is a {}, not a sink",
+                        e.kind().as_str().to_lowercase()
+                    )))
+                }
+                None => {
+                    return Err(SqlError::plan(format!(
+                        "sink \"{sink}\" does not exist: create it first with CREATE SINK {sink} TO ..."
+                    )))
+                }
+            }
+        }
+        let labels = alert_labels(&plan, &opts);
+        self.engine.create_relation(&name, plan.clone()).await?;
+        let sql = format!(
+            "CREATE RULE {} AS {query}{}",
+            quote_ident(&name),
+            options_sql(&sql_options)
+        );
+        Ok(catalog.register(CatalogEntry {
+            name,
+            schema: plan.schema.clone(),
+            sql,
+            def: ObjectDef::Rule {
+                plan,
+                options: opts,
+                labels,
+            },
+            system: false,
+        }))
+    }
+}

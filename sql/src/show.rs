@@ -1,0 +1,186 @@
+//! `SHOW` and `EXPLAIN`: what the catalog holds and how it runs.
+
+use crate::*;
+
+impl Tocsin {
+    /// `SHOW SINKS`: each sink with its delivery state.
+    pub(crate) async fn show_sinks(&self) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let sinks = self.sinks();
+        let rows = catalog
+            .entries
+            .values()
+            .filter_map(|e| match &e.def {
+                ObjectDef::Sink { connector, .. } => {
+                    let st = sinks
+                        .as_ref()
+                        .map(|s| s.status(&e.name))
+                        .unwrap_or_default();
+                    Some(vec![
+                        Some(e.name.clone()),
+                        Some(connector.clone()),
+                        Some(st.queued.to_string()),
+                        Some(st.delivered.to_string()),
+                        Some(st.failures.to_string()),
+                        st.last_error,
+                        Some(e.display_sql()),
+                    ])
+                }
+                _ => None,
+            })
+            .collect();
+        text_rows_nullable(
+            &[
+                "name",
+                "connector",
+                "queued",
+                "delivered",
+                "failures",
+                "last_error",
+                "sql",
+            ],
+            rows,
+        )
+    }
+
+    /// `SHOW SILENCES`: each silence with its state now.
+    pub(crate) async fn show_silences(&self) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let now = self.engine.clock().now() as i64;
+        let rows = catalog
+            .entries
+            .values()
+            .filter_map(|e| match &e.def {
+                ObjectDef::Silence(s) => Some(vec![
+                    e.name.clone(),
+                    s.matchers_text(),
+                    match () {
+                        _ if s.active(now) => "active",
+                        _ if now < s.starts_ms => "pending",
+                        _ => "expired",
+                    }
+                    .to_string(),
+                    tocsin_engine::fmt_ms(s.starts_ms),
+                    tocsin_engine::fmt_ms(s.until_ms),
+                    s.comment.clone(),
+                ]),
+                _ => None,
+            })
+            .collect();
+        text_rows(
+            &["name", "matchers", "state", "starts", "until", "comment"],
+            rows,
+        )
+    }
+
+    /// `SHOW SOURCES`, `SHOW VIEWS`, `SHOW RULES`: names and statements.
+    pub(crate) async fn show(&self, kind: ObjectKind) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let rows = catalog
+            .entries
+            .values()
+            .filter(|e| e.kind() == kind && !e.system)
+            .map(|e| vec![e.name.clone(), e.display_sql()])
+            .collect();
+        text_rows(&["name", "sql"], rows)
+    }
+
+    /// `SHOW ALERTS`: the alert manager's current instances.
+    pub(crate) async fn show_alerts(&self) -> Result<StatementResult> {
+        if !self
+            .catalog
+            .lock()
+            .await
+            .entries
+            .contains_key("tocsin_alerts")
+        {
+            return Err(SqlError::unsupported(
+                "SHOW ALERTS: alerts are kept by the alert manager of tocsin serve",
+            ));
+        }
+        let query = match parser::parse(SHOW_ALERTS)?.pop().map(|l| l.statement) {
+            Some(Statement::Query { query }) => query,
+            _ => return Err(SqlError::internal("SHOW ALERTS query")),
+        };
+        let (schema, batches) = self.query(&query).await?;
+        Ok(StatementResult::Rows { schema, batches })
+    }
+
+    /// `SHOW COLUMNS FROM name`.
+    pub(crate) async fn show_columns(&self, name: String) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let e = catalog
+            .entries
+            .get(&name)
+            .filter(|e| e.is_relation())
+            .ok_or_else(|| SqlError::plan(format!("relation \"{name}\" does not exist")))?;
+        let rows = e
+            .schema
+            .fields()
+            .iter()
+            .map(|f| {
+                vec![
+                    f.name().clone(),
+                    sql_type_name(f.data_type()),
+                    f.is_nullable().to_string(),
+                ]
+            })
+            .collect();
+        text_rows(&["name", "type", "nullable"], rows)
+    }
+
+    /// `EXPLAIN RULE name` (and views, sources): the dataflow it runs as.
+    pub(crate) async fn explain(
+        &self,
+        kind: Option<ObjectKind>,
+        name: String,
+    ) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let e = catalog
+            .entries
+            .get(&name)
+            .ok_or_else(|| SqlError::plan(format!("\"{name}\" does not exist")))?;
+        if !e.is_relation() {
+            return Err(SqlError::plan(format!(
+                "\"{name}\" is a {}: it runs no dataflow (SHOW {}S shows it)",
+                e.kind().as_str().to_lowercase(),
+                e.kind().as_str()
+            )));
+        }
+        if let Some(k) = kind {
+            if k != e.kind() {
+                return Err(SqlError::plan(format!(
+                    "\"{name}\" is a {}",
+                    e.kind().as_str().to_lowercase()
+                )));
+            }
+        }
+        // The engine shows the plan as it runs, with the aggregations it shares.
+        let text = match (self.engine.explain(&name), e.plan()) {
+            (Some(text), _) => text,
+            (None, Some(p)) => p.explain(),
+            (None, None) => Plan {
+                node: Node::Source { name: name.clone() },
+                schema: e.schema.clone(),
+            }
+            .explain(),
+        };
+        text_rows(
+            &["plan"],
+            text.lines().map(|l| vec![l.to_string()]).collect(),
+        )
+    }
+
+    /// `EXPLAIN SELECT ...`: the dataflow a query would run as.
+    pub(crate) async fn explain_query(&self, query: Box<Query>) -> Result<StatementResult> {
+        let catalog = self.catalog.lock().await;
+        let plan = self.plan_continuous(&catalog, &query).await?;
+        text_rows(
+            &["plan"],
+            plan.explain()
+                .lines()
+                .map(|l| vec![l.to_string()])
+                .collect(),
+        )
+    }
+}
