@@ -6,6 +6,7 @@
 //! | [`duration`] | the one duration parser of options and flags |
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
+//! | [`registry`] | the one list of source connectors and the one list of sink connectors |
 //! | [`secrets`] | which option values are secrets, and how they are shown |
 //! | [`sink`] | notification sinks: email, webhook (JSON, Alertmanager, Slack), log |
 //! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
@@ -14,6 +15,7 @@
 pub mod duration;
 pub mod host;
 pub mod push;
+pub mod registry;
 pub mod secrets;
 pub mod sink;
 pub mod snmp;

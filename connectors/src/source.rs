@@ -1,8 +1,8 @@
 //! Source connectors: what may follow `FROM` in `CREATE SOURCE`. Every kind implements the one
-//! [`SourceConnector`] trait and is listed once in [`registry`]; the SQL front end reads the list
+//! [`SourceConnector`] trait and is listed once in [`crate::registry::sources`]; the SQL front end reads the list
 //! to check a source's options and derive its schema, and the server reads it to run the
 //! connectors that produce rows themselves. Adding a kind is a folder with its implementation
-//! and one line in [`registry`] (docs/connectors.md).
+//! and one line in the registry (docs/connectors.md).
 //!
 //! | kind | where rows come from | schema |
 //! |---|---|---|
@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
@@ -147,58 +147,5 @@ impl Listening {
 impl Drop for Listening {
     fn drop(&mut self) {
         self.0.listening.store(0, Ordering::Relaxed);
-    }
-}
-
-/// Every source connector, the one list.
-pub fn registry() -> &'static [Arc<dyn SourceConnector>] {
-    static REGISTRY: OnceLock<Vec<Arc<dyn SourceConnector>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        vec![
-            Arc::new(crate::push::connector::Push("WEBSOCKET")),
-            Arc::new(crate::push::connector::Push("HTTP")),
-            Arc::new(crate::host::connector::Host),
-            Arc::new(crate::snmp::connector::Snmp),
-            Arc::new(crate::snmp::connector::SnmpTrap),
-        ]
-    })
-}
-
-/// The connector named `name` (as written after `FROM`, any case).
-pub fn find(name: &str) -> Option<&'static Arc<dyn SourceConnector>> {
-    registry()
-        .iter()
-        .find(|c| c.name().eq_ignore_ascii_case(name))
-}
-
-/// The names of every connector, for messages: `WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP`.
-pub fn names() -> String {
-    let names: Vec<&str> = registry().iter().map(|c| c.name()).collect();
-    match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => names.join(""),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_registry_lists_each_kind_once() {
-        let mut seen: Vec<&str> = registry().iter().map(|c| c.name()).collect();
-        seen.sort_unstable();
-        let n = seen.len();
-        seen.dedup();
-        assert_eq!(seen.len(), n, "a kind is registered twice");
-        assert!(find("snmp trap").is_some());
-        assert_eq!(names(), "WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP");
-        for c in registry() {
-            // A connector that derives its schema needs options that at least parse; one that
-            // declares columns ignores them.
-            if c.declared() {
-                assert!(c.derive(&[]).is_ok(), "{}", c.name());
-            }
-        }
     }
 }

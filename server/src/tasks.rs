@@ -67,7 +67,7 @@ pub async fn reconcile(app: &AppRef) {
             // Every source whose connector produces rows itself; not its companions.
             ObjectDef::Source {
                 connector, owner, ..
-            } => owner.is_none() && tocsin_connectors::source::find(connector).is_some(),
+            } => owner.is_none() && tocsin_connectors::registry::source(connector).is_some(),
             ObjectDef::Rule { .. } => rules.insert(e.name.clone()),
             ObjectDef::Sink { .. } => sinks.insert(e.name.clone()),
             ObjectDef::Silence(s) => {
@@ -99,7 +99,7 @@ pub async fn reconcile(app: &AppRef) {
             ObjectDef::Source {
                 connector, options, ..
             } => {
-                let Some(kind) = tocsin_connectors::source::find(&connector) else {
+                let Some(kind) = tocsin_connectors::registry::source(&connector) else {
                     continue;
                 };
                 let task = sources::task(

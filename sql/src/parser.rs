@@ -381,7 +381,7 @@ impl P<'_> {
                     other => {
                         return Err(self.err(format!(
                             "Expected: a connector ({}), found: {other}",
-                            tocsin_connectors::source::names()
+                            tocsin_connectors::registry::source_names()
                         )))
                     }
                 };

@@ -173,7 +173,7 @@ pub trait Sink: Send + Sync {
 }
 
 /// One kind of sink: what may follow `TO` in `CREATE SINK`. Every kind is listed once in
-/// [`registry`].
+/// [`crate::registry::sinks`].
 pub trait SinkConnector: Send + Sync {
     /// The word after `TO`, upper case: `EMAIL`.
     fn name(&self) -> &'static str;
@@ -185,24 +185,6 @@ pub trait SinkConnector: Send + Sync {
     fn example(&self) -> &'static str;
 }
 
-/// Every sink connector, the one list.
-pub fn registry() -> &'static [&'static dyn SinkConnector] {
-    &[
-        &email::EmailConnector,
-        &webhook::WebhookConnector,
-        &log::LogConnector,
-    ]
-}
-
-/// The names of every sink connector, for messages: `EMAIL, WEBHOOK or LOG`.
-pub fn names() -> String {
-    let names: Vec<&str> = registry().iter().map(|c| c.name()).collect();
-    match names.split_last() {
-        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
-        _ => names.join(""),
-    }
-}
-
 /// Builds the sink `name` of a connector from its `WITH (...)` options; the error names the
 /// option that is wrong.
 pub fn build(
@@ -210,10 +192,15 @@ pub fn build(
     name: &str,
     options: &[(String, String)],
 ) -> Result<Box<dyn Sink>, String> {
-    let kind = registry()
+    let kind = crate::registry::sinks()
         .iter()
         .find(|c| c.name().eq_ignore_ascii_case(connector))
-        .ok_or_else(|| format!("unknown sink connector {connector}: use {}", names()))?;
+        .ok_or_else(|| {
+            format!(
+                "unknown sink connector {connector}: use {}",
+                crate::registry::sink_names()
+            )
+        })?;
     let opts = SinkOptions::new(options);
     let sink = kind.build(name, &opts)?;
     opts.finish(&format!("a {} sink", kind.name()))?;

@@ -14,14 +14,17 @@
 //! resolves the alert.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tocsin_connectors::sink::{Notification, Transition};
 use tocsin_sql::Silence;
 
-use super::relations;
 use super::store::{Instance, State};
 use super::{Published, RuleSpec};
+
+/// How often an unchanged instance's state row is written again.
+pub const REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// What happened to an instance.
 #[derive(Clone, Debug)]
@@ -164,7 +167,7 @@ fn advance(cx: &Context, mut i: Instance, dirty: bool, o: &mut Outcome) {
     if let Some(e) = event {
         o.published.push(Published::Event(row(cx, &i, e, silenced)));
     }
-    let refresh = now - i.published >= Context::ms(relations::REFRESH);
+    let refresh = now - i.published >= Context::ms(REFRESH);
     if event.is_some() || silenced != i.silenced || refresh || dirty {
         i.silenced = silenced;
         i.published = now;
@@ -202,7 +205,7 @@ pub fn deadline(cx: &Context, i: &Instance) -> Option<i64> {
                 // A silence came or went: show it, and send what it held back.
                 return Some(now);
             }
-            let mut d = i.published + Context::ms(relations::REFRESH);
+            let mut d = i.published + Context::ms(REFRESH);
             if let Some(g) = i.gone_since {
                 d = d.min(g + Context::ms(opts.keep_firing_for));
             }

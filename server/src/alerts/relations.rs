@@ -9,17 +9,12 @@
 //! They are ordinary sources and views, made by tocsin at start (never recorded in the catalog
 //! log, never droppable); their rows go through the ingest path and the WAL like any other.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use tocsin_connectors::push::{decode, Format};
 use tokio::sync::mpsc;
 
 use crate::alerts::Published;
 use crate::state::AppRef;
-
-/// How often an unchanged instance's state row is written again.
-pub const REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// The system sources, fed only by the alert manager.
 pub const SOURCES: [&str; 2] = ["tocsin_alert_events", "tocsin_alert_state"];

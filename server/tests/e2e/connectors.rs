@@ -19,8 +19,8 @@ async fn listed(s: &Server, show: &str) -> Vec<String> {
 async fn every_registered_kind_round_trips() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Server::start(&dir.path().join("data"), &[]).await;
-    let sources = tocsin_connectors::source::registry();
-    let sinks = tocsin_connectors::sink::registry();
+    let sources = tocsin_connectors::registry::sources();
+    let sinks = tocsin_connectors::registry::sinks();
     assert!(sources.len() >= 5 && sinks.len() >= 3);
     for kind in sources {
         let (st, v) = s.sql(kind.example()).await;
@@ -72,11 +72,11 @@ async fn every_registered_kind_round_trips() {
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
-        .contains(&tocsin_connectors::source::names()));
+        .contains(&tocsin_connectors::registry::source_names()));
     let (st, v) = s.sql("CREATE SINK p TO PAGERDUTY").await;
     assert_eq!(st, 400);
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
-        .contains(&tocsin_connectors::sink::names()));
+        .contains(&tocsin_connectors::registry::sink_names()));
 }

@@ -13,10 +13,10 @@ impl Tocsin {
     ) -> Result<StatementResult> {
         let mut catalog = self.catalog.lock().await;
         exists_check(&catalog, &name)?;
-        let kind = tocsin_connectors::source::find(&connector).ok_or_else(|| {
+        let kind = tocsin_connectors::registry::source(&connector).ok_or_else(|| {
             SqlError::plan(format!(
                 "unknown connector {connector}: use {}",
-                tocsin_connectors::source::names()
+                tocsin_connectors::registry::source_names()
             ))
         })?;
         let sql_options = options.clone();
