@@ -56,6 +56,23 @@ pub fn sink_names() -> String {
     or_list(sinks().iter().map(|c| c.name()).collect())
 }
 
+/// Builds the sink `name` of a connector from its `WITH (...)` options; the error names the
+/// option that is wrong.
+pub fn build_sink(
+    connector: &str,
+    name: &str,
+    options: &[(String, String)],
+) -> Result<Box<dyn crate::sink::Sink>, String> {
+    let kind = sinks()
+        .iter()
+        .find(|c| c.name().eq_ignore_ascii_case(connector))
+        .ok_or_else(|| format!("unknown sink connector {connector}: use {}", sink_names()))?;
+    let opts = crate::sink::SinkOptions::new(options);
+    let sink = kind.build(name, &opts)?;
+    opts.finish(&format!("a {} sink", kind.name()))?;
+    Ok(sink)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

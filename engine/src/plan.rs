@@ -19,6 +19,21 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use crate::row::Row;
 
+/// The prefix of shared relations' internal names; no SQL identifier starts with it.
+const PREFIX: char = '\u{0}';
+
+/// The internal name of shared relation `n` (see `share`).
+pub(crate) fn shared_name(n: u64) -> String {
+    format!("{PREFIX}shared-{n}")
+}
+
+/// How a shared relation's internal name is shown (`EXPLAIN`).
+pub fn display_name(name: &str) -> Option<String> {
+    name.strip_prefix(PREFIX)
+        .and_then(|n| n.strip_prefix("shared-"))
+        .map(|n| format!("shared#{n}"))
+}
+
 /// A scalar expression evaluated on record batches.
 pub type Expr = Arc<dyn PhysicalExpr>;
 
@@ -263,7 +278,7 @@ impl Plan {
                 "{pad}Source {name} [{}] (retained rows)",
                 cols(&self.schema)
             )?,
-            Node::Relation { name } => match (crate::share::display_name(name), expand(name)) {
+            Node::Relation { name } => match (display_name(name), expand(name)) {
                 (Some(shown), Some((plan, users))) => {
                     writeln!(
                         s,

@@ -13,22 +13,7 @@
 
 use std::collections::HashMap;
 
-use crate::plan::{MfpStep, Node, Plan};
-
-/// The prefix of shared relations' internal names; no SQL identifier starts with it.
-const PREFIX: char = '\u{0}';
-
-/// The internal name of shared relation `n`.
-fn internal_name(n: u64) -> String {
-    format!("{PREFIX}shared-{n}")
-}
-
-/// How a shared relation's internal name is shown (`EXPLAIN`).
-pub fn display_name(name: &str) -> Option<String> {
-    name.strip_prefix(PREFIX)
-        .and_then(|n| n.strip_prefix("shared-"))
-        .map(|n| format!("shared#{n}"))
-}
+use crate::plan::{shared_name, MfpStep, Node, Plan};
 
 struct SharedRelation {
     /// The subplan it stands for, as the users' plans have it.
@@ -89,7 +74,7 @@ impl Shares {
                     let mut inner_uses = Vec::new();
                     let inner = self.rewrite_children(plan, false, &mut inner_uses, create);
                     self.next += 1;
-                    let name = internal_name(self.next);
+                    let name = shared_name(self.next);
                     create.push((name.clone(), inner.clone()));
                     self.by_plan.insert(plan.clone(), name.clone());
                     self.by_name.insert(

@@ -185,28 +185,6 @@ pub trait SinkConnector: Send + Sync {
     fn example(&self) -> &'static str;
 }
 
-/// Builds the sink `name` of a connector from its `WITH (...)` options; the error names the
-/// option that is wrong.
-pub fn build(
-    connector: &str,
-    name: &str,
-    options: &[(String, String)],
-) -> Result<Box<dyn Sink>, String> {
-    let kind = crate::registry::sinks()
-        .iter()
-        .find(|c| c.name().eq_ignore_ascii_case(connector))
-        .ok_or_else(|| {
-            format!(
-                "unknown sink connector {connector}: use {}",
-                crate::registry::sink_names()
-            )
-        })?;
-    let opts = SinkOptions::new(options);
-    let sink = kind.build(name, &opts)?;
-    opts.finish(&format!("a {} sink", kind.name()))?;
-    Ok(sink)
-}
-
 /// The options of a sink, taken one by one so that unknown keys are reported.
 pub struct SinkOptions<'a> {
     options: &'a [(String, String)],
@@ -214,7 +192,7 @@ pub struct SinkOptions<'a> {
 }
 
 impl<'a> SinkOptions<'a> {
-    fn new(options: &'a [(String, String)]) -> Self {
+    pub(crate) fn new(options: &'a [(String, String)]) -> Self {
         SinkOptions {
             options,
             known: Default::default(),
@@ -242,7 +220,7 @@ impl<'a> SinkOptions<'a> {
         crate::duration::positive(key, v)
     }
 
-    fn finish(&self, what: &str) -> Result<(), String> {
+    pub(crate) fn finish(&self, what: &str) -> Result<(), String> {
         let known = self.known.borrow();
         if let Some((k, _)) = self
             .options

@@ -1,4 +1,5 @@
 use super::*;
+use crate::registry::build_sink as build;
 
 fn notification(state: Transition) -> Notification {
     Notification {

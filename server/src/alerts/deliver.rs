@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use tocsin_connectors::sink::{self, Sink};
+use tocsin_connectors::sink::Sink;
 use tocsin_sql::{Options, SinkKinds, SinkStatus};
 
 use crate::alerts::AlertManager;
@@ -22,13 +22,14 @@ pub async fn deliver(
     connector: String,
     options: Options,
 ) {
-    let sink: Box<dyn Sink> = match sink::build(&connector, &name, &options) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("sink {name}: cannot start: {e}");
-            return;
-        }
-    };
+    let sink: Box<dyn Sink> =
+        match tocsin_connectors::registry::build_sink(&connector, &name, &options) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("sink {name}: cannot start: {e}");
+                return;
+            }
+        };
     let mut changes = manager.outbox_changes();
     let mut delay = FIRST_RETRY;
     loop {
@@ -63,7 +64,7 @@ pub struct Sinks(pub std::sync::Arc<AlertManager>);
 
 impl SinkKinds for Sinks {
     fn validate(&self, connector: &str, options: &Options) -> Result<(), String> {
-        sink::build(connector, "check", options).map(|_| ())
+        tocsin_connectors::registry::build_sink(connector, "check", options).map(|_| ())
     }
 
     fn status(&self, name: &str) -> SinkStatus {

@@ -28,7 +28,7 @@ struct Connectors;
 
 impl tocsin_sql::SinkKinds for Connectors {
     fn validate(&self, connector: &str, options: &tocsin_sql::Options) -> Result<(), String> {
-        tocsin_connectors::sink::build(connector, "check", options).map(|_| ())
+        tocsin_connectors::registry::build_sink(connector, "check", options).map(|_| ())
     }
     fn status(&self, _: &str) -> tocsin_sql::SinkStatus {
         tocsin_sql::SinkStatus::default()
