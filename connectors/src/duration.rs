@@ -5,9 +5,12 @@
 use std::time::Duration;
 
 /// Parses a duration; the error says what is accepted.
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration '{text}': use e.g. '30s', '500ms', '5m', '1h', '10 minutes'");
+pub fn parse(text: &str) -> crate::Result<Duration> {
+    let bad = || {
+        crate::Error::Options(format!(
+            "invalid duration '{text}': use e.g. '30s', '500ms', '5m', '1h', '10 minutes'"
+        ))
+    };
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(bad());
@@ -44,12 +47,16 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// The duration of option `key`, which must be longer than zero.
-pub fn positive(key: &str, text: &str) -> Result<Duration, String> {
+pub fn positive(key: &str, text: &str) -> crate::Result<Duration> {
     let d = parse(text).map_err(|_| {
-        format!("invalid {key} '{text}': use e.g. '30s', '500ms', '5m', '1h', '10 minutes'")
+        crate::Error::Options(format!(
+            "invalid {key} '{text}': use e.g. '30s', '500ms', '5m', '1h', '10 minutes'"
+        ))
     })?;
     if d.is_zero() {
-        return Err(format!("invalid {key} '{text}': must be longer than 0s"));
+        return Err(crate::Error::Options(format!(
+            "invalid {key} '{text}': must be longer than 0s"
+        )));
     }
     Ok(d)
 }

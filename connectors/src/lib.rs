@@ -3,6 +3,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`error`] | the crate's error: options, payloads, deliveries |
 //! | [`duration`] | the one duration parser of options and flags |
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
 //! | [`host`] | the host collector behind `FROM HOST` and `tocsin agent` |
@@ -13,6 +14,7 @@
 //! | [`source`] | the [`source::SourceConnector`] trait and the registry of every source kind |
 
 pub mod duration;
+pub mod error;
 pub mod host;
 pub mod push;
 pub mod registry;
@@ -20,3 +22,5 @@ pub mod secrets;
 pub mod sink;
 pub mod snmp;
 pub mod source;
+
+pub use error::{Error, Result};

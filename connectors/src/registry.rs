@@ -62,7 +62,7 @@ pub fn build_sink(
     connector: &str,
     name: &str,
     options: &[(String, String)],
-) -> Result<Box<dyn crate::sink::Sink>, String> {
+) -> crate::Result<Box<dyn crate::sink::Sink>> {
     let kind = sinks()
         .iter()
         .find(|c| c.name().eq_ignore_ascii_case(connector))

@@ -55,7 +55,7 @@ pub trait SourceConnector: Send + Sync {
     }
     /// Checks the connector's own options; answers the schema (ignored for declared columns)
     /// and companion relations, or an error shown to the user as it is.
-    fn derive(&self, options: &Options) -> Result<Derived, String>;
+    fn derive(&self, options: &Options) -> crate::Result<Derived>;
     /// A `CREATE SOURCE example ...` statement of this kind, run by the registry test and shown
     /// in docs/connectors.md.
     fn example(&self) -> &'static str;

@@ -98,6 +98,13 @@ fn position_in(message: &str) -> Option<(u64, u64, String)> {
     Some((line.trim().parse().ok()?, col.parse().ok()?, clean))
 }
 
+/// A connector's refusal (an option, a payload) is a planning error shown as it is.
+impl From<tocsin_connectors::Error> for SqlError {
+    fn from(e: tocsin_connectors::Error) -> Self {
+        SqlError::plan(e.to_string())
+    }
+}
+
 impl From<ParserError> for SqlError {
     fn from(e: ParserError) -> Self {
         let msg = match e {

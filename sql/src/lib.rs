@@ -129,11 +129,9 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
 }
 
-/// The sink connectors the server delivers notifications through.
+/// What delivers notifications to sinks (the server's alert manager); the sink connectors
+/// themselves are in [`tocsin_connectors::registry`].
 pub trait SinkKinds: Send + Sync {
-    /// Checks the options of a sink for `connector` (`EMAIL`, `WEBHOOK`, `LOG`); the error is
-    /// shown to the user as it is.
-    fn validate(&self, connector: &str, options: &Options) -> std::result::Result<(), String>;
     /// How delivery to the sink named `name` is going.
     fn status(&self, name: &str) -> SinkStatus;
 }

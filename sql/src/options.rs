@@ -9,7 +9,7 @@ use crate::parser::Options;
 
 /// Parses `'30s'`, `'5m'`, `'1h'`, `'2d'`, `'250ms'`, `'10 minutes'`, `'1 hour 30 minutes'`.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    tocsin_connectors::duration::parse(text).map_err(SqlError::plan)
+    Ok(tocsin_connectors::duration::parse(text)?)
 }
 
 fn take(options: &mut Options, key: &str) -> Option<String> {

@@ -15,7 +15,7 @@ impl SourceConnector for Host {
     fn example(&self) -> &'static str {
         "CREATE SOURCE example FROM HOST WITH (interval = '5s')"
     }
-    fn derive(&self, _: &Options) -> Result<Derived, String> {
+    fn derive(&self, _: &Options) -> crate::Result<Derived> {
         Ok(Derived {
             schema: host_schema(),
             companions: Vec::new(),

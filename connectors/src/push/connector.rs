@@ -23,7 +23,7 @@ impl SourceConnector for Push {
             _ => "CREATE SOURCE example (host TEXT, cpu DOUBLE) FROM WEBSOCKET WITH (format = 'ndjson', retain = '10 minutes')",
         }
     }
-    fn derive(&self, _: &Options) -> Result<Derived, String> {
+    fn derive(&self, _: &Options) -> crate::Result<Derived> {
         Ok(Derived {
             schema: Arc::new(Schema::empty()),
             companions: Vec::new(),

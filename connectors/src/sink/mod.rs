@@ -179,7 +179,7 @@ pub trait SinkConnector: Send + Sync {
     fn name(&self) -> &'static str;
     /// Makes the sink `name` from its options, taking each option it knows from `options`
     /// (unknown ones are then refused); the error names the option that is wrong.
-    fn build(&self, name: &str, options: &SinkOptions) -> Result<Box<dyn Sink>, String>;
+    fn build(&self, name: &str, options: &SinkOptions) -> crate::Result<Box<dyn Sink>>;
     /// A `CREATE SINK example TO ...` statement of this kind, run by the registry test and shown
     /// in docs/connectors.md.
     fn example(&self) -> &'static str;
@@ -217,7 +217,7 @@ impl<'a> SinkOptions<'a> {
         let Some(v) = self.get(key) else {
             return Ok(default);
         };
-        crate::duration::positive(key, v)
+        crate::duration::positive(key, v).map_err(|e| e.to_string())
     }
 
     pub(crate) fn finish(&self, what: &str) -> Result<(), String> {

@@ -64,7 +64,7 @@ fn alertmanager_payload_has_alertname_and_ends_when_resolved() {
 /// The email transport's connection pool lives on the tokio runtime, as it does in the server.
 #[tokio::test]
 async fn options_are_checked_when_the_sink_is_built() {
-    let err = |c: &str, kv: &[(&str, &str)]| build(c, "s", &opts(kv)).err().unwrap();
+    let err = |c: &str, kv: &[(&str, &str)]| build(c, "s", &opts(kv)).err().unwrap().to_string();
     assert!(err("WEBHOOK", &[]).contains("option 'url' is required"));
     assert!(err("WEBHOOK", &[("url", "ftp://x")]).contains("invalid url"));
     assert!(err("WEBHOOK", &[("url", "http://x"), ("format", "xml")]).contains("unknown format"));

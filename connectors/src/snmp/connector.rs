@@ -25,7 +25,7 @@ impl SourceConnector for Snmp {
     fn example(&self) -> &'static str {
         "CREATE SOURCE example FROM SNMP WITH (targets = 'sw1=127.0.0.1:16161', community = 'public', table = 'IF-MIB::ifTable', interval = '30s')"
     }
-    fn derive(&self, options: &Options) -> Result<Derived, String> {
+    fn derive(&self, options: &Options) -> crate::Result<Derived> {
         let c = snmp::poll_config(options)?;
         Ok(Derived {
             schema: c.schema,
@@ -49,7 +49,7 @@ impl SourceConnector for SnmpTrap {
     fn example(&self) -> &'static str {
         "CREATE SOURCE example FROM SNMP TRAP WITH (listen = '127.0.0.1:16162', community = 'public')"
     }
-    fn derive(&self, options: &Options) -> Result<Derived, String> {
+    fn derive(&self, options: &Options) -> crate::Result<Derived> {
         snmp::trap_config(options)?;
         Ok(Derived {
             schema: trap_schema(),

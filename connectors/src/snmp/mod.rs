@@ -516,7 +516,11 @@ fn security(options: &Options) -> Result<v3::Security, String> {
 }
 
 /// Parses and checks the options of a `FROM SNMP` source.
-pub fn poll_config(options: &Options) -> Result<PollConfig, String> {
+pub fn poll_config(options: &Options) -> crate::Result<PollConfig> {
+    Ok(poll_options(options)?)
+}
+
+fn poll_options(options: &Options) -> Result<PollConfig, String> {
     let targets = targets(get(options, "targets").unwrap_or(""))?;
     let version = match get(options, "version").unwrap_or("2c").trim() {
         "1" => Version::V1,
@@ -538,7 +542,8 @@ pub fn poll_config(options: &Options) -> Result<PollConfig, String> {
     };
     let timeout = get(options, "timeout")
         .map(|t| crate::duration::positive("timeout", t))
-        .transpose()?
+        .transpose()
+        .map_err(|e| e.to_string())?
         .unwrap_or(Duration::from_secs(1));
     let retries = get(options, "retries")
         .map(|t| number("retries", t, 0, 10))
@@ -661,7 +666,11 @@ pub fn status_batch(rows: &[Status], now_ms: i64) -> RecordBatch {
 }
 
 /// Parses and checks the options of a `FROM SNMP TRAP` source.
-pub fn trap_config(options: &Options) -> Result<trap::TrapConfig, String> {
+pub fn trap_config(options: &Options) -> crate::Result<trap::TrapConfig> {
+    Ok(trap_options(options)?)
+}
+
+fn trap_options(options: &Options) -> Result<trap::TrapConfig, String> {
     let listen = get(options, "listen")
         .ok_or("a SNMP TRAP source needs listen = 'address:port' (e.g. '0.0.0.0:162')")?;
     let addr = listen

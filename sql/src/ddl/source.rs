@@ -29,7 +29,7 @@ impl Tocsin {
                     "a {connector} source derives its columns from its options: leave out the column list"
                 )));
             }
-            let d = kind.derive(&opts.connector).map_err(SqlError::plan)?;
+            let d = kind.derive(&opts.connector)?;
             (d.schema, d.companions)
         };
         let companions: Vec<(String, SchemaRef)> = companions

@@ -147,7 +147,7 @@ impl super::SinkConnector for EmailConnector {
         &self,
         _name: &str,
         options: &super::SinkOptions,
-    ) -> Result<Box<dyn super::Sink>, String> {
+    ) -> crate::Result<Box<dyn super::Sink>> {
         Ok(Box::new(Email::new(options)?))
     }
     fn example(&self) -> &'static str {

@@ -49,7 +49,7 @@ impl super::SinkConnector for LogConnector {
         &self,
         name: &str,
         options: &super::SinkOptions,
-    ) -> Result<Box<dyn super::Sink>, String> {
+    ) -> crate::Result<Box<dyn super::Sink>> {
         Ok(Box::new(Log::new(name, options)?))
     }
     fn example(&self) -> &'static str {

@@ -225,7 +225,7 @@ impl super::SinkConnector for WebhookConnector {
         &self,
         _name: &str,
         options: &super::SinkOptions,
-    ) -> Result<Box<dyn super::Sink>, String> {
+    ) -> crate::Result<Box<dyn super::Sink>> {
         Ok(Box::new(Webhook::new(options)?))
     }
     fn example(&self) -> &'static str {
