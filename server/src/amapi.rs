@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tocsin_sql::options::Silence;
+use tocsin_sql::options::{Matcher, Silence};
 
 use crate::alerts::FiringAlert;
 use crate::state::AppRef;
@@ -61,80 +61,23 @@ async fn status(State(app): State<AppRef>) -> Response {
     .into_response()
 }
 
-/// One matcher of a `filter` parameter: `name="value"`, `name!="value"`, `name=~"regex"`,
-/// `name!~"regex"` (the value may also be unquoted).
-struct LabelMatcher {
-    name: String,
-    equal: bool,
-    regex: Option<regex::Regex>,
-    value: String,
-}
+/// One matcher of a `filter` parameter: tocsin's one label matcher ([`Matcher`]), with `rule`
+/// meaning `alertname` as in the labels this API shows.
+struct LabelMatcher(Matcher);
 
 impl LabelMatcher {
     fn parse(text: &str) -> Result<Self, String> {
-        let t = text.trim();
-        if t.starts_with('{') || t.ends_with('}') {
-            return Err(format!(
-                "bad matcher format: {text}: unexpected open or close brace"
-            ));
+        let mut m = Matcher::parse(text).map_err(|e| format!("bad matcher format: {e}"))?;
+        if m.label == "rule" {
+            m.label = "alertname".into();
         }
-        let op_at = t
-            .find(['=', '!'])
-            .ok_or_else(|| format!("bad matcher format: {text}"))?;
-        let name = t[..op_at].trim();
-        let rest = &t[op_at..];
-        let (equal, is_regex, rest) = if let Some(r) = rest.strip_prefix("=~") {
-            (true, true, r)
-        } else if let Some(r) = rest.strip_prefix("!~") {
-            (false, true, r)
-        } else if let Some(r) = rest.strip_prefix("!=") {
-            (false, false, r)
-        } else if let Some(r) = rest.strip_prefix('=') {
-            (true, false, r)
-        } else {
-            return Err(format!("bad matcher format: {text}"));
-        };
-        if name.is_empty() {
-            return Err(format!("bad matcher format: {text}: no label name"));
-        }
-        let rest = rest.trim();
-        let value = if rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"') {
-            serde_json::from_str::<String>(rest)
-                .map_err(|_| format!("bad matcher format: {text}: invalid quoted value"))?
-        } else {
-            rest.to_string()
-        };
-        let regex = if is_regex {
-            Some(
-                regex::Regex::new(&format!("^(?:{value})$"))
-                    .map_err(|e| format!("bad matcher format: {text}: {e}"))?,
-            )
-        } else {
-            None
-        };
-        Ok(LabelMatcher {
-            name: if name == "rule" {
-                "alertname".into()
-            } else {
-                name.to_string()
-            },
-            equal,
-            regex,
-            value,
-        })
+        Ok(LabelMatcher(m))
     }
 
     /// Alertmanager's rule: a missing label has the empty value.
     fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.matches_value(labels.get(&self.name).map_or("", String::as_str))
-    }
-
-    fn matches_value(&self, v: &str) -> bool {
-        let hit = match &self.regex {
-            Some(r) => r.is_match(v),
-            None => v == self.value,
-        };
-        hit == self.equal
+        self.0
+            .matches_value(labels.get(&self.0.label).map(String::as_str))
     }
 }
 
@@ -289,8 +232,8 @@ fn silence_json(name: &str, s: &Silence, now: i64) -> Value {
         "matchers": s.matchers.iter().map(|m| json!({
             "name": if m.label == "rule" { "alertname" } else { m.label.as_str() },
             "value": m.value,
-            "isRegex": false,
-            "isEqual": !m.negate,
+            "isRegex": m.is_regex(),
+            "isEqual": m.is_positive(),
         })).collect::<Vec<_>>(),
         "startsAt": fmt_ms(s.starts_ms),
         "endsAt": fmt_ms(s.until_ms),
@@ -316,9 +259,7 @@ async fn silences(State(app): State<AppRef>, RawQuery(raw): RawQuery) -> Respons
                 } else {
                     m.label.as_str()
                 };
-                name == f.name
-                    && !m.negate
-                    && f.matches(&BTreeMap::from([(f.name.clone(), m.value.clone())]))
+                name == f.0.label && m.is_positive() && f.0.matches_value(Some(&m.value))
             })
         })
     });

@@ -41,7 +41,7 @@ use tokio::sync::Mutex;
 use crate::catalog::{source_schema, Catalog};
 pub use crate::catalog::{CatalogEntry, ObjectDef};
 pub use crate::error::{ErrorKind, Result, SqlError};
-pub use crate::options::{Matcher, Silence};
+pub use crate::options::{MatchOp, Matcher, Silence};
 use crate::options::{RuleOptions, SourceOptions};
 pub use crate::parser::ObjectKind;
 pub use crate::parser::Options;

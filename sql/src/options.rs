@@ -164,19 +164,150 @@ impl RuleOptions {
     }
 }
 
-/// One matcher of a silence: `label=value` or `label!=value`. `rule` and `severity` match the
-/// alert's rule and severity; any other name matches the alert's label of that name.
-#[derive(Clone, Debug, PartialEq)]
+/// One label matcher, as Alertmanager writes them: `label=value`, `label!=value`,
+/// `label=~regex`, `label!~regex`; the value may be quoted (`"..."`, JSON escapes). A label the
+/// alert does not have has the empty value (Alertmanager's rule), and regexes match the whole
+/// value. Silences and the Alertmanager API's `filter` use this one matcher.
+#[derive(Clone, Debug)]
 pub struct Matcher {
     pub label: String,
     pub value: String,
-    pub negate: bool,
+    pub op: MatchOp,
+    regex: Option<regex::Regex>,
+}
+
+/// How a [`Matcher`] compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+impl MatchOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::Regex => "=~",
+            MatchOp::NotRegex => "!~",
+        }
+    }
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && self.value == other.value && self.op == other.op
+    }
+}
+
+impl Matcher {
+    /// Parses one matcher; the error says what is wrong with it.
+    pub fn parse(text: &str) -> std::result::Result<Matcher, String> {
+        let t = text.trim();
+        let bad = |why: &str| format!("invalid matcher '{text}': {why}");
+        if t.starts_with('{') || t.ends_with('}') {
+            return Err(bad("unexpected brace; give the matchers without {}"));
+        }
+        let op_at = t
+            .find(['=', '!'])
+            .ok_or_else(|| bad("use label=value, label!=value, label=~regex or label!~regex"))?;
+        let label = t[..op_at].trim().to_lowercase();
+        let rest = &t[op_at..];
+        let (op, rest) = if let Some(r) = rest.strip_prefix("=~") {
+            (MatchOp::Regex, r)
+        } else if let Some(r) = rest.strip_prefix("!~") {
+            (MatchOp::NotRegex, r)
+        } else if let Some(r) = rest.strip_prefix("!=") {
+            (MatchOp::NotEqual, r)
+        } else if let Some(r) = rest.strip_prefix('=') {
+            (MatchOp::Equal, r)
+        } else {
+            return Err(bad(
+                "use label=value, label!=value, label=~regex or label!~regex",
+            ));
+        };
+        if label.is_empty() {
+            return Err(bad("no label"));
+        }
+        let rest = rest.trim();
+        let value = if rest.len() >= 2 && rest.starts_with('"') && rest.ends_with('"') {
+            serde_json::from_str::<String>(rest).map_err(|_| bad("invalid quoted value"))?
+        } else {
+            rest.to_string()
+        };
+        let regex = match op {
+            MatchOp::Regex | MatchOp::NotRegex => Some(
+                regex::Regex::new(&format!("^(?:{value})$")).map_err(|e| bad(&e.to_string()))?,
+            ),
+            _ => None,
+        };
+        Ok(Matcher {
+            label,
+            value,
+            op,
+            regex,
+        })
+    }
+
+    /// Parses comma-separated matchers; commas inside quoted values do not separate.
+    pub fn parse_list(text: &str) -> std::result::Result<Vec<Matcher>, String> {
+        let mut out = Vec::new();
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, c) in text.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                ',' if !quoted => {
+                    out.push(&text[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(&text[start..]);
+        out.into_iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(Matcher::parse)
+            .collect()
+    }
+
+    /// Whether a label's value (`None`: the alert has no such label) matches.
+    pub fn matches_value(&self, value: Option<&str>) -> bool {
+        let v = value.unwrap_or("");
+        match (&self.regex, self.op) {
+            (Some(r), MatchOp::Regex) => r.is_match(v),
+            (Some(r), _) => !r.is_match(v),
+            (None, MatchOp::NotEqual) => v != self.value,
+            (None, _) => v == self.value,
+        }
+    }
+
+    /// `=` or `=~`: it selects alerts rather than excluding them.
+    pub fn is_positive(&self) -> bool {
+        matches!(self.op, MatchOp::Equal | MatchOp::Regex)
+    }
+
+    pub fn is_regex(&self) -> bool {
+        matches!(self.op, MatchOp::Regex | MatchOp::NotRegex)
+    }
 }
 
 impl std::fmt::Display for Matcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let op = if self.negate { "!=" } else { "=" };
-        write!(f, "{}{op}{}", self.label, self.value)
+        let plain = !self.value.is_empty()
+            && self
+                .value
+                .chars()
+                .all(|c| c.is_alphanumeric() || "_-.:/@".contains(c));
+        if plain {
+            write!(f, "{}{}{}", self.label, self.op.as_str(), self.value)
+        } else {
+            let quoted = serde_json::to_string(&self.value).map_err(|_| std::fmt::Error)?;
+            write!(f, "{}{}{quoted}", self.label, self.op.as_str())
+        }
     }
 }
 
@@ -213,33 +344,10 @@ impl Silence {
         let text = take(&mut options, "matchers").ok_or_else(|| {
             SqlError::plan("a silence needs matchers, e.g. matchers = 'rule=hot_cpu,host=db1'")
         })?;
-        let mut matchers = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (label, value, negate) = if let Some((l, v)) = part.split_once("!=") {
-                (l, v, true)
-            } else if let Some((l, v)) = part.split_once('=') {
-                (l, v, false)
-            } else {
-                return Err(SqlError::plan(format!(
-                    "invalid matcher '{part}': use label=value or label!=value"
-                )));
-            };
-            let label = label.trim().to_lowercase();
-            if label.is_empty() {
-                return Err(SqlError::plan(format!(
-                    "invalid matcher '{part}': no label"
-                )));
-            }
-            let value = value.trim().trim_matches('"').to_string();
-            matchers.push(Matcher {
-                label,
-                value,
-                negate,
-            });
-        }
-        if !matchers.iter().any(|m| !m.negate) {
+        let matchers = Matcher::parse_list(&text).map_err(SqlError::plan)?;
+        if !matchers.iter().any(Matcher::is_positive) {
             return Err(SqlError::plan(
-                "a silence needs at least one label=value matcher, so that it cannot silence everything by accident",
+                "a silence needs at least one label=value matcher (or label=~regex), so that it cannot silence everything by accident",
             ));
         }
         let starts_ms = take(&mut options, "starts")
@@ -285,16 +393,69 @@ impl Silence {
 
     /// Whether an alert with these labels (`rule` and `severity` included) matches every matcher.
     pub fn matches(&self, label: &dyn Fn(&str) -> Option<String>) -> bool {
-        self.matchers.iter().all(|m| {
-            let v = label(&m.label);
-            (v.as_deref() == Some(m.value.as_str())) != m.negate
-        })
+        self.matchers
+            .iter()
+            .all(|m| m.matches_value(label(&m.label).as_deref()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_matcher_language() {
+        let (s, recorded) = Silence::parse(
+            vec![
+                (
+                    "matchers".into(),
+                    r#"rule=hot, host=~"web-[0-9]+", zone!="eu, west", dc!~"lab.*""#.into(),
+                ),
+                ("until".into(), "1h".into()),
+            ],
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            s.matchers.len(),
+            4,
+            "a comma inside quotes does not separate"
+        );
+        let alert = |host: &str, zone: Option<&str>| {
+            let (host, zone) = (host.to_string(), zone.map(str::to_string));
+            move |name: &str| match name {
+                "rule" => Some("hot".to_string()),
+                "host" => Some(host.clone()),
+                "zone" => zone.clone(),
+                _ => None,
+            }
+        };
+        assert!(s.matches(&alert("web-12", Some("us"))));
+        assert!(
+            !s.matches(&alert("web-1x", None)),
+            "regexes match the whole value"
+        );
+        assert!(!s.matches(&alert("web-1", Some("eu, west"))));
+        // A missing label has the empty value: `dc!~"lab.*"` holds, `dc=""` would too.
+        assert!(s.matches(&alert("web-1", None)));
+        assert!(Matcher::parse(r#"dc="""#).unwrap().matches_value(None));
+        assert!(!Matcher::parse("dc=x").unwrap().matches_value(None));
+        // Recorded as it parses back.
+        let again = Silence::parse(recorded, 0).unwrap().0;
+        assert_eq!(again.matchers, s.matchers);
+        for bad in ["host", "=x", "{host=a}", "host=~\"(\""] {
+            assert!(Matcher::parse(bad).is_err(), "{bad}");
+        }
+        let e = Silence::parse(
+            vec![
+                ("matchers".into(), "host!=a".into()),
+                ("until".into(), "1h".into()),
+            ],
+            0,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("at least one"), "{}", e.message);
+    }
 
     #[test]
     fn durations() {
