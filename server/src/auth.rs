@@ -126,13 +126,14 @@ impl Credentials {
         found
     }
 
-    /// The password and role of a pg user name: its own entry, else `--pg-password` as admin.
-    pub fn pg_user(&self, name: &str) -> Option<(&str, Access)> {
+    /// The role of a pg user name: its own entry, else admin when `--pg-password` covers every
+    /// other name. (The passwords themselves go only into the pg side's SCRAM secrets.)
+    pub fn pg_role(&self, name: &str) -> Option<Access> {
         self.pg_users
             .iter()
             .find(|u| u.name == name)
-            .map(|u| (u.password.as_str(), u.role))
-            .or_else(|| self.pg_password.as_deref().map(|p| (p, Access::Admin)))
+            .map(|u| u.role)
+            .or_else(|| self.pg_password.as_ref().map(|_| Access::Admin))
     }
 }
 

@@ -121,7 +121,7 @@ impl StartupHandler for Startup {
                 let c = &self.credentials;
                 let (role, password) = if !c.any() {
                     (Some(Access::Admin), false)
-                } else if let Some((_, role)) = c.pg_user(&user) {
+                } else if let Some(role) = c.pg_role(&user) {
                     (Some(role), true)
                 } else if c.read_open {
                     (Some(Access::Read), false)
