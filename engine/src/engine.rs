@@ -28,6 +28,7 @@ use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
 use crate::share::Shares;
 use crate::source::Retained;
+use crate::table::TableWrite;
 use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
@@ -105,6 +106,8 @@ struct Object {
     uses: Vec<String>,
     /// A source's retained rows and bytes, counted by the workers.
     retained: Option<Arc<Retained>>,
+    /// A table's key columns.
+    key: Option<Vec<usize>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -429,10 +432,92 @@ impl Engine {
                     plan: None,
                     uses: Vec::new(),
                     retained: Some(retained),
+                    key: None,
                 },
             );
         }
         collect(rx, self.shared.workers).await.map(|_| ())
+    }
+
+    /// Creates a table (see [`crate::table`]): rows replaced in place by the `key` columns, read
+    /// like a view.
+    pub async fn create_table(&self, name: &str, schema: SchemaRef, key: &[&str]) -> Result<()> {
+        check_schema(&schema)?;
+        let key = key
+            .iter()
+            .map(|k| {
+                schema.index_of(k).map_err(|_| {
+                    EngineError::Plan(format!("table \"{name}\" has no key column \"{k}\""))
+                })
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let (reply, rx) = unbounded_channel();
+        {
+            let mut c = self.coord()?;
+            if c.objects.contains_key(name) {
+                return Err(EngineError::Plan(format!("\"{name}\" already exists")));
+            }
+            c.broadcast(&self.shared.threads, || Command::CreateTable {
+                name: name.to_string(),
+                key: key.clone(),
+                reply: reply.clone(),
+            })?;
+            c.objects.insert(
+                name.to_string(),
+                Object {
+                    schema,
+                    source: None,
+                    deps: Vec::new(),
+                    plan: None,
+                    uses: Vec::new(),
+                    retained: None,
+                    key: Some(key),
+                },
+            );
+        }
+        collect(rx, self.shared.workers).await.map(|_| ())
+    }
+
+    /// Writes to a table: the rows put replace the rows of their keys, the keys deleted leave.
+    /// Reads that start after the call see the write.
+    pub fn write_table(&self, name: &str, write: TableWrite) -> Result<()> {
+        if write.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.coord()?;
+        let obj = c
+            .objects
+            .get(name)
+            .ok_or_else(|| EngineError::Plan(format!("table \"{name}\" does not exist")))?;
+        let key = obj
+            .key
+            .as_ref()
+            .ok_or_else(|| EngineError::Plan(format!("\"{name}\" is not a table")))?;
+        let width = obj.schema.fields().len();
+        if let Some(r) = write.put.iter().find(|r| r.len() != width) {
+            return Err(EngineError::Plan(format!(
+                "a row of {} values written to table \"{name}\" of {width} columns",
+                r.len()
+            )));
+        }
+        if let Some(k) = write.delete.iter().find(|k| k.len() != key.len()) {
+            return Err(EngineError::Plan(format!(
+                "a key of {} values deleted from table \"{name}\" keyed by {} columns",
+                k.len(),
+                key.len()
+            )));
+        }
+        let time = self.shared.clock.now().max(c.upper);
+        c.last_push = c.last_push.max(time);
+        c.senders[0]
+            .send(Command::WriteTable {
+                name: name.to_string(),
+                time,
+                write,
+            })
+            .map_err(|_| EngineError::Unavailable("a worker has stopped".into()))?;
+        self.shared.threads[0].unpark();
+        Ok(())
     }
 
     fn check_plan(c: &Coord, plan: &Plan) -> Result<Vec<String>> {
@@ -479,6 +564,7 @@ impl Engine {
                     plan: Some(shared.plan),
                     uses: shared.uses,
                     retained: None,
+                    key: None,
                 },
             );
             create.len()

@@ -9,6 +9,7 @@
 //! | `worker` | the timely worker loop and its commands |
 //! | `render` | plans into dataflows: one file per operator family |
 //! | `source` | a source's retained rows on one worker, shared by every reader |
+//! | [`table`] | tables: rows replaced in place by key, for state tocsin keeps (alert instances) |
 //! | [`row`] | compact rows and their conversion to and from Arrow |
 //! | `share` | aggregations shared by every view and rule that contains them |
 //!
@@ -22,6 +23,7 @@ mod render;
 pub mod row;
 mod share;
 mod source;
+pub mod table;
 mod worker;
 
 pub use engine::{
@@ -31,3 +33,4 @@ pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
 pub use row::{Datum, Row};
 pub use source::batch_bytes;
+pub use table::TableWrite;

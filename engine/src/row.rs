@@ -136,6 +136,11 @@ impl Datum {
     pub fn is_null(&self) -> bool {
         matches!(self, Datum::Null)
     }
+
+    /// A text value.
+    pub fn text(s: &str) -> Datum {
+        Datum::Str(SmolStr::new(s))
+    }
 }
 
 /// A row of datums, in the column order of the schema it belongs to.

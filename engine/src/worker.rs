@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
+use differential_dataflow::input::InputSession;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::TraceReader;
 use timely::progress::frontier::{Antichain, AntichainRef};
@@ -26,6 +27,7 @@ use crate::render::subscribe::{render_subscribe, WorkerUpdate};
 use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
 use crate::source::{Retained, SourceLog};
+use crate::table::{Table, TableWrite};
 
 /// How long an idle worker parks before looking at the clock again.
 const PARK: Duration = Duration::from_millis(5);
@@ -67,6 +69,17 @@ pub(crate) enum Command {
         name: String,
         plan: Plan,
         reply: Reply<()>,
+    },
+    CreateTable {
+        name: String,
+        key: Vec<usize>,
+        reply: Reply<()>,
+    },
+    /// Sent to the first worker only.
+    WriteTable {
+        name: String,
+        time: Time,
+        write: TableWrite,
     },
     Subscribe {
         id: u64,
@@ -115,6 +128,7 @@ struct WorkerState {
     index: usize,
     upper: Time,
     sources: HashMap<String, Rc<RefCell<SourceLog>>>,
+    tables: HashMap<String, Table>,
     traces: HashMap<String, RowTrace>,
     dataflows: HashMap<String, usize>,
     subscriptions: HashMap<u64, usize>,
@@ -143,6 +157,7 @@ pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
         state.compact();
     }
     state.sources.clear();
+    state.tables.clear();
     state.traces.clear();
     for df in worker.installed_dataflows() {
         worker.drop_dataflow(df);
@@ -158,6 +173,9 @@ impl WorkerState {
                     self.upper = t;
                     for log in self.sources.values() {
                         log.borrow_mut().advance(t);
+                    }
+                    for table in self.tables.values_mut() {
+                        table.advance(t);
                     }
                 }
             }
@@ -200,6 +218,25 @@ impl WorkerState {
                 };
                 let _ = reply.send((index, result));
             }
+            Command::CreateTable { name, key, reply } => {
+                let df_index = worker.next_dataflow_index();
+                let (mut input, trace) = worker.dataflow_named::<Time, _, _>(&name, |scope| {
+                    let mut input = InputSession::new();
+                    let coll = input.to_collection(scope);
+                    (input, arrange(coll, &name))
+                });
+                input.advance_to(self.upper);
+                self.tables.insert(name.clone(), Table::new(input, key));
+                self.traces.insert(name.clone(), trace);
+                self.compacted = None;
+                self.dataflows.insert(name, df_index);
+                let _ = reply.send((index, Ok(())));
+            }
+            Command::WriteTable { name, time, write } => {
+                if let Some(table) = self.tables.get_mut(&name) {
+                    table.write(time.max(self.upper), write);
+                }
+            }
             Command::Subscribe {
                 id,
                 plan,
@@ -235,6 +272,7 @@ impl WorkerState {
             }
             Command::Drop { name } => {
                 self.sources.remove(&name);
+                self.tables.remove(&name);
                 self.traces.remove(&name);
                 self.errors.remove(&name);
                 if let Some(df) = self.dataflows.remove(&name) {
