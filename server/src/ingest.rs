@@ -319,7 +319,11 @@ impl Writer {
             }
         };
         if admitted.num_rows() > 0 {
-            if let Err(e) = self.wal.append(&job.source, generation, &admitted) {
+            let retain = self
+                .engine
+                .retention(&job.source)
+                .map_or(i64::MAX, |d| d.as_millis() as i64);
+            if let Err(e) = self.wal.append(&job.source, generation, retain, &admitted) {
                 tracing::error!("write-ahead log append failed: {e}");
                 let _ = job
                     .reply

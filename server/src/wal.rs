@@ -1,8 +1,10 @@
 //! The write-ahead log of accepted rows: numbered segment files in `DATA_DIR/wal`, each a
 //! sequence of records holding one batch as an Arrow IPC stream, tagged with its source and the
 //! source's generation. Batches are appended and synced in groups (group commit) before they are
-//! acknowledged. A segment is deleted once every row in it is past its source's retention (or its
-//! source is gone); at start the remaining segments are re-fed to the sources.
+//! acknowledged. Sources with different retentions write to different segments, and a segment is
+//! deleted once every row in it is past its source's retention (or its source is gone), so a
+//! source kept for a week never holds the segments of one kept for minutes. At start the
+//! remaining segments are re-fed to the sources.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -27,14 +29,21 @@ const SEGMENT_SECS: u64 = 30;
 /// The newest `ts` per (source, generation) in a segment.
 type Newest = HashMap<(String, u64), i64>;
 
+/// The segment being written for one retention.
+struct Lane {
+    writer: RecordWriter,
+    id: u64,
+    newest: Newest,
+    opened: Instant,
+    unsynced: bool,
+}
+
 pub struct Wal {
     dir: PathBuf,
-    current: RecordWriter,
-    current_id: u64,
-    current_newest: Newest,
-    opened: Instant,
+    /// The open segment of each retention (ms) written since its last roll.
+    lanes: BTreeMap<i64, Lane>,
+    next_id: u64,
     closed: BTreeMap<u64, Newest>,
-    unsynced: bool,
     /// Bytes appended since start.
     pub bytes: u64,
     pub syncs: u64,
@@ -97,10 +106,9 @@ fn note_newest(newest: &mut Newest, source: &str, generation: u64, batch: &Recor
 }
 
 impl Wal {
-    /// Opens the WAL in `dir`, feeding every batch of every segment to `feed(source, generation,
-    /// batch)` in the order they were written, then starts a new segment.
     /// Opens the log in `dir`, feeding the batches of every segment from `replay_from` on (older
-    /// ones are read only to know when they may go: see `memory::segments_to_skip`).
+    /// ones are read only to know when they may go: see `memory::segments_to_skip`), in the order
+    /// they were written for each source.
     pub fn open(
         dir: &Path,
         replay_from: u64,
@@ -143,51 +151,76 @@ impl Wal {
             }
             closed.insert(id, newest);
         }
-        let current_id = ids.last().map_or(1, |l| l + 1);
-        let current = RecordWriter::append_to(&segment_path(dir, current_id))?;
         Ok(Wal {
             dir: dir.to_path_buf(),
-            current,
-            current_id,
-            current_newest: Newest::new(),
-            opened: Instant::now(),
+            lanes: BTreeMap::new(),
+            next_id: ids.last().map_or(1, |l| l + 1),
             closed,
-            unsynced: false,
             bytes: 0,
             syncs: 0,
         })
     }
 
-    /// Appends a batch (durable after the next `sync`).
-    pub fn append(&mut self, source: &str, generation: u64, batch: &RecordBatch) -> io::Result<()> {
+    /// Appends a batch of a source retained `retain_ms` (durable after the next `sync`). Rows of
+    /// sources with different retentions go to different segments, so that a segment is deleted
+    /// when its rows expire, however long other sources keep theirs.
+    pub fn append(
+        &mut self,
+        source: &str,
+        generation: u64,
+        retain_ms: i64,
+        batch: &RecordBatch,
+    ) -> io::Result<()> {
         let payload = encode(source, generation, batch)?;
-        self.current.append(&payload)?;
+        let lane = match self.lanes.entry(retain_ms) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let id = self.next_id;
+                self.next_id += 1;
+                v.insert(Lane {
+                    writer: RecordWriter::append_to(&segment_path(&self.dir, id))?,
+                    id,
+                    newest: Newest::new(),
+                    opened: Instant::now(),
+                    unsynced: false,
+                })
+            }
+        };
+        lane.writer.append(&payload)?;
+        lane.unsynced = true;
+        note_newest(&mut lane.newest, source, generation, batch);
         self.bytes += payload.len() as u64;
-        self.unsynced = true;
-        note_newest(&mut self.current_newest, source, generation, batch);
         Ok(())
     }
 
     /// Makes every appended batch durable.
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.unsynced {
-            self.current.sync()?;
-            self.unsynced = false;
+        for lane in self.lanes.values_mut().filter(|l| l.unsynced) {
+            lane.writer.sync()?;
+            lane.unsynced = false;
             self.syncs += 1;
         }
         Ok(())
     }
 
-    /// Starts a new segment when the current one is big or old enough, and deletes closed
-    /// segments whose rows are all expired: `retain_ms(source, generation)` is the retention of
-    /// a live source, `None` when it is gone. Returns the number of segments deleted.
+    /// Closes segments that are big or old enough, and deletes closed segments whose rows are
+    /// all expired: `retain_ms(source, generation)` is the retention of a live source, `None`
+    /// when it is gone. Returns the number of segments deleted.
     pub fn maintain(
         &mut self,
         now_ms: i64,
         retain_ms: impl Fn(&str, u64) -> Option<i64>,
     ) -> io::Result<usize> {
-        if self.current.len() >= SEGMENT_BYTES || self.opened.elapsed().as_secs() >= SEGMENT_SECS {
-            self.roll()?;
+        let full: Vec<i64> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| {
+                l.writer.len() >= SEGMENT_BYTES || l.opened.elapsed().as_secs() >= SEGMENT_SECS
+            })
+            .map(|(r, _)| *r)
+            .collect();
+        for r in full {
+            self.close(r)?;
         }
         let expired: Vec<u64> = self
             .closed
@@ -207,30 +240,30 @@ impl Wal {
         Ok(expired.len())
     }
 
-    /// Closes the current segment (when it holds anything) and starts a new one.
-    pub fn roll(&mut self) -> io::Result<()> {
-        if self.current.is_empty() {
-            self.opened = Instant::now();
-            return Ok(());
+    /// Closes the open segment of retention `r`: the next batch of that retention starts another.
+    fn close(&mut self, r: i64) -> io::Result<()> {
+        if let Some(mut lane) = self.lanes.remove(&r) {
+            if lane.unsynced {
+                lane.writer.sync()?;
+                self.syncs += 1;
+            }
+            self.closed.insert(lane.id, lane.newest);
         }
-        self.sync()?;
-        let next = self.current_id + 1;
-        let writer = RecordWriter::append_to(&segment_path(&self.dir, next))?;
-        let newest = std::mem::take(&mut self.current_newest);
-        self.closed.insert(self.current_id, newest);
-        self.current = writer;
-        self.current_id = next;
-        self.opened = Instant::now();
         Ok(())
     }
 
-    /// Segments on disk (closed and current).
-    pub fn segments(&self) -> usize {
-        self.closed.len() + 1
+    /// Closes every open segment.
+    pub fn roll(&mut self) -> io::Result<()> {
+        let open: Vec<i64> = self.lanes.keys().copied().collect();
+        for r in open {
+            self.close(r)?;
+        }
+        Ok(())
     }
 
-    pub fn current_path(&self) -> &Path {
-        self.current.path()
+    /// Segments on disk (closed and open).
+    pub fn segments(&self) -> usize {
+        self.closed.len() + self.lanes.len()
     }
 }
 
@@ -276,11 +309,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, seen) = replay(dir.path());
         assert!(seen.is_empty());
-        wal.append("a", 1, &batch(&[1_000, 2_000])).unwrap();
-        wal.append("b", 7, &batch(&[5_000])).unwrap();
+        wal.append("a", 1, 1_000, &batch(&[1_000, 2_000])).unwrap();
+        wal.append("b", 7, 1_000, &batch(&[5_000])).unwrap();
         wal.sync().unwrap();
         wal.roll().unwrap();
-        wal.append("a", 1, &batch(&[10_000, 11_000, 12_000]))
+        wal.append("a", 1, 1_000, &batch(&[10_000, 11_000, 12_000]))
             .unwrap();
         wal.sync().unwrap();
         drop(wal);
@@ -300,13 +333,37 @@ mod tests {
         drop(wal);
         let (mut wal, seen) = replay(dir.path());
         assert!(seen.is_empty(), "{seen:?}");
-        // A dropped source's rows go at once (with the empty segment the last start left).
-        wal.append("gone", 3, &batch(&[i64::MAX / 2])).unwrap();
+        // A dropped source's rows go at once.
+        wal.append("gone", 3, 1_000, &batch(&[i64::MAX / 2]))
+            .unwrap();
         wal.roll().unwrap();
         assert_eq!(
             wal.maintain(0, |s, _| (s != "gone").then_some(1_000))
                 .unwrap(),
-            2
+            1
         );
+    }
+
+    #[test]
+    fn a_long_retention_does_not_keep_the_segments_of_short_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut wal, _) = replay(dir.path());
+        let retain = |s: &str, _: u64| Some(if s == "events" { 7 * 86_400_000 } else { 1_000 });
+        for t in [1_000, 2_000, 3_000] {
+            wal.append("m", 1, 1_000, &batch(&[t])).unwrap();
+            wal.append("events", 1, 7 * 86_400_000, &batch(&[t]))
+                .unwrap();
+        }
+        wal.sync().unwrap();
+        wal.roll().unwrap();
+        assert_eq!(wal.segments(), 2, "one segment per retention");
+        assert_eq!(
+            wal.maintain(10_000, retain).unwrap(),
+            1,
+            "m's rows expired; the events' segment stays"
+        );
+        drop(wal);
+        let (_, seen) = replay(dir.path());
+        assert_eq!(seen, vec![("events".to_string(), 1, 1); 3]);
     }
 }
