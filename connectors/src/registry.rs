@@ -62,15 +62,16 @@ pub fn build_sink(
     connector: &str,
     name: &str,
     options: &[(String, String)],
-) -> crate::Result<Box<dyn crate::sink::Sink>> {
+) -> crate::Result<crate::sink::BuiltSink> {
     let kind = sinks()
         .iter()
         .find(|c| c.name().eq_ignore_ascii_case(connector))
         .ok_or_else(|| format!("unknown sink connector {connector}: use {}", sink_names()))?;
     let opts = crate::sink::SinkOptions::new(options);
     let sink = kind.build(name, &opts)?;
+    let grouping = crate::sink::Grouping::from_options(&opts)?;
     opts.finish(&format!("a {} sink", kind.name()))?;
-    Ok(sink)
+    Ok(crate::sink::BuiltSink { sink, grouping })
 }
 
 #[cfg(test)]

@@ -135,6 +135,10 @@ enum Command {
         /// process's resident memory, would pass it (default: half of the machine's memory).
         #[arg(long, env = "TOCSIN_MEMORY_LIMIT")]
         memory_limit: Option<String>,
+        /// How often a live alert's changed values (and nothing else) are written to
+        /// tocsin_alerts and the alert store; transitions are written at once.
+        #[arg(long, default_value = "1s")]
+        alert_value_interval: String,
     },
     /// Run SQL on a server and print the results (reads stdin when no SQL is given).
     Sql {
@@ -214,6 +218,7 @@ fn main() {
                 max_connections,
                 header_timeout,
                 memory_limit,
+                alert_value_interval,
             } => {
                 let mut tokens = Vec::new();
                 // TOCSIN_HTTP_TOKEN is what --http-token (now --admin-token) was read from.
@@ -281,6 +286,7 @@ fn main() {
                         Some(m) => parse_size(&m).map_err(|e| format!("--memory-limit: {e}"))?,
                         None => tocsin_server::memory::default_limit(),
                     },
+                    alert_value_interval: duration(&alert_value_interval)?,
                     ..Config::default()
                 };
                 if let Some(w) = workers {

@@ -87,14 +87,19 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     let metrics = Arc::new(Metrics::default());
 
     // tocsin's own relations and the alert manager, before the catalog that may use them.
-    tocsin
-        .create_system(relations::SQL)
+    relations::create(&tocsin)
         .await
         .map_err(|e| format!("cannot create the alert relations: {e}"))?;
     let (publish, published) = tokio::sync::mpsc::unbounded_channel();
     let alerts_dir = config.data_dir.join("alerts");
     let alerts = Arc::new(
-        AlertManager::open(&alerts_dir, engine.clock().clone(), publish).map_err(|e| {
+        AlertManager::open(
+            &alerts_dir,
+            engine.clock().clone(),
+            config.alert_value_interval,
+            publish,
+        )
+        .map_err(|e| {
             format!(
                 "cannot open the alert store in {}: {e}",
                 alerts_dir.display()

@@ -44,6 +44,9 @@ pub struct Config {
     pub limits: Limits,
     /// The memory budget, bytes: ingest is refused beyond it (see `memory`).
     pub memory_limit: u64,
+    /// How often changes of a live alert's values alone are written to `tocsin_alerts` and the
+    /// alert store (transitions are written at once).
+    pub alert_value_interval: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             tls: None,
             limits: Limits::default(),
             memory_limit: crate::memory::default_limit(),
+            alert_value_interval: Duration::from_secs(1),
         }
     }
 }

@@ -74,7 +74,7 @@ pub async fn reconcile(app: &AppRef) {
                 silences.push((e.name.clone(), s.clone()));
                 false
             }
-            ObjectDef::View { .. } => false,
+            ObjectDef::View { .. } | ObjectDef::Table { .. } => false,
         };
         if needs_task {
             wanted.insert(e.name.clone(), (e.sql.clone(), e.def.clone()));
@@ -133,15 +133,18 @@ pub async fn reconcile(app: &AppRef) {
                     options,
                 ))
             }
-            ObjectDef::View { .. } | ObjectDef::Silence(_) => continue,
+            ObjectDef::View { .. } | ObjectDef::Table { .. } | ObjectDef::Silence(_) => continue,
         };
         running.insert(name, (sql, handle));
     }
 }
 
 /// Feeds a rule's output changes to the alert manager; its first progress after the snapshot
-/// tells the manager that the rule's output is complete.
+/// tells the manager that the rule's output is complete. Whatever the subscription has ready is
+/// taken at once and consolidated, so a busy rule hands the manager each changed row once, with
+/// its newest values, however many times it changed in between.
 async fn follow_rule(app: AppRef, rule: String) {
+    use futures_util::FutureExt;
     let mut sub = match app.tocsin.subscribe(&rule).await {
         Ok(s) => s,
         Err(e) => {
@@ -150,10 +153,31 @@ async fn follow_rule(app: AppRef, rule: String) {
         }
     };
     let schema = sub.schema().clone();
-    while let Some(event) = sub.next().await {
-        match event {
-            SubscribeEvent::Changes { updates, .. } => app.alerts.changes(&rule, &schema, updates),
-            SubscribeEvent::Progress(_) => app.alerts.synced(&rule),
+    let mut changes: HashMap<tocsin_engine::Row, isize> = HashMap::new();
+    while let Some(first) = sub.next().await {
+        let mut progress = false;
+        let mut event = Some(first);
+        let mut taken = 0;
+        while let Some(e) = event.take() {
+            taken += 1;
+            match e {
+                SubscribeEvent::Changes { updates, .. } => {
+                    for (row, diff) in updates {
+                        *changes.entry(row).or_default() += diff;
+                    }
+                }
+                SubscribeEvent::Progress(_) => progress = true,
+            }
+            if taken < 1024 {
+                event = sub.next().now_or_never().flatten();
+            }
+        }
+        let updates: Vec<_> = changes.drain().filter(|(_, d)| *d != 0).collect();
+        if !updates.is_empty() {
+            app.alerts.changes(&rule, &schema, updates);
+        }
+        if progress {
+            app.alerts.synced(&rule);
         }
     }
 }

@@ -38,6 +38,11 @@ pub enum ObjectDef {
         options: Options,
     },
     Silence(Silence),
+    /// A table tocsin maintains itself (`tocsin_alerts`): rows replaced in place by `key`. Read
+    /// like a view; never created, written or dropped by statements.
+    Table {
+        key: Vec<String>,
+    },
 }
 
 /// One catalog entry.
@@ -56,7 +61,7 @@ impl CatalogEntry {
     pub fn kind(&self) -> ObjectKind {
         match self.def {
             ObjectDef::Source { .. } => ObjectKind::Source,
-            ObjectDef::View { .. } => ObjectKind::View,
+            ObjectDef::View { .. } | ObjectDef::Table { .. } => ObjectKind::View,
             ObjectDef::Rule { .. } => ObjectKind::Rule,
             ObjectDef::Sink { .. } => ObjectKind::Sink,
             ObjectDef::Silence(_) => ObjectKind::Silence,

@@ -256,6 +256,29 @@ impl Tocsin {
         Ok(())
     }
 
+    /// Creates a table tocsin maintains itself (see [`tocsin_engine::table`]), listed with the
+    /// views; `sql` is the statement shown for it.
+    pub async fn create_system_table(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        key: &[&str],
+        sql: &str,
+    ) -> Result<()> {
+        let mut catalog = self.catalog.lock().await;
+        self.engine.create_table(name, schema.clone(), key).await?;
+        catalog.register(CatalogEntry {
+            name: name.to_string(),
+            schema,
+            sql: sql.to_string(),
+            def: ObjectDef::Table {
+                key: key.iter().map(|k| k.to_string()).collect(),
+            },
+            system: true,
+        });
+        Ok(())
+    }
+
     /// Hands every later catalog change and `INSERT` to `durability`.
     pub fn set_durability(&self, durability: Arc<dyn Durability>) {
         *self.durability.write().expect("durability") = Some(durability);

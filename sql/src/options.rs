@@ -117,6 +117,9 @@ pub struct RuleOptions {
     pub sinks: Vec<String>,
     /// How often a firing alert is notified again (default 4h).
     pub repeat: Duration,
+    /// Rules whose firing alerts hold back this rule's notifications when they share the values
+    /// of the labels the two rules have in common ("host down" inhibits "service down").
+    pub inhibit: Vec<String>,
 }
 
 impl RuleOptions {
@@ -142,6 +145,7 @@ impl RuleOptions {
             labels: take(&mut options, "labels").map(list),
             sinks: take(&mut options, "sink").map(list).unwrap_or_default(),
             repeat: dur(&mut options, "repeat", Duration::from_secs(4 * 3600))?,
+            inhibit: take(&mut options, "inhibit").map(list).unwrap_or_default(),
         };
         if out.repeat < Duration::from_secs(1) {
             return Err(SqlError::plan("repeat must be at least 1s"));
@@ -158,6 +162,7 @@ impl RuleOptions {
                 "labels",
                 "sink",
                 "repeat",
+                "inhibit",
             ],
         )?;
         Ok(out)

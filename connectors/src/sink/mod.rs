@@ -4,13 +4,19 @@
 //!
 //! | connector | delivers |
 //! |---|---|
-//! | `EMAIL` | a plain-text email per notification, over SMTP (lettre) |
-//! | `WEBHOOK` | an HTTP POST per notification: tocsin's JSON, Alertmanager's API v2 alerts, or a Slack message |
+//! | `EMAIL` | a plain-text email per notification (or per group), over SMTP (lettre) |
+//! | `WEBHOOK` | an HTTP POST per notification (or per group): tocsin's JSON, Alertmanager's API v2 alerts, or a Slack message |
 //! | `LOG` | a structured log line |
+//!
+//! Every sink also takes the grouping options of [`group`] (`group_by`, `group_wait`,
+//! `group_interval`); [`crate::registry::build_sink`] reads them.
 
 pub mod email;
+pub mod group;
 pub mod log;
 pub mod webhook;
+
+pub use group::{Group, Grouping};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -170,6 +176,15 @@ impl SinkError {
 pub trait Sink: Send + Sync {
     /// Delivers one notification; `Ok` only once the receiver has taken it.
     async fn send(&self, notification: &Notification) -> Result<(), SinkError>;
+    /// Delivers a group's notifications as one message (a sink with `group_by`); `Ok` only once
+    /// the receiver has taken it.
+    async fn send_group(&self, group: &Group) -> Result<(), SinkError>;
+}
+
+/// A sink made from its options, with how it groups notifications.
+pub struct BuiltSink {
+    pub sink: Box<dyn Sink>,
+    pub grouping: Option<Grouping>,
 }
 
 /// One kind of sink: what may follow `TO` in `CREATE SINK`. Every kind is listed once in
@@ -205,6 +220,11 @@ impl<'a> SinkOptions<'a> {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the option is given (without taking it).
+    pub fn has(&self, key: &str) -> bool {
+        self.options.iter().any(|(k, _)| k == key)
     }
 
     pub fn required(&self, key: &'static str, example: &str) -> Result<&'a str, String> {

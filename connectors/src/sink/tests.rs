@@ -117,3 +117,84 @@ async fn options_are_checked_when_the_sink_is_built() {
     .is_ok());
     assert!(build("LOG", "s", &[]).is_ok());
 }
+
+#[tokio::test]
+async fn grouping_options_are_read_for_every_sink_and_checked() {
+    let grouping = |c: &str, kv: &[(&str, &str)]| build(c, "s", &opts(kv)).map(|b| b.grouping);
+    assert_eq!(
+        grouping("LOG", &[]).unwrap(),
+        None,
+        "no group_by: one by one"
+    );
+    let g = grouping("LOG", &[("group_by", "rule, Host"), ("group_wait", "2s")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.by, Some(vec!["rule".to_string(), "host".to_string()]));
+    assert_eq!(g.wait, std::time::Duration::from_secs(2));
+    assert_eq!(g.interval, std::time::Duration::from_secs(300));
+    let each = grouping("WEBHOOK", &[("url", "http://x"), ("group_by", "...")])
+        .unwrap()
+        .unwrap();
+    assert_eq!(each.by, None);
+    let err = |c: &str, kv: &[(&str, &str)]| build(c, "s", &opts(kv)).err().unwrap().to_string();
+    assert!(err("LOG", &[("group_wait", "2s")]).contains("needs group_by"));
+    assert!(err("LOG", &[("group_by", " , ")]).contains("names no label"));
+    assert!(err("LOG", &[("group_by", "rule"), ("group_wait", "soon")]).contains("group_wait"));
+    assert!(err(
+        "WEBHOOK",
+        &[
+            ("url", "http://x"),
+            ("format", "alertmanager"),
+            ("group_by", "rule")
+        ]
+    )
+    .contains("Alertmanager groups"));
+}
+
+#[test]
+fn a_group_is_one_message_with_every_alert_and_counts() {
+    let g = Grouping {
+        by: Some(vec!["rule".into()]),
+        wait: std::time::Duration::from_secs(10),
+        interval: std::time::Duration::from_secs(300),
+    };
+    let a = notification(Transition::Firing);
+    let mut b = notification(Transition::Resolved);
+    b.labels.insert("host".into(), "db2".into());
+    b.id = "def".into();
+    assert_eq!(g.key(&a), g.key(&b), "grouped by rule alone");
+    assert_eq!(g.key(&a), r#"{"rule":"hot_cpu"}"#);
+    let group = Group {
+        sink: "oncall".into(),
+        labels: g.labels(&a),
+        key: g.key(&a),
+        alerts: vec![a.clone(), b.clone()],
+    };
+    assert_eq!(group.subject(), "[FIRING:1, RESOLVED:1] rule=hot_cpu");
+    let text = group.text();
+    assert!(
+        text.contains("host = db1") && text.contains("host = db2"),
+        "{text}"
+    );
+    let j = group.to_json();
+    assert_eq!(j["version"], "4");
+    assert_eq!(j["status"], "firing");
+    assert_eq!(j["receiver"], "oncall");
+    assert_eq!(j["groupLabels"]["rule"], "hot_cpu");
+    assert_eq!(j["commonLabels"]["alertname"], "hot_cpu");
+    assert!(
+        j["commonLabels"].get("host").is_none(),
+        "host differs between the alerts"
+    );
+    let alerts = j["alerts"].as_array().unwrap();
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(alerts[0]["status"], "firing");
+    assert_eq!(alerts[0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(alerts[1]["status"], "resolved");
+    assert_eq!(alerts[1]["labels"]["host"], "db2");
+    assert_eq!(alerts[1]["annotations"]["tocsin_id"], "def");
+    assert_ne!(alerts[0]["fingerprint"], alerts[1]["fingerprint"]);
+    assert_eq!(group.id(), group.clone().id(), "stable");
+    let each = Grouping { by: None, ..g };
+    assert_ne!(each.key(&a), each.key(&b), "'...': each alert alone");
+}

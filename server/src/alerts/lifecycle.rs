@@ -1,6 +1,6 @@
 //! The alert lifecycle as a pure function: one instance's stored state and one event give its
-//! new state, the notifications to send and the rows to publish. No I/O and no clock (`now` is
-//! given), so every transition is tested here by a table.
+//! new state, the notifications to send and the transition rows to publish. No I/O and no clock
+//! (`now` is given), so every transition is tested here by a table.
 //!
 //! ```text
 //!             row appears                 stays `for`                 row gone (+ keep_firing_for)
@@ -9,22 +9,21 @@
 //!                            └─ row gone: (none), nobody is told ─────────────┘   (if firing was sent)
 //! ```
 //!
-//! A silence holds back what a firing alert would send (the first notification too) while it is
-//! in force; when it ends, what was held back goes out. A rule dropped while its alert fires
-//! resolves the alert.
+//! A silence, or an inhibiting rule's firing alert, holds back what a firing alert would send
+//! (the first notification too) while it is in force; when it ends, what was held back goes out.
+//! A rule dropped while its alert fires resolves the alert.
+//!
+//! A step that changes only an instance's values (the rule's row changed, its lifecycle did not)
+//! is not urgent: the manager writes such changes at a bounded rate, the newest values winning.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use tocsin_connectors::sink::{Notification, Transition};
 use tocsin_sql::Silence;
 
 use super::store::{Instance, State};
-use super::{Published, RuleSpec};
-
-/// How often an unchanged instance's state row is written again.
-pub const REFRESH: Duration = Duration::from_secs(24 * 3600);
+use super::RuleSpec;
 
 /// What happened to an instance.
 #[derive(Clone, Debug)]
@@ -36,7 +35,7 @@ pub enum Event {
     },
     /// The rule's row for it is gone.
     Gone,
-    /// Time passed: a timer is due, or a silence came or went.
+    /// Time passed: a timer is due, or a silence or an inhibiting alert came or went.
     Tick,
     /// Its rule was dropped.
     Dropped,
@@ -47,12 +46,14 @@ pub enum Event {
 pub struct Outcome {
     /// The instance to store (changed); `None` with `delete` false: nothing to write.
     pub put: Option<Instance>,
+    /// `put` changes more than the instance's values: write it (and its row) now.
+    pub urgent: bool,
     /// The instance is over: remove it.
     pub delete: bool,
     /// Notifications, each for every sink of the rule, in order.
     pub notify: Vec<Notification>,
-    /// Rows for `tocsin_alert_events` and `tocsin_alert_state`.
-    pub published: Vec<Published>,
+    /// Rows for `tocsin_alert_events`: one per transition.
+    pub events: Vec<Value>,
 }
 
 /// What a step knows besides the instance.
@@ -60,6 +61,8 @@ pub struct Context<'a> {
     pub spec: &'a RuleSpec,
     pub silences: &'a [(String, Silence)],
     pub now: i64,
+    /// A rule this one names in `inhibit` fires with the same values of the labels they share.
+    pub inhibited: bool,
 }
 
 impl Context<'_> {
@@ -98,19 +101,14 @@ pub fn step(cx: &Context, existing: Option<Instance>, event: Event) -> Outcome {
     match (event, existing) {
         (Event::Present { labels, values }, None) => {
             let i = Instance::pending(&cx.spec.name, labels, values, cx.now);
-            let silenced = cx.silenced(&i);
-            o.published
-                .push(Published::Event(row(cx, &i, "pending", silenced)));
-            o.published
-                .push(Published::State(row(cx, &i, "pending", silenced)));
-            advance(cx, i, true, &mut o);
+            o.events.push(row(cx, &i, "pending", cx.silenced(&i)));
+            advance(cx, i, None, &mut o);
         }
         (Event::Present { values, .. }, Some(mut i)) => {
-            if i.values != values || i.gone_since.is_some() {
-                i.values = values;
-                i.gone_since = None;
-                advance(cx, i, true, &mut o);
-            }
+            let before = i.clone();
+            i.values = values;
+            i.gone_since = None;
+            advance(cx, i, Some(before), &mut o);
         }
         (Event::Gone, Some(mut i)) => match i.state {
             State::Pending => resolve(cx, i, &mut o),
@@ -118,24 +116,44 @@ pub fn step(cx: &Context, existing: Option<Instance>, event: Event) -> Outcome {
             State::Firing => {
                 if i.gone_since.is_none() {
                     i.gone_since = Some(cx.now);
+                    i.published = cx.now;
                     o.put = Some(i);
+                    o.urgent = true;
                 }
             }
         },
-        (Event::Tick, Some(i)) => advance(cx, i, false, &mut o),
+        (Event::Tick, Some(i)) => {
+            let before = i.clone();
+            advance(cx, i, Some(before), &mut o)
+        }
         (Event::Dropped, Some(i)) => resolve(cx, i, &mut o),
         (_, None) => {}
     }
     o
 }
 
+/// Whether two states of an instance differ in nothing but their values.
+fn same_but_values(a: &Instance, b: &Instance) -> bool {
+    let a = Instance {
+        values: Default::default(),
+        published: 0,
+        ..a.clone()
+    };
+    let b = Instance {
+        values: Default::default(),
+        published: 0,
+        ..b.clone()
+    };
+    a == b
+}
+
 /// Moves an instance on by time: pending → firing, firing → resolved after `keep_firing_for`,
-/// the first notification and reminders. `dirty`: store it even if nothing else changes.
-fn advance(cx: &Context, mut i: Instance, dirty: bool, o: &mut Outcome) {
+/// the first notification and reminders. `before`: the stored state (`None` for a new instance).
+fn advance(cx: &Context, mut i: Instance, before: Option<Instance>, o: &mut Outcome) {
     let opts = &cx.spec.options;
     let now = cx.now;
-    let before = i.clone();
     let silenced = cx.silenced(&i);
+    let held = silenced || cx.inhibited;
     let mut event = None;
     if i.state == State::Pending && now >= i.active_since + Context::ms(opts.r#for) {
         i.state = State::Firing;
@@ -149,7 +167,7 @@ fn advance(cx: &Context, mut i: Instance, dirty: bool, o: &mut Outcome) {
                 return;
             }
         }
-        if !silenced {
+        if !held {
             if !i.notified {
                 i.notified = true;
                 i.last_notified = Some(now);
@@ -164,36 +182,33 @@ fn advance(cx: &Context, mut i: Instance, dirty: bool, o: &mut Outcome) {
             }
         }
     }
+    i.silenced = silenced;
+    i.inhibited = cx.inhibited;
     if let Some(e) = event {
-        o.published.push(Published::Event(row(cx, &i, e, silenced)));
+        o.events.push(row(cx, &i, e, silenced));
     }
-    let refresh = now - i.published >= Context::ms(REFRESH);
-    if event.is_some() || silenced != i.silenced || refresh || dirty {
-        i.silenced = silenced;
-        i.published = now;
-        o.published
-            .push(Published::State(row(cx, &i, i.state.as_str(), silenced)));
-    }
-    if dirty || i != before {
-        o.put = Some(i);
-    }
+    let urgent = match &before {
+        None => true,
+        Some(b) if *b == i => return,
+        Some(b) => !same_but_values(b, &i),
+    };
+    i.published = now;
+    o.put = Some(i);
+    o.urgent = urgent;
 }
 
 /// The alert is over: a resolved notification if its firing one went out, an event, gone.
 fn resolve(cx: &Context, i: Instance, o: &mut Outcome) {
     let silenced = cx.silenced(&i);
-    if i.state == State::Firing && i.notified && !silenced {
+    if i.state == State::Firing && i.notified && !silenced && !cx.inhibited {
         o.notify.push(notification(cx, &i, Transition::Resolved));
     }
-    o.published
-        .push(Published::Event(row(cx, &i, "resolved", silenced)));
-    o.published
-        .push(Published::State(row(cx, &i, "resolved", silenced)));
+    o.events.push(row(cx, &i, "resolved", silenced));
     o.put = None;
     o.delete = true;
 }
 
-/// The next time something is due for an instance.
+/// The next time something is due for an instance; `None`: nothing until an event.
 pub fn deadline(cx: &Context, i: &Instance) -> Option<i64> {
     let opts = &cx.spec.options;
     let now = cx.now;
@@ -201,27 +216,30 @@ pub fn deadline(cx: &Context, i: &Instance) -> Option<i64> {
         State::Pending => Some(i.active_since + Context::ms(opts.r#for)),
         State::Firing => {
             let silenced = cx.silenced(i);
-            if silenced != i.silenced || (!i.notified && !silenced) {
-                // A silence came or went: show it, and send what it held back.
+            let held = silenced || cx.inhibited;
+            if silenced != i.silenced || cx.inhibited != i.inhibited || (!i.notified && !held) {
+                // A silence or an inhibiting alert came or went: show it, and send what it
+                // held back.
                 return Some(now);
             }
-            let mut d = i.published + Context::ms(REFRESH);
+            let mut d = None::<i64>;
+            let mut at = |t: i64| d = Some(d.map_or(t, |d| d.min(t)));
             if let Some(g) = i.gone_since {
-                d = d.min(g + Context::ms(opts.keep_firing_for));
+                at(g + Context::ms(opts.keep_firing_for));
             }
-            if let Some(t) = i.last_notified.filter(|_| !silenced) {
+            if let Some(t) = i.last_notified.filter(|_| !held) {
                 // Reminders wait while a silence holds; its end is a deadline below.
-                d = d.min(t + Context::ms(opts.repeat));
+                at(t + Context::ms(opts.repeat));
             }
             // A silence ending or starting changes what is sent.
             for (_, s) in cx.silences {
                 for t in [s.starts_ms, s.until_ms] {
                     if t > now {
-                        d = d.min(t);
+                        at(t);
                     }
                 }
             }
-            Some(d)
+            d
         }
     }
 }
@@ -276,7 +294,7 @@ fn notification(cx: &Context, i: &Instance, state: Transition) -> Notification {
     }
 }
 
-/// The row of `tocsin_alert_state` / `tocsin_alert_events` for an instance.
+/// The row of `tocsin_alert_events` for a transition of an instance.
 fn row(cx: &Context, i: &Instance, state: &str, silenced: bool) -> Value {
     let o = &cx.spec.options;
     json!({
@@ -288,6 +306,7 @@ fn row(cx: &Context, i: &Instance, state: &str, silenced: bool) -> Value {
         "description": o.description.as_deref().map(|t| render(t, i, state, &o.severity)).unwrap_or_default(),
         "values_json": serde_json::to_string(&i.values).unwrap_or_default(),
         "silenced": silenced,
+        "inhibited": cx.inhibited,
         "active_since": i.active_since,
         "firing_since": i.firing_since,
         "ts": cx.now,
@@ -398,6 +417,7 @@ mod tests {
                 spec,
                 silences,
                 now: *now,
+                inhibited: false,
             };
             let o = step(&cx, stored.clone(), event.clone());
             if o.delete {
@@ -527,6 +547,7 @@ mod tests {
             spec: &s,
             silences: &[],
             now,
+            inhibited: false,
         };
         // A pending alert stored before the restart keeps its start: it fires 30s after it
         // appeared, not after the restart.
@@ -552,12 +573,77 @@ mod tests {
     }
 
     #[test]
+    fn inhibition_holds_back_notifications_like_a_silence() {
+        let s = spec(&[("repeat", "10m")]);
+        let at = |now, inhibited| Context {
+            spec: &s,
+            silences: &[],
+            now,
+            inhibited,
+        };
+        // Inhibited from the start: it fires, shows as inhibited, and tells nobody.
+        let o = step(&at(0, true), None, row(1.0));
+        assert!(o.notify.is_empty() && o.urgent);
+        let i = o.put.unwrap();
+        assert_eq!(
+            (i.state, i.inhibited, i.notified),
+            (State::Firing, true, false)
+        );
+        assert_eq!(
+            deadline(&at(M, true), &i),
+            None,
+            "nothing is due while held back and nothing else waits"
+        );
+        // The inhibiting alert resolves: the alert is due at once, and its firing goes out.
+        assert_eq!(deadline(&at(2 * M, false), &i), Some(2 * M));
+        let o = step(&at(2 * M, false), Some(i), Event::Tick);
+        assert_eq!(o.notify.len(), 1);
+        assert_eq!(o.notify[0].state, Transition::Firing);
+        let i = o.put.unwrap();
+        assert!(!i.inhibited && i.notified);
+        // Inhibited again while firing: reminders and the resolution are held back.
+        let o = step(&at(3 * M, true), Some(i), Event::Tick);
+        let i = o.put.unwrap();
+        assert!(o.notify.is_empty() && i.inhibited);
+        let o = step(&at(15 * M, true), Some(i.clone()), Event::Tick);
+        assert!(o.notify.is_empty(), "no reminder while inhibited");
+        let o = step(&at(16 * M, true), Some(i), Event::Gone);
+        assert!(
+            o.delete && o.notify.is_empty(),
+            "no resolution while inhibited"
+        );
+    }
+
+    #[test]
+    fn value_changes_alone_are_not_urgent() {
+        let s = spec(&[("for", "30s")]);
+        let at = |now| Context {
+            spec: &s,
+            silences: &[],
+            now,
+            inhibited: false,
+        };
+        let i = step(&at(0), None, row(1.0)).put.unwrap();
+        let o = step(&at(S), Some(i.clone()), row(2.0));
+        let changed = o.put.unwrap();
+        assert!(!o.urgent, "only the values changed");
+        assert_eq!(changed.values["v"], json!(2.0));
+        assert_eq!(changed.published, S, "its row's updated_at");
+        let o = step(&at(30 * S), Some(changed), row(3.0));
+        assert!(o.urgent, "it fired at the same time");
+        assert_eq!(o.put.unwrap().state, State::Firing);
+        let o = step(&at(2 * S), Some(i), row(1.0));
+        assert!(o.put.is_none(), "the same row changes nothing");
+    }
+
+    #[test]
     fn notification_ids_are_stable_and_texts_rendered() {
         let s = spec(&[("summary", "{{v}} on {{host}} ({{severity}}, {{bogus}})")]);
         let cx = Context {
             spec: &s,
             silences: &[],
             now: 0,
+            inhibited: false,
         };
         let a = step(&cx, None, row(93.456));
         let b = step(&cx, None, row(10.0));

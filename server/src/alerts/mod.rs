@@ -23,21 +23,34 @@ pub mod lifecycle;
 pub mod relations;
 pub mod store;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tocsin_connectors::sink::Grouping;
 use tocsin_engine::fmt_ms;
-use tocsin_engine::{Clock, Row};
+use tocsin_engine::{Clock, Datum, Row};
 use tocsin_sql::options::RuleOptions;
 use tocsin_sql::{Silence, SinkStatus};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::alerts::lifecycle::{fnv, Context, Event, Outcome};
+use crate::alerts::lifecycle::{fnv, Context, Event};
 pub use crate::alerts::lifecycle::{render, value_text};
 use crate::alerts::store::{Changes, Instance, Queued, State, Store};
+
+/// What a grouping sink is to do next.
+#[derive(Debug)]
+pub enum NextGroup {
+    /// Nothing is queued.
+    Idle,
+    /// A group is due at this time.
+    Wait(i64),
+    /// This group's message is due: its queued notifications, oldest first.
+    Due { key: String, queued: Vec<Queued> },
+}
 
 /// What the manager needs to know about a rule.
 #[derive(Clone, Debug)]
@@ -72,30 +85,52 @@ struct Batch {
     out: Vec<Published>,
 }
 
-/// A row for one of the alert relations.
+/// A change to one of the alert relations.
 #[derive(Debug)]
 pub enum Published {
+    /// A transition: a row of `tocsin_alert_events`.
     Event(Value),
-    State(Value),
+    /// An instance's row of `tocsin_alerts` by its key (rule, labels); `None`: it is gone.
+    Alert { key: Row, row: Option<Row> },
 }
 
 #[derive(Default)]
 struct SinkCounts {
     delivered: u64,
+    /// Messages sent: one per notification, or one per group.
+    messages: u64,
     failures: u64,
     last_error: Option<String>,
 }
+
+/// The firing alerts of an inhibiting rule, as the values of the labels it shares with a rule it
+/// inhibits: by (inhibiting rule, shared label names). Built when first asked, dropped when the
+/// inhibiting rule's firing alerts change.
+type Inhibitors = HashMap<(String, Vec<String>), HashSet<Vec<String>>>;
 
 struct Inner {
     store: Store,
     rules: HashMap<String, RuleState>,
     silences: Vec<(String, Silence)>,
     sinks: HashMap<String, SinkCounts>,
+    /// The keys of each rule's instances.
+    by_rule: HashMap<String, HashSet<String>>,
+    /// Instances whose values changed since they were last written (to the store and to
+    /// `tocsin_alerts`): written together every value interval.
+    later: HashSet<String>,
+    /// Each instance's next deadline, and the instances by deadline.
+    deadlines: HashMap<String, i64>,
+    due: BTreeSet<(i64, String)>,
+    inhibitors: RefCell<Inhibitors>,
+    /// Rules whose firing alerts changed since the last commit.
+    firing_changed: HashSet<String>,
 }
 
 pub struct AlertManager {
     inner: Mutex<Inner>,
     clock: Clock,
+    /// How often value changes are written (see [`Inner::later`]).
+    value_interval: Duration,
     /// Wakes the timer loop when deadlines may have moved.
     timers: Notify,
     /// Bumped whenever the outbox gains entries.
@@ -111,40 +146,185 @@ fn key(rule: &str, labels: &BTreeMap<String, String>) -> String {
     )
 }
 
+/// An instance's key in `tocsin_alerts`: rule and labels (as JSON text).
+fn table_key(i: &Instance) -> Row {
+    let labels = serde_json::to_string(&i.labels).unwrap_or_default();
+    vec![Datum::text(&i.rule), Datum::text(&labels)].into_boxed_slice()
+}
+
+/// An instance's row of `tocsin_alerts` (see [`relations::ALERTS_COLUMNS`]).
+fn table_row(spec: Option<&RuleSpec>, i: &Instance) -> Row {
+    let severity = spec.map(|s| s.options.severity.as_str()).unwrap_or("");
+    let text = |t: Option<&String>| {
+        t.map(|t| render(t, i, i.state.as_str(), severity))
+            .unwrap_or_default()
+    };
+    let time = |t: Option<i64>| t.map_or(Datum::Null, Datum::Int);
+    let o = spec.map(|s| &s.options);
+    vec![
+        Datum::text(&i.rule),
+        Datum::text(&serde_json::to_string(&i.labels).unwrap_or_default()),
+        Datum::text(i.state.as_str()),
+        Datum::text(severity),
+        Datum::text(&text(o.and_then(|o| o.summary.as_ref()))),
+        Datum::text(&text(o.and_then(|o| o.description.as_ref()))),
+        Datum::text(&serde_json::to_string(&i.values).unwrap_or_default()),
+        Datum::Bool(i.silenced),
+        Datum::Bool(i.inhibited),
+        Datum::Int(i.active_since),
+        time(i.firing_since),
+        Datum::Int(i.published),
+    ]
+    .into_boxed_slice()
+}
+
 impl Inner {
-    /// Stores what a lifecycle step decided about the instance of `k`, queueing each
-    /// notification for every sink of its rule.
-    fn apply(&mut self, k: &str, sinks: &[String], o: Outcome, b: &mut Batch) {
+    /// Whether a rule that `spec` names in `inhibit` fires with the same values of the labels
+    /// the two rules share.
+    fn inhibited(&self, spec: &RuleSpec, labels: &BTreeMap<String, String>) -> bool {
+        spec.options.inhibit.iter().any(|a| {
+            let Some(source) = self.rules.get(a) else {
+                return false;
+            };
+            let shared: Vec<String> = spec
+                .labels
+                .iter()
+                .filter(|l| source.spec.labels.contains(l))
+                .cloned()
+                .collect();
+            let project = |labels: &BTreeMap<String, String>| -> Vec<String> {
+                shared
+                    .iter()
+                    .map(|l| labels.get(l).cloned().unwrap_or_default())
+                    .collect()
+            };
+            let probe = project(labels);
+            let mut cache = self.inhibitors.borrow_mut();
+            cache
+                .entry((a.clone(), shared.clone()))
+                .or_insert_with(|| {
+                    self.by_rule
+                        .get(a)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| self.store.instances.get(k))
+                        .filter(|i| i.state == State::Firing)
+                        .map(|i| project(&i.labels))
+                        .collect()
+                })
+                .contains(&probe)
+        })
+    }
+
+    fn context<'a>(&'a self, spec: &'a RuleSpec, i: Option<&Instance>, now: i64) -> Context<'a> {
+        Context {
+            spec,
+            silences: &self.silences,
+            now,
+            inhibited: i.is_some_and(|i| self.inhibited(spec, &i.labels)),
+        }
+    }
+
+    /// Runs one lifecycle step for the instance of `k` of rule `spec`, and records what it
+    /// decided: notifications queued for every sink of the rule, transitions, the instance
+    /// written now (or, if only its values changed, at the next value interval).
+    fn step(&mut self, spec: &RuleSpec, k: &str, event: Event, now: i64, b: &mut Batch) {
+        let existing = self.store.instances.get(k).cloned();
+        let o = {
+            let probe = match (&existing, &event) {
+                (None, Event::Present { labels, values }) => Some(Instance::pending(
+                    &spec.name,
+                    labels.clone(),
+                    values.clone(),
+                    now,
+                )),
+                _ => None,
+            };
+            let cx = self.context(spec, existing.as_ref().or(probe.as_ref()), now);
+            lifecycle::step(&cx, existing.clone(), event)
+        };
         for n in o.notify {
-            for sink in sinks {
+            for sink in &spec.options.sinks {
                 let seq = self.store.next_seq;
                 self.store.next_seq += 1;
                 b.changes.out.push(Queued {
                     seq,
                     sink: sink.clone(),
+                    queued_at: now,
                     notification: n.clone(),
                 });
             }
         }
-        b.out.extend(o.published);
-        if let Some(i) = o.put {
-            b.changes.put.push((k.to_string(), i));
-        }
+        b.out.extend(o.events.into_iter().map(Published::Event));
+        let was_firing = existing.as_ref().is_some_and(|i| i.state == State::Firing);
+        let mut is_firing = was_firing;
         if o.delete {
-            b.changes.del.push(k.to_string());
+            if let Some(i) = &existing {
+                b.out.push(Published::Alert {
+                    key: table_key(i),
+                    row: None,
+                });
+                if let Some(keys) = self.by_rule.get_mut(&i.rule) {
+                    keys.remove(k);
+                }
+            }
+            self.store.instances.remove(k);
+            self.later.remove(k);
+            b.changes.instances.push((k.to_string(), None));
+            is_firing = false;
+        } else if let Some(i) = o.put {
+            is_firing = i.state == State::Firing;
+            if o.urgent {
+                self.later.remove(k);
+                b.out.push(Published::Alert {
+                    key: table_key(&i),
+                    row: Some(table_row(Some(spec), &i)),
+                });
+                b.changes.instances.push((k.to_string(), Some(i.clone())));
+            } else {
+                self.later.insert(k.to_string());
+            }
+            self.by_rule
+                .entry(i.rule.clone())
+                .or_default()
+                .insert(k.to_string());
+            self.store.instances.insert(k.to_string(), i);
+        }
+        if was_firing != is_firing {
+            self.firing_changed.insert(spec.name.clone());
+            self.inhibitors
+                .borrow_mut()
+                .retain(|(rule, _), _| *rule != spec.name);
+        }
+        self.set_deadline(k, now);
+    }
+
+    /// Files the instance of `k` under its next deadline (none while its rule is not synced).
+    fn set_deadline(&mut self, k: &str, now: i64) {
+        if let Some(old) = self.deadlines.remove(k) {
+            self.due.remove(&(old, k.to_string()));
+        }
+        let Some(i) = self.store.instances.get(k) else {
+            return;
+        };
+        let Some(rs) = self.rules.get(&i.rule).filter(|r| r.synced) else {
+            return;
+        };
+        let cx = self.context(&rs.spec, Some(i), now);
+        if let Some(d) = lifecycle::deadline(&cx, i) {
+            self.deadlines.insert(k.to_string(), d);
+            self.due.insert((d, k.to_string()));
         }
     }
 
-    /// Runs one lifecycle step for the instance of `k` of rule `spec`.
-    fn step(&mut self, spec: &RuleSpec, k: &str, event: Event, now: i64, b: &mut Batch) {
-        let existing = self.store.instances.get(k).cloned();
-        let cx = Context {
-            spec,
-            silences: &self.silences,
-            now,
-        };
-        let o = lifecycle::step(&cx, existing, event);
-        self.apply(k, &spec.options.sinks, o, b);
+    /// Makes every instance due now, for example when the silences change.
+    fn due_now(&mut self, keys: Vec<String>, now: i64) {
+        for k in keys {
+            if let Some(old) = self.deadlines.insert(k.clone(), now) {
+                self.due.remove(&(old, k.clone()));
+            }
+            self.due.insert((now, k));
+        }
     }
 
     /// Brings the instance of `k` in line with whether the rule has a row for it.
@@ -161,16 +341,6 @@ impl Inner {
             None => Event::Gone,
         };
         self.step(&spec, k, event, now, b);
-    }
-
-    /// The next time something is due for an instance.
-    fn deadline(&self, spec: &RuleSpec, i: &Instance, now: i64) -> Option<i64> {
-        let cx = Context {
-            spec,
-            silences: &self.silences,
-            now,
-        };
-        lifecycle::deadline(&cx, i)
     }
 }
 
@@ -189,16 +359,19 @@ pub fn alert_json(i: &Instance, spec: Option<&RuleSpec>) -> Value {
         "severity": severity,
         "summary": summary,
         "silenced": i.silenced,
+        "inhibited": i.inhibited,
         "active_since": fmt_ms(i.active_since),
         "firing_since": i.firing_since.map(fmt_ms),
     })
 }
 
 impl AlertManager {
-    /// Opens the store in `dir`; rows for the alert relations go to `publish`.
+    /// Opens the store in `dir`; changes to the alert relations go to `publish`. Changes of an
+    /// alert's values alone are written at most once per `value_interval`.
     pub fn open(
         dir: &Path,
         clock: Clock,
+        value_interval: Duration,
         publish: mpsc::UnboundedSender<Published>,
     ) -> std::io::Result<AlertManager> {
         let store = Store::open(dir)?;
@@ -209,14 +382,25 @@ impl AlertManager {
                 store.outbox.len()
             );
         }
+        let mut by_rule: HashMap<String, HashSet<String>> = HashMap::new();
+        for (k, i) in &store.instances {
+            by_rule.entry(i.rule.clone()).or_default().insert(k.clone());
+        }
         Ok(AlertManager {
             inner: Mutex::new(Inner {
                 store,
                 rules: HashMap::new(),
                 silences: Vec::new(),
                 sinks: HashMap::new(),
+                by_rule,
+                later: HashSet::new(),
+                deadlines: HashMap::new(),
+                due: BTreeSet::new(),
+                inhibitors: RefCell::new(HashMap::new()),
+                firing_changed: HashSet::new(),
             }),
             clock,
+            value_interval,
             timers: Notify::new(),
             outbox: watch::channel(0).0,
             publish,
@@ -231,7 +415,8 @@ impl AlertManager {
         self.inner.lock().expect("alert manager")
     }
 
-    /// Writes a batch of changes, then lets delivery and the relations see it.
+    /// Writes a batch of changes, then lets delivery and the relations see it. The alerts of
+    /// rules that an inhibiting rule's changed alerts hold back (or release) are due at once.
     fn commit(&self, inner: &mut Inner, b: Batch) {
         let queued = !b.changes.out.is_empty();
         if let Err(e) = inner.store.apply(b.changes) {
@@ -243,12 +428,25 @@ impl AlertManager {
         if queued {
             self.outbox.send_modify(|n| *n += 1);
         }
+        let changed = std::mem::take(&mut inner.firing_changed);
+        if !changed.is_empty() {
+            let targets: Vec<String> = inner
+                .rules
+                .values()
+                .filter(|r| r.spec.options.inhibit.iter().any(|a| changed.contains(a)))
+                .flat_map(|r| inner.by_rule.get(&r.spec.name).into_iter().flatten())
+                .cloned()
+                .collect();
+            let now = self.now();
+            inner.due_now(targets, now);
+        }
         self.timers.notify_one();
     }
 
     /// Starts (or restarts) following a rule: its instances wait for [`AlertManager::synced`].
     pub fn follow(&self, spec: RuleSpec) {
         let mut inner = self.lock();
+        inner.inhibitors.borrow_mut().clear();
         inner.rules.insert(
             spec.name.clone(),
             RuleState {
@@ -259,7 +457,7 @@ impl AlertManager {
         );
     }
 
-    /// A rule's output changes at one time.
+    /// A rule's output changes (consolidated: each row once, with its net multiplicity).
     pub fn changes(
         &self,
         rule: &str,
@@ -272,6 +470,10 @@ impl AlertManager {
             return;
         };
         let mut touched = HashSet::new();
+        // Retractions first, so that a row replaced by another with the same labels ends with
+        // the new values.
+        let mut updates = updates;
+        updates.sort_by_key(|(_, d)| *d > 0);
         for (row, diff) in updates {
             let Value::Object(obj) = crate::json::row_object(schema, &row) else {
                 continue;
@@ -310,7 +512,8 @@ impl AlertManager {
         self.commit(&mut inner, b);
     }
 
-    /// A rule's output is complete up to now: decide about every instance it has or had.
+    /// A rule's output is complete up to now: decide about every instance it has or had, and
+    /// (re)write their rows of `tocsin_alerts` with the rule's texts.
     pub fn synced(&self, rule: &str) {
         let now = self.now();
         let mut inner = self.lock();
@@ -321,18 +524,20 @@ impl AlertManager {
             return;
         }
         rs.synced = true;
+        let spec = rs.spec.clone();
         let mut keys: HashSet<String> = rs.present.keys().cloned().collect();
-        keys.extend(
-            inner
-                .store
-                .instances
-                .iter()
-                .filter(|(_, i)| i.rule == rule)
-                .map(|(k, _)| k.clone()),
-        );
+        keys.extend(inner.by_rule.get(rule).into_iter().flatten().cloned());
         let mut b = Batch::default();
         for k in keys {
             inner.reconcile(rule, &k, now, &mut b);
+        }
+        for k in inner.by_rule.get(rule).into_iter().flatten() {
+            if let Some(i) = inner.store.instances.get(k) {
+                b.out.push(Published::Alert {
+                    key: table_key(i),
+                    row: Some(table_row(Some(&spec), i)),
+                });
+            }
         }
         self.commit(&mut inner, b);
     }
@@ -341,20 +546,20 @@ impl AlertManager {
     pub fn retain_rules(&self, rules: &HashSet<String>) {
         let now = self.now();
         let mut inner = self.lock();
-        let gone: Vec<(String, Instance)> = inner
+        let gone: Vec<(String, String)> = inner
             .store
             .instances
             .iter()
             .filter(|(_, i)| !rules.contains(&i.rule))
-            .map(|(k, i)| (k.clone(), i.clone()))
+            .map(|(k, i)| (k.clone(), i.rule.clone()))
             .collect();
         let mut b = Batch::default();
-        for (k, i) in gone {
-            let spec = match inner.rules.get(&i.rule) {
+        for (k, rule) in gone {
+            let spec = match inner.rules.get(&rule) {
                 Some(rs) => rs.spec.clone(),
                 // Not followed since the start: its options are unknown, nobody is told.
                 None => RuleSpec {
-                    name: i.rule.clone(),
+                    name: rule.clone(),
                     options: RuleOptions::parse(Vec::new()).expect("defaults"),
                     labels: Vec::new(),
                 },
@@ -362,14 +567,25 @@ impl AlertManager {
             inner.step(&spec, &k, Event::Dropped, now, &mut b);
         }
         inner.rules.retain(|name, _| rules.contains(name));
-        if !b.changes.is_empty() {
+        inner
+            .by_rule
+            .retain(|name, keys| rules.contains(name) || !keys.is_empty());
+        if !b.changes.is_empty() || !b.out.is_empty() {
             self.commit(&mut inner, b);
         }
     }
 
-    /// The silences in the catalog.
+    /// The silences in the catalog: every alert is looked at again.
     pub fn set_silences(&self, silences: Vec<(String, Silence)>) {
-        self.lock().silences = silences;
+        let now = self.now();
+        let mut inner = self.lock();
+        if inner.silences == silences {
+            return;
+        }
+        inner.silences = silences;
+        let keys: Vec<String> = inner.deadlines.keys().cloned().collect();
+        inner.due_now(keys, now);
+        drop(inner);
         self.timers.notify_one();
     }
 
@@ -404,40 +620,71 @@ impl AlertManager {
     pub fn tick(&self) -> i64 {
         let now = self.now();
         let mut inner = self.lock();
+        let mut due = Vec::new();
+        while let Some((d, _)) = inner.due.first() {
+            if *d > now {
+                break;
+            }
+            let (_, k) = inner.due.pop_first().expect("first");
+            inner.deadlines.remove(&k);
+            due.push(k);
+        }
         let mut b = Batch::default();
-        let due: Vec<(RuleSpec, String)> = inner
-            .store
-            .instances
-            .iter()
-            .filter_map(|(k, i)| {
-                let rs = inner.rules.get(&i.rule).filter(|r| r.synced)?;
-                let d = inner.deadline(&rs.spec, i, now)?;
-                (d <= now).then(|| (rs.spec.clone(), k.clone()))
-            })
-            .collect();
-        for (spec, k) in due {
+        for k in due {
+            let Some(rule) = inner.store.instances.get(&k).map(|i| i.rule.clone()) else {
+                continue;
+            };
+            let Some(spec) = inner
+                .rules
+                .get(&rule)
+                .filter(|r| r.synced)
+                .map(|r| r.spec.clone())
+            else {
+                continue;
+            };
             inner.step(&spec, &k, Event::Tick, now, &mut b);
         }
         if !b.changes.is_empty() || !b.out.is_empty() {
             self.commit(&mut inner, b);
         }
-        inner
-            .store
-            .instances
-            .values()
-            .filter_map(|i| {
-                let rs = inner.rules.get(&i.rule).filter(|r| r.synced)?;
-                inner.deadline(&rs.spec, i, now)
-            })
-            .min()
-            .unwrap_or(i64::MAX)
+        inner.due.first().map_or(i64::MAX, |(d, _)| *d)
     }
 
-    /// Runs timers for as long as the server runs.
+    /// Writes the instances whose values changed since they were last written: to the store
+    /// (one fsync) and to `tocsin_alerts`.
+    pub fn flush_values(&self) {
+        let mut inner = self.lock();
+        if inner.later.is_empty() {
+            return;
+        }
+        let mut b = Batch::default();
+        for k in std::mem::take(&mut inner.later) {
+            let Some(i) = inner.store.instances.get(&k) else {
+                continue;
+            };
+            let spec = inner.rules.get(&i.rule).map(|r| &r.spec);
+            b.out.push(Published::Alert {
+                key: table_key(i),
+                row: Some(table_row(spec, i)),
+            });
+            b.changes.instances.push((k, Some(i.clone())));
+        }
+        self.commit(&mut inner, b);
+    }
+
+    /// Runs timers, and writes value changes every value interval, for as long as the server
+    /// runs.
     pub async fn run_timers(&self) {
+        let interval = self.value_interval.as_millis().max(1) as i64;
+        let mut next_flush = self.now() + interval;
         loop {
             let next = self.tick();
-            let wait = (next - self.now()).clamp(0, 1000) as u64;
+            let now = self.now();
+            if now >= next_flush {
+                self.flush_values();
+                next_flush = now + interval;
+            }
+            let wait = (next.min(next_flush) - now).clamp(0, 1000) as u64;
             let _ =
                 tokio::time::timeout(Duration::from_millis(wait.max(1)), self.timers.notified())
                     .await;
@@ -456,12 +703,69 @@ impl AlertManager {
 
     /// The oldest queued notification for a sink.
     pub fn next_for(&self, sink: &str) -> Option<Queued> {
-        self.lock()
+        let inner = self.lock();
+        let seq = inner.store.by_sink.get(sink)?.first()?;
+        inner.store.outbox.get(seq).cloned()
+    }
+
+    /// For a grouping sink: the group whose message is due first, if one is due at `now` (the
+    /// group's queued notifications, oldest first), else when the next one will be.
+    pub fn next_group(&self, sink: &str, grouping: &Grouping, now: i64) -> NextGroup {
+        let mut inner = self.lock();
+        let interval = grouping.interval.as_millis() as i64;
+        let wait = grouping.wait.as_millis() as i64;
+        // Groups quiet for a whole interval start over.
+        inner
             .store
-            .outbox
-            .values()
-            .find(|q| q.sink == sink)
-            .cloned()
+            .groups
+            .retain(|(s, _), at| s != sink || *at + interval > now);
+        let Some(seqs) = inner.store.by_sink.get(sink) else {
+            return NextGroup::Idle;
+        };
+        let mut groups: HashMap<String, Vec<&Queued>> = HashMap::new();
+        for q in seqs.iter().filter_map(|s| inner.store.outbox.get(s)) {
+            groups
+                .entry(grouping.key(&q.notification))
+                .or_default()
+                .push(q);
+        }
+        let mut first: Option<(i64, String)> = None;
+        for (key, queued) in &groups {
+            let oldest = queued.iter().map(|q| q.queued_at).min().unwrap_or(now);
+            let due = match inner.store.groups.get(&(sink.to_string(), key.clone())) {
+                Some(sent) => (sent + interval).max(oldest),
+                None => oldest + wait,
+            };
+            if first.as_ref().is_none_or(|(d, _)| due < *d) {
+                first = Some((due, key.clone()));
+            }
+        }
+        match first {
+            None => NextGroup::Idle,
+            Some((due, _)) if due > now => NextGroup::Wait(due),
+            Some((_, key)) => {
+                let queued: Vec<Queued> = groups[&key].iter().map(|q| (*q).clone()).collect();
+                NextGroup::Due { key, queued }
+            }
+        }
+    }
+
+    /// A group's message was delivered: its notifications leave the outbox, and the group's
+    /// next message waits `group_interval` from `now`.
+    pub fn delivered_group(&self, sink: &str, key: &str, seqs: Vec<u64>, now: i64) {
+        let mut inner = self.lock();
+        let c = inner.sinks.entry(sink.to_string()).or_default();
+        c.delivered += seqs.len() as u64;
+        c.messages += 1;
+        c.last_error = None;
+        let changes = Changes {
+            done: seqs,
+            groups: vec![(sink.to_string(), key.to_string(), now)],
+            ..Default::default()
+        };
+        if let Err(e) = inner.store.apply(changes) {
+            tracing::error!("alert store: a delivery could not be recorded: {e}");
+        }
     }
 
     /// Waits until the outbox may have new entries.
@@ -473,6 +777,7 @@ impl AlertManager {
         let mut inner = self.lock();
         let c = inner.sinks.entry(sink.to_string()).or_default();
         c.delivered += 1;
+        c.messages += 1;
         c.last_error = None;
         let changes = Changes {
             done: vec![seq],
@@ -492,12 +797,7 @@ impl AlertManager {
 
     pub fn sink_status(&self, sink: &str) -> SinkStatus {
         let inner = self.lock();
-        let queued = inner
-            .store
-            .outbox
-            .values()
-            .filter(|q| q.sink == sink)
-            .count() as u64;
+        let queued = inner.store.by_sink.get(sink).map_or(0, |s| s.len()) as u64;
         let c = inner.sinks.get(sink);
         SinkStatus {
             queued,
@@ -524,15 +824,14 @@ impl AlertManager {
             out.sample("tocsin_alerts", &[("state", st.as_str())], count(st));
         }
         let mut names: Vec<&String> = inner.sinks.keys().collect();
-        for q in inner.store.outbox.values() {
-            if !names.contains(&&q.sink) {
-                names.push(&q.sink);
+        for sink in inner.store.by_sink.keys() {
+            if !names.contains(&sink) {
+                names.push(sink);
             }
         }
         names.sort();
-        let queued =
-            |n: &String| inner.store.outbox.values().filter(|q| &q.sink == n).count() as u64;
-        let per_sink: [PerSink; 3] = [
+        let queued = |n: &String| inner.store.by_sink.get(n).map_or(0, |s| s.len()) as u64;
+        let per_sink: [PerSink; 4] = [
             (
                 "tocsin_sink_queued",
                 "gauge",
@@ -544,6 +843,12 @@ impl AlertManager {
                 "counter",
                 "Notifications delivered.",
                 &|n| inner.sinks.get(n).map_or(0, |c| c.delivered),
+            ),
+            (
+                "tocsin_sink_messages_total",
+                "counter",
+                "Messages sent: one per notification, or one per group for a sink with group_by.",
+                &|n| inner.sinks.get(n).map_or(0, |c| c.messages),
             ),
             (
                 "tocsin_sink_failures_total",

@@ -6,7 +6,7 @@
 //! is sent, so a crash loses nothing that was promised. When the file holds much more than the
 //! live state, it is rewritten (to a new file, fsynced, renamed over the old one).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -54,7 +54,10 @@ pub struct Instance {
     /// A silence matched it when it was last looked at.
     #[serde(default)]
     pub silenced: bool,
-    /// When its row of `tocsin_alert_state` was last written.
+    /// An inhibiting rule's alert held it back when it was last looked at.
+    #[serde(default)]
+    pub inhibited: bool,
+    /// When it last changed: its row's `updated_at` in `tocsin_alerts`.
     #[serde(default)]
     pub published: i64,
 }
@@ -79,6 +82,7 @@ impl Instance {
             last_notified: None,
             repeats: 0,
             silenced: false,
+            inhibited: false,
             published: now,
         }
     }
@@ -89,31 +93,54 @@ impl Instance {
 pub struct Queued {
     pub seq: u64,
     pub sink: String,
+    /// When it was queued (a grouping sink waits `group_wait` from its group's first).
+    #[serde(default)]
+    pub queued_at: i64,
     pub notification: Notification,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Record {
-    Put { key: String, instance: Instance },
-    Del { key: String },
+    Put {
+        key: String,
+        instance: Instance,
+    },
+    Del {
+        key: String,
+    },
     Out(Queued),
-    Done { seq: u64 },
-    Seq { next: u64 },
+    Done {
+        seq: u64,
+    },
+    Seq {
+        next: u64,
+    },
+    /// A grouping sink sent a group's message at `at`.
+    Group {
+        sink: String,
+        key: String,
+        at: i64,
+    },
 }
 
 /// What a batch of changes does to the store.
 #[derive(Default)]
 pub struct Changes {
-    pub put: Vec<(String, Instance)>,
-    pub del: Vec<String>,
+    /// Instances put (`Some`) or deleted (`None`), in order.
+    pub instances: Vec<(String, Option<Instance>)>,
     pub out: Vec<Queued>,
     pub done: Vec<u64>,
+    /// Groups sent: (sink, group key, when).
+    pub groups: Vec<(String, String, i64)>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.del.is_empty() && self.out.is_empty() && self.done.is_empty()
+        self.instances.is_empty()
+            && self.out.is_empty()
+            && self.done.is_empty()
+            && self.groups.is_empty()
     }
 }
 
@@ -124,6 +151,10 @@ pub struct Store {
     records: u64,
     pub instances: HashMap<String, Instance>,
     pub outbox: BTreeMap<u64, Queued>,
+    /// The outbox's sequence numbers by sink.
+    pub by_sink: HashMap<String, BTreeSet<u64>>,
+    /// When each group of a grouping sink was last sent: by (sink, group key).
+    pub groups: HashMap<(String, String), i64>,
     /// The next outbox sequence number.
     pub next_seq: u64,
 }
@@ -136,7 +167,8 @@ impl Store {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
         let mut instances = HashMap::new();
-        let mut outbox = BTreeMap::new();
+        let mut outbox: BTreeMap<u64, Queued> = BTreeMap::new();
+        let mut groups = HashMap::new();
         let mut next_seq = 1;
         let mut records = 0;
         if path.exists() {
@@ -164,8 +196,15 @@ impl Store {
                         outbox.remove(&seq);
                     }
                     Record::Seq { next } => next_seq = next_seq.max(next),
+                    Record::Group { sink, key, at } => {
+                        groups.insert((sink, key), at);
+                    }
                 }
             }
+        }
+        let mut by_sink: HashMap<String, BTreeSet<u64>> = HashMap::new();
+        for q in outbox.values() {
+            by_sink.entry(q.sink.clone()).or_default().insert(q.seq);
         }
         let writer = RecordWriter::append_to(&path)?;
         Ok(Store {
@@ -174,6 +213,8 @@ impl Store {
             records,
             instances,
             outbox,
+            by_sink,
+            groups,
             next_seq,
         })
     }
@@ -184,25 +225,44 @@ impl Store {
             return Ok(());
         }
         let mut recs = Vec::new();
-        for (key, instance) in changes.put {
-            recs.push(Record::Put {
-                key: key.clone(),
-                instance: instance.clone(),
-            });
-            self.instances.insert(key, instance);
-        }
-        for key in changes.del {
-            self.instances.remove(&key);
-            recs.push(Record::Del { key });
+        for (key, instance) in changes.instances {
+            match instance {
+                Some(instance) => {
+                    recs.push(Record::Put {
+                        key: key.clone(),
+                        instance: instance.clone(),
+                    });
+                    self.instances.insert(key, instance);
+                }
+                None => {
+                    self.instances.remove(&key);
+                    recs.push(Record::Del { key });
+                }
+            }
         }
         for q in changes.out {
             self.next_seq = self.next_seq.max(q.seq + 1);
+            self.by_sink
+                .entry(q.sink.clone())
+                .or_default()
+                .insert(q.seq);
             self.outbox.insert(q.seq, q.clone());
             recs.push(Record::Out(q));
         }
         for seq in changes.done {
-            self.outbox.remove(&seq);
+            if let Some(q) = self.outbox.remove(&seq) {
+                if let Some(seqs) = self.by_sink.get_mut(&q.sink) {
+                    seqs.remove(&seq);
+                    if seqs.is_empty() {
+                        self.by_sink.remove(&q.sink);
+                    }
+                }
+            }
             recs.push(Record::Done { seq });
+        }
+        for (sink, key, at) in changes.groups {
+            self.groups.insert((sink.clone(), key.clone()), at);
+            recs.push(Record::Group { sink, key, at });
         }
         for r in &recs {
             self.writer
@@ -210,7 +270,7 @@ impl Store {
         }
         self.writer.sync()?;
         self.records += recs.len() as u64;
-        let live = (self.instances.len() + self.outbox.len()) as u64;
+        let live = (self.instances.len() + self.outbox.len() + self.groups.len()) as u64;
         if self.records > 10_000 && self.records > 4 * live {
             self.rewrite()?;
         }
@@ -242,6 +302,15 @@ impl Store {
             }
             for q in self.outbox.values() {
                 w.append(&serde_json::to_vec(&Record::Out(q.clone())).map_err(io::Error::other)?)?;
+                n += 1;
+            }
+            for ((sink, key), at) in &self.groups {
+                let r = Record::Group {
+                    sink: sink.clone(),
+                    key: key.clone(),
+                    at: *at,
+                };
+                w.append(&serde_json::to_vec(&r).map_err(io::Error::other)?)?;
                 n += 1;
             }
             w.sync()?;
@@ -276,6 +345,7 @@ mod tests {
         Queued {
             seq,
             sink: "s".into(),
+            queued_at: 0,
             notification: Notification {
                 id: format!("id{seq}"),
                 rule: "r".into(),
@@ -300,16 +370,16 @@ mod tests {
         {
             let mut s = Store::open(dir.path()).unwrap();
             s.apply(Changes {
-                put: vec![
-                    ("k1".into(), instance(State::Pending)),
-                    ("k2".into(), instance(State::Firing)),
+                instances: vec![
+                    ("k1".into(), Some(instance(State::Pending))),
+                    ("k2".into(), Some(instance(State::Firing))),
                 ],
                 out: vec![queued(1), queued(2)],
                 ..Default::default()
             })
             .unwrap();
             s.apply(Changes {
-                del: vec!["k1".into()],
+                instances: vec![("k1".into(), None)],
                 done: vec![1],
                 ..Default::default()
             })

@@ -85,6 +85,11 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Ends the process the hard way, as a crash would.
     pub fn kill(mut self) -> PathBuf {
         self.child.kill().unwrap();
@@ -268,10 +273,11 @@ where
 }
 
 /// A webhook receiver on a free port: answers 503 to its first `fail_first` requests, then 200;
-/// keeps every request's status and JSON body.
+/// keeps every request's status and JSON body, and when it arrived (epoch ms).
 pub struct Receiver {
     pub url: String,
     pub requests: Arc<std::sync::Mutex<Vec<(u16, Value)>>>,
+    pub arrived_ms: Arc<std::sync::Mutex<Vec<i64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -279,13 +285,20 @@ impl Receiver {
     pub async fn start(fail_first: usize) -> Receiver {
         use axum::routing::post;
         let requests: Arc<std::sync::Mutex<Vec<(u16, Value)>>> = Default::default();
+        let arrived_ms: Arc<std::sync::Mutex<Vec<i64>>> = Default::default();
         let seen = requests.clone();
+        let arrived = arrived_ms.clone();
         let app = axum::Router::new().route(
             "/hook",
             post(move |body: axum::body::Bytes| {
                 let seen = seen.clone();
+                let arrived = arrived.clone();
                 async move {
                     let mut seen = seen.lock().unwrap();
+                    arrived
+                        .lock()
+                        .unwrap()
+                        .push(chrono::Utc::now().timestamp_millis());
                     let status = if seen.len() < fail_first { 503 } else { 200 };
                     seen.push((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
                     axum::http::StatusCode::from_u16(status).unwrap()
@@ -300,6 +313,7 @@ impl Receiver {
         Receiver {
             url,
             requests,
+            arrived_ms,
             task,
         }
     }

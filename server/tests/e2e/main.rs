@@ -13,4 +13,5 @@ mod http;
 mod pg;
 mod security;
 mod snmp;
+mod storm;
 mod websocket;

@@ -38,18 +38,25 @@ impl Tocsin {
             }
             Some(_) => {}
         }
-        if kind == ObjectKind::Sink {
+        // Rules that name it (as a sink, or in `inhibit`) keep it.
+        let named_by: Option<(&str, NamesIn)> = match kind {
+            ObjectKind::Sink => Some(("send to it", |o| &o.sinks)),
+            ObjectKind::Rule => Some(("name it in inhibit", |o| &o.inhibit)),
+            _ => None,
+        };
+        if let Some((how, names)) = named_by {
             let users: Vec<&str> = catalog
                 .entries
                 .values()
                 .filter(|e| {
-                    matches!(&e.def, ObjectDef::Rule { options, .. } if options.sinks.contains(&name))
+                    matches!(&e.def, ObjectDef::Rule { options, .. } if names(options).contains(&name))
                 })
                 .map(|e| e.name.as_str())
                 .collect();
             if !users.is_empty() {
                 return Err(SqlError::plan(format!(
-                    "cannot drop sink \"{name}\": rule(s) {} send to it; drop or re-create them first",
+                    "cannot drop {} \"{name}\": rule(s) {} {how}; drop or re-create them first",
+                    kind.as_str().to_lowercase(),
                     users.join(", ")
                 )));
             }
@@ -101,3 +108,6 @@ impl Tocsin {
         })
     }
 }
+
+/// Where a rule's options name other objects.
+type NamesIn = fn(&RuleOptions) -> &Vec<String>;

@@ -45,20 +45,25 @@ impl Tocsin {
             }
         }
         for sink in &opts.sinks {
-            match catalog.entries.get(sink) {
-                Some(e) if e.kind() == ObjectKind::Sink => {}
-                Some(e) => {
-                    return Err(SqlError::plan(format!(
-                        "\"{sink}\" is a {}, not a sink",
-                        e.kind().as_str().to_lowercase()
-                    )))
-                }
-                None => {
-                    return Err(SqlError::plan(format!(
-                        "sink \"{sink}\" does not exist: create it first with CREATE SINK {sink} TO ..."
-                    )))
-                }
+            expect_kind(&catalog, sink, ObjectKind::Sink, "").map_err(|e| match e {
+                None => SqlError::plan(format!(
+                    "sink \"{sink}\" does not exist: create it first with CREATE SINK {sink} TO ..."
+                )),
+                Some(e) => e,
+            })?;
+        }
+        for rule in &opts.inhibit {
+            if *rule == name {
+                return Err(SqlError::plan(format!(
+                    "rule \"{name}\" cannot inhibit itself"
+                )));
             }
+            expect_kind(&catalog, rule, ObjectKind::Rule, "inhibit: ").map_err(|e| match e {
+                None => SqlError::plan(format!(
+                    "inhibit: rule \"{rule}\" does not exist: create the inhibiting rule first"
+                )),
+                Some(e) => e,
+            })?;
         }
         let labels = alert_labels(&plan, &opts);
         self.engine.create_relation(&name, plan.clone()).await?;
@@ -78,5 +83,24 @@ impl Tocsin {
             },
             system: false,
         }))
+    }
+}
+
+/// Checks that `name` is an object of `kind`: `Err(None)` when nothing has that name, an error
+/// (its message after `prefix`) when something else does.
+fn expect_kind(
+    catalog: &Catalog,
+    name: &str,
+    kind: ObjectKind,
+    prefix: &str,
+) -> std::result::Result<(), Option<SqlError>> {
+    match catalog.entries.get(name) {
+        Some(e) if e.kind() == kind => Ok(()),
+        Some(e) => Err(Some(SqlError::plan(format!(
+            "{prefix}\"{name}\" is a {}, not a {}",
+            e.kind().as_str().to_lowercase(),
+            kind.as_str().to_lowercase()
+        )))),
+        None => Err(None),
     }
 }

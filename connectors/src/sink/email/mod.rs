@@ -5,6 +5,8 @@
 //! `starttls` (required) or `tls` overrides what the scheme implies; `username`/`password`;
 //! `from`; `to` (several, comma-separated); `timeout` (default 30s). The subject is
 //! `[FIRING] rule: summary` or `[RESOLVED] rule: summary`; the body lists labels, values and times.
+//! With `group_by`, one message per group: subject `[FIRING:3, RESOLVED:1] rule=...`, and a body
+//! listing every alert of the group.
 
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::webhook::error_chain;
-use super::{Notification, Sink, SinkError, SinkOptions};
+use super::{Group, Notification, Sink, SinkError, SinkOptions};
 
 pub struct Email {
     from: Mailbox,
@@ -112,27 +114,43 @@ impl Email {
 
     /// The message for a notification.
     pub fn message(&self, n: &Notification) -> Result<Message, SinkError> {
+        self.build(n.subject(), n.text())
+    }
+
+    /// One message for a group, listing its alerts.
+    pub fn group_message(&self, g: &Group) -> Result<Message, SinkError> {
+        self.build(g.subject(), g.text())
+    }
+
+    fn build(&self, subject: String, body: String) -> Result<Message, SinkError> {
         let mut m = Message::builder()
             .from(self.from.clone())
-            .subject(n.subject())
+            .subject(subject)
             .header(ContentType::TEXT_PLAIN);
         for t in &self.to {
             m = m.to(t.clone());
         }
-        m.body(n.text())
+        m.body(body)
             .map_err(|e| SinkError::new(format!("building the email: {e}")))
+    }
+
+    async fn deliver(&self, message: Message) -> Result<(), SinkError> {
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| SinkError::new(format!("SMTP {}: {}", self.server, error_chain(&e))))
     }
 }
 
 #[async_trait::async_trait]
 impl Sink for Email {
     async fn send(&self, n: &Notification) -> Result<(), SinkError> {
-        let message = self.message(n)?;
-        self.transport
-            .send(message)
-            .await
-            .map(|_| ())
-            .map_err(|e| SinkError::new(format!("SMTP {}: {}", self.server, error_chain(&e))))
+        self.deliver(self.message(n)?).await
+    }
+
+    async fn send_group(&self, g: &Group) -> Result<(), SinkError> {
+        self.deliver(self.group_message(g)?).await
     }
 }
 

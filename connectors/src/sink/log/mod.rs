@@ -1,7 +1,8 @@
 //! `LOG`: every notification as one structured log line (target `tocsin::alert`), at WARN for a
-//! firing alert and INFO for a resolved one. Never fails, so it is the embedded default's sink.
+//! firing alert and INFO for a resolved one; with `group_by`, one line per group, with its counts
+//! and every alert's subject. Never fails, so it is the embedded default's sink.
 
-use super::{Notification, Sink, SinkError, SinkOptions, Transition};
+use super::{Group, Notification, Sink, SinkError, SinkOptions, Transition};
 
 pub struct Log {
     name: String,
@@ -33,6 +34,27 @@ impl Sink for Log {
                 severity = %n.severity, labels = %labels, values = %values,
                 "{}", n.subject()
             ),
+        }
+        Ok(())
+    }
+
+    async fn send_group(&self, g: &Group) -> Result<(), SinkError> {
+        let labels = serde_json::to_string(&g.labels).unwrap_or_default();
+        let alerts: Vec<String> = g.alerts.iter().map(|n| n.subject()).collect();
+        let ids: Vec<&str> = g.alerts.iter().map(|n| n.id.as_str()).collect();
+        let (firing, resolved) = (g.firing(), g.resolved());
+        if firing > 0 {
+            tracing::warn!(
+                target: "tocsin::alert",
+                sink = %self.name, group = %labels, firing, resolved, ids = %ids.join(","),
+                "{}: {}", g.subject(), alerts.join("; ")
+            );
+        } else {
+            tracing::info!(
+                target: "tocsin::alert",
+                sink = %self.name, group = %labels, firing, resolved, ids = %ids.join(","),
+                "{}: {}", g.subject(), alerts.join("; ")
+            );
         }
         Ok(())
     }

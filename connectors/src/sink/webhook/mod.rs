@@ -5,6 +5,11 @@
 //! `http://alertmanager:9093/api/v2/alerts`) or `slack` (an incoming-webhook message);
 //! `headers` = `'Authorization: Bearer abc; X-Team: ops'`; `timeout` (default 10s).
 //! Any 2xx answer is a delivery; anything else (or no answer within the timeout) is retried.
+//!
+//! With `group_by` (see [`super::group`]), one POST carries a group: in the `json` format
+//! Alertmanager's webhook payload (`alerts` array, `groupLabels`, ...), in the `slack` format
+//! one message listing the alerts. The `alertmanager` format sends alerts one by one and refuses
+//! grouping: Alertmanager groups them itself.
 
 use std::time::Duration;
 
@@ -17,7 +22,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{rfc3339, Notification, Sink, SinkError, SinkOptions, Transition};
+use super::group::{alert_annotations, alert_labels};
+use super::{rfc3339, Group, Notification, Sink, SinkError, SinkOptions, Transition};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -84,6 +90,13 @@ impl Webhook {
                 ))
             }
         };
+        if format == Format::Alertmanager && options.has("group_by") {
+            return Err(
+                "option 'group_by' does not go with format 'alertmanager': Alertmanager \
+                        groups the alerts it receives itself (use its route's group_by)"
+                    .into(),
+            );
+        }
         let headers = options.get("headers").map(parse_headers).transpose()?;
         let timeout = options.duration("timeout", Duration::from_secs(10))?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -115,57 +128,37 @@ impl Webhook {
             }
         }
     }
-}
 
-/// An Alertmanager API v2 `postableAlerts` body: labels are the alert's labels plus `alertname`
-/// (the rule) and `severity`; annotations hold summary, description, the values and tocsin's id.
-pub fn alertmanager_alerts(n: &Notification) -> serde_json::Value {
-    let mut labels = serde_json::Map::new();
-    labels.insert("alertname".into(), n.rule.clone().into());
-    labels.insert("severity".into(), n.severity.clone().into());
-    for (k, v) in &n.labels {
-        labels.insert(k.clone(), v.clone().into());
+    /// The request body for a group in this sink's format.
+    pub fn group_body(&self, g: &Group) -> serde_json::Value {
+        match self.format {
+            Format::Slack => {
+                let emoji = if g.firing() > 0 {
+                    ":red_circle:"
+                } else {
+                    ":large_green_circle:"
+                };
+                let lines: Vec<String> = g
+                    .alerts
+                    .iter()
+                    .map(|n| format!("• {}", n.subject()))
+                    .collect();
+                serde_json::json!({ "text": format!("{emoji} *{}*\n{}", g.subject(), lines.join("\n")) })
+            }
+            // Refused at build; a group is Alertmanager's webhook payload otherwise.
+            Format::Json | Format::Alertmanager => g.to_json(),
+        }
     }
-    let mut annotations = serde_json::Map::new();
-    for (k, v) in &n.values {
-        let v = match v {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        annotations.insert(k.clone(), v.into());
-    }
-    if !n.summary.is_empty() {
-        annotations.insert("summary".into(), n.summary.clone().into());
-    }
-    if !n.description.is_empty() {
-        annotations.insert("description".into(), n.description.clone().into());
-    }
-    annotations.insert("tocsin_id".into(), n.id.clone().into());
-    let ends = match n.state {
-        Transition::Resolved => n.resolved_at,
-        Transition::Firing => n.valid_until,
-    };
-    let mut alert = serde_json::json!({
-        "labels": labels,
-        "annotations": annotations,
-        "startsAt": rfc3339(n.active_since),
-    });
-    if let Some(e) = ends {
-        alert["endsAt"] = rfc3339(e).into();
-    }
-    serde_json::json!([alert])
-}
 
-#[async_trait::async_trait]
-impl Sink for Webhook {
-    async fn send(&self, n: &Notification) -> Result<(), SinkError> {
-        let body = serde_json::to_vec(&self.body(n)).map_err(|e| SinkError::new(e.to_string()))?;
+    /// POSTs a body; `Ok` on any 2xx answer.
+    async fn post(&self, body: &serde_json::Value, id: &str) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(body).map_err(|e| SinkError::new(e.to_string()))?;
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .header(USER_AGENT, concat!("tocsin/", env!("CARGO_PKG_VERSION")))
-            .header("X-Tocsin-Id", n.id.as_str());
+            .header("X-Tocsin-Id", id);
         for (k, v) in &self.headers {
             req = req.header(k, v);
         }
@@ -199,6 +192,37 @@ impl Sink for Webhook {
                     self.timeout
                 ))
             })?
+    }
+}
+
+/// An Alertmanager API v2 `postableAlerts` body: labels are the alert's labels plus `alertname`
+/// (the rule) and `severity`; annotations hold summary, description, the values and tocsin's id.
+pub fn alertmanager_alerts(n: &Notification) -> serde_json::Value {
+    let labels = alert_labels(n);
+    let annotations = alert_annotations(n);
+    let ends = match n.state {
+        Transition::Resolved => n.resolved_at,
+        Transition::Firing => n.valid_until,
+    };
+    let mut alert = serde_json::json!({
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": rfc3339(n.active_since),
+    });
+    if let Some(e) = ends {
+        alert["endsAt"] = rfc3339(e).into();
+    }
+    serde_json::json!([alert])
+}
+
+#[async_trait::async_trait]
+impl Sink for Webhook {
+    async fn send(&self, n: &Notification) -> Result<(), SinkError> {
+        self.post(&self.body(n), &n.id).await
+    }
+
+    async fn send_group(&self, g: &Group) -> Result<(), SinkError> {
+        self.post(&self.group_body(g), &g.id()).await
     }
 }
 
