@@ -11,6 +11,7 @@
 //! | `source` | a source's retained rows on one worker, shared by every reader |
 //! | [`table`] | tables: rows replaced in place by key, for state tocsin keeps (alert instances) |
 //! | [`row`] | compact rows and their conversion to and from Arrow |
+//! | [`error`] | the engine's error type |
 //! | `share` | aggregations shared by every view and rule that contains them |
 //!
 //! The engine knows nothing of SQL text, HTTP or SNMP: it takes plans and record batches.

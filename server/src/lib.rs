@@ -16,6 +16,8 @@
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
 //! | [`sources`] | the connectors tocsin runs itself: `FROM HOST`, `FROM SNMP`, `FROM SNMP TRAP` |
+//! | [`alerts`] | the alert manager: the pure lifecycle, the durable store and outbox, grouped delivery, `tocsin_alerts` and `tocsin_alert_events` |
+//! | [`json`] | results as JSON |
 //! | [`tasks`] | source tasks, rule followers and sink deliveries that follow the catalog |
 //! | [`metrics`] | Prometheus metrics about tocsin itself |
 //! | [`client`], [`agent`] | `tocsin sql` and `tocsin agent` |

@@ -11,6 +11,8 @@
 //! | `show` | `SHOW` and `EXPLAIN` |
 //! | `session` | `SUBSCRIBE` |
 //! | [`options`] | `WITH (...)` options and durations |
+//! | [`functions`] | tocsin's SQL functions registered with DataFusion |
+//! | [`pgcompat`] | what PostgreSQL clients expect: types, `pg_catalog` and `information_schema` tables, query rewriting, functions |
 //! | [`error`] | the error type with statement, line and column |
 //!
 //! [`Tocsin`] is the embeddable API the server calls.

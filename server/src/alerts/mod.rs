@@ -13,15 +13,23 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`lifecycle`] | the lifecycle as a pure function: instance and event → new state, notifications, rows |
-//! | [`store`] | the durable instances and outbox |
-//! | [`deliver`] | one delivery task per sink: outbox order, retries with backoff |
-//! | [`relations`] | `tocsin_alerts` and `tocsin_alert_events`, fed from here |
+//! | this file | the manager: rules' changes into lifecycle steps, deadlines, inhibition, value changes written at a bounded rate |
+//! | [`lifecycle`] | the lifecycle as a pure function: instance and event → new state, notifications, transitions |
+//! | [`store`] | the durable instances, outbox and notification groups |
+//! | [`outbox`] | what delivery asks of the outbox: the next notification, the next due group |
+//! | [`deliver`] | one delivery task per sink: one by one or by group, retries with backoff |
+//! | [`relations`] | `tocsin_alerts` (a table) and `tocsin_alert_events` (a source), fed from here |
+//! | [`views`] | `GET /v1/alerts`, the Alertmanager API's firing alerts, metrics |
 
 pub mod deliver;
 pub mod lifecycle;
+pub mod outbox;
 pub mod relations;
 pub mod store;
+pub mod views;
+
+pub use outbox::NextGroup;
+pub use views::{alert_json, FiringAlert};
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -29,28 +37,15 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tocsin_connectors::sink::Grouping;
-use tocsin_engine::fmt_ms;
+use serde_json::Value;
 use tocsin_engine::{Clock, Datum, Row};
 use tocsin_sql::options::RuleOptions;
-use tocsin_sql::{Silence, SinkStatus};
+use tocsin_sql::Silence;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::alerts::lifecycle::{fnv, Context, Event};
 pub use crate::alerts::lifecycle::{render, value_text};
+use crate::alerts::lifecycle::{Context, Event};
 use crate::alerts::store::{Changes, Instance, Queued, State, Store};
-
-/// What a grouping sink is to do next.
-#[derive(Debug)]
-pub enum NextGroup {
-    /// Nothing is queued.
-    Idle,
-    /// A group is due at this time.
-    Wait(i64),
-    /// This group's message is due: its queued notifications, oldest first.
-    Due { key: String, queued: Vec<Queued> },
-}
 
 /// What the manager needs to know about a rule.
 #[derive(Clone, Debug)]
@@ -342,27 +337,6 @@ impl Inner {
         };
         self.step(&spec, k, event, now, b);
     }
-}
-
-/// An instance as `GET /v1/alerts` shows it.
-pub fn alert_json(i: &Instance, spec: Option<&RuleSpec>) -> Value {
-    let severity = spec.map(|s| s.options.severity.clone()).unwrap_or_default();
-    let summary = spec
-        .and_then(|s| s.options.summary.as_deref())
-        .map(|t| render(t, i, i.state.as_str(), &severity))
-        .unwrap_or_default();
-    json!({
-        "rule": i.rule,
-        "labels": i.labels,
-        "values": i.values,
-        "state": i.state.as_str(),
-        "severity": severity,
-        "summary": summary,
-        "silenced": i.silenced,
-        "inhibited": i.inhibited,
-        "active_since": fmt_ms(i.active_since),
-        "firing_since": i.firing_since.map(fmt_ms),
-    })
 }
 
 impl AlertManager {
@@ -689,257 +663,5 @@ impl AlertManager {
                 tokio::time::timeout(Duration::from_millis(wait.max(1)), self.timers.notified())
                     .await;
         }
-    }
-
-    /// Current instances, for `GET /v1/alerts`.
-    pub fn alerts(&self) -> Vec<Value> {
-        let inner = self.lock();
-        let mut list: Vec<(&String, &Instance)> = inner.store.instances.iter().collect();
-        list.sort_by(|a, b| a.0.cmp(b.0));
-        list.into_iter()
-            .map(|(_, i)| alert_json(i, inner.rules.get(&i.rule).map(|r| &r.spec)))
-            .collect()
-    }
-
-    /// The oldest queued notification for a sink.
-    pub fn next_for(&self, sink: &str) -> Option<Queued> {
-        let inner = self.lock();
-        let seq = inner.store.by_sink.get(sink)?.first()?;
-        inner.store.outbox.get(seq).cloned()
-    }
-
-    /// For a grouping sink: the group whose message is due first, if one is due at `now` (the
-    /// group's queued notifications, oldest first), else when the next one will be.
-    pub fn next_group(&self, sink: &str, grouping: &Grouping, now: i64) -> NextGroup {
-        let mut inner = self.lock();
-        let interval = grouping.interval.as_millis() as i64;
-        let wait = grouping.wait.as_millis() as i64;
-        // Groups quiet for a whole interval start over.
-        inner
-            .store
-            .groups
-            .retain(|(s, _), at| s != sink || *at + interval > now);
-        let Some(seqs) = inner.store.by_sink.get(sink) else {
-            return NextGroup::Idle;
-        };
-        let mut groups: HashMap<String, Vec<&Queued>> = HashMap::new();
-        for q in seqs.iter().filter_map(|s| inner.store.outbox.get(s)) {
-            groups
-                .entry(grouping.key(&q.notification))
-                .or_default()
-                .push(q);
-        }
-        let mut first: Option<(i64, String)> = None;
-        for (key, queued) in &groups {
-            let oldest = queued.iter().map(|q| q.queued_at).min().unwrap_or(now);
-            let due = match inner.store.groups.get(&(sink.to_string(), key.clone())) {
-                Some(sent) => (sent + interval).max(oldest),
-                None => oldest + wait,
-            };
-            if first.as_ref().is_none_or(|(d, _)| due < *d) {
-                first = Some((due, key.clone()));
-            }
-        }
-        match first {
-            None => NextGroup::Idle,
-            Some((due, _)) if due > now => NextGroup::Wait(due),
-            Some((_, key)) => {
-                let queued: Vec<Queued> = groups[&key].iter().map(|q| (*q).clone()).collect();
-                NextGroup::Due { key, queued }
-            }
-        }
-    }
-
-    /// A group's message was delivered: its notifications leave the outbox, and the group's
-    /// next message waits `group_interval` from `now`.
-    pub fn delivered_group(&self, sink: &str, key: &str, seqs: Vec<u64>, now: i64) {
-        let mut inner = self.lock();
-        let c = inner.sinks.entry(sink.to_string()).or_default();
-        c.delivered += seqs.len() as u64;
-        c.messages += 1;
-        c.last_error = None;
-        let changes = Changes {
-            done: seqs,
-            groups: vec![(sink.to_string(), key.to_string(), now)],
-            ..Default::default()
-        };
-        if let Err(e) = inner.store.apply(changes) {
-            tracing::error!("alert store: a delivery could not be recorded: {e}");
-        }
-    }
-
-    /// Waits until the outbox may have new entries.
-    pub fn outbox_changes(&self) -> watch::Receiver<u64> {
-        self.outbox.subscribe()
-    }
-
-    pub fn delivered(&self, sink: &str, seq: u64) {
-        let mut inner = self.lock();
-        let c = inner.sinks.entry(sink.to_string()).or_default();
-        c.delivered += 1;
-        c.messages += 1;
-        c.last_error = None;
-        let changes = Changes {
-            done: vec![seq],
-            ..Default::default()
-        };
-        if let Err(e) = inner.store.apply(changes) {
-            tracing::error!("alert store: a delivery could not be recorded: {e}");
-        }
-    }
-
-    pub fn failed(&self, sink: &str, error: &str) {
-        let mut inner = self.lock();
-        let c = inner.sinks.entry(sink.to_string()).or_default();
-        c.failures += 1;
-        c.last_error = Some(error.to_string());
-    }
-
-    pub fn sink_status(&self, sink: &str) -> SinkStatus {
-        let inner = self.lock();
-        let queued = inner.store.by_sink.get(sink).map_or(0, |s| s.len()) as u64;
-        let c = inner.sinks.get(sink);
-        SinkStatus {
-            queued,
-            delivered: c.map_or(0, |c| c.delivered),
-            failures: c.map_or(0, |c| c.failures),
-            last_error: c.and_then(|c| c.last_error.clone()),
-        }
-    }
-
-    /// Prometheus text: alerts by state, and per sink the queue, deliveries and failures.
-    pub fn render_metrics(&self) -> String {
-        let inner = self.lock();
-        let mut out = crate::metrics::Exposition::default();
-        let count = |st: State| {
-            inner
-                .store
-                .instances
-                .values()
-                .filter(|i| i.state == st)
-                .count()
-        };
-        out.family("tocsin_alerts", "gauge", "Alert instances by state.");
-        for st in [State::Pending, State::Firing] {
-            out.sample("tocsin_alerts", &[("state", st.as_str())], count(st));
-        }
-        let mut names: Vec<&String> = inner.sinks.keys().collect();
-        for sink in inner.store.by_sink.keys() {
-            if !names.contains(&sink) {
-                names.push(sink);
-            }
-        }
-        names.sort();
-        let queued = |n: &String| inner.store.by_sink.get(n).map_or(0, |s| s.len()) as u64;
-        let per_sink: [PerSink; 4] = [
-            (
-                "tocsin_sink_queued",
-                "gauge",
-                "Notifications waiting in the outbox.",
-                &queued,
-            ),
-            (
-                "tocsin_sink_delivered_total",
-                "counter",
-                "Notifications delivered.",
-                &|n| inner.sinks.get(n).map_or(0, |c| c.delivered),
-            ),
-            (
-                "tocsin_sink_messages_total",
-                "counter",
-                "Messages sent: one per notification, or one per group for a sink with group_by.",
-                &|n| inner.sinks.get(n).map_or(0, |c| c.messages),
-            ),
-            (
-                "tocsin_sink_failures_total",
-                "counter",
-                "Failed delivery attempts.",
-                &|n| inner.sinks.get(n).map_or(0, |c| c.failures),
-            ),
-        ];
-        for (name, kind, help, value) in per_sink {
-            out.family(name, kind, help);
-            for n in &names {
-                out.sample(name, &[("sink", n)], value(n));
-            }
-        }
-        out.finish()
-    }
-}
-
-/// Name, type, help and reading of one per-sink metric.
-type PerSink<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&String) -> u64);
-
-/// A firing alert as the Alertmanager API shows it.
-pub struct FiringAlert {
-    /// `alertname` (the rule), `severity` when the rule has one, and the instance's labels.
-    pub labels: BTreeMap<String, String>,
-    /// `summary` and `description`, rendered, when the rule has them.
-    pub annotations: BTreeMap<String, String>,
-    /// The rule's sinks.
-    pub sinks: Vec<String>,
-    /// Stable per instance: rule and labels.
-    pub fingerprint: String,
-    pub firing_since: i64,
-    /// When its state was last written.
-    pub updated: i64,
-    /// Until when it holds without news: as the Alertmanager webhook format's `endsAt`.
-    pub valid_until: i64,
-    /// The active silences that match it.
-    pub silenced_by: Vec<String>,
-}
-
-impl AlertManager {
-    /// Firing alerts (pending ones are not sent anywhere yet, so Alertmanager clients do not see
-    /// them), ordered by fingerprint.
-    pub fn firing(&self) -> Vec<FiringAlert> {
-        let inner = self.lock();
-        let now = self.now();
-        let mut out: Vec<FiringAlert> = inner
-            .store
-            .instances
-            .values()
-            .filter(|i| i.state == State::Firing)
-            .map(|i| {
-                let spec = inner.rules.get(&i.rule).map(|r| &r.spec);
-                let severity = spec.map(|s| s.options.severity.clone()).unwrap_or_default();
-                let mut labels = i.labels.clone();
-                labels.insert("alertname".into(), i.rule.clone());
-                if !severity.is_empty() {
-                    labels.insert("severity".into(), severity.clone());
-                }
-                let mut annotations = BTreeMap::new();
-                if let Some(o) = spec.map(|s| &s.options) {
-                    for (k, t) in [("summary", &o.summary), ("description", &o.description)] {
-                        if let Some(t) = t {
-                            annotations.insert(k.to_string(), render(t, i, "firing", &severity));
-                        }
-                    }
-                }
-                let labels_json = serde_json::to_string(&i.labels).unwrap_or_default();
-                let firing_since = i.firing_since.unwrap_or(i.active_since);
-                FiringAlert {
-                    labels,
-                    annotations,
-                    sinks: spec.map(|s| s.options.sinks.clone()).unwrap_or_default(),
-                    fingerprint: format!("{:016x}", fnv(&[&i.rule, &labels_json])),
-                    firing_since,
-                    updated: i.published.max(firing_since),
-                    valid_until: now.saturating_add(
-                        2 * spec.map_or(0, |s| s.options.repeat.as_millis() as i64),
-                    ),
-                    silenced_by: lifecycle::silenced_by(&inner.silences, i, &severity, now)
-                        .cloned()
-                        .collect(),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
-        out
-    }
-
-    /// The silences in the catalog, by name.
-    pub fn silences(&self) -> Vec<(String, Silence)> {
-        self.lock().silences.clone()
     }
 }
