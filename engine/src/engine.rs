@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::error::{EngineError, Result};
 use crate::plan::Plan;
-use crate::render::subscribe::WorkerUpdate;
+use crate::render::subscribe::{Backlog, WorkerUpdate};
 use crate::render::Time;
 use crate::row::{check_schema, rows_to_batch, Row};
 use crate::share::Shares;
@@ -821,6 +821,7 @@ impl Engine {
     pub async fn subscribe(&self, plan: Plan) -> Result<Subscription> {
         let (tx, updates) = unbounded_channel();
         let (reply, rx) = unbounded_channel();
+        let backlog = Arc::new(Backlog::default());
         let (id, as_of) = {
             let mut c = self.coord()?;
             let deps = Self::check_plan(&c, &plan)?;
@@ -834,6 +835,7 @@ impl Engine {
                 plan: plan.clone(),
                 as_of,
                 tx: tx.clone(),
+                backlog: backlog.clone(),
                 reply: reply.clone(),
             })?;
             (id, as_of)
@@ -847,6 +849,8 @@ impl Engine {
             pending: BTreeMap::new(),
             ready: Default::default(),
             reported: as_of,
+            backlog,
+            ended: false,
         };
         collect(rx, self.shared.workers).await?;
         Ok(sub)
@@ -903,7 +907,14 @@ pub enum SubscribeEvent {
     },
     /// Every change before this time has been reported.
     Progress(u64),
+    /// The subscriber fell behind its bound (see [`Subscription::bound`]): changes were left out,
+    /// about this many. The subscription ends here; subscribe again for a fresh snapshot.
+    Lagged { behind: u64 },
 }
+
+/// Changes of one time not yet complete on every worker, with the changes and bytes the backlog
+/// counts for them.
+type Held = (Vec<(Row, isize)>, usize, usize);
 
 /// A live subscription. Dropping it stops the dataflow behind it.
 pub struct Subscription {
@@ -912,9 +923,13 @@ pub struct Subscription {
     schema: SchemaRef,
     updates: UnboundedReceiver<(usize, WorkerUpdate)>,
     frontiers: Vec<Option<Time>>,
-    pending: BTreeMap<Time, Vec<(Row, isize)>>,
-    ready: std::collections::VecDeque<SubscribeEvent>,
+    /// Changes per time until every worker is past it, with what the backlog counts for them.
+    pending: BTreeMap<Time, Held>,
+    /// Events to hand out, with the changes and bytes the backlog counts for each.
+    ready: std::collections::VecDeque<(SubscribeEvent, usize, usize)>,
     reported: Time,
+    backlog: Arc<Backlog>,
+    ended: bool,
 }
 
 impl Subscription {
@@ -922,17 +937,50 @@ impl Subscription {
         &self.schema
     }
 
+    /// Bounds the changes waiting for this subscriber (unbounded until set): past `changes`
+    /// changes or about `bytes` bytes of them, the subscription lags, the workers send it no more
+    /// changes, and [`Subscription::next`] answers [`SubscribeEvent::Lagged`].
+    pub fn bound(&self, changes: usize, bytes: usize) {
+        self.backlog.bound(changes, bytes);
+    }
+
+    /// The backlog: what waits for this subscriber, and whether it lags.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
+    }
+
     /// The next event, or `None` once the subscription can produce nothing more (also when
-    /// what it reads is dropped).
+    /// what it reads is dropped, and after [`SubscribeEvent::Lagged`]).
     pub async fn next(&mut self) -> Option<SubscribeEvent> {
         loop {
-            if let Some(e) = self.ready.pop_front() {
+            if self.ended {
+                return None;
+            }
+            if self.backlog.lagging() {
+                self.ended = true;
+                let behind = self.backlog.behind();
+                for (_, c, b) in std::mem::take(&mut self.ready) {
+                    self.backlog.release(c, b);
+                }
+                for (_, (_, c, b)) in std::mem::take(&mut self.pending) {
+                    self.backlog.release(c, b);
+                }
+                return Some(SubscribeEvent::Lagged { behind });
+            }
+            if let Some((e, c, b)) = self.ready.pop_front() {
+                self.backlog.release(c, b);
                 return Some(e);
             }
-            let (w, u) = self.updates.recv().await?;
+            let Some((w, u)) = self.updates.recv().await else {
+                self.ended = true;
+                return None;
+            };
             match u {
-                WorkerUpdate::Changes(t, changes) => {
-                    self.pending.entry(t).or_default().extend(changes)
+                WorkerUpdate::Changes(t, changes, bytes) => {
+                    let e = self.pending.entry(t).or_default();
+                    e.1 += changes.len();
+                    e.2 += bytes;
+                    e.0.extend(changes);
                 }
                 WorkerUpdate::Frontier(f) => {
                     self.frontiers[w] = f;
@@ -943,20 +991,27 @@ impl Subscription {
                         if !all_done && min.is_some_and(|m| t >= m) {
                             break;
                         }
-                        let (t, mut updates) = self.pending.pop_first().expect("non-empty");
+                        let (t, (mut updates, c, b)) = self.pending.pop_first().expect("non-empty");
                         consolidate(&mut updates);
-                        if !updates.is_empty() {
-                            self.ready
-                                .push_back(SubscribeEvent::Changes { time: t, updates });
+                        if updates.is_empty() {
+                            self.backlog.release(c, b);
+                        } else {
+                            self.ready.push_back((
+                                SubscribeEvent::Changes { time: t, updates },
+                                c,
+                                b,
+                            ));
                         }
                     }
                     match min {
                         Some(m) if m > self.reported => {
                             self.reported = m;
-                            self.ready.push_back(SubscribeEvent::Progress(m));
+                            self.ready.push_back((SubscribeEvent::Progress(m), 0, 0));
                         }
                         None if all_done => {
-                            if let Some(e) = self.ready.pop_front() {
+                            self.ended = self.ready.is_empty();
+                            if let Some((e, c, b)) = self.ready.pop_front() {
+                                self.backlog.release(c, b);
                                 return Some(e);
                             }
                             return None;

@@ -32,6 +32,7 @@ pub use engine::{
 };
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};
+pub use render::subscribe::Backlog;
 pub use row::{Datum, Row};
 pub use source::batch_bytes;
 pub use table::TableWrite;

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::error::{EngineError, Result};
 use crate::plan::Plan;
 use crate::render::spans::ArrowSpans;
-use crate::render::subscribe::{render_subscribe, WorkerUpdate};
+use crate::render::subscribe::{render_subscribe, Backlog, WorkerUpdate};
 use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
 use crate::source::{Retained, SourceLog};
@@ -86,6 +86,7 @@ pub(crate) enum Command {
         plan: Plan,
         as_of: Time,
         tx: UnboundedSender<(usize, WorkerUpdate)>,
+        backlog: Arc<Backlog>,
         reply: Reply<()>,
     },
     DropSubscription {
@@ -242,6 +243,7 @@ impl WorkerState {
                 plan,
                 as_of,
                 tx,
+                backlog,
                 reply,
             } => {
                 let errors = Rc::new(RefCell::new(DataflowErrors::default()));
@@ -256,7 +258,7 @@ impl WorkerState {
                             errors,
                         };
                         ctx.render(&plan)
-                            .map(|coll| render_subscribe(coll, as_of, index, tx))
+                            .map(|coll| render_subscribe(coll, as_of, index, tx, backlog))
                     });
                 if result.is_ok() {
                     self.subscriptions.insert(id, df_index);

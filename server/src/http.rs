@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -530,7 +531,16 @@ fn too_large(e: axum::Error) -> bool {
     )
 }
 
-/// `GET /v1/subscribe?q=NAME_OR_SELECT` (WebSocket).
+/// What to do with a subscriber that falls behind its buffer (`?slow=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slow {
+    /// Close the socket with code 1008 and the reason (the default).
+    Close,
+    /// Drop what it missed; once it reads again, send `{"resync": true}` and a fresh snapshot.
+    Snapshot,
+}
+
+/// `GET /v1/subscribe?q=NAME_OR_SELECT[&slow=close|snapshot]` (WebSocket).
 async fn subscribe(
     State(app): State<AppRef>,
     Query(params): Query<HashMap<String, String>>,
@@ -543,26 +553,24 @@ async fn subscribe(
             "give the view, rule, source or SELECT to follow as ?q=",
         );
     };
+    let slow = match params.get("slow").map(String::as_str) {
+        None | Some("close") => Slow::Close,
+        Some("snapshot") => Slow::Snapshot,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown slow '{other}': use close or snapshot"),
+            )
+        }
+    };
     // The text is parsed on its own into a name or one query, and the statement built from
     // what was parsed: nothing the client sends is pasted into SQL.
     let target = match tocsin_sql::parser::parse_subscribe_target(q) {
         Ok(t) => t,
         Err(e) => return sql_error(&e),
     };
-    let statement = tocsin_sql::Located {
-        statement: tocsin_sql::parser::Statement::Subscribe { target },
-        start: datafusion::sql::sqlparser::tokenizer::Location::new(1, 1),
-    };
-    let sub = match app.tocsin.execute_parsed(vec![statement]).await {
-        Ok(mut r) => match r.pop() {
-            Some(StatementResult::Subscribe(s)) => s,
-            _ => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "SUBSCRIBE gave no subscription",
-                )
-            }
-        },
+    let sub = match open_subscription(&app, &target).await {
+        Ok(s) => s,
         Err(e) => return sql_error(&e),
     };
     let max = app.limits.max_frame;
@@ -570,12 +578,71 @@ async fn subscribe(
         .max_frame_size(max)
         .on_upgrade(move |socket| async move {
             let _conn = conn;
-            follow(sub, socket).await
+            follow(app, target, sub, socket, slow).await
         })
 }
 
-async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
-    let schema = sub.schema().clone();
+/// Subscribes to `target`, bounded by the subscriber buffer and counted in the metrics.
+async fn open_subscription(
+    app: &AppRef,
+    target: &tocsin_sql::parser::SubscribeTarget,
+) -> Result<tocsin_engine::Subscription, tocsin_sql::SqlError> {
+    let statement = tocsin_sql::Located {
+        statement: tocsin_sql::parser::Statement::Subscribe {
+            target: target.clone(),
+        },
+        start: datafusion::sql::sqlparser::tokenizer::Location::new(1, 1),
+    };
+    match app.tocsin.execute_parsed(vec![statement]).await?.pop() {
+        Some(StatementResult::Subscribe(s)) => {
+            app.limits.bound(&s);
+            app.metrics.subscriber(s.backlog());
+            Ok(s)
+        }
+        _ => Err(tocsin_sql::SqlError::internal(
+            "SUBSCRIBE gave no subscription",
+        )),
+    }
+}
+
+/// Why a subscriber's socket stops.
+enum Stop {
+    /// The client went away.
+    Gone,
+    /// The subscription fell behind while the client was not reading.
+    Lagged,
+}
+
+/// Sends a frame. With [`Slow::Close`], gives up when the subscription starts lagging while the
+/// client does not take the frame: a client that stopped reading cannot be sent a close frame.
+async fn send_watching(
+    socket: &mut WebSocket,
+    msg: Message,
+    backlog: &tocsin_engine::Backlog,
+    slow: Slow,
+) -> Result<(), Stop> {
+    let send = socket.send(msg);
+    tokio::pin!(send);
+    loop {
+        tokio::select! {
+            r = &mut send => return r.map_err(|_| Stop::Gone),
+            _ = tokio::time::sleep(Duration::from_millis(200)), if slow == Slow::Close => {
+                if backlog.lagging() {
+                    return Err(Stop::Lagged);
+                }
+            }
+        }
+    }
+}
+
+async fn follow(
+    app: AppRef,
+    target: tocsin_sql::parser::SubscribeTarget,
+    mut sub: tocsin_engine::Subscription,
+    mut socket: WebSocket,
+    slow: Slow,
+) {
+    let mut schema = sub.schema().clone();
     loop {
         tokio::select! {
             event = sub.next() => {
@@ -586,10 +653,41 @@ async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
                         .map(|(row, diff)| json!({"time": time, "diff": diff, "row": crate::json::row_object(&schema, row)}))
                         .collect(),
                     SubscribeEvent::Progress(t) => vec![json!({"time": t, "progress": true})],
-                };
-                for f in frames {
-                    if socket.send(Message::Text(f.to_string().into())).await.is_err() {
+                    SubscribeEvent::Lagged { behind } if slow == Slow::Snapshot => {
+                        app.metrics.subscribers_resynced.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("subscriber resynced: {behind} change(s) behind its buffer");
+                        match open_subscription(&app, &target).await {
+                            Ok(s) => {
+                                sub = s;
+                                schema = sub.schema().clone();
+                                vec![json!({"resync": true})]
+                            }
+                            Err(e) => {
+                                close(&mut socket, 1011, e.to_string()).await;
+                                return;
+                            }
+                        }
+                    }
+                    SubscribeEvent::Lagged { behind } => {
+                        app.metrics.subscribers_closed_slow.fetch_add(1, Ordering::Relaxed);
+                        let reason = format!("subscriber too slow: {behind} changes behind");
+                        tracing::info!("subscriber closed: {reason}");
+                        close(&mut socket, 1008, reason).await;
                         return;
+                    }
+                };
+                let backlog = sub.backlog().clone();
+                for f in frames {
+                    match send_watching(&mut socket, Message::Text(f.to_string().into()), &backlog, slow).await {
+                        Ok(()) => {}
+                        Err(Stop::Gone) => return,
+                        Err(Stop::Lagged) => {
+                            app.metrics.subscribers_closed_slow.fetch_add(1, Ordering::Relaxed);
+                            let reason = format!("subscriber too slow: {} changes behind", backlog.behind());
+                            tracing::info!("subscriber closed: {reason}");
+                            close(&mut socket, 1008, reason).await;
+                            return;
+                        }
                     }
                 }
             }
@@ -600,6 +698,20 @@ async fn follow(mut sub: tocsin_engine::Subscription, mut socket: WebSocket) {
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+}
+
+/// How long a client that stopped reading has to take its close frame (what was already sent
+/// comes first) before the connection is dropped without it.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+
+/// Closes a socket with a code and reason, giving up after [`CLOSE_WAIT`]. The subscription
+/// is gone by then, so the wait holds no more than the frames already in the socket.
+async fn close(socket: &mut WebSocket, code: u16, reason: String) {
+    let frame = axum::extract::ws::CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
 }
 
 /// `GET /v1/alerts`: the current alert instances.

@@ -62,6 +62,11 @@ pub struct Limits {
     /// Time a client has to send its first bytes and a request's headers (`--header-timeout`);
     /// a slower one (slowloris) is disconnected.
     pub header_timeout: Duration,
+    /// Changes a subscription may hold for a reader that has not taken them
+    /// (`--subscriber-buffer-changes`); past it (or `subscriber_bytes`) the reader is too slow.
+    pub subscriber_changes: usize,
+    /// About the bytes of those changes (`--subscriber-buffer`).
+    pub subscriber_bytes: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +77,8 @@ impl Default for Limits {
             max_frame: 64 << 20,
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
+            subscriber_changes: 100_000,
+            subscriber_bytes: 16 << 20,
         }
     }
 }
@@ -85,8 +92,36 @@ impl Limits {
             ("max_frame_bytes", self.max_frame as u64),
             ("max_connections", self.max_connections as u64),
             ("header_timeout_seconds", self.header_timeout.as_secs()),
+            ("subscriber_buffer_changes", self.subscriber_changes as u64),
+            ("subscriber_buffer_bytes", self.subscriber_bytes as u64),
         ]
     }
+}
+
+impl Limits {
+    /// Bounds a subscription a client reads (see [`tocsin_engine::Subscription::bound`]).
+    pub fn bound(&self, sub: &tocsin_engine::Subscription) {
+        sub.bound(self.subscriber_changes, self.subscriber_bytes);
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit, as a server holding thousands of
+/// connections needs (the common default soft limit, 1,024, stops it at about a thousand).
+/// Returns the soft and hard limits in effect (`None`: unlimited).
+pub fn raise_open_files() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    if r.current != r.maximum {
+        let raised = Rlimit {
+            current: r.maximum,
+            maximum: r.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            let now = getrlimit(Resource::Nofile);
+            return (now.current, now.maximum);
+        }
+    }
+    (r.current, r.maximum)
 }
 
 /// A size with an optional unit: `65536`, `64KiB`, `64MiB`, `2GiB`, `1.5GB`, `512k`.

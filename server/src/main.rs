@@ -139,6 +139,13 @@ enum Command {
         /// tocsin_alerts and the alert store; transitions are written at once.
         #[arg(long, default_value = "1s")]
         alert_value_interval: String,
+        /// Changes a subscription may hold for a client that has not read them; a client that
+        /// falls further behind is closed (or resynced, if it asked for that).
+        #[arg(long, default_value_t = 100_000)]
+        subscriber_buffer_changes: usize,
+        /// About the bytes those changes may take (e.g. 16MiB).
+        #[arg(long, default_value = "16MiB")]
+        subscriber_buffer: String,
     },
     /// Run SQL on a server and print the results (reads stdin when no SQL is given).
     Sql {
@@ -219,6 +226,8 @@ fn main() {
                 header_timeout,
                 memory_limit,
                 alert_value_interval,
+                subscriber_buffer_changes,
+                subscriber_buffer,
             } => {
                 let mut tokens = Vec::new();
                 // TOCSIN_HTTP_TOKEN is what --http-token (now --admin-token) was read from.
@@ -281,6 +290,8 @@ fn main() {
                         max_frame: size("max-frame", &max_frame)?,
                         max_connections: max_connections.max(1),
                         header_timeout: duration(&header_timeout)?,
+                        subscriber_changes: subscriber_buffer_changes.max(1),
+                        subscriber_bytes: size("subscriber-buffer", &subscriber_buffer)?,
                     },
                     memory_limit: match memory_limit {
                         Some(m) => parse_size(&m).map_err(|e| format!("--memory-limit: {e}"))?,

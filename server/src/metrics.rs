@@ -107,6 +107,11 @@ pub struct Metrics {
     /// Connections open now, on every port.
     pub connections_open: Arc<AtomicU64>,
     pub connections_unrecognized: AtomicU64,
+    /// The backlogs of the subscriptions clients read (WebSocket and PostgreSQL).
+    subscribers: Mutex<Vec<std::sync::Weak<tocsin_engine::Backlog>>>,
+    /// Subscribers that fell behind their buffer: closed, and resynced.
+    pub subscribers_closed_slow: AtomicU64,
+    pub subscribers_resynced: AtomicU64,
 }
 
 /// Gauges read when the metrics are rendered.
@@ -155,6 +160,25 @@ impl Metrics {
             .entry(source.to_string())
             .or_default()
             .clone()
+    }
+
+    /// Counts a subscription a client reads while it lives.
+    pub fn subscriber(&self, backlog: &Arc<tocsin_engine::Backlog>) {
+        let mut list = self.subscribers.lock().expect("subscribers");
+        list.retain(|b| b.strong_count() > 0);
+        list.push(Arc::downgrade(backlog));
+    }
+
+    /// Open subscriptions, and the changes and bytes they hold.
+    fn subscriber_backlogs(&self) -> (u64, u64, u64) {
+        let mut list = self.subscribers.lock().expect("subscribers");
+        list.retain(|b| b.strong_count() > 0);
+        list.iter()
+            .filter_map(|b| b.upgrade())
+            .fold((0, 0, 0), |(n, c, b), backlog| {
+                let (hc, hb) = backlog.held();
+                (n + 1, c + hc as u64, b + hb as u64)
+            })
     }
 
     /// Counts one refused request or connection.
@@ -272,7 +296,40 @@ impl Metrics {
                 g.workers as u64,
             ),
         ];
-        for (name, kind, help, v) in plain {
+        let (open, held_changes, held_bytes) = self.subscriber_backlogs();
+        let subscribers = [
+            (
+                "tocsin_subscribers_open",
+                "gauge",
+                "Subscriptions clients read now (WebSocket and PostgreSQL).",
+                open,
+            ),
+            (
+                "tocsin_subscriber_buffered_changes",
+                "gauge",
+                "Changes waiting for subscribers to read them, over all subscriptions.",
+                held_changes,
+            ),
+            (
+                "tocsin_subscriber_buffered_bytes",
+                "gauge",
+                "About the memory of those changes.",
+                held_bytes,
+            ),
+            (
+                "tocsin_subscribers_closed_slow_total",
+                "counter",
+                "Subscribers closed because they fell behind their buffer.",
+                self.subscribers_closed_slow.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_subscribers_resynced_total",
+                "counter",
+                "Subscribers that fell behind their buffer and were sent a fresh snapshot.",
+                self.subscribers_resynced.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, v) in plain.into_iter().chain(subscribers) {
             out.family(name, kind, help);
             out.sample(name, &[], v);
         }

@@ -240,6 +240,19 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
 
 /// Opens the data dir, binds the address(es) and serves until the process ends.
 pub async fn serve(config: Config) -> Result<(), String> {
+    let (soft, hard) = crate::limits::raise_open_files();
+    let text = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| n.to_string());
+    let wanted = (config.limits.max_connections as u64 + crate::limits::LOOPBACK_RESERVE) + 64;
+    if soft.is_some_and(|s| s < wanted) {
+        tracing::warn!(
+            "open files: the limit is {} (hard {}), below --max-connections {} plus files tocsin keeps open: connections past it fail until others close; raise it (systemd: LimitNOFILE=65536)",
+            text(soft),
+            text(hard),
+            config.limits.max_connections
+        );
+    } else {
+        tracing::info!("open files: limit {} (hard {})", text(soft), text(hard));
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

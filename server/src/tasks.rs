@@ -167,6 +167,8 @@ async fn follow_rule(app: AppRef, rule: String) {
                     }
                 }
                 SubscribeEvent::Progress(_) => progress = true,
+                // A rule's follower is never bounded.
+                SubscribeEvent::Lagged { .. } => {}
             }
             if taken < 1024 {
                 event = sub.next().now_or_never().flatten();

@@ -197,12 +197,30 @@ impl Queries {
             Ok(_) => return Err(user_error(&SqlError::internal("no subscription"), text)),
             Err(e) => return Err(user_error(&e, text)),
         };
+        self.app.limits.bound(&sub);
+        self.app.metrics.subscriber(sub.backlog());
         let schema = sub.schema().clone();
         copy_start(client, schema.fields().len() + 2).await?;
         let mut n = 0;
         while let Some(event) = sub.next().await {
-            let SubscribeEvent::Changes { time, updates } = event else {
-                continue;
+            let (time, updates) = match event {
+                SubscribeEvent::Changes { time, updates } => (time, updates),
+                SubscribeEvent::Progress(_) => continue,
+                SubscribeEvent::Lagged { behind } => {
+                    self.app
+                        .metrics
+                        .subscribers_closed_slow
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let reason = format!(
+                        "subscriber too slow: {behind} changes behind (--subscriber-buffer-changes, --subscriber-buffer); subscribe again for a fresh snapshot"
+                    );
+                    tracing::info!("pg subscriber closed: {reason}");
+                    return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "ERROR".into(),
+                        "53400".into(),
+                        reason,
+                    ))));
+                }
             };
             let mut chunk = String::new();
             for (row, diff) in &updates {

@@ -12,6 +12,7 @@ mod garbage;
 mod http;
 mod pg;
 mod security;
+mod slow;
 mod snmp;
 mod storm;
 mod websocket;
