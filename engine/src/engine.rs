@@ -976,9 +976,9 @@ impl Subscription {
                 return None;
             };
             match u {
-                WorkerUpdate::Changes(t, changes, bytes) => {
+                WorkerUpdate::Changes(t, changes, counted, bytes) => {
                     let e = self.pending.entry(t).or_default();
-                    e.1 += changes.len();
+                    e.1 += counted;
                     e.2 += bytes;
                     e.0.extend(changes);
                 }

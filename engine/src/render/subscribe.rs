@@ -52,15 +52,13 @@ impl Backlog {
     }
 
     /// Takes `changes` of `bytes` into the backlog, unless that passes a bound (then the
-    /// subscription lags from now on and they are left out). The snapshot is always taken: it is
-    /// what subscribing asks for, like a query's result.
-    fn admit(&self, changes: usize, bytes: usize, snapshot: bool) -> bool {
+    /// subscription lags from now on and they are left out).
+    fn admit(&self, changes: usize, bytes: usize) -> bool {
         if !self.lagging.load(Ordering::Relaxed) {
             let c = self.changes.fetch_add(changes, Ordering::Relaxed) + changes;
             let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-            if snapshot
-                || (c <= self.max_changes.load(Ordering::Relaxed)
-                    && b <= self.max_bytes.load(Ordering::Relaxed))
+            if c <= self.max_changes.load(Ordering::Relaxed)
+                && b <= self.max_bytes.load(Ordering::Relaxed)
             {
                 return true;
             }
@@ -110,8 +108,10 @@ pub(crate) fn change_bytes(row: &Row) -> usize {
 /// What one worker tells a subscriber.
 #[derive(Debug)]
 pub(crate) enum WorkerUpdate {
-    /// Changes at one time, complete for this worker, and the bytes the backlog counts for them.
-    Changes(Time, Vec<(Row, isize)>, usize),
+    /// Changes at one time, complete for this worker, and the changes and bytes the backlog
+    /// counts for them (none for the snapshot: it is what subscribing asks for, like a query's
+    /// result, and is not held to the bound).
+    Changes(Time, Vec<(Row, isize)>, usize, usize),
     /// This worker will send nothing more before this time (`None`: nothing more at all).
     Frontier(Option<Time>),
 }
@@ -139,11 +139,19 @@ pub(crate) fn render_subscribe(
                 }
                 let (t, mut changes) = pending.pop_first().expect("non-empty");
                 consolidate(&mut changes);
-                if !changes.is_empty() {
-                    let bytes = changes.iter().map(|(r, _)| change_bytes(r)).sum();
-                    if backlog.admit(changes.len(), bytes, t == as_of) {
-                        let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, bytes)));
-                    }
+                if changes.is_empty() {
+                    continue;
+                }
+                if t == as_of {
+                    let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, 0, 0)));
+                    continue;
+                }
+                let (n, bytes) = (
+                    changes.len(),
+                    changes.iter().map(|(r, _)| change_bytes(r)).sum(),
+                );
+                if backlog.admit(n, bytes) {
+                    let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, n, bytes)));
                 }
             }
             if reported != Some(f) {

@@ -15,7 +15,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const SCHEMA: &str = "
-    CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP WITH (retain = '1 minute');
+    CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP WITH (retain = '1 hour');
     CREATE VIEW per_host AS SELECT host, max(v) AS v, count(*) AS n FROM m GROUP BY host";
 
 fn rss(pid: u32) -> u64 {
