@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{rfc3339, Notification, SinkOptions, Transition};
+use super::{fnv, rfc3339, Notification, SinkOptions, Transition};
 
 /// How a sink groups its notifications.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,12 +116,9 @@ impl Group {
     /// Stable for the same group and the same notifications (so a receiver can drop a message
     /// delivered twice): a hash of the key and the notifications' ids.
     pub fn id(&self) -> String {
-        let mut text = self.key.clone();
-        for n in &self.alerts {
-            text.push('\0');
-            text.push_str(&n.id);
-        }
-        format!("{:016x}", fnv(&text))
+        let mut parts = vec![self.key.as_str()];
+        parts.extend(self.alerts.iter().map(|n| n.id.as_str()));
+        format!("{:016x}", fnv(&parts))
     }
 
     /// `[FIRING:3, RESOLVED:1] rule=high_cpu`.
@@ -237,16 +234,6 @@ fn webhook_alert(n: &Notification) -> serde_json::Value {
         // Alertmanager's zero time for an alert that has not ended.
         "endsAt": n.resolved_at.map_or_else(|| "0001-01-01T00:00:00Z".to_string(), rfc3339),
         "generatorURL": "",
-        "fingerprint": format!("{:016x}", fnv(&identity)),
+        "fingerprint": format!("{:016x}", fnv(&[&identity])),
     })
-}
-
-/// FNV-1a, 64 bits.
-fn fnv(text: &str) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
 }

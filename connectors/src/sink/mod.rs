@@ -66,6 +66,19 @@ pub struct Notification {
     pub valid_until: Option<i64>,
 }
 
+/// FNV-1a, 64 bits, over `parts` each followed by a zero byte: stable across versions and
+/// platforms, for notification ids, group ids and alert fingerprints.
+pub fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
 /// RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).map_or_else(

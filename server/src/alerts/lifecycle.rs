@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
+pub use tocsin_connectors::sink::fnv;
 use tocsin_connectors::sink::{Notification, Transition};
 use tocsin_sql::Silence;
 
@@ -242,18 +243,6 @@ pub fn deadline(cx: &Context, i: &Instance) -> Option<i64> {
             d
         }
     }
-}
-
-/// FNV-1a, 64 bits: stable across versions and platforms.
-pub fn fnv(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
-    h
 }
 
 /// A notification about `i`; its id is the same for the same transition of the same alert.

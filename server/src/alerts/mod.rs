@@ -211,12 +211,18 @@ impl Inner {
         })
     }
 
-    fn context<'a>(&'a self, spec: &'a RuleSpec, i: Option<&Instance>, now: i64) -> Context<'a> {
+    /// What a lifecycle step of an instance with `labels` (none: nothing to step) knows.
+    fn context<'a>(
+        &'a self,
+        spec: &'a RuleSpec,
+        labels: Option<&BTreeMap<String, String>>,
+        now: i64,
+    ) -> Context<'a> {
         Context {
             spec,
             silences: &self.silences,
             now,
-            inhibited: i.is_some_and(|i| self.inhibited(spec, &i.labels)),
+            inhibited: labels.is_some_and(|l| self.inhibited(spec, l)),
         }
     }
 
@@ -226,16 +232,12 @@ impl Inner {
     fn step(&mut self, spec: &RuleSpec, k: &str, event: Event, now: i64, b: &mut Batch) {
         let existing = self.store.instances.get(k).cloned();
         let o = {
-            let probe = match (&existing, &event) {
-                (None, Event::Present { labels, values }) => Some(Instance::pending(
-                    &spec.name,
-                    labels.clone(),
-                    values.clone(),
-                    now,
-                )),
-                _ => None,
+            let labels = match (&existing, &event) {
+                (Some(i), _) => Some(&i.labels),
+                (None, Event::Present { labels, .. }) => Some(labels),
+                (None, _) => None,
             };
-            let cx = self.context(spec, existing.as_ref().or(probe.as_ref()), now);
+            let cx = self.context(spec, labels, now);
             lifecycle::step(&cx, existing.clone(), event)
         };
         for n in o.notify {
@@ -305,7 +307,7 @@ impl Inner {
         let Some(rs) = self.rules.get(&i.rule).filter(|r| r.synced) else {
             return;
         };
-        let cx = self.context(&rs.spec, Some(i), now);
+        let cx = self.context(&rs.spec, Some(&i.labels), now);
         if let Some(d) = lifecycle::deadline(&cx, i) {
             self.deadlines.insert(k.to_string(), d);
             self.due.insert((d, k.to_string()));

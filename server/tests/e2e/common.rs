@@ -90,6 +90,18 @@ impl Server {
         self.child.id()
     }
 
+    /// The process's resident memory, bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
     /// Ends the process the hard way, as a crash would.
     pub fn kill(mut self) -> PathBuf {
         self.child.kill().unwrap();

@@ -18,17 +18,6 @@ const SCHEMA: &str = "
     CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP WITH (retain = '1 hour');
     CREATE VIEW per_host AS SELECT host, max(v) AS v, count(*) AS n FROM m GROUP BY host";
 
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        * 1024
-}
-
 async fn subscribe(s: &Server, extra: &str) -> Ws {
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{}/v1/subscribe?q=per_host{extra}", s.addr))
@@ -117,7 +106,7 @@ async fn load(s: &Server, secs: u64, reader: &mut Ws, mirror: &mut Mirror) -> u6
             .await;
         assert_eq!(st, 200, "{ack}");
         tick += 1;
-        peak = peak.max(rss(s.pid()));
+        peak = peak.max(s.rss());
         let next = start + Duration::from_millis(100 * tick);
         while Instant::now() < next {
             match tokio::time::timeout_at(next.into(), reader.next()).await {

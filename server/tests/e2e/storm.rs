@@ -271,18 +271,6 @@ async fn an_inhibiting_rule_holds_back_alerts_that_share_its_labels() {
     );
 }
 
-/// The resident memory of a process, bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|d| {
@@ -352,7 +340,7 @@ async fn a_sustained_storm_keeps_memory_and_disk_flat() {
         accepted += ack["accepted"].as_u64().unwrap();
         tick += 1;
         if tick.is_multiple_of(25) && start.elapsed() > Duration::from_secs(60) {
-            samples.push((rss(s.pid()), dir_bytes(&data)));
+            samples.push((s.rss(), dir_bytes(&data)));
         }
         let next = Duration::from_millis(200 * tick);
         if let Some(wait) = next.checked_sub(start.elapsed()) {
