@@ -53,13 +53,34 @@ pub fn router(app: AppRef) -> Router {
         .with_state(app)
 }
 
+/// Counts requests, and refuses agents' requests (ingest and WebSockets) on a connection let in
+/// on the reserve past `--max-connections` (see [`crate::limits::CONTROL_RESERVE`]).
 async fn count_requests(
     State(app): State<AppRef>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     app.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    let reserve = req.extensions().get::<Conn>().filter(|c| c.reserve);
+    if let Some(conn) = reserve {
+        if is_agent(&req) {
+            let message = crate::listen::over_limit(&app, conn.peer, true);
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+            let h = r.headers_mut();
+            h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+    }
     next.run(req).await
+}
+
+/// Whether a request is an agent's: ingest, or a WebSocket (held open for as long as it lives).
+fn is_agent(req: &axum::extract::Request) -> bool {
+    req.uri().path().starts_with("/v1/ingest/") || req.headers().contains_key(header::UPGRADE)
 }
 
 /// Bodies over `--max-body` are answered 413 with the limit, whether their `Content-Length`
@@ -429,7 +450,7 @@ async fn ingest_ws(
     Path(source): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     conn: Option<Extension<Conn>>,
-    ws: WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
     let (_, default) = match source_of(&app, &source).await {
         Ok(s) => s,
@@ -453,36 +474,45 @@ async fn ingest_ws(
         Some(f @ (Format::Json | Format::Ndjson | Format::Influx(_))) => with_precision(f, p),
         _ => Format::Json,
     };
-    let max = app.limits.max_frame;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            // The connection's slot stays taken for as long as the socket lives.
-            let _conn = conn;
+    let (response, socket) = match crate::ws::upgrade(&mut req, app.limits.max_frame) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    tokio::spawn(async move {
+        // The connection's slot stays taken for as long as the socket lives.
+        let _conn = conn;
+        if let Some(socket) = socket.await {
             ingest_socket(app, source, socket, forced, text_format).await
-        })
+        }
+    });
+    response
 }
 
 async fn ingest_socket(
     app: AppRef,
     source: String,
-    mut socket: WebSocket,
+    mut socket: crate::ws::Socket,
     forced: Option<Format>,
     text_format: Format,
 ) {
-    while let Some(msg) = socket.recv().await {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+    while let Some(msg) = socket.ws.next().await {
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
-                if too_large(e) {
+                if matches!(e, WsError::Capacity(_)) {
                     app.metrics.refused(Refused::FrameTooLarge);
                     let reason = format!(
                         "message larger than {} bytes (--max-frame)",
                         app.limits.max_frame
                     );
                     let _ = socket
-                        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
-                            code: 1009,
+                        .ws
+                        .send(WsMessage::Close(Some(CloseFrame {
+                            code: CloseCode::Size,
                             reason: reason.into(),
                         })))
                         .await;
@@ -490,14 +520,12 @@ async fn ingest_socket(
                 break;
             }
         };
+        let size = msg.len();
         let (format, payload) = match msg {
-            Message::Text(t) => (
-                forced.unwrap_or(text_format),
-                Bytes::from(t.as_str().to_owned()),
-            ),
-            Message::Binary(b) => (forced.unwrap_or(Format::Arrow), b),
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) => continue,
+            WsMessage::Text(t) => (forced.unwrap_or(text_format), Bytes::from(t)),
+            WsMessage::Binary(b) => (forced.unwrap_or(Format::Arrow), b),
+            WsMessage::Close(_) => break,
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
         };
         // Looked up per frame: the source may be dropped or re-created while the socket is open.
         let pushed = match source_of(&app, &source).await {
@@ -513,22 +541,31 @@ async fn ingest_socket(
             }
         };
         if socket
-            .send(Message::Text(reply.to_string().into()))
+            .ws
+            .send(WsMessage::Text(reply.to_string().into()))
             .await
             .is_err()
         {
             break;
         }
+        // A message larger than the read buffer grew it: give that back before waiting.
+        if size > crate::ws::READ_BUFFER {
+            socket = socket.renew().await;
+        }
     }
 }
 
-/// Whether a WebSocket error is a message over the size limit.
-fn too_large(e: axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    matches!(
-        e.into_inner().downcast::<Error>().map(|e| *e),
-        Ok(Error::Capacity(_))
-    )
+/// A subscriber sends nothing but control frames: a larger message is refused (1009) rather
+/// than buffered.
+const SUBSCRIBER_MESSAGE: usize = 64 << 10;
+
+/// A WebSocket's limits and buffers: a small read buffer (`crate::ws::READ_BUFFER`) and
+/// messages written as they are sent.
+fn sized(ws: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max_message)
+        .max_frame_size(max_message)
+        .read_buffer_size(crate::ws::READ_BUFFER)
+        .write_buffer_size(0)
 }
 
 /// What to do with a subscriber that falls behind its buffer (`?slow=`).
@@ -573,13 +610,10 @@ async fn subscribe(
         Ok(s) => s,
         Err(e) => return sql_error(&e),
     };
-    let max = app.limits.max_frame;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let _conn = conn;
-            follow(app, target, sub, socket, slow).await
-        })
+    sized(ws, SUBSCRIBER_MESSAGE).on_upgrade(move |socket| async move {
+        let _conn = conn;
+        follow(app, target, sub, socket, slow).await
+    })
 }
 
 /// Subscribes to `target`, bounded by the subscriber buffer and counted in the metrics.

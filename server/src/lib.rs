@@ -42,3 +42,4 @@ pub mod start;
 pub mod state;
 pub mod tasks;
 pub mod wal;
+pub mod ws;

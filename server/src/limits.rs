@@ -4,12 +4,21 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Connections from loopback peers allowed beyond `--max-connections`, so that the operator's
-/// own `tocsin sql`, psql and health checks still get in when clients have taken every slot.
+/// Connections allowed beyond `--max-connections` for requests that answer and finish: SQL over
+/// HTTP and the PostgreSQL protocol, `/healthz`, `/metrics`. Agents (ingest and WebSockets) are
+/// refused in it, so that a fleet holding every slot does not lock the operator out.
+pub const CONTROL_RESERVE: u64 = 64;
+
+/// Connections from loopback peers allowed beyond that, so that the operator's own
+/// `tocsin sql`, psql and health checks still get in when remote clients have taken the rest.
 pub const LOOPBACK_RESERVE: u64 = 32;
+
+/// Files the process keeps open besides connections (WAL segments, the catalog log, SNMP
+/// sockets, the runtime's own): the connection limit leaves this many of the open-file limit.
+pub const OTHER_FILES: u64 = 256;
 
 /// Whether an address is loopback, an IPv4-mapped one (`::ffff:127.0.0.1`) included.
 pub fn is_loopback(ip: IpAddr) -> bool {
@@ -35,17 +44,87 @@ impl Drop for Slot {
     }
 }
 
-/// The connection a request came on: its peer and its slot.
+/// The connection a request came on: its peer, its slot, and whether it was let in on the
+/// reserve (no agent requests on it).
 #[derive(Clone)]
 pub struct Conn {
     pub peer: SocketAddr,
     pub slot: Arc<Slot>,
+    pub reserve: bool,
 }
 
-/// Whether the `n`-th open connection, from `peer`, is over the limit.
-pub fn over(limits: &Limits, n: u64, peer: IpAddr) -> bool {
+/// How a new connection is let in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Within `--max-connections`: anything.
+    Open,
+    /// On the reserve past it: SQL, health and metrics, not agents.
+    Reserve,
+    /// Past the reserve too.
+    Refused,
+}
+
+/// How the `n`-th open connection, from `peer`, is let in.
+pub fn admit(limits: &Limits, n: u64, peer: IpAddr) -> Admission {
     let max = limits.max_connections as u64;
-    n > max && !(is_loopback(peer) && n <= max + LOOPBACK_RESERVE)
+    let reserve = if is_loopback(peer) {
+        CONTROL_RESERVE + LOOPBACK_RESERVE
+    } else {
+        CONTROL_RESERVE
+    };
+    if n <= max {
+        Admission::Open
+    } else if n <= max + reserve {
+        Admission::Reserve
+    } else {
+        Admission::Refused
+    }
+}
+
+/// The connection limit the open-file limit allows: `wanted`, or less when the soft limit
+/// `files` leaves no room for it, its reserves and [`OTHER_FILES`] (a connection accepted past
+/// the file limit would fail, and nothing would answer, not even `/healthz`).
+pub fn connections_within(wanted: usize, files: Option<u64>) -> usize {
+    let Some(files) = files else {
+        return wanted;
+    };
+    let room = files.saturating_sub(CONTROL_RESERVE + LOOPBACK_RESERVE + OTHER_FILES);
+    (wanted as u64).min(room).max(1) as usize
+}
+
+/// A warning logged at most once per interval, with the number of times it was held back.
+pub struct Throttled {
+    every: Duration,
+    last: Mutex<Option<Instant>>,
+    held: AtomicU64,
+}
+
+impl Throttled {
+    pub fn new(every: Duration) -> Self {
+        Throttled {
+            every,
+            last: Mutex::new(None),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs `message` unless a warning was logged less than the interval ago.
+    pub fn warn(&self, message: impl FnOnce() -> String) {
+        let now = Instant::now();
+        let mut last = self.last.lock().expect("throttle");
+        if last.is_some_and(|t| now.duration_since(t) < self.every) {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(now);
+        drop(last);
+        let held = self.held.swap(0, Ordering::Relaxed);
+        if held > 0 {
+            tracing::warn!("{} ({held} more like it since the last)", message());
+        } else {
+            tracing::warn!("{}", message());
+        }
+    }
 }
 
 /// The limits one server runs with.
@@ -57,7 +136,8 @@ pub struct Limits {
     pub max_sql: usize,
     /// Largest WebSocket message, bytes (`--max-frame`): the socket is closed with code 1009.
     pub max_frame: usize,
-    /// Open connections on the port (`--max-connections`); more are answered 503 / 53300.
+    /// Open connections on the port (`--max-connections`); past it only SQL, health and
+    /// metrics get in ([`CONTROL_RESERVE`]), past that all are answered 503 / 53300.
     pub max_connections: usize,
     /// Time a client has to send its first bytes and a request's headers (`--header-timeout`);
     /// a slower one (slowloris) is disconnected.
@@ -75,7 +155,7 @@ impl Default for Limits {
             max_body: 64 << 20,
             max_sql: 1 << 20,
             max_frame: 64 << 20,
-            max_connections: 4096,
+            max_connections: 16_384,
             header_timeout: Duration::from_secs(10),
             subscriber_changes: 100_000,
             subscriber_bytes: 16 << 20,
@@ -156,6 +236,31 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admission() {
+        let limits = Limits {
+            max_connections: 100,
+            ..Limits::default()
+        };
+        let remote: IpAddr = "10.0.0.1".parse().unwrap();
+        let local: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(admit(&limits, 100, remote), Admission::Open);
+        assert_eq!(admit(&limits, 101, remote), Admission::Reserve);
+        assert_eq!(admit(&limits, 164, remote), Admission::Reserve);
+        assert_eq!(admit(&limits, 165, remote), Admission::Refused);
+        assert_eq!(admit(&limits, 165, local), Admission::Reserve);
+        assert_eq!(admit(&limits, 196, local), Admission::Reserve);
+        assert_eq!(admit(&limits, 197, local), Admission::Refused);
+    }
+
+    #[test]
+    fn connections_fit_the_file_limit() {
+        assert_eq!(connections_within(16_384, None), 16_384);
+        assert_eq!(connections_within(16_384, Some(1 << 20)), 16_384);
+        assert_eq!(connections_within(16_384, Some(1024)), 1024 - 64 - 32 - 256);
+        assert_eq!(connections_within(16_384, Some(100)), 1);
+    }
 
     #[test]
     fn sizes() {

@@ -8,9 +8,11 @@
 //! Plain text from another machine is then refused (HTTP with a 400 that says to use https://,
 //! pg in its startup), so a misconfigured client cannot send a password in clear.
 //!
-//! Limits (docs/security.md): at most `--max-connections` open at once (more are answered 503, or
-//! SQLSTATE 53300 over pg), and a client that does not send its first bytes, or an HTTP request's
-//! headers, within `--header-timeout` is disconnected.
+//! Limits (docs/security.md): at most `--max-connections` open at once for anything, and a
+//! reserve past it for requests that answer and finish (SQL over HTTP and pg, `/healthz`,
+//! `/metrics`), on which agents (ingest, WebSockets) are refused; past the reserve every
+//! connection is answered 503, or SQLSTATE 53300 over pg. A client that does not send its first
+//! bytes, or an HTTP request's headers, within `--header-timeout` is disconnected.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::limits::{is_loopback, Conn, Slot};
+use crate::limits::{is_loopback, Admission, Conn, Slot};
 use crate::metrics::Refusal;
 use crate::pg::Backend;
 use crate::state::AppRef;
@@ -101,13 +103,23 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Counts a connection refused at `--max-connections`; the message it is answered with.
-fn over_limit(app: &AppRef) -> String {
+/// Counts and logs a connection refused at the limit; the message it is answered with. `agent`:
+/// an agent's request on the reserve, rather than a connection past the reserve.
+pub fn over_limit(app: &AppRef, peer: SocketAddr, agent: bool) -> String {
     app.metrics.refused(Refusal::ConnectionLimit);
-    format!(
-        "tocsin has {} connections open, its limit (--max-connections): try again shortly",
-        app.limits.max_connections
-    )
+    let max = app.limits.max_connections;
+    let message = if agent {
+        format!(
+            "tocsin has {max} connections open, its limit (--max-connections): agents (ingest and WebSockets) are refused until some close; SQL, /healthz and /metrics still answer"
+        )
+    } else {
+        format!(
+            "tocsin has {max} connections open, its limit (--max-connections), and its reserve for SQL is taken too: try again shortly"
+        )
+    };
+    app.connection_warning
+        .warn(|| format!("refused a connection from {peer}: {message}"));
+    message
 }
 
 /// Serves the main port until the process ends.
@@ -127,9 +139,11 @@ pub async fn run(
         let (router, app, backend, tls) =
             (router.clone(), app.clone(), backend.clone(), tls.clone());
         tokio::spawn(async move {
+            let admission = crate::limits::admit(&app.limits, n, peer.ip());
             let conn = Conn {
                 peer,
                 slot: Arc::new(slot),
+                reserve: admission == Admission::Reserve,
             };
             let timeout = app.limits.header_timeout;
             let mut first = [0u8; 1];
@@ -144,13 +158,12 @@ pub async fn run(
             if n_read == 0 {
                 return;
             }
-            let over = crate::limits::over(&app.limits, n, peer.ip());
             let protocol = sniff(first[0]);
-            if over && protocol != Protocol::Unknown {
-                let message = over_limit(&app);
+            if admission == Admission::Refused && protocol != Protocol::Unknown {
+                let message = over_limit(&app, peer, false);
                 match protocol {
-                    Protocol::Http => refuse_http(stream, 503, &message).await,
-                    Protocol::Postgres => refuse_pg(stream, "53300", &message).await,
+                    Protocol::Http => Box::pin(refuse_http(stream, 503, &message)).await,
+                    Protocol::Postgres => Box::pin(refuse_pg(stream, "53300", &message)).await,
                     _ => {}
                 }
                 return;
@@ -158,13 +171,19 @@ pub async fn run(
             match protocol {
                 Protocol::Http if tls.is_some() && !is_loopback(peer.ip()) => {
                     app.metrics.refused(Refusal::NotTls);
-                    refuse_http(stream, 400, "this port speaks TLS: use https:// or wss://").await;
+                    let refusal = "this port speaks TLS: use https:// or wss://";
+                    Box::pin(refuse_http(stream, 400, refusal)).await;
                 }
-                Protocol::Http => serve_http(TokioIo::new(stream), router, &app, conn).await,
+                Protocol::Http => {
+                    Box::pin(serve_http(TokioIo::new(stream), router, &app, conn)).await
+                }
                 Protocol::Tls => match &tls {
                     Some(tls) => {
-                        match tokio::time::timeout(timeout, tls.http.accept(stream)).await {
-                            Ok(Ok(s)) => serve_http(TokioIo::new(s), router, &app, conn).await,
+                        match tokio::time::timeout(timeout, Box::pin(tls.http.accept(stream))).await
+                        {
+                            Ok(Ok(s)) => {
+                                Box::pin(serve_http(TokioIo::new(s), router, &app, conn)).await
+                            }
                             Ok(Err(e)) => tracing::debug!("TLS handshake with {peer}: {e}"),
                             Err(_) => app.metrics.refused(Refusal::HeaderTimeout),
                         }
@@ -178,7 +197,7 @@ pub async fn run(
                 Protocol::Postgres => {
                     // The slot is held for as long as the session lasts.
                     let _conn = conn;
-                    crate::pg::serve(stream, backend).await
+                    Box::pin(crate::pg::serve(stream, backend)).await
                 }
                 Protocol::Unknown => {
                     app.metrics
@@ -296,8 +315,8 @@ pub async fn run_pg(listener: TcpListener, app: AppRef, backend: Arc<Backend>) {
         // Each connection in its own task: a panic on a malformed message ends only that one.
         tokio::spawn(async move {
             let _slot = slot;
-            if crate::limits::over(&app.limits, n, peer.ip()) {
-                let message = over_limit(&app);
+            if crate::limits::admit(&app.limits, n, peer.ip()) == Admission::Refused {
+                let message = over_limit(&app, peer, false);
                 refuse_pg(stream, "53300", &message).await;
                 return;
             }

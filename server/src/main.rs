@@ -125,8 +125,10 @@ enum Command {
         /// Largest WebSocket message (e.g. 64MiB).
         #[arg(long, default_value = "64MiB")]
         max_frame: String,
-        /// Open connections the port accepts at once.
-        #[arg(long, default_value_t = 4096)]
+        /// Open connections the port accepts at once for anything; past it a reserve of 64 (96
+        /// from loopback) takes SQL, /healthz and /metrics but refuses agents. Lowered to fit
+        /// the open-file limit.
+        #[arg(long, default_value_t = 16_384)]
         max_connections: usize,
         /// Time a client has to send its first bytes and each request's headers.
         #[arg(long, default_value = "10s")]

@@ -218,6 +218,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             allow_host: config.allow_host.clone(),
         },
         limits: config.limits.clone(),
+        connection_warning: crate::limits::Throttled::new(std::time::Duration::from_secs(10)),
         started_ms: chrono::Utc::now().timestamp_millis(),
         _lock: lock,
     });
@@ -239,19 +240,25 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
 }
 
 /// Opens the data dir, binds the address(es) and serves until the process ends.
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(mut config: Config) -> Result<(), String> {
     let (soft, hard) = crate::limits::raise_open_files();
     let text = |n: Option<u64>| n.map_or("unlimited".to_string(), |n| n.to_string());
-    let wanted = (config.limits.max_connections as u64 + crate::limits::LOOPBACK_RESERVE) + 64;
-    if soft.is_some_and(|s| s < wanted) {
+    let wanted = config.limits.max_connections;
+    let fits = crate::limits::connections_within(wanted, soft);
+    if fits < wanted {
         tracing::warn!(
-            "open files: the limit is {} (hard {}), below --max-connections {} plus files tocsin keeps open: connections past it fail until others close; raise it (systemd: LimitNOFILE=65536)",
+            "open files: the limit is {} (hard {}), too low for --max-connections {wanted} with its reserves and the files tocsin keeps open: serving at most {fits} connections; raise it (systemd: LimitNOFILE=65536)",
             text(soft),
             text(hard),
-            config.limits.max_connections
         );
+        config.limits.max_connections = fits;
     } else {
-        tracing::info!("open files: limit {} (hard {})", text(soft), text(hard));
+        tracing::info!(
+            "open files: limit {} (hard {}); up to {wanted} connections (--max-connections) and a reserve of {} for SQL",
+            text(soft),
+            text(hard),
+            crate::limits::CONTROL_RESERVE
+        );
     }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -83,6 +83,8 @@ pub struct App {
     pub browser: BrowserPolicy,
     /// Request sizes, connections and header time.
     pub limits: Limits,
+    /// The warning logged when connections are refused at the limit (at most every 10 s).
+    pub connection_warning: crate::limits::Throttled,
     /// When the server started, epoch ms.
     pub started_ms: i64,
     /// Held (locked) for as long as the server runs, so that two servers never share a data dir.

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod agents;
 mod alerts;
 mod amapi;
 mod backpressure;

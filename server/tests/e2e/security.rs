@@ -978,31 +978,70 @@ async fn request_limits() {
     };
     assert_eq!(u16::from(close.unwrap().code), 1009);
     drop(ws);
-    // Idle connections hold slots until the header timeout closes them; loopback clients (the
-    // operator's own tools) still get in, from the reserve.
+    // Idle connections hold slots until the header timeout closes them. Past the limit, a
+    // reserve still takes SQL and health checks but refuses agents; past the reserve, nothing
+    // from other machines gets in, while loopback clients (the operator's own tools) still do.
     let port = s.addr.rsplit(':').next().unwrap().to_string();
     let other = format!("{}:{port}", network_address());
+    let health = || async {
+        let (st, _, body) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
+            .await
+            .unwrap();
+        (st, String::from_utf8_lossy(&body).to_string())
+    };
     let mut idle = Vec::new();
     for _ in 0..8 {
         idle.push(tokio::net::TcpStream::connect(&other).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (st, _, body) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("--max-connections"));
+    assert_eq!(health().await.0, 200, "the reserve takes health checks");
+    let (st, _, body) = crate::common::request(
+        &other,
+        "POST",
+        "/v1/ingest/m",
+        Some("application/json"),
+        br#"{"host":"a","v":1}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(st, 503, "{body}");
+    assert!(
+        body.contains("agents (ingest and WebSockets) are refused"),
+        "{body}"
+    );
+    let refused = tokio_tungstenite::connect_async(format!("ws://{other}/v1/ingest/m")).await;
+    match refused {
+        Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("a WebSocket on the reserve: {other:?}"),
+    }
+    for _ in 0..64 {
+        idle.push(tokio::net::TcpStream::connect(&other).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, body) = health().await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("--max-connections"), "{body}");
     assert_eq!(s.get("/healthz").await.unwrap().0, 200, "loopback reserve");
-    // The idle ones are closed after the header timeout: the server answers again.
+    assert!(
+        s.log().contains("refused a connection from"),
+        "refusals are logged:\n{}",
+        s.log()
+    );
+    // The idle ones are closed after the header timeout: every slot is free again.
     eventually(10, "slots free again", || async {
-        let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
-            .await
+        let metrics = String::from_utf8(s.get("/metrics").await.ok()?.1).ok()?;
+        let open: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tocsin_connections_open "))?
+            .parse()
             .ok()?;
-        (st == 200).then_some(())
+        (open <= 1).then_some(())
     })
     .await;
     drop(idle);
-    // A WebSocket holds its slot for as long as it is open.
+    // A WebSocket holds its slot for as long as it is open: eight fill the eight, and SQL still
+    // answers, over HTTP and the PostgreSQL protocol.
     let mut sockets = Vec::new();
     for _ in 0..8 {
         let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{other}/v1/ingest/m"))
@@ -1010,10 +1049,31 @@ async fn request_limits() {
             .unwrap();
         sockets.push(ws);
     }
-    let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
-        .await
-        .unwrap();
-    assert_eq!(st, 503, "eight open WebSockets fill eight slots");
+    let ninth = tokio_tungstenite::connect_async(format!("ws://{other}/v1/ingest/m")).await;
+    assert!(
+        matches!(&ninth, Err(tungstenite::Error::Http(r)) if r.status() == 503),
+        "a ninth agent is refused: {ninth:?}"
+    );
+    let (st, _, body) = crate::common::request(
+        &other,
+        "POST",
+        "/v1/sql",
+        Some("text/plain"),
+        b"SELECT count(*) AS n FROM m".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=tocsin dbname=tocsin"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("pg on the reserve");
+    tokio::spawn(conn);
+    let rows = client.simple_query("SELECT 1 AS one").await.unwrap();
+    assert!(!rows.is_empty());
+    drop(client);
     let metrics = String::from_utf8(s.get("/metrics").await.unwrap().1).unwrap();
     let open: u64 = metrics
         .lines()
@@ -1022,12 +1082,20 @@ async fn request_limits() {
         .parse()
         .unwrap();
     assert!(open >= 8, "{open}");
+    let refusals: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tocsin_refused_total{reason=\"connection_limit\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refusals >= 4, "{refusals}");
     drop(sockets);
     eventually(10, "WebSocket slots freed", || async {
-        let (st, _, _) = crate::common::request(&other, "GET", "/healthz", None, Vec::new())
+        let ws = tokio_tungstenite::connect_async(format!("ws://{other}/v1/ingest/m"))
             .await
             .ok()?;
-        (st == 200).then_some(())
+        drop(ws);
+        Some(())
     })
     .await;
     // DNS rebinding on a server listening on every address: a browser on this machine (a

@@ -152,9 +152,35 @@ async fn drain(ws: &mut Ws) -> (usize, Option<u16>, String) {
     }
 }
 
-/// Five subscribers that stop reading on a busy view: the server's peak memory stays within
-/// 100 MB of the same load without them, each is closed with code 1008 and the reason, and a
-/// subscriber that reads keeps every change.
+/// Starts psql following `per_host` with `COPY (SUBSCRIBE ...) TO STDOUT`, its output to a file.
+fn psql_follow(s: &Server, dir: &std::path::Path) -> std::process::Child {
+    let port = s.addr.rsplit(':').next().unwrap();
+    std::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=tocsin dbname=tocsin sslmode=disable"
+        ))
+        .args(["-X", "-v", "VERBOSITY=verbose", "-c"])
+        .arg("COPY (SUBSCRIBE per_host) TO STDOUT")
+        .stdout(std::fs::File::create(dir.join("psql.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("psql.err")).unwrap())
+        .spawn()
+        .expect("psql (postgresql-client) must be installed")
+}
+
+/// Sends a signal (STOP, CONT) to a process.
+fn signal(child: &std::process::Child, name: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name}");
+}
+
+/// Five WebSocket subscribers and a psql following with `COPY (SUBSCRIBE ...)` stop reading on a
+/// busy view (psql stopped with SIGSTOP): the server's peak memory stays within 100 MB of the
+/// same load without them, each WebSocket is closed with code 1008 and the reason, psql gets
+/// SQLSTATE 53400 with the reason, and a subscriber that reads keeps every change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_that_stop_reading_are_closed_and_cost_little() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,6 +202,16 @@ async fn subscribers_that_stop_reading_are_closed_and_cost_little() {
     for _ in 0..5 {
         stalled.push(subscribe(&s, "").await);
     }
+    let mut psql = psql_follow(&s, dir.path());
+    eventually(10, "psql to subscribe", || async {
+        let (_, m) = s.get("/metrics").await.ok()?;
+        String::from_utf8(m)
+            .ok()?
+            .contains("tocsin_subscribers_open 7")
+            .then_some(())
+    })
+    .await;
+    signal(&psql, "STOP");
     let mut mirror = Mirror::default();
     let peak = load(&s, 20, &mut reader, &mut mirror).await;
     catch_up(&s, &mut reader, &mut mirror).await;
@@ -194,10 +230,18 @@ async fn subscribers_that_stop_reading_are_closed_and_cost_little() {
             "{reason}"
         );
     }
+    signal(&psql, "CONT");
+    let status = psql.wait().unwrap();
+    let err = std::fs::read_to_string(dir.path().join("psql.err")).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("53400") && err.contains("subscriber too slow: "),
+        "{err}"
+    );
     let (_, metrics) = s.get("/metrics").await.unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
-        metrics.contains("tocsin_subscribers_closed_slow_total 5"),
+        metrics.contains("tocsin_subscribers_closed_slow_total 6"),
         "{metrics}"
     );
     assert!(metrics.contains("tocsin_limit{limit=\"subscriber_buffer_changes\"} 5000"));
