@@ -64,7 +64,7 @@ async fn count_requests(
     let reserve = req.extensions().get::<Conn>().filter(|c| c.reserve);
     if let Some(conn) = reserve {
         if is_agent(&req) {
-            let message = crate::listen::over_limit(&app, conn.peer, true);
+            let message = app.refuse_connection(conn.peer, true);
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
             let h = r.headers_mut();
             h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

@@ -103,25 +103,6 @@ async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Counts and logs a connection refused at the limit; the message it is answered with. `agent`:
-/// an agent's request on the reserve, rather than a connection past the reserve.
-pub fn over_limit(app: &AppRef, peer: SocketAddr, agent: bool) -> String {
-    app.metrics.refused(Refusal::ConnectionLimit);
-    let max = app.limits.max_connections;
-    let message = if agent {
-        format!(
-            "tocsin has {max} connections open, its limit (--max-connections): agents (ingest and WebSockets) are refused until some close; SQL, /healthz and /metrics still answer"
-        )
-    } else {
-        format!(
-            "tocsin has {max} connections open, its limit (--max-connections), and its reserve for SQL is taken too: try again shortly"
-        )
-    };
-    app.connection_warning
-        .warn(|| format!("refused a connection from {peer}: {message}"));
-    message
-}
-
 /// Serves the main port until the process ends.
 pub async fn run(
     listener: TcpListener,
@@ -160,7 +141,7 @@ pub async fn run(
             }
             let protocol = sniff(first[0]);
             if admission == Admission::Refused && protocol != Protocol::Unknown {
-                let message = over_limit(&app, peer, false);
+                let message = app.refuse_connection(peer, false);
                 match protocol {
                     Protocol::Http => Box::pin(refuse_http(stream, 503, &message)).await,
                     Protocol::Postgres => Box::pin(refuse_pg(stream, "53300", &message)).await,
@@ -316,7 +297,7 @@ pub async fn run_pg(listener: TcpListener, app: AppRef, backend: Arc<Backend>) {
         tokio::spawn(async move {
             let _slot = slot;
             if crate::limits::admit(&app.limits, n, peer.ip()) == Admission::Refused {
-                let message = over_limit(&app, peer, false);
+                let message = app.refuse_connection(peer, false);
                 refuse_pg(stream, "53300", &message).await;
                 return;
             }

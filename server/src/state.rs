@@ -92,3 +92,25 @@ pub struct App {
 }
 
 pub type AppRef = Arc<App>;
+
+impl App {
+    /// Counts and logs a connection refused at the limit; the message it is answered with.
+    /// `agent`: an agent's request on the reserve, rather than a connection past the reserve.
+    pub fn refuse_connection(&self, peer: SocketAddr, agent: bool) -> String {
+        self.metrics
+            .refused(crate::metrics::Refusal::ConnectionLimit);
+        let max = self.limits.max_connections;
+        let message = if agent {
+            format!(
+                "tocsin has {max} connections open, its limit (--max-connections): agents (ingest and WebSockets) are refused until some close; SQL, /healthz and /metrics still answer"
+            )
+        } else {
+            format!(
+                "tocsin has {max} connections open, its limit (--max-connections), and its reserve for SQL is taken too: try again shortly"
+            )
+        };
+        self.connection_warning
+            .warn(|| format!("refused a connection from {peer}: {message}"));
+        message
+    }
+}
