@@ -1,5 +1,6 @@
 //! Shared set-up for tocsin's benchmarks: an engine on a manual clock with one worker, and
-//! batches of metric rows over a fixed set of keys.
+//! batches of metric rows over a fixed set of keys; and ([`server`]) what the end-to-end
+//! benchmarks use to talk to a running `tocsin serve` and read its process.
 
 use std::sync::Arc;
 
@@ -86,5 +87,66 @@ impl Bench {
         self.rt
             .block_on(self.db.engine().sync(names))
             .expect("sync");
+    }
+}
+
+/// Talking to a running `tocsin serve`, and reading its process from `/proc`.
+pub mod server {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+    pub fn client() -> HttpClient {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    /// POSTs `body`; the status and the answer's body.
+    pub async fn post(client: &HttpClient, url: String, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+        let req = hyper::Request::post(url)
+            .header("content-type", ct)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.expect("reach tocsin");
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+    }
+
+    /// Resident memory of a process, MB.
+    pub fn rss_mb(pid: u32) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// CPU time a process has used so far (user and system, all threads), seconds. `/proc`
+    /// counts it in ticks of 1/100 s (`USER_HZ`, 100 on Linux).
+    pub fn cpu_seconds(pid: u32) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line: 11 and 12 (from 0) after the name.
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        (ticks(11) + ticks(12)) / 100.0
     }
 }

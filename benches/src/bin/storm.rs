@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use rand::{Rng, SeedableRng};
+use tocsin_benches::server::{post, rss_mb, HttpClient};
 
 struct Args {
     server: String,
@@ -74,37 +73,6 @@ fn args() -> Args {
     a
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn post(client: &HttpClient, url: String, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
-    let req = hyper::Request::post(url)
-        .header("content-type", ct)
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let resp = client.request(req).await.expect("reach tocsin");
-    let status = resp.status().as_u16();
-    (
-        status,
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-}
-
-/// Resident memory of a process, MB.
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// The sum of a metric's samples in Prometheus text whose line starts with `prefix`.
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()
@@ -116,7 +84,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let client: HttpClient = tocsin_benches::server::client();
     let sink = if a.group {
         "CREATE SINK log TO LOG WITH (group_by = 'rule')"
     } else {
