@@ -877,6 +877,35 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// How far each relation's maintained contents are behind the newest pushed row, in
+    /// milliseconds of logical time (0: it has taken every row pushed so far; `None`: no such
+    /// relation, or one that has not completed its first time yet). Asked of every worker at
+    /// once, so it costs one round trip however many relations are named.
+    pub async fn lag(&self, names: &[String]) -> Result<Vec<Option<u64>>> {
+        let (reply, rx) = unbounded_channel();
+        let newest = {
+            let c = self.coord()?;
+            c.broadcast(&self.shared.threads, || Command::Uppers {
+                names: names.to_vec(),
+                reply: reply.clone(),
+            })?;
+            c.last_push
+        };
+        let per_worker = collect(rx, self.shared.workers).await?;
+        Ok((0..names.len())
+            .map(|i| {
+                let upper = per_worker
+                    .iter()
+                    .map(|w| w.get(i).copied().flatten())
+                    .try_fold(Time::MAX, |m, u| u.map(|u| m.min(u)))?;
+                // Complete before `upper`: every row pushed at a time before it is taken.
+                (upper > 0).then(|| (newest + 1).saturating_sub(upper))
+            })
+            .collect())
+    }
+}
+
 /// `2026-11-21T10:00:00.000Z` for epoch milliseconds (the number itself when out of range).
 pub fn fmt_ms(ms: i64) -> String {
     datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms).map_or_else(

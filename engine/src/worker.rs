@@ -114,6 +114,12 @@ pub(crate) enum Command {
         names: Vec<String>,
         reply: Reply<(u64, Option<String>)>,
     },
+    /// Per name, the time before which the worker's share of the relation is complete (`None`:
+    /// no such relation, `Some(Time::MAX)`: complete for ever).
+    Uppers {
+        names: Vec<String>,
+        reply: Reply<Vec<Option<Time>>>,
+    },
     Shutdown,
 }
 
@@ -307,6 +313,19 @@ impl WorkerState {
                     last = last.or(e.last.clone());
                 }
                 let _ = reply.send((index, Ok((count, last))));
+            }
+            Command::Uppers { names, reply } => {
+                let mut upper = Antichain::new();
+                let uppers = names
+                    .iter()
+                    .map(|n| {
+                        self.traces.get_mut(n).map(|trace| {
+                            trace.read_upper(&mut upper);
+                            upper.first().copied().unwrap_or(Time::MAX)
+                        })
+                    })
+                    .collect();
+                let _ = reply.send((index, Ok(uppers)));
             }
             Command::Shutdown => {}
         }

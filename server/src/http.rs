@@ -795,9 +795,16 @@ async fn metrics(State(app): State<AppRef>) -> Response {
         memory_limit: app.ingest.budget().limit(),
         resident: app.ingest.budget().resident(),
     };
+    let rules = app.alerts.rule_names();
+    let lags = app.tocsin.engine().lag(&rules).await.unwrap_or_default();
+    let lag = rules
+        .into_iter()
+        .zip(lags)
+        .filter_map(|(r, l)| Some((r, l?)))
+        .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        app.metrics.render(&gauges) + &app.alerts.render_metrics(),
+        app.metrics.render(&gauges) + &app.alerts.render_metrics(&lag),
     )
         .into_response()
 }

@@ -73,16 +73,32 @@ impl Tocsin {
         )
     }
 
-    /// `SHOW SOURCES`, `SHOW VIEWS`, `SHOW RULES`: names and statements.
+    /// `SHOW SOURCES`, `SHOW VIEWS`, `SHOW RULES`: names and statements; for rules also how far
+    /// each one's output is behind the newest accepted row (`lag`, e.g. `0 ms`).
     pub(crate) async fn show(&self, kind: ObjectKind) -> Result<StatementResult> {
-        let catalog = self.catalog.lock().await;
-        let rows = catalog
-            .entries
-            .values()
-            .filter(|e| e.kind() == kind && !e.system)
-            .map(|e| vec![e.name.clone(), e.display_sql()])
+        let rows: Vec<Vec<String>> = {
+            let catalog = self.catalog.lock().await;
+            catalog
+                .entries
+                .values()
+                .filter(|e| e.kind() == kind && !e.system)
+                .map(|e| vec![e.name.clone(), e.display_sql()])
+                .collect()
+        };
+        if kind != ObjectKind::Rule {
+            return text_rows(&["name", "sql"], rows);
+        }
+        let names: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
+        let lags = self.engine().lag(&names).await?;
+        let rows = rows
+            .into_iter()
+            .zip(lags)
+            .map(|(mut r, lag)| {
+                r.push(lag.map_or_else(String::new, |ms| format!("{ms} ms")));
+                r
+            })
             .collect();
-        text_rows(&["name", "sql"], rows)
+        text_rows(&["name", "sql", "lag"], rows)
     }
 
     /// `SHOW ALERTS`: the alert manager's current instances.

@@ -56,12 +56,15 @@ pub struct RuleSpec {
     pub labels: Vec<String>,
 }
 
-struct RuleState {
+pub(crate) struct RuleState {
     spec: RuleSpec,
     /// The rule's first complete output has been seen since it was (re)followed.
     synced: bool,
     /// The rule's current rows by instance key: labels, values, multiplicity.
     present: HashMap<String, Present>,
+    /// Sets of output changes taken from the rule, and the rows they changed.
+    evaluations: u64,
+    changed_rows: u64,
 }
 
 /// A rule's current row(s) for one instance.
@@ -429,6 +432,8 @@ impl AlertManager {
                 spec,
                 synced: false,
                 present: HashMap::new(),
+                evaluations: 0,
+                changed_rows: 0,
             },
         );
     }
@@ -445,6 +450,8 @@ impl AlertManager {
         let Some(rs) = inner.rules.get_mut(rule) else {
             return;
         };
+        rs.evaluations += 1;
+        rs.changed_rows += updates.len() as u64;
         let mut touched = HashSet::new();
         // Retractions first, so that a row replaced by another with the same labels ends with
         // the new values.

@@ -1,7 +1,7 @@
 //! What the alert manager shows: `GET /v1/alerts`, the Alertmanager API's view of firing
 //! alerts, and the alert and sink metrics.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 use tocsin_engine::fmt_ms;
@@ -43,10 +43,52 @@ impl AlertManager {
             .collect()
     }
 
-    /// Prometheus text: alerts by state, and per sink the queue, deliveries and failures.
-    pub fn render_metrics(&self) -> String {
+    /// The rules followed, by name.
+    pub fn rule_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().rules.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Prometheus text: alerts by state; per rule its evaluations, changed rows and `lag` (ms,
+    /// by name, from the engine); per sink the queue, deliveries and failures.
+    pub fn render_metrics(&self, lag: &HashMap<String, u64>) -> String {
         let inner = self.lock();
         let mut out = crate::metrics::Exposition::default();
+        let mut rules: Vec<(&String, &super::RuleState)> = inner.rules.iter().collect();
+        rules.sort_by(|a, b| a.0.cmp(b.0));
+        let per_rule: [PerRule; 2] = [
+            (
+                "tocsin_rule_evaluations_total",
+                "Sets of output changes the alert manager took from the rule.",
+                &|r| r.evaluations,
+            ),
+            (
+                "tocsin_rule_output_changes_total",
+                "Rows of the rule's output inserted or retracted.",
+                &|r| r.changed_rows,
+            ),
+        ];
+        for (name, help, value) in per_rule {
+            out.family(name, "counter", help);
+            for (rule, r) in &rules {
+                out.sample(name, &[("rule", rule)], value(r));
+            }
+        }
+        out.family(
+            "tocsin_rule_lag_seconds",
+            "gauge",
+            "How far the rule's output is behind the newest accepted row.",
+        );
+        for (rule, _) in &rules {
+            if let Some(ms) = lag.get(*rule) {
+                out.sample(
+                    "tocsin_rule_lag_seconds",
+                    &[("rule", rule)],
+                    *ms as f64 / 1000.0,
+                );
+            }
+        }
         let count = |st: State| {
             inner
                 .store
@@ -102,6 +144,9 @@ impl AlertManager {
         out.finish()
     }
 }
+
+/// Name, help and reading of one per-rule counter.
+type PerRule<'a> = (&'a str, &'a str, &'a dyn Fn(&super::RuleState) -> u64);
 
 /// Name, type, help and reading of one per-sink metric.
 type PerSink<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&String) -> u64);

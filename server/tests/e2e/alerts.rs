@@ -411,3 +411,37 @@ async fn silences_suppress_matching_alerts_only() {
     .await;
     assert_eq!(got[1]["labels"]["host"], "a");
 }
+
+/// Each rule's evaluations, changed rows and lag are in `/metrics`, and its lag in `SHOW RULES`:
+/// 0 once the rule has taken every accepted row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_lag_and_evaluations_are_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]).await;
+    s.rows(
+        "CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP;
+         CREATE RULE hot AS SELECT host, cpu FROM cpu WHERE cpu > 90 WITH (for = '0s')",
+    )
+    .await;
+    push(&s, "a", 95.0).await;
+    push(&s, "b", 10.0).await;
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}{{rule=\"hot\"}} ")))
+            .and_then(|v| v.parse().ok())
+    };
+    eventually(10, "the rule to have taken both rows", || async {
+        let text = String::from_utf8(s.get("/metrics").await.ok()?.1).ok()?;
+        let evaluations = metric(&text, "tocsin_rule_evaluations_total")?;
+        let changed = metric(&text, "tocsin_rule_output_changes_total")?;
+        let lag = metric(&text, "tocsin_rule_lag_seconds")?;
+        (evaluations >= 1.0 && changed == 1.0 && lag == 0.0).then_some(())
+    })
+    .await;
+    // A read of the rule waits until it has taken every row; then its lag is 0.
+    s.rows("SELECT count(*) FROM hot").await;
+    let rules = s.rows("SHOW RULES").await;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0][0], "hot");
+    assert_eq!(rules[0][2], "0 ms", "{:?}", rules[0]);
+}
