@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,10 +13,12 @@ use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
 use datafusion::arrow::datatypes::SchemaRef;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tocsin_connectors::push::{decode, Decoded, Format, Precision};
 use tocsin_engine::SubscribeEvent;
 use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, StatementResult};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::auth::Caller;
 use crate::ingest::IngestError;
@@ -495,10 +496,6 @@ async fn ingest_socket(
     forced: Option<Format>,
     text_format: Format,
 ) {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-    use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
     while let Some(msg) = socket.ws.next().await {
         let msg = match msg {
             Ok(m) => m,
@@ -509,13 +506,7 @@ async fn ingest_socket(
                         "message larger than {} bytes (--max-frame)",
                         app.limits.max_frame
                     );
-                    let _ = socket
-                        .ws
-                        .send(WsMessage::Close(Some(CloseFrame {
-                            code: CloseCode::Size,
-                            reason: reason.into(),
-                        })))
-                        .await;
+                    socket.close(1009, reason).await;
                 }
                 break;
             }
@@ -542,7 +533,7 @@ async fn ingest_socket(
         };
         if socket
             .ws
-            .send(WsMessage::Text(reply.to_string().into()))
+            .send(WsMessage::text(reply.to_string()))
             .await
             .is_err()
         {
@@ -559,15 +550,6 @@ async fn ingest_socket(
 /// than buffered.
 const SUBSCRIBER_MESSAGE: usize = 64 << 10;
 
-/// A WebSocket's limits and buffers: a small read buffer (`crate::ws::READ_BUFFER`) and
-/// messages written as they are sent.
-fn sized(ws: WebSocketUpgrade, max_message: usize) -> WebSocketUpgrade {
-    ws.max_message_size(max_message)
-        .max_frame_size(max_message)
-        .read_buffer_size(crate::ws::READ_BUFFER)
-        .write_buffer_size(0)
-}
-
 /// What to do with a subscriber that falls behind its buffer (`?slow=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slow {
@@ -582,7 +564,7 @@ async fn subscribe(
     State(app): State<AppRef>,
     Query(params): Query<HashMap<String, String>>,
     conn: Option<Extension<Conn>>,
-    ws: WebSocketUpgrade,
+    mut req: axum::extract::Request,
 ) -> Response {
     let Some(q) = params.get("q") else {
         return error(
@@ -606,14 +588,21 @@ async fn subscribe(
         Ok(t) => t,
         Err(e) => return sql_error(&e),
     };
+    let (response, socket) = match crate::ws::upgrade(&mut req, SUBSCRIBER_MESSAGE) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
     let sub = match open_subscription(&app, &target).await {
         Ok(s) => s,
         Err(e) => return sql_error(&e),
     };
-    sized(ws, SUBSCRIBER_MESSAGE).on_upgrade(move |socket| async move {
+    tokio::spawn(async move {
         let _conn = conn;
-        follow(app, target, sub, socket, slow).await
-    })
+        if let Some(socket) = socket.await {
+            follow(app, target, sub, socket, slow).await
+        }
+    });
+    response
 }
 
 /// Subscribes to `target`, bounded by the subscriber buffer and counted in the metrics.
@@ -650,12 +639,12 @@ enum Stop {
 /// Sends a frame. With [`Slow::Close`], gives up when the subscription starts lagging while the
 /// client does not take the frame: a client that stopped reading cannot be sent a close frame.
 async fn send_watching(
-    socket: &mut WebSocket,
-    msg: Message,
+    socket: &mut crate::ws::Socket,
+    msg: WsMessage,
     backlog: &tocsin_engine::Backlog,
     slow: Slow,
 ) -> Result<(), Stop> {
-    let send = socket.send(msg);
+    let send = socket.ws.send(msg);
     tokio::pin!(send);
     loop {
         tokio::select! {
@@ -673,7 +662,7 @@ async fn follow(
     app: AppRef,
     target: tocsin_sql::parser::SubscribeTarget,
     mut sub: tocsin_engine::Subscription,
-    mut socket: WebSocket,
+    mut socket: crate::ws::Socket,
     slow: Slow,
 ) {
     let mut schema = sub.schema().clone();
@@ -697,55 +686,49 @@ async fn follow(
                                 vec![json!({"resync": true})]
                             }
                             Err(e) => {
-                                close(&mut socket, 1011, e.to_string()).await;
+                                socket.close(1011, e.to_string()).await;
                                 return;
                             }
                         }
                     }
                     SubscribeEvent::Lagged { behind } => {
-                        app.metrics.subscribers_closed_slow.fetch_add(1, Ordering::Relaxed);
-                        let reason = format!("subscriber too slow: {behind} changes behind");
-                        tracing::info!("subscriber closed: {reason}");
-                        close(&mut socket, 1008, reason).await;
-                        return;
+                        return close_slow(&app, &mut socket, behind).await;
                     }
                 };
                 let backlog = sub.backlog().clone();
                 for f in frames {
-                    match send_watching(&mut socket, Message::Text(f.to_string().into()), &backlog, slow).await {
+                    match send_watching(&mut socket, WsMessage::text(f.to_string()), &backlog, slow).await {
                         Ok(()) => {}
                         Err(Stop::Gone) => return,
                         Err(Stop::Lagged) => {
-                            app.metrics.subscribers_closed_slow.fetch_add(1, Ordering::Relaxed);
-                            let reason = format!("subscriber too slow: {} changes behind", backlog.behind());
-                            tracing::info!("subscriber closed: {reason}");
-                            close(&mut socket, 1008, reason).await;
-                            return;
+                            return close_slow(&app, &mut socket, backlog.behind()).await;
                         }
                     }
                 }
             }
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            msg = socket.ws.next() => match msg {
+                Some(Ok(WsMessage::Close(_))) | None => break,
+                Some(Err(e)) => {
+                    if matches!(e, WsError::Capacity(_)) {
+                        socket.close(1009, format!("message larger than {SUBSCRIBER_MESSAGE} bytes")).await;
+                    }
+                    return;
+                }
                 Some(Ok(_)) => {}
             },
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    let _ = socket.ws.send(WsMessage::Close(None)).await;
 }
 
-/// How long a client that stopped reading has to take its close frame (what was already sent
-/// comes first) before the connection is dropped without it.
-const CLOSE_WAIT: Duration = Duration::from_secs(30);
-
-/// Closes a socket with a code and reason, giving up after [`CLOSE_WAIT`]. The subscription
-/// is gone by then, so the wait holds no more than the frames already in the socket.
-async fn close(socket: &mut WebSocket, code: u16, reason: String) {
-    let frame = axum::extract::ws::CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(Message::Close(Some(frame)))).await;
+/// Closes a subscriber that fell `behind` its buffer with code 1008 and the reason, and counts it.
+async fn close_slow(app: &AppRef, socket: &mut crate::ws::Socket, behind: u64) {
+    app.metrics
+        .subscribers_closed_slow
+        .fetch_add(1, Ordering::Relaxed);
+    let reason = format!("subscriber too slow: {behind} changes behind");
+    tracing::info!("subscriber closed: {reason}");
+    socket.close(1008, reason).await;
 }
 
 /// `GET /v1/alerts`: the current alert instances.

@@ -22,11 +22,14 @@ use std::task::{ready, Context, Poll};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
+use futures_util::SinkExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// The buffer a WebSocket reads frames into to begin with; a larger message grows it until it
@@ -153,6 +156,22 @@ impl Socket {
             ws,
             config: self.config,
         }
+    }
+}
+
+/// How long a client that stopped reading has to take a close frame (what was already sent
+/// comes first) before the connection is dropped without it.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Socket {
+    /// Closes the socket with a code and reason, giving up after [`CLOSE_WAIT`].
+    pub async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        let send = self.ws.send(Message::Close(Some(frame)));
+        let _ = tokio::time::timeout(CLOSE_WAIT, send).await;
     }
 }
 

@@ -418,3 +418,19 @@ pub fn mails(maildir: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// Reads a WebSocket to its close frame; the close code (`None`: closed without one).
+pub async fn close_code<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame: {other:?}"),
+        }
+    }
+}

@@ -969,14 +969,7 @@ async fn request_limits() {
     let ack = ws.next().await.unwrap().unwrap();
     assert!(ack.to_text().unwrap().contains("\"accepted\":1"), "{ack}");
     ws.send(Message::Text(big.clone().into())).await.unwrap();
-    let close = loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(f))) => break f,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame: {other:?}"),
-        }
-    };
-    assert_eq!(u16::from(close.unwrap().code), 1009);
+    assert_eq!(crate::common::close_code(&mut ws).await, Some(1009));
     drop(ws);
     // Idle connections hold slots until the header timeout closes them. Past the limit, a
     // reserve still takes SQL and health checks but refuses agents; past the reserve, nothing

@@ -160,6 +160,11 @@ async fn subscriptions_stream_the_snapshot_then_changes() {
             .unwrap();
     let f = next_json(&mut ws).await;
     assert_eq!(f["row"], json!({"host": "c"}));
+    // A subscriber sends nothing but control frames: a large message closes it with 1009.
+    ws.send(Message::binary(vec![0u8; 100 << 10]))
+        .await
+        .unwrap();
+    assert_eq!(crate::common::close_code(&mut ws).await, Some(1009));
     assert!(
         tokio_tungstenite::connect_async(format!("ws://{}/v1/subscribe?q=nope", s.addr))
             .await
