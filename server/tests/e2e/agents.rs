@@ -61,15 +61,21 @@ fn open_files() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn ten_thousand_idle_agents_fit() {
-    open_files();
-    let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]).await;
+/// A server (default limits) with the source `m` agents push to, settled; its resident memory.
+async fn settled(dir: &std::path::Path) -> (Server, u64) {
+    let s = Server::start(&dir.join("d"), &[]).await;
     s.rows("CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP WITH (retain = '1 hour')")
         .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = s.rss();
+    (s, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_idle_agents_fit() {
+    open_files();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, before) = settled(dir.path()).await;
 
     let started = Instant::now();
     let mut agents: Vec<Ws> = Vec::with_capacity(AGENTS);
@@ -149,11 +155,7 @@ async fn large_messages_are_given_back() {
     const SOCKETS: usize = 20;
     const LARGE: usize = 6 << 20;
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("d"), &[]).await;
-    s.rows("CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP WITH (retain = '1 hour')")
-        .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = s.rss();
+    let (s, before) = settled(dir.path()).await;
     let mut sockets = Vec::new();
     for i in 0..SOCKETS {
         let mut ws = agent(&s.addr).await;
