@@ -2,10 +2,13 @@
 //!
 //! It owns time. Every command goes to the workers through per-worker FIFO channels under one
 //! lock, so all workers see DDL in the same order and see data before the time advance that
-//! completes it. A ticker advances every source to the clock's time each `tick` (default 10 ms),
-//! so temporal filters and retention progress without input. A peek at time `T` first advances
-//! every input past `T`, then asks each worker for its share once its frontiers have passed `T`,
-//! which makes the result consistent across relations and workers.
+//! completes it. A ticker advances time when there is something to complete: within a
+//! millisecond of a push (the next millisecond completes it), when an operator's held update
+//! falls due (see [`crate::wake`]), and otherwise every `tick` (default 1 s) so that retention
+//! and compaction follow the clock. An advance moves only the dataflows that have work at it. A
+//! peek at time `T` first advances every input past `T` and moves what it reads, then asks each
+//! worker for its share once its frontiers have passed `T`, which makes the result consistent
+//! across relations and workers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +32,7 @@ use crate::row::{check_schema, rows_to_batch, Row};
 use crate::share::Shares;
 use crate::source::Retained;
 use crate::table::TableWrite;
+use crate::wake::Wakeups;
 use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
@@ -79,7 +83,8 @@ impl Clock {
 pub struct EngineConfig {
     /// Timely worker threads.
     pub workers: usize,
-    /// How often inputs advance to the clock's time when no data arrives.
+    /// How often time advances when nothing else moves it (no pushes, nothing falling due), for
+    /// retention and compaction. Pushes and wake-ups advance it within a millisecond.
     pub tick: Duration,
     pub clock: Clock,
 }
@@ -88,7 +93,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            tick: Duration::from_millis(10),
+            tick: Duration::from_secs(1),
             clock: Clock::system(),
         }
     }
@@ -125,6 +130,10 @@ struct Coord {
     objects: HashMap<String, Object>,
     /// The latest time any row was pushed at.
     last_push: Time,
+    /// Per source or table, the latest time rows were pushed or written at.
+    pushed_at: HashMap<String, Time>,
+    /// Sources and tables that took rows at these times, not yet completed by an advance.
+    pushed: HashMap<String, Time>,
     /// Live subscriptions and what they read; dropping what one reads ends it.
     subscriptions: HashMap<u64, Vec<String>>,
     /// Aggregations shared by views and rules.
@@ -143,6 +152,8 @@ struct Shared {
     pending: Arc<AtomicUsize>,
     /// Arrow memory of every source's retained rows (see [`Retained`]).
     retained_bytes: Arc<AtomicU64>,
+    /// Dataflows to move when their held updates fall due.
+    wakeups: Arc<Wakeups>,
 }
 
 /// A running engine. Cheap to clone; the workers stop when the last clone (and subscription) is gone.
@@ -180,28 +191,120 @@ impl Coord {
     }
 
     /// The time a read (peek or subscription snapshot) happens at: no earlier than the clock, than
-    /// any row already pushed, or than what the inputs have completed. The system clock's ticker
-    /// completes that time within a tick; a manual clock does not move by itself, so its inputs are
-    /// advanced past the read time at once.
+    /// any row already pushed, or than what the inputs have completed. The inputs are advanced
+    /// past it at once (so time may run a millisecond ahead of the clock), and the workers move
+    /// what the read needs when they get it.
     fn read_time(&mut self, shared: &Shared) -> Result<Time> {
         let time = shared
             .clock
             .now()
             .max(self.upper.saturating_sub(1))
             .max(self.last_push);
-        if shared.clock.is_manual() {
-            self.advance(&shared.threads, time + 1)?;
-        }
+        self.advance(shared, time + 1)?;
         Ok(time)
     }
 
-    fn advance(&mut self, threads: &[Thread], to: Time) -> Result<()> {
-        if to > self.upper {
-            self.upper = to;
-            self.broadcast(threads, || Command::AdvanceTo(to))?;
+    /// Advances every input to `to`; the sources and tables pushed before `to`, and the
+    /// dataflows due before it, move there.
+    fn advance(&mut self, shared: &Shared, to: Time) -> Result<()> {
+        if to <= self.upper {
+            return Ok(());
         }
-        Ok(())
+        self.upper = to;
+        let mut pushed = Vec::new();
+        self.pushed.retain(|name, at| {
+            let complete = *at < to;
+            if complete {
+                pushed.push(name.clone());
+            }
+            !complete
+        });
+        let pushed: Arc<[String]> = pushed.into();
+        let due: Arc<[Arc<str>]> = shared.wakeups.take_before(to).into();
+        self.broadcast(&shared.threads, || Command::AdvanceTo {
+            to,
+            pushed: pushed.clone(),
+            due: due.clone(),
+        })
     }
+
+    /// Notes rows pushed to (or written to) `name` at `time`: the next advance past it completes
+    /// them. Wakes the ticker when nothing else was waiting to complete.
+    fn pushed(&mut self, shared: &Shared, name: &str, time: Time) {
+        self.last_push = self.last_push.max(time);
+        if self.pushed.is_empty() {
+            shared.wakeups.wake_ticker();
+        }
+        for map in [&mut self.pushed, &mut self.pushed_at] {
+            match map.get_mut(name) {
+                Some(t) => *t = (*t).max(time),
+                None => {
+                    map.insert(name.to_string(), time);
+                }
+            }
+        }
+    }
+
+    /// When the ticker next has something to do, in logical milliseconds: an advance past the
+    /// earliest push or wake-up not yet completed, or the idle `tick` after the last advance.
+    fn next_advance(&self, shared: &Shared, tick: u64) -> Time {
+        let pending = self.pushed.values().min().copied();
+        let due = shared.wakeups.next();
+        [pending, due]
+            .into_iter()
+            .flatten()
+            .map(|t| t + 1)
+            .min()
+            .unwrap_or(Time::MAX)
+            .min(self.upper + tick)
+    }
+}
+
+/// Advances time when something needs it (see the module's documentation), until the engine is
+/// dropped. Parks in between; pushes and wake-ups earlier than its plan unpark it.
+fn tick(shared: Weak<Shared>, tick: Duration) {
+    let tick_ms = tick.as_millis().max(1) as u64;
+    loop {
+        let wait = {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(mut c) = shared.coord.lock() else {
+                return;
+            };
+            let now = shared.clock.now();
+            if now >= c.next_advance(&shared, tick_ms) {
+                let _ = c.advance(&shared, now);
+            }
+            let next = c.next_advance(&shared, tick_ms);
+            if shared.clock.is_manual() {
+                // A manual clock moves without telling the ticker: look again soon.
+                Duration::from_millis(next.saturating_sub(now).clamp(1, 10))
+            } else {
+                until_millisecond(next.saturating_sub(now))
+            }
+        };
+        std::thread::park_timeout(wait);
+    }
+}
+
+/// How long until the system clock has moved `ms` milliseconds on (to the start of that
+/// millisecond), at least a tenth of a millisecond.
+fn until_millisecond(ms: u64) -> Duration {
+    if ms == 0 {
+        return Duration::from_micros(100);
+    }
+    let into = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1_000_000);
+    Duration::from_nanos(
+        (ms * 1_000_000)
+            .saturating_sub(u64::from(into))
+            .max(100_000),
+    )
 }
 
 /// The rows of a batch a source takes at `time`, and the ones it refuses with reasons.
@@ -289,6 +392,8 @@ impl Engine {
             receivers.push(Some(rx));
         }
         let receivers = Arc::new(Mutex::new(receivers));
+        let wakeups = Arc::new(Wakeups::default());
+        let worker_wakeups = wakeups.clone();
         let (thread_tx, thread_rx) = std::sync::mpsc::channel();
         let thread_tx = Mutex::new(thread_tx);
         let guards = timely::execute(timely::Config::process(workers), move |w| {
@@ -299,7 +404,7 @@ impl Engine {
                 .lock()
                 .expect("thread tx")
                 .send((w.index(), std::thread::current()));
-            worker::run(w, rx);
+            worker::run(w, rx, worker_wakeups.clone());
         })
         .map_err(EngineError::Unavailable)?;
         let mut threads: Vec<Option<Thread>> = vec![None; workers];
@@ -322,6 +427,8 @@ impl Engine {
                 subscriptions: HashMap::new(),
                 shares: Shares::default(),
                 last_push: 0,
+                pushed_at: HashMap::new(),
+                pushed: HashMap::new(),
             }),
             threads: threads.into_iter().map(|t| t.expect("thread")).collect(),
             guards: Mutex::new(Some(guards)),
@@ -329,25 +436,17 @@ impl Engine {
             ticker: Mutex::new(None),
             pending: Arc::new(AtomicUsize::new(0)),
             retained_bytes: Arc::new(AtomicU64::new(0)),
+            wakeups,
         });
         let engine = Engine { shared };
-        engine.coord()?.advance(&engine.shared.threads, now)?;
+        engine.coord()?.advance(&engine.shared, now)?;
         let weak: Weak<Shared> = Arc::downgrade(&engine.shared);
-        let tick = config.tick;
+        let idle = config.tick;
         let ticker = std::thread::Builder::new()
             .name("tocsin-ticker".into())
-            .spawn(move || loop {
-                std::thread::sleep(tick);
-                let Some(shared) = weak.upgrade() else { return };
-                if shared.stop.load(Ordering::SeqCst) {
-                    return;
-                }
-                let now = shared.clock.now();
-                if let Ok(mut c) = shared.coord.lock() {
-                    let _ = c.advance(&shared.threads, now);
-                };
-            })
+            .spawn(move || tick(weak, idle))
             .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        engine.shared.wakeups.set_ticker(ticker.thread().clone());
         *engine.shared.ticker.lock().expect("ticker") = Some(ticker);
         Ok(engine)
     }
@@ -508,7 +607,7 @@ impl Engine {
             )));
         }
         let time = self.shared.clock.now().max(c.upper);
-        c.last_push = c.last_push.max(time);
+        c.pushed(&self.shared, name, time);
         c.senders[0]
             .send(Command::WriteTable {
                 name: name.to_string(),
@@ -623,6 +722,8 @@ impl Engine {
             name: name.to_string(),
         })?;
         let object = c.objects.remove(name).expect("checked above");
+        c.pushed.remove(name);
+        c.pushed_at.remove(name);
         for n in c.shares.release(&object.uses) {
             c.broadcast(&self.shared.threads, || Command::Drop { name: n.clone() })?;
         }
@@ -716,9 +817,9 @@ impl Engine {
         let time = self.shared.clock.now().max(c.upper);
         let info = Self::source_info(&c, name, &batch)?;
         let (batch, rejected) = admit(batch, info, time)?;
-        c.last_push = c.last_push.max(time);
         let accepted = batch.num_rows();
         if accepted > 0 {
+            c.pushed(&self.shared, name, time);
             let w = c.next_worker;
             c.next_worker = (w + 1) % self.shared.workers;
             self.shared.pending.fetch_add(accepted, Ordering::SeqCst);
@@ -884,13 +985,13 @@ impl Engine {
     /// once, so it costs one round trip however many relations are named.
     pub async fn lag(&self, names: &[String]) -> Result<Vec<Option<u64>>> {
         let (reply, rx) = unbounded_channel();
-        let newest = {
+        let newest: Vec<Time> = {
             let c = self.coord()?;
             c.broadcast(&self.shared.threads, || Command::Uppers {
                 names: names.to_vec(),
                 reply: reply.clone(),
             })?;
-            c.last_push
+            names.iter().map(|n| c.newest_push(n)).collect()
         };
         let per_worker = collect(rx, self.shared.workers).await?;
         Ok((0..names.len())
@@ -900,9 +1001,28 @@ impl Engine {
                     .map(|w| w.get(i).copied().flatten())
                     .try_fold(Time::MAX, |m, u| u.map(|u| m.min(u)))?;
                 // Complete before `upper`: every row pushed at a time before it is taken.
-                (upper > 0).then(|| (newest + 1).saturating_sub(upper))
+                (upper > 0).then(|| (newest[i] + 1).saturating_sub(upper))
             })
             .collect())
+    }
+}
+
+impl Coord {
+    /// The latest time rows were pushed to any source or table `name` reads (0: never).
+    fn newest_push(&self, name: &str) -> Time {
+        let mut newest = 0;
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![name];
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n) {
+                continue;
+            }
+            newest = newest.max(self.pushed_at.get(n).copied().unwrap_or(0));
+            if let Some(o) = self.objects.get(n) {
+                todo.extend(o.deps.iter().map(String::as_str));
+            }
+        }
+        newest
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `worker` | the timely worker loop and its commands |
 //! | `render` | plans into dataflows: one file per operator family |
 //! | `source` | a source's retained rows on one worker, shared by every reader |
+//! | `wake` | when dataflows move: pushes, held updates falling due, reads; idle ones cost nothing |
 //! | [`table`] | tables: rows replaced in place by key, for state tocsin keeps (alert instances) |
 //! | [`row`] | compact rows and their conversion to and from Arrow |
 //! | [`error`] | the engine's error type |
@@ -25,6 +26,7 @@ pub mod row;
 mod share;
 mod source;
 pub mod table;
+mod wake;
 mod worker;
 
 pub use engine::{

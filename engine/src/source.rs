@@ -151,10 +151,18 @@ impl SourceLog {
         self.activate_readers();
     }
 
+    /// Every entry appended from now on has a time at least `upper`. The readers are not woken:
+    /// a dataflow moves when it has something to do (see [`crate::wake`]).
     pub fn advance(&mut self, upper: u64) {
-        if upper > self.upper {
-            self.upper = upper;
-            self.activate_readers();
+        self.upper = self.upper.max(upper);
+    }
+
+    /// Wakes every reader, which moves it to the upper.
+    pub fn wake_readers(&self) {
+        for (cursor, act) in &self.readers {
+            if cursor.strong_count() > 0 {
+                act.activate();
+            }
         }
     }
 
@@ -188,6 +196,13 @@ impl SourceLog {
     /// reader has read. `hold` is kept at or below the time of any peek still waiting.
     pub fn prune(&mut self, hold: u64) {
         let hold = hold.min(self.upper);
+        if self
+            .entries
+            .front()
+            .is_none_or(|front| front.expires > hold as i64)
+        {
+            return;
+        }
         let min_cursor = self
             .readers
             .iter()

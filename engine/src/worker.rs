@@ -5,12 +5,11 @@
 //! dataflows in the same order, as timely requires. Data pushes go to one worker each.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::arrow::record_batch::RecordBatch;
 use differential_dataflow::input::InputSession;
@@ -28,10 +27,12 @@ use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
 use crate::source::{Retained, SourceLog};
 use crate::table::{Table, TableWrite};
+use crate::wake::{Alarm, Wakeups};
 
-/// How long an idle worker parks before looking at the clock again.
-const PARK: Duration = Duration::from_millis(5);
-/// How far behind the write frontier arrangements keep distinct times.
+/// How often a worker with a peek waiting looks at its frontiers when nothing else wakes it.
+const PEEK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How far behind the write frontier arrangements keep distinct times; the compaction frontier
+/// moves in steps of this, so that compacting every arrangement happens about once a second.
 const COMPACTION_LAG_MS: u64 = 1_000;
 
 /// What one worker returns for one relation of a peek.
@@ -57,7 +58,14 @@ impl Drop for PushTicket {
 }
 
 pub(crate) enum Command {
-    AdvanceTo(Time),
+    /// Every source's and table's upper is now `to`. The sources and tables named in `pushed`
+    /// took rows since the last advance, and the dataflows in `due` hold updates that fall due
+    /// before `to`: those move to `to` (see [`crate::wake`]); the others stay where they are.
+    AdvanceTo {
+        to: Time,
+        pushed: Arc<[String]>,
+        due: Arc<[Arc<str>]>,
+    },
     CreateSource {
         name: String,
         ts_col: usize,
@@ -130,10 +138,19 @@ struct PendingPeek {
     reply: Reply<Vec<PeekPart>>,
 }
 
-#[derive(Default)]
+/// What moves a dataflow: activating its source readers, and moving what it reads.
+struct Moves {
+    readers: Rc<RefCell<Vec<timely::scheduling::Activator>>>,
+    /// The relations and tables it reads.
+    reads: Vec<String>,
+}
+
 struct WorkerState {
     index: usize,
     upper: Time,
+    wakeups: Arc<Wakeups>,
+    /// Per dataflow (a relation's name, or `subscribe-ID`), what moves it.
+    moves: HashMap<String, Moves>,
     sources: HashMap<String, Rc<RefCell<SourceLog>>>,
     tables: HashMap<String, Table>,
     traces: HashMap<String, RowTrace>,
@@ -142,14 +159,28 @@ struct WorkerState {
     errors: HashMap<String, Rc<RefCell<DataflowErrors>>>,
     peeks: Vec<PendingPeek>,
     spans: Rc<RefCell<ArrowSpans>>,
-    /// The compaction frontier and peek hold last applied; `None` once a trace is added.
-    compacted: Option<(Time, Time)>,
+    /// The arrangements' compaction frontier last applied.
+    compacted: Time,
+    /// The time sources last dropped expired rows at.
+    pruned: Time,
 }
 
-pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
+pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>, wakeups: Arc<Wakeups>) {
     let mut state = WorkerState {
         index: worker.index(),
-        ..Default::default()
+        upper: 0,
+        wakeups,
+        moves: HashMap::new(),
+        sources: HashMap::new(),
+        tables: HashMap::new(),
+        traces: HashMap::new(),
+        dataflows: HashMap::new(),
+        subscriptions: HashMap::new(),
+        errors: HashMap::new(),
+        peeks: Vec::new(),
+        spans: Rc::default(),
+        compacted: 0,
+        pruned: 0,
     };
     'outer: loop {
         loop {
@@ -159,7 +190,13 @@ pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>) {
                 Err(TryRecvError::Empty) => break,
             }
         }
-        worker.step_or_park(Some(PARK));
+        // A peek of nothing but sources, or of relations already complete, needs no step.
+        state.serve_peeks();
+        // Parks until a command, a message from another worker or an activation arrives: time
+        // moves only by commands (see `crate::wake`). A peek still waiting is looked at again
+        // after every step, and at least every few milliseconds.
+        let park = (!state.peeks.is_empty()).then_some(PEEK_POLL);
+        worker.step_or_park(park);
         state.serve_peeks();
         state.compact();
     }
@@ -175,15 +212,23 @@ impl WorkerState {
     fn handle(&mut self, worker: &mut Worker, cmd: Command) {
         let index = self.index;
         match cmd {
-            Command::AdvanceTo(t) => {
-                if t > self.upper {
-                    self.upper = t;
+            Command::AdvanceTo { to, pushed, due } => {
+                if to > self.upper {
+                    self.upper = to;
                     for log in self.sources.values() {
-                        log.borrow_mut().advance(t);
+                        log.borrow_mut().advance(to);
                     }
-                    for table in self.tables.values_mut() {
-                        table.advance(t);
+                }
+                for name in pushed.iter() {
+                    if let Some(log) = self.sources.get(name) {
+                        log.borrow().wake_readers();
+                    } else if let Some(table) = self.tables.get_mut(name) {
+                        table.advance(self.upper);
                     }
+                }
+                let mut moved = HashSet::new();
+                for name in due.iter() {
+                    self.move_dataflow(name, &mut moved);
                 }
             }
             Command::CreateSource {
@@ -199,6 +244,7 @@ impl WorkerState {
             }
             Command::CreateRelation { name, plan, reply } => {
                 let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+                let readers = Rc::default();
                 let df_index = worker.next_dataflow_index();
                 let result = worker.dataflow_named::<Time, _, _>(&name, |scope| {
                     let mut ctx = Context {
@@ -207,13 +253,21 @@ impl WorkerState {
                         traces: &mut self.traces,
                         spans: self.spans.clone(),
                         errors: errors.clone(),
+                        alarm: Alarm::new(&name, self.wakeups.clone()),
+                        readers: Rc::clone(&readers),
                     };
                     ctx.render(&plan).map(|coll| arrange(coll, &name))
                 });
                 let result = match result {
                     Ok(trace) => {
                         self.traces.insert(name.clone(), trace);
-                        self.compacted = None;
+                        self.moves.insert(
+                            name.clone(),
+                            Moves {
+                                readers,
+                                reads: self.reads(&plan),
+                            },
+                        );
                         self.dataflows.insert(name.clone(), df_index);
                         self.errors.insert(name, errors);
                         Ok(())
@@ -235,7 +289,6 @@ impl WorkerState {
                 input.advance_to(self.upper);
                 self.tables.insert(name.clone(), Table::new(input, key));
                 self.traces.insert(name.clone(), trace);
-                self.compacted = None;
                 self.dataflows.insert(name, df_index);
                 let _ = reply.send((index, Ok(())));
             }
@@ -253,27 +306,38 @@ impl WorkerState {
                 reply,
             } => {
                 let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+                let readers = Rc::default();
                 let df_index = worker.next_dataflow_index();
-                let result =
-                    worker.dataflow_named::<Time, _, _>(&format!("subscribe-{id}"), |scope| {
-                        let mut ctx = Context {
-                            scope,
-                            sources: &self.sources,
-                            traces: &mut self.traces,
-                            spans: self.spans.clone(),
-                            errors,
-                        };
-                        ctx.render(&plan)
-                            .map(|coll| render_subscribe(coll, as_of, index, tx, backlog))
-                    });
+                let df_name = subscription_name(id);
+                let result = worker.dataflow_named::<Time, _, _>(&df_name, |scope| {
+                    let mut ctx = Context {
+                        scope,
+                        sources: &self.sources,
+                        traces: &mut self.traces,
+                        spans: self.spans.clone(),
+                        errors,
+                        alarm: Alarm::new(&df_name, self.wakeups.clone()),
+                        readers: Rc::clone(&readers),
+                    };
+                    ctx.render(&plan)
+                        .map(|coll| render_subscribe(coll, as_of, index, tx, backlog))
+                });
                 if result.is_ok() {
                     self.subscriptions.insert(id, df_index);
+                    let reads = self.reads(&plan);
+                    // The snapshot needs what it reads complete at `as_of`.
+                    let mut moved = HashSet::new();
+                    for name in &reads {
+                        self.move_dataflow(name, &mut moved);
+                    }
+                    self.moves.insert(df_name, Moves { readers, reads });
                 } else {
                     worker.drop_dataflow(df_index);
                 }
                 let _ = reply.send((index, result));
             }
             Command::DropSubscription { id } => {
+                self.moves.remove(&subscription_name(id));
                 if let Some(df) = self.subscriptions.remove(&id) {
                     worker.drop_dataflow(df);
                 }
@@ -283,6 +347,7 @@ impl WorkerState {
                 self.tables.remove(&name);
                 self.traces.remove(&name);
                 self.errors.remove(&name);
+                self.moves.remove(&name);
                 if let Some(df) = self.dataflows.remove(&name) {
                     worker.drop_dataflow(df);
                 }
@@ -299,12 +364,20 @@ impl WorkerState {
                 time,
                 read,
                 reply,
-            } => self.peeks.push(PendingPeek {
-                names,
-                time,
-                read,
-                reply,
-            }),
+            } => {
+                // The coordinator advanced every input past `time` first; what the peek reads
+                // moves there now.
+                let mut moved = HashSet::new();
+                for name in &names {
+                    self.move_dataflow(name, &mut moved);
+                }
+                self.peeks.push(PendingPeek {
+                    names,
+                    time,
+                    read,
+                    reply,
+                })
+            }
             Command::Errors { names, reply } => {
                 let (mut count, mut last) = (0, None);
                 for e in names.iter().filter_map(|n| self.errors.get(n)) {
@@ -328,6 +401,35 @@ impl WorkerState {
                 let _ = reply.send((index, Ok(uppers)));
             }
             Command::Shutdown => {}
+        }
+    }
+
+    /// The relations and tables a plan reads (its sources are read by the dataflow's own readers).
+    fn reads(&self, plan: &Plan) -> Vec<String> {
+        plan.dependencies()
+            .into_iter()
+            .filter(|d| !self.sources.contains_key(d))
+            .collect()
+    }
+
+    /// Moves a dataflow (or table) to the current upper, and what it reads before it; each once
+    /// per call of the caller, which owns `moved`.
+    fn move_dataflow(&mut self, name: &str, moved: &mut HashSet<String>) {
+        if !moved.insert(name.to_string()) {
+            return;
+        }
+        if let Some(table) = self.tables.get_mut(name) {
+            table.advance(self.upper);
+            return;
+        }
+        let Some(m) = self.moves.get(name) else {
+            return;
+        };
+        for r in m.readers.borrow().iter() {
+            r.activate();
+        }
+        for read in m.reads.clone() {
+            self.move_dataflow(&read, moved);
         }
     }
 
@@ -382,25 +484,35 @@ impl WorkerState {
     }
 
     /// Lets arrangements merge history older than a second behind the write frontier, and sources
-    /// drop expired rows, but never past the time of a peek that is still waiting.
-    /// Nothing is done while neither the frontier nor the hold moved: with many relations this
-    /// runs after every step of the worker.
+    /// drop expired rows, but never past the time of a peek that is still waiting. The
+    /// arrangements' frontier moves in whole seconds: compacting every arrangement costs as much
+    /// as there are relations, so it happens about once a second, not at every advance.
     fn compact(&mut self) {
         let hold = self.peeks.iter().map(|p| p.time).min().unwrap_or(Time::MAX);
-        let since = self.upper.saturating_sub(COMPACTION_LAG_MS).min(hold);
-        if self.compacted == Some((since, hold)) {
+        let pruned = hold.min(self.upper);
+        if self.pruned != pruned {
+            self.pruned = pruned;
+            for log in self.sources.values() {
+                log.borrow_mut().prune(hold);
+            }
+        }
+        let lagged = self.upper.saturating_sub(COMPACTION_LAG_MS);
+        let since = (lagged - lagged % COMPACTION_LAG_MS).min(hold);
+        if self.compacted == since {
             return;
         }
-        self.compacted = Some((since, hold));
-        for log in self.sources.values() {
-            log.borrow_mut().prune(hold);
-        }
+        self.compacted = since;
         let since = [since];
         for trace in self.traces.values_mut() {
             trace.set_logical_compaction(AntichainRef::new(&since));
             trace.set_physical_compaction(AntichainRef::new(&since));
         }
     }
+}
+
+/// The dataflow of a subscription.
+fn subscription_name(id: u64) -> String {
+    format!("subscribe-{id}")
 }
 
 /// The rows of an arrangement at time `t`, with their multiplicities.

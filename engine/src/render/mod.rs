@@ -41,6 +41,7 @@ use crate::error::{EngineError, Result};
 use crate::plan::{MfpStep, Node, Plan};
 use crate::row::{rows_to_batch, Row};
 use crate::source::SourceLog;
+use crate::wake::Alarm;
 
 /// Logical time: milliseconds.
 pub(crate) type Time = u64;
@@ -69,6 +70,10 @@ pub(crate) struct Context<'a, 's> {
     pub traces: &'a mut HashMap<String, RowTrace>,
     pub spans: Rc<RefCell<spans::ArrowSpans>>,
     pub errors: Rc<RefCell<DataflowErrors>>,
+    /// Asks for the dataflow to be moved when updates its operators hold fall due.
+    pub alarm: Alarm,
+    /// The activators of the dataflow's source readers: activating them moves the dataflow.
+    pub readers: Rc<RefCell<Vec<timely::scheduling::Activator>>>,
 }
 
 impl<'s> Context<'_, 's> {
@@ -158,15 +163,19 @@ impl<'s> Context<'_, 's> {
         let all_steps = steps.to_vec();
         let scope = self.scope;
         let errors = self.errors.clone();
+        let alarm = self.alarm.clone();
+        let readers = self.readers.clone();
         let stream =
             source::<_, UpdateBuilder, _, _>(scope, &format!("Read {name}"), move |cap, info| {
                 let activator = scope.activator_for(info.address);
+                readers.borrow_mut().push(activator.clone());
                 let cursor = log.borrow_mut().register(activator);
                 // The capability starts at the beginning of time, so the retained rows are
                 // replayed at the times they arrived; it follows the source's upper from then on.
                 let mut cap = cap;
                 let mut buffer = Vec::new();
                 let mut delayed = Delayed::default();
+                let mut asked = None;
                 move |output| {
                     let log = log.borrow();
                     let (entries, end) = log.read_from(cursor.get());
@@ -199,6 +208,7 @@ impl<'s> Context<'_, 's> {
                             .give_iterator(delayed.take_before(Some(log.upper)));
                         cap.downgrade(&log.upper);
                     }
+                    alarm.keep(&mut asked, delayed.first(), Some(*cap.time()));
                 }
             });
         Ok(stream.as_collection())
@@ -218,6 +228,7 @@ impl<'s> Context<'_, 's> {
         let errors = self.errors.clone();
         mfp_operator(
             coll.inner,
+            self.alarm.clone(),
             move |data: &mut Vec<(Row, Time, isize)>, buffer| {
                 let batch = match rows_to_batch(&schema, data.iter().map(|(r, _, _)| &r[..])) {
                     Ok(b) => b,
@@ -255,6 +266,7 @@ impl<'s> Context<'_, 's> {
         let errors = self.errors.clone();
         Ok(mfp_operator(
             arranged.stream,
+            self.alarm.clone(),
             move |data: &mut Vec<differential_dataflow::trace::SpanOf<RowTrace>>, buffer| {
                 for batch in data.iter().filter_map(|s| s.inner.as_ref()) {
                     let span = match reader.read(batch, &schema) {
@@ -290,8 +302,13 @@ impl<'s> Context<'_, 's> {
 }
 
 /// An operator that turns each input message into updates with `eval` and sends them on, holding
-/// back the updates dated after the message's time until the frontier reaches them.
-fn mfp_operator<'s, C, F>(stream: timely::dataflow::Stream<'s, Time, C>, mut eval: F) -> Coll<'s>
+/// back the updates dated after the message's time until the frontier reaches them (and asking
+/// `alarm` to move the dataflow then).
+fn mfp_operator<'s, C, F>(
+    stream: timely::dataflow::Stream<'s, Time, C>,
+    alarm: Alarm,
+    mut eval: F,
+) -> Coll<'s>
 where
     C: timely::Container + 'static,
     F: FnMut(&mut C, &mut Vec<(Row, Time, isize)>) + 'static,
@@ -302,6 +319,7 @@ where
             let mut delayed = Delayed::default();
             // A capability at the earliest held update, while there is one.
             let mut held: Option<Capability<Time>> = None;
+            let mut asked = None;
             move |(input, frontier), output| {
                 input.for_each(|cap, data| {
                     eval(data, &mut buffer);
@@ -318,14 +336,15 @@ where
                         }
                     }
                 });
+                let upper = frontier.frontier().iter().next().copied();
                 if let Some(h) = &mut held {
-                    let upper = frontier.frontier().iter().next().copied();
                     output.session(h).give_iterator(delayed.take_before(upper));
                     match delayed.first() {
                         Some(t) => h.downgrade(&t),
                         None => held = None,
                     }
                 }
+                alarm.keep(&mut asked, delayed.first(), upper);
             }
         })
         .as_collection()

@@ -16,4 +16,5 @@ mod security;
 mod slow;
 mod snmp;
 mod storm;
+mod timers;
 mod websocket;

@@ -128,7 +128,7 @@ async fn catch_up(s: &Server, ws: &mut Ws, mirror: &mut Mirror) {
                 }
                 Ok(Some(Ok(_))) => {}
                 Err(_) => break,
-                other => panic!("the subscriber ended: {other:?}"),
+                other => panic!("the subscriber ended: {other:?}\n{}", s.log()),
             }
         }
     }
