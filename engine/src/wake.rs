@@ -24,7 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 
-use crate::render::Time;
+/// Logical time in milliseconds (the engine's timestamp; `wake` depends on nothing else).
+type Time = u64;
 
 /// Wake-up times are rounded up to a multiple of this many milliseconds.
 pub const QUANTUM_MS: u64 = 10;
