@@ -148,7 +148,7 @@ impl SourceLog {
             expires,
             bytes,
         });
-        self.activate_readers();
+        self.wake_readers();
     }
 
     /// Every entry appended from now on has a time at least `upper`. The readers are not woken:
@@ -157,16 +157,8 @@ impl SourceLog {
         self.upper = self.upper.max(upper);
     }
 
-    /// Wakes every reader, which moves it to the upper.
-    pub fn wake_readers(&self) {
-        for (cursor, act) in &self.readers {
-            if cursor.strong_count() > 0 {
-                act.activate();
-            }
-        }
-    }
-
-    fn activate_readers(&mut self) {
+    /// Wakes every reader (it reads new entries and moves to the upper); forgets dropped ones.
+    pub fn wake_readers(&mut self) {
         self.readers.retain(|(cursor, act)| {
             let alive = cursor.strong_count() > 0;
             if alive {

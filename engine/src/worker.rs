@@ -221,15 +221,12 @@ impl WorkerState {
                 }
                 for name in pushed.iter() {
                     if let Some(log) = self.sources.get(name) {
-                        log.borrow().wake_readers();
-                    } else if let Some(table) = self.tables.get_mut(name) {
-                        table.advance(self.upper);
+                        log.borrow_mut().wake_readers();
                     }
                 }
-                let mut moved = HashSet::new();
-                for name in due.iter() {
-                    self.move_dataflow(name, &mut moved);
-                }
+                // Pushed tables move like the dataflows due (a source is neither: no-op).
+                let names = pushed.iter().map(String::as_str);
+                self.move_dataflows(names.chain(due.iter().map(|d| &**d)));
             }
             Command::CreateSource {
                 name,
@@ -326,10 +323,7 @@ impl WorkerState {
                     self.subscriptions.insert(id, df_index);
                     let reads = self.reads(&plan);
                     // The snapshot needs what it reads complete at `as_of`.
-                    let mut moved = HashSet::new();
-                    for name in &reads {
-                        self.move_dataflow(name, &mut moved);
-                    }
+                    self.move_dataflows(reads.iter().map(String::as_str));
                     self.moves.insert(df_name, Moves { readers, reads });
                 } else {
                     worker.drop_dataflow(df_index);
@@ -367,10 +361,7 @@ impl WorkerState {
             } => {
                 // The coordinator advanced every input past `time` first; what the peek reads
                 // moves there now.
-                let mut moved = HashSet::new();
-                for name in &names {
-                    self.move_dataflow(name, &mut moved);
-                }
+                self.move_dataflows(names.iter().map(String::as_str));
                 self.peeks.push(PendingPeek {
                     names,
                     time,
@@ -412,8 +403,15 @@ impl WorkerState {
             .collect()
     }
 
-    /// Moves a dataflow (or table) to the current upper, and what it reads before it; each once
-    /// per call of the caller, which owns `moved`.
+    /// Moves dataflows (or tables) to the current upper, and what they read, each once.
+    fn move_dataflows<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) {
+        let mut moved = HashSet::new();
+        for name in names {
+            self.move_dataflow(name, &mut moved);
+        }
+    }
+
+    /// Moves a dataflow (or table) and what it reads, unless it is in `moved` already.
     fn move_dataflow(&mut self, name: &str, moved: &mut HashSet<String>) {
         if !moved.insert(name.to_string()) {
             return;
