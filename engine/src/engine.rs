@@ -130,6 +130,9 @@ struct Coord {
     objects: HashMap<String, Object>,
     /// The latest time any row was pushed at.
     last_push: Time,
+    /// The upper when a view or rule was last created: reads happen no earlier, since a group's
+    /// member has rows from that time on (see [`crate::render::group`]).
+    created: Time,
     /// Per source or table, the latest time rows were pushed or written at.
     pushed_at: HashMap<String, Time>,
     /// Sources and tables that took rows at these times, not yet completed by an advance.
@@ -199,7 +202,8 @@ impl Coord {
             .clock
             .now()
             .max(self.upper.saturating_sub(1))
-            .max(self.last_push);
+            .max(self.last_push)
+            .max(self.created);
         self.advance(shared, time + 1)?;
         Ok(time)
     }
@@ -427,6 +431,7 @@ impl Engine {
                 subscriptions: HashMap::new(),
                 shares: Shares::default(),
                 last_push: 0,
+                created: 0,
                 pushed_at: HashMap::new(),
                 pushed: HashMap::new(),
             }),
@@ -645,6 +650,7 @@ impl Engine {
             let deps = Self::check_plan(&c, &plan)?;
             let schema = plan.schema.clone();
             let shared = c.shares.share(&plan);
+            c.created = c.upper;
             let mut create = shared.create;
             create.push((name.to_string(), shared.plan.clone()));
             for (n, p) in &create {
@@ -920,6 +926,18 @@ impl Engine {
     /// Subscribes to the changes of a plan (typically a relation): first the snapshot at the
     /// current time, then every change with its time, and progress as times complete.
     pub async fn subscribe(&self, plan: Plan) -> Result<Subscription> {
+        self.subscribe_with(plan, false).await
+    }
+
+    /// Follows a relation's changes as [`Engine::subscribe`] does, but reports progress only
+    /// when it completes changes (and once after the snapshot), not every time the relation
+    /// moves, when the relation is a member of a group (see [`crate::render::group`]): for
+    /// followers of many relations that act on changes alone.
+    pub async fn follow(&self, plan: Plan) -> Result<Subscription> {
+        self.subscribe_with(plan, true).await
+    }
+
+    async fn subscribe_with(&self, plan: Plan, sparse: bool) -> Result<Subscription> {
         let (tx, updates) = unbounded_channel();
         let (reply, rx) = unbounded_channel();
         let backlog = Arc::new(Backlog::default());
@@ -935,6 +953,7 @@ impl Engine {
                 id,
                 plan: plan.clone(),
                 as_of,
+                sparse,
                 tx: tx.clone(),
                 backlog: backlog.clone(),
                 reply: reply.clone(),

@@ -27,6 +27,11 @@ pub(crate) fn shared_name(n: u64) -> String {
     format!("{PREFIX}shared-{n}")
 }
 
+/// Whether `name` is a shared relation's internal name.
+pub(crate) fn is_shared(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
 /// How a shared relation's internal name is shown (`EXPLAIN`).
 pub fn display_name(name: &str) -> Option<String> {
     name.strip_prefix(PREFIX)

@@ -11,19 +11,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use differential_dataflow::input::InputSession;
-use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::TraceReader;
 use timely::progress::frontier::{Antichain, AntichainRef};
+use timely::scheduling::Activator;
 use timely::worker::Worker;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{EngineError, Result};
-use crate::plan::Plan;
+use crate::plan::{MfpStep, Node, Plan};
+use crate::render::group::{self, GroupState};
 use crate::render::spans::ArrowSpans;
 use crate::render::subscribe::{render_subscribe, Backlog, WorkerUpdate};
-use crate::render::{arrange, Context, DataflowErrors, RowTrace, Time};
+use crate::render::{arrange, read_trace_at, Context, DataflowErrors, RowTrace, Time};
 use crate::row::Row;
 use crate::source::{Retained, SourceLog};
 use crate::table::{Table, TableWrite};
@@ -93,6 +95,10 @@ pub(crate) enum Command {
         id: u64,
         plan: Plan,
         as_of: Time,
+        /// Progress only after changes (and once after the snapshot), not at every move: honoured
+        /// for members of groups, whose rows one worker holds (a dataflow's subscription hears
+        /// from every worker, and each must report its progress).
+        sparse: bool,
         tx: UnboundedSender<(usize, WorkerUpdate)>,
         backlog: Arc<Backlog>,
         reply: Reply<()>,
@@ -140,13 +146,25 @@ struct PendingPeek {
 
 /// What moves a dataflow: activating its source readers, and moving what it reads.
 struct Moves {
-    readers: Rc<RefCell<Vec<timely::scheduling::Activator>>>,
+    readers: Rc<RefCell<Vec<Activator>>>,
     /// The relations and tables it reads.
     reads: Vec<String>,
 }
 
+/// A group dataflow (see [`crate::render::group`]): what it and the worker share.
+struct Group {
+    state: Rc<RefCell<GroupState>>,
+    dataflow: usize,
+}
+
+/// The name of the group dataflow (and arrangement) over shared relation `x`.
+fn group_name(x: &str) -> String {
+    format!("{x}/group")
+}
+
 struct WorkerState {
     index: usize,
+    peers: usize,
     upper: Time,
     wakeups: Arc<Wakeups>,
     /// Per dataflow (a relation's name, or `subscribe-ID`), what moves it.
@@ -156,6 +174,15 @@ struct WorkerState {
     traces: HashMap<String, RowTrace>,
     dataflows: HashMap<String, usize>,
     subscriptions: HashMap<u64, usize>,
+    /// Groups by name, members by name (their group's name and tag), and subscriptions served
+    /// by a group (by id, the group's name).
+    groups: HashMap<String, Group>,
+    members: HashMap<String, (String, i64)>,
+    taps: HashMap<u64, (String, bool)>,
+    /// Groups with subscribers that see progress as time passes (not only after changes): they
+    /// move at every advance, by how many such subscribers each has.
+    dense: HashMap<String, usize>,
+    next_tag: i64,
     errors: HashMap<String, Rc<RefCell<DataflowErrors>>>,
     peeks: Vec<PendingPeek>,
     spans: Rc<RefCell<ArrowSpans>>,
@@ -168,6 +195,7 @@ struct WorkerState {
 pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>, wakeups: Arc<Wakeups>) {
     let mut state = WorkerState {
         index: worker.index(),
+        peers: worker.peers(),
         upper: 0,
         wakeups,
         moves: HashMap::new(),
@@ -176,6 +204,11 @@ pub(crate) fn run(worker: &mut Worker, commands: Receiver<Command>, wakeups: Arc
         traces: HashMap::new(),
         dataflows: HashMap::new(),
         subscriptions: HashMap::new(),
+        groups: HashMap::new(),
+        members: HashMap::new(),
+        taps: HashMap::new(),
+        dense: HashMap::new(),
+        next_tag: 0,
         errors: HashMap::new(),
         peeks: Vec::new(),
         spans: Rc::default(),
@@ -226,6 +259,8 @@ impl WorkerState {
                 }
                 // Pushed tables move like the dataflows due (a source is neither: no-op).
                 let names = pushed.iter().map(String::as_str);
+                let dense: Vec<String> = self.dense.keys().cloned().collect();
+                let names = names.chain(dense.iter().map(String::as_str));
                 self.move_dataflows(names.chain(due.iter().map(|d| &**d)));
             }
             Command::CreateSource {
@@ -240,21 +275,19 @@ impl WorkerState {
                 let _ = reply.send((index, Ok(())));
             }
             Command::CreateRelation { name, plan, reply } => {
+                if let Some((x, schema, steps)) = group::member_shape(&plan) {
+                    if self.traces.contains_key(x) {
+                        let (x, schema, steps) = (x.to_string(), schema.clone(), steps.to_vec());
+                        self.join(worker, name, &x, &schema, steps);
+                        let _ = reply.send((index, Ok(())));
+                        return;
+                    }
+                }
                 let errors = Rc::new(RefCell::new(DataflowErrors::default()));
-                let readers = Rc::default();
-                let df_index = worker.next_dataflow_index();
-                let result = worker.dataflow_named::<Time, _, _>(&name, |scope| {
-                    let mut ctx = Context {
-                        scope,
-                        sources: &self.sources,
-                        traces: &mut self.traces,
-                        spans: self.spans.clone(),
-                        errors: errors.clone(),
-                        alarm: Alarm::new(&name, self.wakeups.clone()),
-                        readers: Rc::clone(&readers),
-                    };
-                    ctx.render(&plan).map(|coll| arrange(coll, &name))
-                });
+                let (df_index, readers, result) =
+                    self.build(worker, &name, &plan, errors.clone(), |coll| {
+                        arrange(coll, &name)
+                    });
                 let result = match result {
                     Ok(trace) => {
                         self.traces.insert(name.clone(), trace);
@@ -298,27 +331,40 @@ impl WorkerState {
                 id,
                 plan,
                 as_of,
+                sparse,
                 tx,
                 backlog,
                 reply,
             } => {
-                let errors = Rc::new(RefCell::new(DataflowErrors::default()));
-                let readers = Rc::default();
-                let df_index = worker.next_dataflow_index();
+                if let Node::Relation { name } = &plan.node {
+                    if let Some((gname, tag)) = self.members.get(name).cloned() {
+                        // Served by the group's dispatch, on the worker holding the member's
+                        // rows; the others have nothing to say.
+                        if group::owner(tag, self.peers) == index {
+                            if let Some(g) = self.groups.get(&gname) {
+                                g.state
+                                    .borrow_mut()
+                                    .tap(id, tag, as_of, tx, backlog, sparse);
+                            }
+                        } else {
+                            let _ = tx.send((index, WorkerUpdate::Frontier(None)));
+                        }
+                        // Every worker moves the group for it: its frontier is the least of all.
+                        if !sparse {
+                            *self.dense.entry(gname.clone()).or_default() += 1;
+                        }
+                        self.taps.insert(id, (gname, sparse));
+                        self.move_dataflows([name.as_str()]);
+                        let _ = reply.send((index, Ok(())));
+                        return;
+                    }
+                }
                 let df_name = subscription_name(id);
-                let result = worker.dataflow_named::<Time, _, _>(&df_name, |scope| {
-                    let mut ctx = Context {
-                        scope,
-                        sources: &self.sources,
-                        traces: &mut self.traces,
-                        spans: self.spans.clone(),
-                        errors,
-                        alarm: Alarm::new(&df_name, self.wakeups.clone()),
-                        readers: Rc::clone(&readers),
-                    };
-                    ctx.render(&plan)
-                        .map(|coll| render_subscribe(coll, as_of, index, tx, backlog))
-                });
+                let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+                let (df_index, readers, result) =
+                    self.build(worker, &df_name, &plan, errors, |coll| {
+                        render_subscribe(coll, as_of, index, tx, backlog)
+                    });
                 if result.is_ok() {
                     self.subscriptions.insert(id, df_index);
                     let reads = self.reads(&plan);
@@ -335,8 +381,32 @@ impl WorkerState {
                 if let Some(df) = self.subscriptions.remove(&id) {
                     worker.drop_dataflow(df);
                 }
+                if let Some((gname, sparse)) = self.taps.remove(&id) {
+                    if !sparse {
+                        if let Some(n) = self.dense.get_mut(&gname) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.dense.remove(&gname);
+                            }
+                        }
+                    }
+                    if let Some(g) = self.groups.get(&gname) {
+                        g.state.borrow_mut().untap(id);
+                    }
+                }
             }
             Command::Drop { name } => {
+                if let Some((gname, tag)) = self.members.remove(&name) {
+                    if let Some(g) = self.groups.get(&gname) {
+                        g.state.borrow_mut().leave(tag, self.upper);
+                    }
+                }
+                if let Some(g) = self.groups.remove(&group_name(&name)) {
+                    self.dense.remove(&group_name(&name));
+                    self.traces.remove(&group_name(&name));
+                    self.moves.remove(&group_name(&name));
+                    worker.drop_dataflow(g.dataflow);
+                }
                 self.sources.remove(&name);
                 self.tables.remove(&name);
                 self.traces.remove(&name);
@@ -383,7 +453,7 @@ impl WorkerState {
                 let uppers = names
                     .iter()
                     .map(|n| {
-                        self.traces.get_mut(n).map(|trace| {
+                        self.trace_of(n).map(|(trace, _)| {
                             trace.read_upper(&mut upper);
                             upper.first().copied().unwrap_or(Time::MAX)
                         })
@@ -392,6 +462,97 @@ impl WorkerState {
                 let _ = reply.send((index, Ok(uppers)));
             }
             Command::Shutdown => {}
+        }
+    }
+
+    /// Renders `plan` as a dataflow named `df_name`, finished by `finish`: the dataflow's index,
+    /// the activators of its source readers, and what `finish` made of it.
+    fn build<R>(
+        &mut self,
+        worker: &mut Worker,
+        df_name: &str,
+        plan: &Plan,
+        errors: Rc<RefCell<DataflowErrors>>,
+        finish: impl FnOnce(crate::render::Coll<'_>) -> R,
+    ) -> (usize, Rc<RefCell<Vec<Activator>>>, Result<R>) {
+        let readers = Rc::default();
+        let df_index = worker.next_dataflow_index();
+        let result = worker.dataflow_named::<Time, _, _>(df_name, |scope| {
+            let mut ctx = Context {
+                scope,
+                sources: &self.sources,
+                traces: &mut self.traces,
+                members: &self.members,
+                spans: self.spans.clone(),
+                errors,
+                alarm: Alarm::new(df_name, self.wakeups.clone()),
+                readers: Rc::clone(&readers),
+            };
+            ctx.render(plan).map(finish)
+        });
+        (df_index, readers, result)
+    }
+
+    /// Makes the view or rule `name` a member of the group over shared relation `x`, creating the
+    /// group's dataflow with its first member.
+    fn join(
+        &mut self,
+        worker: &mut Worker,
+        name: String,
+        x: &str,
+        schema: &SchemaRef,
+        steps: Vec<MfpStep>,
+    ) {
+        let gname = group_name(x);
+        if !self.groups.contains_key(&gname) {
+            let state = Rc::new(RefCell::new(GroupState::default()));
+            let dataflow = worker.next_dataflow_index();
+            let trace = worker.dataflow_named::<Time, _, _>(&gname, |scope| {
+                let xt = self.traces.get_mut(x).expect("checked by the caller");
+                group::render_group(
+                    scope,
+                    x,
+                    xt,
+                    schema.clone(),
+                    &self.spans,
+                    &state,
+                    self.index,
+                )
+            });
+            self.traces.insert(gname.clone(), trace);
+            self.moves.insert(
+                gname.clone(),
+                Moves {
+                    readers: Rc::default(),
+                    reads: vec![x.to_string()],
+                },
+            );
+            self.groups.insert(gname.clone(), Group { state, dataflow });
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let errors = Rc::new(RefCell::new(DataflowErrors::default()));
+        self.groups[&gname]
+            .state
+            .borrow_mut()
+            .join(tag, steps, schema, errors.clone(), self.upper);
+        self.moves.insert(
+            name.clone(),
+            Moves {
+                readers: Rc::default(),
+                reads: vec![gname.clone()],
+            },
+        );
+        self.errors.insert(name.clone(), errors);
+        self.members.insert(name, (gname, tag));
+    }
+
+    /// The arrangement holding a view's or rule's rows, and the member's tag when it is held in a
+    /// group's.
+    fn trace_of(&mut self, name: &str) -> Option<(&mut RowTrace, Option<i64>)> {
+        match self.members.get(name) {
+            Some((gname, tag)) => self.traces.get_mut(gname).map(|t| (t, Some(*tag))),
+            None => self.traces.get_mut(name).map(|t| (t, None)),
         }
     }
 
@@ -453,7 +614,7 @@ impl WorkerState {
                 if log.borrow().upper <= t {
                     return None;
                 }
-            } else if let Some(trace) = self.traces.get_mut(name) {
+            } else if let Some((trace, _)) = self.trace_of(name) {
                 trace.read_upper(&mut upper);
                 if upper.less_equal(&t) {
                     return None;
@@ -474,8 +635,11 @@ impl WorkerState {
                     Ok(b) => parts.push(PeekPart::Batches(b)),
                     Err(e) => return Some(Err(e)),
                 }
-            } else if let Some(trace) = self.traces.get_mut(name) {
-                parts.push(PeekPart::Rows(read_trace_at(trace, t)));
+            } else if let Some((trace, tag)) = self.trace_of(name) {
+                parts.push(PeekPart::Rows(match tag {
+                    Some(tag) => group::read_member_at(trace, tag, t),
+                    None => read_trace_at(trace, t),
+                }));
             }
         }
         Some(Ok(parts))
@@ -511,24 +675,4 @@ impl WorkerState {
 /// The dataflow of a subscription.
 fn subscription_name(id: u64) -> String {
     format!("subscribe-{id}")
-}
-
-/// The rows of an arrangement at time `t`, with their multiplicities.
-fn read_trace_at(trace: &mut RowTrace, t: Time) -> Vec<(Row, isize)> {
-    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
-        return Vec::new();
-    };
-    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
-    let mut out = Vec::new();
-    for ((row, ()), times) in cursor.to_vec(&storage, |k: &Row| k.clone(), |_| ()) {
-        let count: isize = times
-            .iter()
-            .filter(|(time, _)| *time <= t)
-            .map(|(_, d)| *d)
-            .sum();
-        if count != 0 {
-            out.push((row, count));
-        }
-    }
-    out
 }

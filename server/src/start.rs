@@ -42,7 +42,7 @@ impl Durability for ServerDurability {
             seq,
         );
         if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
-            crate::tasks::reconcile(&app).await;
+            crate::tasks::apply(&app, change).await;
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use tocsin_engine::SubscribeEvent;
-use tocsin_sql::ObjectDef;
+use tocsin_sql::{DdlChange, ObjectDef, ObjectKind};
 use tokio::task::JoinHandle;
 
 use crate::alerts::RuleSpec;
@@ -43,6 +43,33 @@ impl Drop for Tasks {
             }
         }
     }
+}
+
+/// Brings the running tasks up to date after one catalog change. A new rule only needs its own
+/// follower, so creating one costs the same however many objects the catalog holds; any other
+/// change reconciles everything.
+pub async fn apply(app: &AppRef, change: &DdlChange) {
+    if change.kind == ObjectKind::Rule && change.statement.starts_with("CREATE") {
+        if let Some(e) = app.tocsin.entry(&change.name).await {
+            if let ObjectDef::Rule {
+                options, labels, ..
+            } = e.def
+            {
+                app.alerts.follow(RuleSpec {
+                    name: e.name.clone(),
+                    options,
+                    labels,
+                });
+                let handle = tokio::spawn(follow_rule(app.clone(), e.name.clone()));
+                let mut running = app.tasks.running.lock().expect("tasks");
+                if let Some((_, old)) = running.insert(e.name, (e.sql, handle)) {
+                    old.abort();
+                }
+                return;
+            }
+        }
+    }
+    reconcile(app).await
 }
 
 /// Starts and stops tasks so that they match the catalog.
@@ -145,7 +172,7 @@ pub async fn reconcile(app: &AppRef) {
 /// its newest values, however many times it changed in between.
 async fn follow_rule(app: AppRef, rule: String) {
     use futures_util::FutureExt;
-    let mut sub = match app.tocsin.subscribe(&rule).await {
+    let mut sub = match app.tocsin.follow(&rule).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!("rule {rule}: cannot follow its output: {e}");

@@ -1,6 +1,7 @@
 //! The catalog: every source, view, rule, sink and silence with the SQL that made it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::{ColumnDef, DataType as SqlType};
@@ -22,11 +23,12 @@ pub enum ObjectDef {
         /// source): it is created and dropped with its owner, and has no task of its own.
         owner: Option<String>,
     },
+    /// Plans are shared, not copied, when the catalog is read.
     View {
-        plan: Plan,
+        plan: Arc<Plan>,
     },
     Rule {
-        plan: Plan,
+        plan: Arc<Plan>,
         options: RuleOptions,
         /// The columns that identify an alert instance: the `labels` option, else the GROUP BY
         /// columns, else the text columns. The other columns are its values.
@@ -120,13 +122,6 @@ impl Catalog {
             .filter(|e| matches!(&e.def, ObjectDef::Source { owner: Some(o), .. } if o == name))
             .map(|e| e.name.clone())
             .collect()
-    }
-
-    pub fn relations(&self) -> impl Iterator<Item = (&str, SchemaRef)> {
-        self.entries
-            .values()
-            .filter(|e| e.is_relation())
-            .map(|e| (e.name.as_str(), e.schema.clone()))
     }
 }
 

@@ -360,7 +360,9 @@ impl Tocsin {
                 // Nothing to drop (IF EXISTS) or an error: nothing to record.
                 return self.execute_statement(statement).await;
             }
-            dropped_companions = self.companions(name).await;
+            if matches!(drop_target, Some((_, ObjectKind::Source))) {
+                dropped_companions = self.companions(name).await;
+            }
         }
         let r = self.execute_statement(statement).await?;
         let Some(durability) = self.durability() else {
@@ -383,7 +385,12 @@ impl Tocsin {
                     .entries
                     .get(name)
                     .ok_or_else(|| SqlError::internal("created object is not in the catalog"))?;
-                let companions = catalog.companions(name);
+                // Only sources have companions (a `FROM SNMP` source's status).
+                let companions = if e.kind() == ObjectKind::Source {
+                    catalog.companions(name)
+                } else {
+                    Vec::new()
+                };
                 DdlChange {
                     statement: statement.clone(),
                     kind: e.kind(),
@@ -402,7 +409,16 @@ impl Tocsin {
     }
 
     async fn plan_continuous(&self, catalog: &Catalog, query: &Query) -> Result<Plan> {
-        let ctx = planner::continuous_context(catalog.relations())?;
+        // Only what the query names is given to the planner: planning costs the same however
+        // many relations the catalog holds.
+        let refs = planner::referenced_tables(query)?;
+        let mut names: Vec<&str> = refs.iter().filter_map(planner::relation_name).collect();
+        names.sort_unstable();
+        names.dedup();
+        let ctx = planner::continuous_context(names.into_iter().filter_map(|n| {
+            let e = catalog.entries.get(n).filter(|e| e.is_relation())?;
+            Some((e.name.as_str(), e.schema.clone()))
+        }))?;
         let logical = planner::plan_query(&ctx, query).await?;
         let optimized = ctx.state().optimize(&logical)?;
         let plan = lower::lower(&optimized, catalog)?;
@@ -712,6 +728,14 @@ impl Tocsin {
             StatementResult::Subscribe(s) => Ok(s),
             _ => Err(SqlError::internal("subscribe returned no subscription")),
         }
+    }
+
+    /// Follows a relation's changes, with progress reported only after changes (and once after
+    /// the snapshot): what the alert manager needs of each rule, at a cost that does not grow
+    /// with the number of rules.
+    pub async fn follow(&self, name: &str) -> Result<Subscription> {
+        let plan = session::read_plan(&*self.catalog.lock().await, name.to_string())?;
+        Ok(self.engine.follow(plan).await?)
     }
 }
 

@@ -180,6 +180,21 @@ async fn run(workers: usize, seed: u64) {
                     .unwrap_or_else(|e| panic!("{q}: {e}"));
             }
         }
+        if step == steps * 2 / 3 {
+            // Views leave and come back while data flows: the ones that stay are unaffected,
+            // and a view created again starts from the current rows.
+            for i in [b, b + 1, qs.len() - 1] {
+                db.execute(&format!("DROP VIEW q{i}")).await.unwrap();
+            }
+            for i in [b, qs.len() - 1] {
+                db.execute(&format!("CREATE VIEW q{i} AS {}", qs[i]))
+                    .await
+                    .unwrap();
+            }
+            db.execute(&format!("CREATE VIEW q{} AS {}", b + 1, qs[b + 1]))
+                .await
+                .unwrap();
+        }
         if rng.gen_bool(0.15) {
             let host = format!("h{}", rng.gen_range(0..10));
             let team = ["web", "db", "ml"][rng.gen_range(0..3)].to_string();

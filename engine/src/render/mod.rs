@@ -15,6 +15,7 @@
 //! | `spans.rs` | Arrow forms of shared arrangement batches, built once for every reader, and their value indexes for range filters |
 //! | `subscribe.rs` | the sink that ships a collection's changes and progress to a subscriber |
 
+pub(crate) mod group;
 pub(crate) mod join;
 pub(crate) mod mfp;
 pub(crate) mod reduce;
@@ -29,13 +30,16 @@ use datafusion::arrow::array::{AsArray, UInt32Array};
 use datafusion::arrow::compute::take_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use differential_dataflow::operators::arrange::TraceAgent;
+use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::KeySpine;
+use differential_dataflow::trace::TraceReader;
 use differential_dataflow::{AsCollection, VecCollection};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::{source, Operator};
 use timely::dataflow::operators::{Capability, ToStream};
 use timely::dataflow::Scope;
+use timely::progress::Antichain;
 
 use crate::error::{EngineError, Result};
 use crate::plan::{MfpStep, Node, Plan};
@@ -68,6 +72,8 @@ pub(crate) struct Context<'a, 's> {
     pub scope: Scope<'s, Time>,
     pub sources: &'a HashMap<String, Rc<RefCell<SourceLog>>>,
     pub traces: &'a mut HashMap<String, RowTrace>,
+    /// Members of groups (see [`group`]): by name, the group's arrangement and the member's tag.
+    pub members: &'a HashMap<String, (String, i64)>,
     pub spans: Rc<RefCell<spans::ArrowSpans>>,
     pub errors: Rc<RefCell<DataflowErrors>>,
     /// Asks for the dataflow to be moved when updates its operators hold fall due.
@@ -82,7 +88,7 @@ impl<'s> Context<'_, 's> {
             Node::Source { name } => self.render_source(name, &[]),
             Node::Mfp { input, steps } => match &input.node {
                 Node::Source { name } => self.render_source(name, steps),
-                Node::Relation { name } => {
+                Node::Relation { name } if !self.members.contains_key(name) => {
                     self.render_relation_mfp(name, input.schema.clone(), steps.clone())
                 }
                 _ => {
@@ -90,6 +96,15 @@ impl<'s> Context<'_, 's> {
                     Ok(self.render_mfp(coll, input.schema.clone(), steps.clone()))
                 }
             },
+            Node::Relation { name } if self.members.contains_key(name) => {
+                let (group, tag) = self.members[name].clone();
+                let trace = self.traces.get_mut(&group).ok_or_else(|| {
+                    EngineError::Plan(format!("relation \"{name}\" does not exist"))
+                })?;
+                Ok(trace
+                    .import_named(self.scope, name)
+                    .flat_map_ref(move |k, _| group::untagged(tag, k)))
+            }
             Node::Relation { name } => {
                 let trace = self.traces.get_mut(name).ok_or_else(|| {
                     EngineError::Plan(format!("relation \"{name}\" does not exist"))
@@ -269,36 +284,49 @@ impl<'s> Context<'_, 's> {
             self.alarm.clone(),
             move |data: &mut Vec<differential_dataflow::trace::SpanOf<RowTrace>>, buffer| {
                 for batch in data.iter().filter_map(|s| s.inner.as_ref()) {
-                    let span = match reader.read(batch, &schema) {
-                        Ok(s) => s,
-                        Err(e) => return record_error(&errors, e),
-                    };
-                    // With an index, only the rows in the filter's range are evaluated.
-                    let (part, picked) = match probe.filter(|_| reader.indexed()) {
-                        Some(p) => {
-                            let rows = span.candidates(&p);
-                            if rows.is_empty() {
-                                continue;
-                            }
-                            let rows = UInt32Array::from(rows);
-                            match take_record_batch(&span.batch, &rows) {
-                                Ok(b) => (b, Some(rows)),
-                                Err(e) => return record_error(&errors, e.into()),
-                            }
+                    match reader.read(batch, &schema) {
+                        Ok(span) => {
+                            let probe = probe.as_ref().filter(|_| reader.indexed());
+                            eval_span(&span, &steps, probe, buffer, &errors);
                         }
-                        None => (span.batch.clone(), None),
-                    };
-                    let at = |i: usize| picked.as_ref().map_or(i, |p| p.value(i) as usize);
-                    let info = mfp::RowInfo {
-                        time: &|i| span.times[at(i)],
-                        diff: &|i| span.diffs[at(i)],
-                        expiry: &|_| None,
-                    };
-                    mfp_into(&steps, &part, &info, buffer, &errors);
+                        Err(e) => return record_error(&errors, e),
+                    }
                 }
             },
         ))
     }
+}
+
+/// Applies `steps` to the Arrow form of an arrangement batch. With a `probe` (the span is
+/// indexed), only the rows in the filter's range are evaluated.
+pub(crate) fn eval_span(
+    span: &spans::ArrowSpan,
+    steps: &[MfpStep],
+    probe: Option<&spans::RangeProbe>,
+    buffer: &mut Vec<(Row, Time, isize)>,
+    errors: &Rc<RefCell<DataflowErrors>>,
+) {
+    let (part, picked) = match probe {
+        Some(p) => {
+            let rows = span.candidates(p);
+            if rows.is_empty() {
+                return;
+            }
+            let rows = UInt32Array::from(rows);
+            match take_record_batch(&span.batch, &rows) {
+                Ok(b) => (b, Some(rows)),
+                Err(e) => return record_error(errors, e.into()),
+            }
+        }
+        None => (span.batch.clone(), None),
+    };
+    let at = |i: usize| picked.as_ref().map_or(i, |p| p.value(i) as usize);
+    let info = mfp::RowInfo {
+        time: &|i| span.times[at(i)],
+        diff: &|i| span.diffs[at(i)],
+        expiry: &|_| None,
+    };
+    mfp_into(steps, &part, &info, buffer, errors);
 }
 
 /// An operator that turns each input message into updates with `eval` and sends them on, holding
@@ -411,4 +439,24 @@ pub(crate) fn record_error(errors: &Rc<RefCell<DataflowErrors>>, e: EngineError)
     }
     errs.count += 1;
     errs.last = Some(e.to_string());
+}
+
+/// The rows of an arrangement at time `t`, with their multiplicities.
+pub(crate) fn read_trace_at(trace: &mut RowTrace, t: Time) -> Vec<(Row, isize)> {
+    let Some(spans) = trace.spans_through(Antichain::new().borrow()) else {
+        return Vec::new();
+    };
+    let (mut cursor, storage) = cursor_list(spans.into_iter().filter_map(|s| s.inner).collect());
+    let mut out = Vec::new();
+    for ((row, ()), times) in cursor.to_vec(&storage, |k: &Row| k.clone(), |_| ()) {
+        let count: isize = times
+            .iter()
+            .filter(|(time, _)| *time <= t)
+            .map(|(_, d)| *d)
+            .sum();
+        if count != 0 {
+            out.push((row, count));
+        }
+    }
+    out
 }

@@ -53,7 +53,7 @@ impl Backlog {
 
     /// Takes `changes` of `bytes` into the backlog, unless that passes a bound (then the
     /// subscription lags from now on and they are left out).
-    fn admit(&self, changes: usize, bytes: usize) -> bool {
+    pub(crate) fn admit(&self, changes: usize, bytes: usize) -> bool {
         if !self.lagging.load(Ordering::Relaxed) {
             let c = self.changes.fetch_add(changes, Ordering::Relaxed) + changes;
             let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;

@@ -18,7 +18,9 @@ impl Tocsin {
             name,
             schema: plan.schema.clone(),
             sql,
-            def: ObjectDef::View { plan },
+            def: ObjectDef::View {
+                plan: Arc::new(plan),
+            },
             system: false,
         }))
     }
@@ -77,7 +79,7 @@ impl Tocsin {
             schema: plan.schema.clone(),
             sql,
             def: ObjectDef::Rule {
-                plan,
+                plan: Arc::new(plan),
                 options: opts,
                 labels,
             },
