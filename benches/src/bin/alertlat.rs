@@ -8,6 +8,10 @@
 //! ```
 //!
 //! Every sample is one row of a new host, so it makes a new alert and one firing notification.
+//! `--rule filter` (the default) is `SELECT host, v FROM lat WHERE v > 0`, a dataflow of its own;
+//! `--rule grouped` is `SELECT host, max(v) AS v FROM lat GROUP BY host HAVING max(v) > 0`, a
+//! member of the group of its shared aggregation (its rows go through the aggregation, the
+//! group's evaluation and the group's arrangement).
 //! Creates the source `lat`, the sink `lat_hook` (pointing at this program) and the rule
 //! `lat_rule`; drop them to run again on the same server.
 
@@ -26,6 +30,7 @@ type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 async fn main() {
     let mut server = "127.0.0.1:7654".to_string();
     let (mut samples, mut interval_ms) = (1000usize, 20u64);
+    let mut rule = "filter".to_string();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
         let v = pair.get(1).cloned().unwrap_or_default();
@@ -33,6 +38,7 @@ async fn main() {
             "--server" => server = v,
             "--samples" => samples = v.parse().expect("--samples N"),
             "--interval-ms" => interval_ms = v.parse().expect("--interval-ms N"),
+            "--rule" => rule = v,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -71,12 +77,17 @@ async fn main() {
             assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
         }
     };
+    let query = match rule.as_str() {
+        "filter" => "SELECT host, v FROM lat WHERE v > 0",
+        "grouped" => "SELECT host, max(v) AS v FROM lat GROUP BY host HAVING max(v) > 0",
+        other => panic!("--rule filter|grouped, not {other}"),
+    };
     post(
         "/v1/sql".into(),
         format!(
             "CREATE SOURCE lat (host TEXT, v DOUBLE) FROM HTTP;
              CREATE SINK lat_hook TO WEBHOOK WITH (url = '{hook}');
-             CREATE RULE lat_rule AS SELECT host, v FROM lat WHERE v > 0 WITH (for = '0s', sink = 'lat_hook')"
+             CREATE RULE lat_rule AS {query} WITH (for = '0s', sink = 'lat_hook')"
         ),
     )
     .await;
