@@ -158,6 +158,12 @@ pub enum AggFunc {
     /// The argument's value on the first row of the group in this order (what DataFusion makes of
     /// `DISTINCT ON`): the row the ordering puts first, ties broken by the whole row.
     First(Vec<SortKey>),
+    /// Variance (`sqrt`: standard deviation) of the sample (`sample`: divided by n - 1, null
+    /// below two values) or of the population (divided by n).
+    Var {
+        sample: bool,
+        sqrt: bool,
+    },
     /// `rate(counter, ts)`: the counter's increase per second (see
     /// [`crate::functions::counter_rate`]); `ts` is a column of the reduce's input holding epoch
     /// milliseconds.
@@ -177,7 +183,11 @@ pub struct Aggregate {
 impl Aggregate {
     /// Aggregates that can be maintained as sums of differences, without revisiting the group.
     pub fn is_accumulable(&self) -> bool {
-        !self.distinct && matches!(self.func, AggFunc::Count | AggFunc::Sum | AggFunc::Avg)
+        !self.distinct
+            && matches!(
+                self.func,
+                AggFunc::Count | AggFunc::Sum | AggFunc::Avg | AggFunc::Var { .. }
+            )
     }
 }
 

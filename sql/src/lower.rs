@@ -406,6 +406,11 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                     "count" => AggFunc::Count,
                     "sum" => AggFunc::Sum,
                     "avg" | "mean" => AggFunc::Avg,
+                    "var" | "var_samp" | "var_sample" | "variance" | "var_pop"
+                    | "var_population" | "stddev" | "stddev_samp" | "stddev_pop" => AggFunc::Var {
+                        sample: !name.ends_with("_pop") && !name.ends_with("_population"),
+                        sqrt: name.starts_with("stddev"),
+                    },
                     "min" => AggFunc::Min,
                     "max" => AggFunc::Max,
                     "first_value" | "last_value" => {

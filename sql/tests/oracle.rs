@@ -48,6 +48,7 @@ fn queries(rng: &mut StdRng) -> Vec<String> {
         format!("SELECT host, min(ts) AS first, max(ts) AS last FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host"),
         "SELECT host, rate(n, ts) AS rn, rate(v, ts) AS rv, count(*) AS c FROM m GROUP BY host".into(),
         format!("SELECT dc, rate(n * 1000, ts) AS r FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY dc"),
+        format!("SELECT host, stddev(v) AS sd, var_pop(v) AS vp, stddev_pop(n) AS sn FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host"),
     ]
 }
 

@@ -1,12 +1,15 @@
 //! GROUP BY, DISTINCT, DISTINCT ON and global aggregates.
 //!
 //! Two strategies, chosen per Reduce node:
-//! - **accumulated differences**: when every aggregate is `count`, `sum` or `avg` (not DISTINCT),
+//! - **accumulated differences**: when every aggregate is `count`, `sum`, `avg` or a variance or
+//!   standard deviation (not DISTINCT),
 //!   each group keeps a vector of integer accumulators in a hash map, and an update adds its row's
 //!   values times its multiplicity: O(1) per update no matter how large the group is, with no
 //!   history kept (logical time is totally ordered, so updates are applied in time order once
 //!   their time is complete). Float sums are accumulated in fixed point (2^-32 resolution, with
 //!   separate NaN/±inf counts), so sums and averages are exact under retractions and never drift.
+//!   Variances also keep the sum of squares, each square rounded to the same fixed point once, so
+//!   a retraction takes back exactly what its insertion added.
 //! - **per-group reduce**: anything else (`min`, `max`, `first_value` from DISTINCT ON, DISTINCT
 //!   aggregates) recomputes the group's aggregates from its distinct values with multiplicities.
 //!
@@ -37,6 +40,8 @@ const FLOAT_LIMIT: f64 = 1237940039285380274899124224.0;
 fn slots(func: &AggFunc) -> usize {
     match func {
         AggFunc::Count => 1,
+        // and the sum of squares
+        AggFunc::Var { .. } => 6,
         // non-null count, sum, NaN count, +inf count, -inf count
         _ => 5,
     }
@@ -46,6 +51,20 @@ fn accumulate(func: &AggFunc, v: &Datum, s: &mut [i128], m: i128) {
     match (func, v) {
         (_, Datum::Null) => {}
         (AggFunc::Count, _) => s[0] += m,
+        (AggFunc::Var { .. }, Datum::Int(i)) => {
+            accumulate(func, &Datum::Float(F64::new(*i as f64)), s, m)
+        }
+        (AggFunc::Var { .. }, Datum::Float(f)) => {
+            let f = f.get();
+            accumulate(&AggFunc::Sum, &Datum::Float(F64::new(f)), &mut s[..5], m);
+            let sq = f * f;
+            if sq.is_finite() && sq < FLOAT_LIMIT {
+                s[5] = s[5].wrapping_add(((sq * FLOAT_SCALE).round() as i128).wrapping_mul(m));
+            } else if f.is_finite() {
+                // The square is beyond the fixed-point range: the variance is not a number.
+                s[2] += m
+            }
+        }
         (_, Datum::Int(i)) => {
             s[0] += m;
             s[1] = s[1].wrapping_add(*i as i128 * m);
@@ -92,6 +111,17 @@ fn finalize(func: &AggFunc, input_float: bool, out: &DataType, s: &[i128]) -> Da
     } else {
         s[1] as f64
     };
+    if let AggFunc::Var { sample, sqrt } = func {
+        let n = s[0] as f64;
+        if *sample && s[0] < 2 {
+            return Datum::Null;
+        }
+        let (sum, squares) = (s[1] as f64 / FLOAT_SCALE, s[5] as f64 / FLOAT_SCALE);
+        let deviations = (squares - sum * sum / n).max(0.0);
+        let var = deviations / if *sample { n - 1.0 } else { n };
+        let v = special.map_or(var, |_| f64::NAN);
+        return Datum::Float(F64::new(if *sqrt { v.sqrt() } else { v }));
+    }
     match (func, repr_of(out)) {
         (AggFunc::Sum, Some(Repr::Int)) => Datum::Int(s[1] as i64),
         (AggFunc::Sum, _) => Datum::Float(F64::new(special.unwrap_or(sum))),
