@@ -122,13 +122,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     }
     for r in &records {
         // Companions of a dropped source are known before the drop, of a created one after.
-        // Only sources have them: the catalog is not searched for every rule replayed.
-        let source = r.statement.ends_with("SOURCE");
-        let mut companions = if source {
-            tocsin.companions(&r.name).await
-        } else {
-            Vec::new()
-        };
+        let mut companions = tocsin.companions(&r.name).await;
         if let Err(e) = tocsin.execute(&r.sql).await {
             // Starting without an object the operator created (a rule that would stay silent,
             // a source whose stored rows would be pruned) is worse than not starting.
@@ -141,9 +135,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
                 e.message
             ));
         }
-        if source {
-            companions.extend(tocsin.companions(&r.name).await);
-        }
+        companions.extend(tocsin.companions(&r.name).await);
         track(&generations, &r.statement, &r.name, &companions, r.seq);
     }
     if !records.is_empty() {

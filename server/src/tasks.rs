@@ -55,12 +55,7 @@ pub async fn apply(app: &AppRef, change: &DdlChange) {
                 options, labels, ..
             } = e.def
             {
-                app.alerts.follow(RuleSpec {
-                    name: e.name.clone(),
-                    options,
-                    labels,
-                });
-                let handle = tokio::spawn(follow_rule(app.clone(), e.name.clone()));
+                let handle = start_rule(app, &e.name, options, labels);
                 let mut running = app.tasks.running.lock().expect("tasks");
                 if let Some((_, old)) = running.insert(e.name, (e.sql, handle)) {
                     old.abort();
@@ -144,14 +139,7 @@ pub async fn reconcile(app: &AppRef) {
             }
             ObjectDef::Rule {
                 options, labels, ..
-            } => {
-                app.alerts.follow(RuleSpec {
-                    name: name.clone(),
-                    options,
-                    labels,
-                });
-                tokio::spawn(follow_rule(app.clone(), name.clone()))
-            }
+            } => start_rule(app, &name, options, labels),
             ObjectDef::Sink { connector, options } => {
                 tokio::spawn(crate::alerts::deliver::deliver(
                     app.alerts.clone(),
@@ -164,6 +152,21 @@ pub async fn reconcile(app: &AppRef) {
         };
         running.insert(name, (sql, handle));
     }
+}
+
+/// Tells the alert manager about a rule and starts following its output.
+fn start_rule(
+    app: &AppRef,
+    name: &str,
+    options: tocsin_sql::options::RuleOptions,
+    labels: Vec<String>,
+) -> JoinHandle<()> {
+    app.alerts.follow(RuleSpec {
+        name: name.to_string(),
+        options,
+        labels,
+    });
+    tokio::spawn(follow_rule(app.clone(), name.to_string()))
 }
 
 /// Feeds a rule's output changes to the alert manager; its first progress after the snapshot

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::{ColumnDef, DataType as SqlType};
 use tocsin_engine::Plan;
 
@@ -115,12 +116,35 @@ impl Catalog {
         crate::StatementResult::Ddl { statement, name }
     }
 
-    /// The relations made with `name` and dropped with it.
+    /// The relations made with `name` and dropped with it. Only sources have them, so for
+    /// anything else the catalog is not searched.
     pub fn companions(&self, name: &str) -> Vec<String> {
+        if self
+            .entries
+            .get(name)
+            .is_none_or(|e| e.kind() != ObjectKind::Source)
+        {
+            return Vec::new();
+        }
         self.entries
             .values()
             .filter(|e| matches!(&e.def, ObjectDef::Source { owner: Some(o), .. } if o == name))
             .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// The relations among the tables a query names, each once, by name: what planning it needs.
+    pub fn named_relations(&self, refs: &[TableReference]) -> Vec<(String, SchemaRef)> {
+        let mut names: Vec<&str> = refs
+            .iter()
+            .filter_map(crate::planner::relation_name)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|n| self.entries.get(n).filter(|e| e.is_relation()))
+            .map(|e| (e.name.clone(), e.schema.clone()))
             .collect()
     }
 }

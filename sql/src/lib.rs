@@ -360,9 +360,7 @@ impl Tocsin {
                 // Nothing to drop (IF EXISTS) or an error: nothing to record.
                 return self.execute_statement(statement).await;
             }
-            if matches!(drop_target, Some((_, ObjectKind::Source))) {
-                dropped_companions = self.companions(name).await;
-            }
+            dropped_companions = self.companions(name).await;
         }
         let r = self.execute_statement(statement).await?;
         let Some(durability) = self.durability() else {
@@ -385,12 +383,7 @@ impl Tocsin {
                     .entries
                     .get(name)
                     .ok_or_else(|| SqlError::internal("created object is not in the catalog"))?;
-                // Only sources have companions (a `FROM SNMP` source's status).
-                let companions = if e.kind() == ObjectKind::Source {
-                    catalog.companions(name)
-                } else {
-                    Vec::new()
-                };
+                let companions = catalog.companions(name);
                 DdlChange {
                     statement: statement.clone(),
                     kind: e.kind(),
@@ -412,13 +405,9 @@ impl Tocsin {
         // Only what the query names is given to the planner: planning costs the same however
         // many relations the catalog holds.
         let refs = planner::referenced_tables(query)?;
-        let mut names: Vec<&str> = refs.iter().filter_map(planner::relation_name).collect();
-        names.sort_unstable();
-        names.dedup();
-        let ctx = planner::continuous_context(names.into_iter().filter_map(|n| {
-            let e = catalog.entries.get(n).filter(|e| e.is_relation())?;
-            Some((e.name.as_str(), e.schema.clone()))
-        }))?;
+        let relations = catalog.named_relations(&refs);
+        let ctx =
+            planner::continuous_context(relations.iter().map(|(n, s)| (n.as_str(), s.clone())))?;
         let logical = planner::plan_query(&ctx, query).await?;
         let optimized = ctx.state().optimize(&logical)?;
         let plan = lower::lower(&optimized, catalog)?;
@@ -548,14 +537,7 @@ impl Tocsin {
         let (relations, pg_tables, listed, names) = {
             let catalog = self.catalog.lock().await;
             let is_relation = |n: &str| catalog.entries.get(n).is_some_and(|e| e.is_relation());
-            let mut relations: Vec<(String, SchemaRef)> = refs
-                .iter()
-                .filter_map(planner::relation_name)
-                .filter(|n| is_relation(n))
-                .map(|n| (n.to_string(), catalog.entries[n].schema.clone()))
-                .collect();
-            relations.sort_by(|a, b| a.0.cmp(&b.0));
-            relations.dedup_by(|a, b| a.0 == b.0);
+            let relations = catalog.named_relations(&refs);
             let mut pg_tables: Vec<(&'static str, &'static str)> = refs
                 .iter()
                 .filter_map(|r| pgcompat::catalog_table(r, is_relation))

@@ -35,7 +35,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
-use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::trace::cursor::{cursor_list, Cursor};
 use differential_dataflow::trace::implementations::{KeyBatcher, KeySpine};
@@ -50,7 +49,7 @@ use timely::scheduling::Activator;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::spans::{self, RangeProbe, INDEX_READERS};
-use super::subscribe::{change_bytes, Backlog, WorkerUpdate};
+use super::subscribe::{ship, Backlog, WorkerUpdate};
 use super::{eval_span, mfp_into, DataflowErrors, RowTrace, Time, UpdateBuilder};
 use crate::error::EngineError;
 use crate::plan::{MfpStep, Node, Plan};
@@ -476,22 +475,15 @@ fn render_dispatch<'s>(
                     tap.snapshot_sent = true;
                     tap.unreported = true;
                 }
-                while let Some((&t, _)) = tap.pending.first_key_value() {
-                    if f.is_some_and(|f| t >= f) {
-                        break;
-                    }
-                    let (t, mut changes) = tap.pending.pop_first().expect("non-empty");
-                    consolidate(&mut changes);
-                    if changes.is_empty() {
-                        continue;
-                    }
-                    let n = changes.len();
-                    let bytes = changes.iter().map(|(r, _)| change_bytes(r)).sum();
-                    if tap.backlog.admit(n, bytes) {
-                        let _ = tap
-                            .tx
-                            .send((worker, WorkerUpdate::Changes(t, changes, n, bytes)));
-                    }
+                // Tap changes are all after `as_of` (the snapshot is read above).
+                if ship(
+                    &mut tap.pending,
+                    f,
+                    tap.as_of,
+                    &tap.backlog,
+                    &tap.tx,
+                    worker,
+                ) {
                     tap.unreported = true;
                 }
                 let report = if tap.sparse {

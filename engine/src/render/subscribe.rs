@@ -53,7 +53,7 @@ impl Backlog {
 
     /// Takes `changes` of `bytes` into the backlog, unless that passes a bound (then the
     /// subscription lags from now on and they are left out).
-    pub(crate) fn admit(&self, changes: usize, bytes: usize) -> bool {
+    fn admit(&self, changes: usize, bytes: usize) -> bool {
         if !self.lagging.load(Ordering::Relaxed) {
             let c = self.changes.fetch_add(changes, Ordering::Relaxed) + changes;
             let b = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
@@ -133,30 +133,47 @@ pub(crate) fn render_subscribe(
                 }
             });
             let f = frontier.frontier().iter().next().copied();
-            while let Some((&t, _)) = pending.first_key_value() {
-                if f.is_some_and(|f| t >= f) {
-                    break;
-                }
-                let (t, mut changes) = pending.pop_first().expect("non-empty");
-                consolidate(&mut changes);
-                if changes.is_empty() {
-                    continue;
-                }
-                if t == as_of {
-                    let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, 0, 0)));
-                    continue;
-                }
-                let (n, bytes) = (
-                    changes.len(),
-                    changes.iter().map(|(r, _)| change_bytes(r)).sum(),
-                );
-                if backlog.admit(n, bytes) {
-                    let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, n, bytes)));
-                }
-            }
+            ship(&mut pending, f, as_of, &backlog, &tx, worker);
             if reported != Some(f) {
                 reported = Some(f);
                 let _ = tx.send((worker, WorkerUpdate::Frontier(f)));
             }
         });
+}
+
+/// Sends the changes of every time before the frontier `f` (all for `None`), consolidated: those
+/// at `as_of` as the snapshot, the others within the backlog's bound. Whether any time had
+/// changes.
+pub(crate) fn ship(
+    pending: &mut BTreeMap<Time, Vec<(Row, isize)>>,
+    f: Option<Time>,
+    as_of: Time,
+    backlog: &Backlog,
+    tx: &UnboundedSender<(usize, WorkerUpdate)>,
+    worker: usize,
+) -> bool {
+    let mut shipped = false;
+    while let Some((&t, _)) = pending.first_key_value() {
+        if f.is_some_and(|f| t >= f) {
+            break;
+        }
+        let (t, mut changes) = pending.pop_first().expect("non-empty");
+        consolidate(&mut changes);
+        if changes.is_empty() {
+            continue;
+        }
+        shipped = true;
+        if t == as_of {
+            let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, 0, 0)));
+            continue;
+        }
+        let (n, bytes) = (
+            changes.len(),
+            changes.iter().map(|(r, _)| change_bytes(r)).sum(),
+        );
+        if backlog.admit(n, bytes) {
+            let _ = tx.send((worker, WorkerUpdate::Changes(t, changes, n, bytes)));
+        }
+    }
+    shipped
 }
