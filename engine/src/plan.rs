@@ -137,6 +137,24 @@ pub enum JoinKind {
     Inner,
     /// Left rows without a match are kept, padded with nulls.
     Left,
+    /// Right rows without a match are kept, padded with nulls.
+    Right,
+    /// Rows of either side without a match are kept, padded with nulls.
+    Full,
+    /// The left rows that have a match (`IN`, `EXISTS`); the output is the left columns.
+    Semi,
+    /// The left rows that have no match (`NOT EXISTS`); the output is the left columns.
+    Anti,
+    /// `NOT IN` on one key, with SQL's nulls: no row while the right side has a NULL key, and a
+    /// left row with a NULL key only while the right side is empty.
+    NotIn,
+}
+
+impl JoinKind {
+    /// Whether the output has the right side's columns.
+    pub fn keeps_right(self) -> bool {
+        !matches!(self, JoinKind::Semi | JoinKind::Anti | JoinKind::NotIn)
+    }
 }
 
 /// Sort order of one column, for `first_value(... ORDER BY ...)`.
@@ -164,12 +182,55 @@ pub enum AggFunc {
         sample: bool,
         sqrt: bool,
     },
+    /// `bool_and`: true when every non-null value is true.
+    BoolAnd,
+    /// `bool_or`: true when some value is true.
+    BoolOr,
+    /// `median`: the middle value, or the mean of the two middle values (the argument is a
+    /// float: DataFusion casts integers).
+    Median,
+    /// `percentile_cont(p)`: the value at rank `p * (n - 1)` of the ordered values, interpolated
+    /// linearly between the two values around it. `p` is held as its bits (`f64::to_bits`).
+    PercentileCont {
+        p: u64,
+    },
+    /// `approx_percentile_cont(p)`: [`crate::functions::Sketch`]'s estimate, within 1% of the
+    /// value at rank `floor(p * (n - 1))`; the group keeps one row per sketch bucket.
+    ApproxPercentile {
+        p: u64,
+    },
+    /// `string_agg(v, sep ORDER BY ...)`: the non-null values joined by `sep`, in this order
+    /// (ties, and no order at all, by value).
+    StringAgg {
+        sep: String,
+        order: Vec<SortKey>,
+    },
+    /// `regr_*(y, x)`: least-squares regression of the argument (y) on column `x` of the
+    /// reduce's input, over the rows where both are non-null.
+    Regr {
+        stat: RegrStat,
+        x: usize,
+    },
     /// `rate(counter, ts)`: the counter's increase per second (see
     /// [`crate::functions::counter_rate`]); `ts` is a column of the reduce's input holding epoch
     /// milliseconds.
     Rate {
         ts: usize,
     },
+}
+
+/// What a `regr_*` aggregate reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegrStat {
+    Slope,
+    Intercept,
+    Count,
+    R2,
+    AvgX,
+    AvgY,
+    Sxx,
+    Syy,
+    Sxy,
 }
 
 /// One aggregate of a [`Node::Reduce`]. `arg` is a column of the reduce's input.
@@ -186,7 +247,13 @@ impl Aggregate {
         !self.distinct
             && matches!(
                 self.func,
-                AggFunc::Count | AggFunc::Sum | AggFunc::Avg | AggFunc::Var { .. }
+                AggFunc::Count
+                    | AggFunc::Sum
+                    | AggFunc::Avg
+                    | AggFunc::Var { .. }
+                    | AggFunc::BoolAnd
+                    | AggFunc::BoolOr
+                    | AggFunc::Regr { .. }
             )
     }
 }
@@ -217,13 +284,16 @@ pub enum Node {
         keys: usize,
         aggs: Vec<Aggregate>,
     },
-    /// Equi-join on `left_keys[i] = right_keys[i]`; the output is the left columns, then the right.
+    /// Equi-join on `left_keys[i] = right_keys[i]`; the output is the left columns, then the
+    /// right (only the left for semi and anti joins). `filter` holds [`MfpStep::Filter`]s over a
+    /// matched pair's columns (left, then right) that a pair must also pass to be a match.
     Join {
         left: Box<Plan>,
         right: Box<Plan>,
         left_keys: Vec<usize>,
         right_keys: Vec<usize>,
         kind: JoinKind,
+        filter: Vec<MfpStep>,
     },
     /// UNION ALL.
     Union { inputs: Vec<Plan> },
@@ -381,8 +451,9 @@ impl Plan {
                 left_keys,
                 right_keys,
                 kind,
+                filter,
             } => {
-                let on: Vec<String> = left_keys
+                let mut on: Vec<String> = left_keys
                     .iter()
                     .zip(right_keys)
                     .map(|(l, r)| {
@@ -393,6 +464,11 @@ impl Plan {
                         )
                     })
                     .collect();
+                for f in filter {
+                    if let MfpStep::Filter(e) = f {
+                        on.push(e.to_string());
+                    }
+                }
                 writeln!(
                     s,
                     "{pad}{kind:?} Join on [{}] (arranged by key)",

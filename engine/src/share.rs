@@ -130,12 +130,14 @@ impl Shares {
                 left_keys,
                 right_keys,
                 kind,
+                filter,
             } => Node::Join {
                 left: sub(left, true),
                 right: sub(right, true),
                 left_keys: left_keys.clone(),
                 right_keys: right_keys.clone(),
                 kind: *kind,
+                filter: filter.clone(),
             },
             Node::Union { inputs } => Node::Union {
                 inputs: inputs.iter().map(|p| *sub(p, share_here)).collect(),

@@ -3,6 +3,10 @@
 //! - `rate(counter, ts)`: an aggregate turning a monotonically increasing counter into its
 //!   increase per second, with 32- and 64-bit wraps and resets handled
 //!   ([`tocsin_engine::functions::counter_rate`], the same code the engine runs);
+//! - `approx_percentile_cont(p) WITHIN GROUP (ORDER BY v)` (also `approx_percentile_cont(v, p)`):
+//!   [`tocsin_engine::functions::Sketch`]'s estimate, within 1% of the exact value, the same
+//!   sketch the engine maintains (it replaces DataFusion's t-digest, so that an ad hoc query and a
+//!   view agree);
 //! - the JSON functions of `datafusion-functions-json` that return plain types
 //!   (`json_get_str`, `json_get_int`, `json_get_float`, `json_get_bool`, `json_get_json`,
 //!   `json_as_text`, `json_contains`, `json_length`), for trap varbinds and other JSON text.
@@ -18,11 +22,12 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
-use tocsin_engine::functions::{counter_rate, Counter};
+use tocsin_engine::functions::{counter_rate, Counter, Sketch};
 
 /// Registers tocsin's functions in a session.
 pub fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::from(Rate::new()));
+    ctx.register_udaf(AggregateUDF::from(ApproxPercentile::new()));
     use datafusion_functions_json::udfs;
     for f in [
         udfs::json_get_str_udf(),
@@ -207,6 +212,121 @@ impl Accumulator for RateAccumulator {
                     continue;
                 };
                 self.samples.push((t.value(k), c));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `approx_percentile_cont`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ApproxPercentile {
+    signature: Signature,
+}
+
+impl ApproxPercentile {
+    pub const NAME: &'static str = "approx_percentile_cont";
+    fn new() -> Self {
+        ApproxPercentile {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl AggregateUDFImpl for ApproxPercentile {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn supports_within_group_clause(&self) -> bool {
+        true
+    }
+    fn coerce_types(&self, args: &[DataType]) -> DfResult<Vec<DataType>> {
+        match args {
+            [v, p] if (v.is_numeric() || v.is_null()) && (p.is_numeric() || p.is_null()) => {
+                Ok(vec![DataType::Float64, DataType::Float64])
+            }
+            [_, _, _] => plan_err!(
+                "approx_percentile_cont takes no centroid count: tocsin's sketch keeps every estimate within 1% of the exact value"
+            ),
+            _ => plan_err!(
+                "approx_percentile_cont(p) WITHIN GROUP (ORDER BY v) takes a numeric v and a fraction p"
+            ),
+        }
+    }
+    fn return_type(&self, _: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Float64)
+    }
+    fn state_fields(&self, _: StateFieldsArgs) -> DfResult<Vec<FieldRef>> {
+        Ok(vec![
+            Arc::new(Field::new("codes", list_of(DataType::Int64), true)),
+            Arc::new(Field::new("counts", list_of(DataType::Int64), true)),
+        ])
+    }
+    fn accumulator(&self, args: AccumulatorArgs) -> DfResult<Box<dyn Accumulator>> {
+        use datafusion::physical_expr::expressions::Literal;
+        let p = args
+            .exprs
+            .get(1)
+            .and_then(|e| e.downcast_ref::<Literal>())
+            .and_then(|l| match l.value().cast_to(&DataType::Float64) {
+                Ok(ScalarValue::Float64(Some(p))) if (0.0..=1.0).contains(&p) => Some(p),
+                _ => None,
+            });
+        let Some(p) = p else {
+            return plan_err!(
+                "approx_percentile_cont: the percentile must be a constant between 0 and 1"
+            );
+        };
+        let descending = args.order_bys.first().is_some_and(|s| s.options.descending);
+        Ok(Box::new(SketchAccumulator {
+            p: if descending { 1.0 - p } else { p },
+            sketch: Sketch::default(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct SketchAccumulator {
+    p: f64,
+    sketch: Sketch,
+}
+
+impl Accumulator for SketchAccumulator {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
+        let v = datafusion::arrow::compute::cast(&values[0], &DataType::Float64)?;
+        for x in v.as_primitive::<Float64Type>().iter().flatten() {
+            self.sketch.add(x, 1);
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self) -> DfResult<ScalarValue> {
+        Ok(ScalarValue::Float64(self.sketch.quantile(self.p)))
+    }
+
+    fn size(&self) -> usize {
+        std::mem::size_of_val(self) + self.sketch.buckets().count() * 32
+    }
+
+    fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
+        let codes = Int64Array::from_iter_values(self.sketch.buckets().map(|b| b.0));
+        let counts = Int64Array::from_iter_values(self.sketch.buckets().map(|b| b.1));
+        Ok(vec![one_list(Arc::new(codes)), one_list(Arc::new(counts))])
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> DfResult<()> {
+        let (codes, counts) = (states[0].as_list::<i32>(), states[1].as_list::<i32>());
+        for row in 0..codes.len() {
+            if codes.is_null(row) {
+                continue;
+            }
+            let (k, c) = (codes.value(row), counts.value(row));
+            let (k, c) = (k.as_primitive::<Int64Type>(), c.as_primitive::<Int64Type>());
+            for i in 0..k.len() {
+                self.sketch.add_code(k.value(i), c.value(i));
             }
         }
         Ok(())

@@ -65,7 +65,7 @@ pub(crate) fn contains_now(expr: &Expr) -> bool {
 fn no_now(expr: &Expr, place: &str) -> Result<()> {
     if contains_now(expr) {
         return Err(SqlError::unsupported(format!(
-            "now() in {place}: a continuous query can only compare a row's time with now(), as in WHERE ts > now() - INTERVAL '1 minute'"
+            "now() in {place}: a continuous query can only compare a row's time with now(), as in WHERE ts > now() - INTERVAL '1 minute'; to show how old a value is, select a column such as max(ts) and compare it with now() in WHERE or HAVING"
         )));
     }
     Ok(())
@@ -252,6 +252,238 @@ fn literal_rows(values: &[Vec<Expr>], schema: &SchemaRef) -> Result<Vec<tocsin_e
     Ok(batch_to_rows(&batch, None)?)
 }
 
+/// A constant argument of an aggregate, such as a percentile or a separator.
+fn constant(e: &Expr, what: &str, of: &str) -> Result<ScalarValue> {
+    match e {
+        Expr::Literal(v, _) => Ok(v.clone()),
+        Expr::Cast(c) => Ok(constant(&c.expr, what, of)?.cast_to(c.field.data_type())?),
+        other => Err(SqlError::unsupported(format!(
+            "{of}: the {what} must be a constant, not {other}"
+        ))),
+    }
+}
+
+/// The fraction of `percentile_cont(p)` and the like: a constant in [0, 1], counted from the
+/// top for `WITHIN GROUP (ORDER BY v DESC)`.
+fn fraction(e: &Expr, descending: bool, of: &str) -> Result<u64> {
+    let p = match constant(e, "percentile", of)?.cast_to(&DataType::Float64)? {
+        ScalarValue::Float64(Some(p)) if (0.0..=1.0).contains(&p) => p,
+        other => {
+            return Err(SqlError::unsupported(format!(
+                "{of}: the percentile must be between 0 and 1, not {other}"
+            )))
+        }
+    };
+    Ok(if descending { 1.0 - p } else { p }.to_bits())
+}
+
+/// Lowers one aggregate call, adding the input columns it reads to `pre` (the reduce's input,
+/// after the group keys).
+fn aggregate(f: &AggregateFunction, pre: &mut Vec<Expr>) -> Result<Aggregate> {
+    let AggregateFunction { func, params } = f;
+    let name = func.name().to_lowercase();
+    let of = format!("{name}()");
+    if params.null_treatment.is_some() {
+        return Err(SqlError::unsupported(
+            "IGNORE NULLS / RESPECT NULLS on aggregates",
+        ));
+    }
+    for a in &params.args {
+        no_now(a, "an aggregate's argument")?;
+    }
+    // FILTER (WHERE c) passes the argument only on rows where c is true: every aggregate but
+    // first_value and last_value skips the NULL it gets elsewhere.
+    let filtered = |e: &Expr| -> Result<Expr> {
+        let Some(c) = &params.filter else {
+            return Ok(e.clone());
+        };
+        no_now(c, "an aggregate's FILTER")?;
+        Ok(datafusion::logical_expr::when((**c).clone(), e.clone()).end()?)
+    };
+    if params.filter.is_some() && matches!(name.as_str(), "first_value" | "last_value") {
+        return Err(SqlError::unsupported(format!(
+            "FILTER (WHERE ...) on {name}: put the condition in WHERE, or in a view the rule reads"
+        )));
+    }
+    let mut push = |e: Expr| {
+        pre.push(e);
+        pre.len() - 1
+    };
+    let sort_keys = |flip: bool, push: &mut dyn FnMut(Expr) -> usize| -> Result<Vec<SortKey>> {
+        params
+            .order_by
+            .iter()
+            .map(|s| {
+                no_now(&s.expr, "ORDER BY")?;
+                Ok(SortKey {
+                    column: push(s.expr.clone()),
+                    descending: s.asc == flip,
+                    nulls_first: s.nulls_first != flip,
+                })
+            })
+            .collect()
+    };
+    let descending = params.order_by.first().is_some_and(|s| !s.asc);
+    let args = params.args.as_slice();
+    let (func, arg) = match (name.as_str(), args) {
+        ("rate", [counter, ts]) => {
+            // The time as epoch milliseconds (type coercion made it a millisecond timestamp).
+            let ts = push(Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(ts.clone()),
+                DataType::Int64,
+            )));
+            (AggFunc::Rate { ts }, filtered(counter)?)
+        }
+        ("rate", _) => {
+            return Err(SqlError::unsupported(
+                "rate takes two arguments: rate(counter, ts)",
+            ))
+        }
+        ("percentile_cont" | "quantile_cont", [v, p]) => (
+            AggFunc::PercentileCont {
+                p: fraction(p, descending, &of)?,
+            },
+            filtered(v)?,
+        ),
+        ("approx_percentile_cont", [v, p]) => (
+            AggFunc::ApproxPercentile {
+                p: fraction(p, descending, &of)?,
+            },
+            filtered(v)?,
+        ),
+        ("string_agg", [v, sep]) => {
+            let sep = match constant(sep, "separator", &of)? {
+                ScalarValue::Utf8(s) | ScalarValue::LargeUtf8(s) | ScalarValue::Utf8View(s) => {
+                    s.unwrap_or_default()
+                }
+                other => {
+                    return Err(SqlError::unsupported(format!(
+                        "{of}: the separator must be text, not {other}"
+                    )))
+                }
+            };
+            let order = sort_keys(false, &mut push)?;
+            (AggFunc::StringAgg { sep, order }, filtered(v)?)
+        }
+        (regr, [y, x]) if regr.starts_with("regr_") => {
+            use tocsin_engine::plan::RegrStat;
+            let stat = match regr {
+                "regr_slope" => RegrStat::Slope,
+                "regr_intercept" => RegrStat::Intercept,
+                "regr_count" => RegrStat::Count,
+                "regr_r2" => RegrStat::R2,
+                "regr_avgx" => RegrStat::AvgX,
+                "regr_avgy" => RegrStat::AvgY,
+                "regr_sxx" => RegrStat::Sxx,
+                "regr_syy" => RegrStat::Syy,
+                "regr_sxy" => RegrStat::Sxy,
+                other => return Err(SqlError::unsupported(format!("aggregate function {other}"))),
+            };
+            let x = push(x.clone());
+            (AggFunc::Regr { stat, x }, filtered(y)?)
+        }
+        (_, [] | [_]) => {
+            let arg = match args {
+                [a] => a.clone(),
+                _ => Expr::Literal(ScalarValue::Int64(Some(1)), None),
+            };
+            let func = match name.as_str() {
+                "count" => AggFunc::Count,
+                "sum" => AggFunc::Sum,
+                "avg" | "mean" => AggFunc::Avg,
+                "var" | "var_samp" | "var_sample" | "variance" | "var_pop" | "var_population"
+                | "stddev" | "stddev_samp" | "stddev_pop" => AggFunc::Var {
+                    sample: !name.ends_with("_pop") && !name.ends_with("_population"),
+                    sqrt: name.starts_with("stddev"),
+                },
+                "min" => AggFunc::Min,
+                "max" => AggFunc::Max,
+                "bool_and" => AggFunc::BoolAnd,
+                "bool_or" => AggFunc::BoolOr,
+                "median" => AggFunc::Median,
+                "first_value" | "last_value" => {
+                    AggFunc::First(sort_keys(name == "last_value", &mut push)?)
+                }
+                "approx_median" | "approx_distinct" | "approx_percentile_cont_with_weight" => {
+                    return Err(SqlError::unsupported(format!(
+                        "aggregate function {name}: use median(v), count(DISTINCT v) or approx_percentile_cont(p) WITHIN GROUP (ORDER BY v)"
+                    )))
+                }
+                "array_agg" => {
+                    return Err(SqlError::unsupported(
+                        "aggregate function array_agg: a continuous query's columns are scalars; use string_agg(v, ',' ORDER BY v)",
+                    ))
+                }
+                other => {
+                    return Err(SqlError::unsupported(format!("aggregate function {other}")))
+                }
+            };
+            (func, filtered(&arg)?)
+        }
+        (_, _) => {
+            return Err(SqlError::unsupported(format!(
+                "aggregate {name} with {} arguments",
+                args.len()
+            )))
+        }
+    };
+    Ok(Aggregate {
+        func,
+        arg: push(arg),
+        distinct: params.distinct,
+    })
+}
+
+/// The column of a join key: a plain column of the side, or an expression added to `extra`
+/// (evaluated into a column after the side's own).
+fn key_column(e: &Expr, side: &DFSchema, extra: &mut Vec<Expr>) -> Result<usize> {
+    if let Expr::Column(c) = e {
+        return Ok(side.index_of_column(c)?);
+    }
+    extra.push(e.clone());
+    Ok(side.fields().len() + extra.len() - 1)
+}
+
+/// A join side with its expression keys evaluated into extra columns, and its schema.
+fn extended(plan: Plan, side: &DFSchemaRef, extra: &[Expr], tag: &str) -> Result<(Plan, DFSchema)> {
+    if extra.is_empty() {
+        return Ok((plan, side.as_ref().clone()));
+    }
+    let fields = extra
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Ok(Field::new(
+                format!("\u{0}key_{tag}{i}"),
+                e.get_type(side.as_ref())?,
+                true,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ext = side.join(&DFSchema::from_unqualified_fields(
+        fields.into(),
+        Default::default(),
+    )?)?;
+    let mut exprs = (0..side.fields().len())
+        .map(|i| phys(&Expr::Column(side.columns()[i].clone()), side))
+        .collect::<Result<Vec<_>>>()?;
+    for e in extra {
+        exprs.push(phys(e, side)?);
+    }
+    let schema = arrow(&Arc::new(ext.clone()));
+    Ok((
+        with_step(
+            plan,
+            MfpStep::Project {
+                exprs,
+                schema: schema.clone(),
+            },
+            schema,
+        ),
+        ext,
+    ))
+}
+
 /// Lowers an optimized logical plan.
 pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
     let schema = arrow(plan.schema());
@@ -360,82 +592,10 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             let keys = pre.len();
             let mut aggs = Vec::new();
             for ae in &a.aggr_expr {
-                let Expr::AggregateFunction(AggregateFunction { func, params }) =
-                    ae.clone().unalias_nested().data
-                else {
+                let Expr::AggregateFunction(f) = ae.clone().unalias_nested().data else {
                     return Err(SqlError::internal(format!("aggregate expression {ae}")));
                 };
-                if params.filter.is_some() {
-                    return Err(SqlError::unsupported("FILTER (WHERE ...) on aggregates"));
-                }
-                if params.null_treatment.is_some() {
-                    return Err(SqlError::unsupported(
-                        "IGNORE NULLS / RESPECT NULLS on aggregates",
-                    ));
-                }
-                let name = func.name().to_lowercase();
-                let mut order = Vec::new();
-                let mut rate_ts = None;
-                let arg = match params.args.as_slice() {
-                    [] => Expr::Literal(ScalarValue::Int64(Some(1)), None),
-                    [a] => a.clone(),
-                    [counter, ts] if name == crate::functions::Rate::NAME => {
-                        no_now(ts, "rate()")?;
-                        // The time as epoch milliseconds (type coercion made it a
-                        // millisecond timestamp).
-                        pre.push(Expr::Cast(datafusion::logical_expr::Cast::new(
-                            Box::new(ts.clone()),
-                            DataType::Int64,
-                        )));
-                        rate_ts = Some(pre.len() - 1);
-                        counter.clone()
-                    }
-                    _ => {
-                        return Err(SqlError::unsupported(format!(
-                            "aggregate {name} with several arguments"
-                        )))
-                    }
-                };
-                no_now(&arg, "an aggregate's argument")?;
-                let func = match name.as_str() {
-                    "rate" => AggFunc::Rate {
-                        ts: rate_ts.ok_or_else(|| {
-                            SqlError::unsupported("rate takes two arguments: rate(counter, ts)")
-                        })?,
-                    },
-                    "count" => AggFunc::Count,
-                    "sum" => AggFunc::Sum,
-                    "avg" | "mean" => AggFunc::Avg,
-                    "var" | "var_samp" | "var_sample" | "variance" | "var_pop"
-                    | "var_population" | "stddev" | "stddev_samp" | "stddev_pop" => AggFunc::Var {
-                        sample: !name.ends_with("_pop") && !name.ends_with("_population"),
-                        sqrt: name.starts_with("stddev"),
-                    },
-                    "min" => AggFunc::Min,
-                    "max" => AggFunc::Max,
-                    "first_value" | "last_value" => {
-                        let flip = name == "last_value";
-                        for s in &params.order_by {
-                            no_now(&s.expr, "ORDER BY")?;
-                            pre.push(s.expr.clone());
-                            order.push(SortKey {
-                                column: pre.len() - 1,
-                                descending: s.asc == flip,
-                                nulls_first: s.nulls_first != flip,
-                            });
-                        }
-                        AggFunc::First(order)
-                    }
-                    other => {
-                        return Err(SqlError::unsupported(format!("aggregate function {other}")))
-                    }
-                };
-                pre.push(arg);
-                aggs.push(Aggregate {
-                    func,
-                    arg: pre.len() - 1,
-                    distinct: params.distinct,
-                });
+                aggs.push(aggregate(&f, &mut pre)?);
             }
             let input = lower(&a.input, rels)?;
             let fields = pre
@@ -487,14 +647,14 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             let kind = match j.join_type {
                 JoinType::Inner => JoinKind::Inner,
                 JoinType::Left => JoinKind::Left,
-                JoinType::LeftSemi
-                | JoinType::LeftAnti
-                | JoinType::RightSemi
-                | JoinType::RightAnti
-                | JoinType::LeftMark
-                | JoinType::RightMark => {
+                JoinType::Right => JoinKind::Right,
+                JoinType::Full => JoinKind::Full,
+                JoinType::LeftSemi => JoinKind::Semi,
+                JoinType::LeftAnti if j.null_aware => JoinKind::NotIn,
+                JoinType::LeftAnti => JoinKind::Anti,
+                JoinType::LeftMark | JoinType::RightMark => {
                     return Err(SqlError::unsupported(
-                        "IN / EXISTS subqueries (semi and anti joins)",
+                        "IN / EXISTS subqueries under OR or NOT (...): write each as a condition joined by AND, or UNION the cases",
                     ))
                 }
                 other => {
@@ -507,19 +667,34 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             if j.null_equality == NullEquality::NullEqualsNull {
                 return Err(SqlError::unsupported("joins where NULL equals NULL"));
             }
+            if kind == JoinKind::NotIn && (j.on.len() != 1 || j.filter.is_some()) {
+                return Err(SqlError::unsupported(
+                    "NOT IN over several columns or a correlated subquery: use NOT EXISTS",
+                ));
+            }
+            let (l_df, r_df) = (j.left.schema(), j.right.schema());
+            // Keys that are expressions become extra columns at the end of their side.
             let mut left_keys = Vec::new();
             let mut right_keys = Vec::new();
+            let (mut l_extra, mut r_extra) = (Vec::new(), Vec::new());
             for (l, r) in &j.on {
-                let (Expr::Column(lc), Expr::Column(rc)) = (l, r) else {
-                    return Err(SqlError::unsupported(format!(
-                        "join condition {l} = {r}: join keys must be plain columns"
-                    )));
-                };
-                left_keys.push(j.left.schema().index_of_column(lc)?);
-                right_keys.push(j.right.schema().index_of_column(rc)?);
+                no_now(l, "a join condition")?;
+                no_now(r, "a join condition")?;
+                left_keys.push(key_column(l, l_df, &mut l_extra)?);
+                right_keys.push(key_column(r, r_df, &mut r_extra)?);
             }
-            let left = lower(&j.left, rels)?;
-            let right = lower(&j.right, rels)?;
+            let (left, l_ext) = extended(lower(&j.left, rels)?, l_df, &l_extra, "l")?;
+            let (right, r_ext) = extended(lower(&j.right, rels)?, r_df, &r_extra, "r")?;
+            let pair_df = l_ext.join(&r_ext)?;
+            let filter = match &j.filter {
+                None => Vec::new(),
+                Some(f) => {
+                    no_now(f, "a join condition")?;
+                    vec![MfpStep::Filter(phys(f, &pair_df)?)]
+                }
+            };
+            let (lw, lw_ext) = (l_df.fields().len(), l_ext.fields().len());
+            let out_df = if kind.keeps_right() { pair_df } else { l_ext };
             let joined = Plan {
                 node: Node::Join {
                     left: Box::new(left),
@@ -527,23 +702,33 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                     left_keys,
                     right_keys,
                     kind,
+                    filter,
                 },
-                schema: schema.clone(),
+                schema: arrow(&Arc::new(out_df.clone())),
             };
-            match &j.filter {
-                None => Ok(joined),
-                Some(_) if kind == JoinKind::Left => Err(SqlError::unsupported(
-                    "LEFT JOIN with conditions other than column equalities",
-                )),
-                Some(f) => {
-                    no_now(f, "a join condition")?;
-                    Ok(with_step(
-                        joined,
-                        MfpStep::Filter(phys(f, &j.schema)?),
-                        schema,
-                    ))
-                }
+            if l_extra.is_empty() && r_extra.is_empty() {
+                return Ok(Plan {
+                    node: joined.node,
+                    schema,
+                });
             }
+            // Leave the key columns out again.
+            let mut keep: Vec<usize> = (0..lw).collect();
+            if kind.keeps_right() {
+                keep.extend(lw_ext..lw_ext + r_df.fields().len());
+            }
+            let exprs = keep
+                .into_iter()
+                .map(|i| phys(&Expr::Column(out_df.columns()[i].clone()), &out_df))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(with_step(
+                joined,
+                MfpStep::Project {
+                    exprs,
+                    schema: schema.clone(),
+                },
+                schema,
+            ))
         }
         LogicalPlan::Union(u) => {
             let inputs = u

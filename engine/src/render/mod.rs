@@ -18,6 +18,7 @@
 pub(crate) mod group;
 pub(crate) mod join;
 pub(crate) mod mfp;
+mod moments;
 pub(crate) mod reduce;
 pub(crate) mod spans;
 pub(crate) mod subscribe;
@@ -133,16 +134,33 @@ impl<'s> Context<'_, 's> {
                 left_keys,
                 right_keys,
                 kind,
+                filter,
             } => {
                 let l = self.render(left)?;
                 let r = self.render(right)?;
+                let widths = (left.schema.fields().len(), right.schema.fields().len());
+                let mut pairs = join::matched(l.clone(), r.clone(), left_keys, right_keys);
+                if !filter.is_empty() {
+                    let fields: Vec<_> = left
+                        .schema
+                        .fields()
+                        .iter()
+                        .chain(right.schema.fields())
+                        .cloned()
+                        .collect();
+                    let schema =
+                        std::sync::Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+                    pairs = self.render_mfp(pairs, schema, filter.clone());
+                }
                 Ok(join::render_join(
                     l,
                     r,
+                    pairs,
                     left_keys,
                     right_keys,
                     *kind,
-                    right.schema.fields().len(),
+                    widths,
+                    !filter.is_empty(),
                 ))
             }
         }

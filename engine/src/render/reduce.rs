@@ -26,9 +26,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{Coll, Context, Delayed, Time, UpdateBuilder};
+use super::{moments, Coll, Context, Delayed, Time, UpdateBuilder};
 use crate::error::{EngineError, Result};
-use crate::functions::{counter_rate, Counter};
+use crate::functions::{counter_rate, sketch_code, sketch_quantile, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
 use crate::row::{repr_of, Datum, Repr, Row, F64};
 
@@ -40,8 +40,10 @@ const FLOAT_LIMIT: f64 = 1237940039285380274899124224.0;
 fn slots(func: &AggFunc) -> usize {
     match func {
         AggFunc::Count => 1,
-        // and the sum of squares
-        AggFunc::Var { .. } => 6,
+        // non-null count, true count
+        AggFunc::BoolAnd | AggFunc::BoolOr => 2,
+        AggFunc::Var { .. } => moments::VAR_SLOTS,
+        AggFunc::Regr { .. } => moments::REGR_SLOTS,
         // non-null count, sum, NaN count, +inf count, -inf count
         _ => 5,
     }
@@ -49,22 +51,9 @@ fn slots(func: &AggFunc) -> usize {
 
 fn accumulate(func: &AggFunc, v: &Datum, s: &mut [i128], m: i128) {
     match (func, v) {
+        (AggFunc::Var { .. }, _) => moments::var_add(v, s, m),
         (_, Datum::Null) => {}
         (AggFunc::Count, _) => s[0] += m,
-        (AggFunc::Var { .. }, Datum::Int(i)) => {
-            accumulate(func, &Datum::Float(F64::new(*i as f64)), s, m)
-        }
-        (AggFunc::Var { .. }, Datum::Float(f)) => {
-            let f = f.get();
-            accumulate(&AggFunc::Sum, &Datum::Float(F64::new(f)), &mut s[..5], m);
-            let sq = f * f;
-            if sq.is_finite() && sq < FLOAT_LIMIT {
-                s[5] = s[5].wrapping_add(((sq * FLOAT_SCALE).round() as i128).wrapping_mul(m));
-            } else if f.is_finite() {
-                // The square is beyond the fixed-point range: the variance is not a number.
-                s[2] += m
-            }
-        }
         (_, Datum::Int(i)) => {
             s[0] += m;
             s[1] = s[1].wrapping_add(*i as i128 * m);
@@ -91,11 +80,19 @@ fn accumulate(func: &AggFunc, v: &Datum, s: &mut [i128], m: i128) {
 }
 
 fn finalize(func: &AggFunc, input_float: bool, out: &DataType, s: &[i128]) -> Datum {
-    if let AggFunc::Count = func {
-        return Datum::Int(s[0] as i64);
+    match func {
+        AggFunc::Count => return Datum::Int(s[0] as i64),
+        AggFunc::Regr { stat, .. } => return moments::regr_finish(s, *stat),
+        AggFunc::Var { sample, sqrt } => return moments::var_finish(s, *sample, *sqrt),
+        _ => {}
     }
     if s[0] == 0 {
         return Datum::Null;
+    }
+    match func {
+        AggFunc::BoolAnd => return Datum::Bool(s[1] == s[0]),
+        AggFunc::BoolOr => return Datum::Bool(s[1] > 0),
+        _ => {}
     }
     let special = if s[2] != 0 || (s[3] != 0 && s[4] != 0) {
         Some(f64::NAN)
@@ -111,17 +108,6 @@ fn finalize(func: &AggFunc, input_float: bool, out: &DataType, s: &[i128]) -> Da
     } else {
         s[1] as f64
     };
-    if let AggFunc::Var { sample, sqrt } = func {
-        let n = s[0] as f64;
-        if *sample && s[0] < 2 {
-            return Datum::Null;
-        }
-        let (sum, squares) = (s[1] as f64 / FLOAT_SCALE, s[5] as f64 / FLOAT_SCALE);
-        let deviations = (squares - sum * sum / n).max(0.0);
-        let var = deviations / if *sample { n - 1.0 } else { n };
-        let v = special.map_or(var, |_| f64::NAN);
-        return Datum::Float(F64::new(if *sqrt { v.sqrt() } else { v }));
-    }
     match (func, repr_of(out)) {
         (AggFunc::Sum, Some(Repr::Int)) => Datum::Int(s[1] as i64),
         (AggFunc::Sum, _) => Datum::Float(F64::new(special.unwrap_or(sum))),
@@ -147,7 +133,11 @@ impl Finish {
         let mut off = 1;
         for a in &self.aggs {
             let n = slots(&a.func);
-            accumulate(&a.func, &row[a.arg], &mut acc[off..off + n], m);
+            let s = &mut acc[off..off + n];
+            match a.func {
+                AggFunc::Regr { x, .. } => moments::regr_add(&row[a.arg], &row[x], s, m),
+                _ => accumulate(&a.func, &row[a.arg], s, m),
+            }
             off += n;
         }
     }
@@ -303,7 +293,7 @@ pub(crate) fn render_reduce<'s>(
     for a in aggs {
         let width = in_schema.fields().len();
         let ts_ok = match a.func {
-            AggFunc::Rate { ts } => ts >= keys && ts < width,
+            AggFunc::Rate { ts: c } | AggFunc::Regr { x: c, .. } => c >= keys && c < width,
             _ => true,
         };
         if a.arg < keys || a.arg >= width || !ts_ok {
@@ -334,10 +324,25 @@ pub(crate) fn render_reduce<'s>(
         accumulate_groups(input, keys, finish)
     } else {
         let aggs_r = aggs.to_vec();
+        // A column only approximate percentiles read is kept as its sketch bucket, so a group
+        // holds one row per bucket instead of one per value when nothing else is aggregated.
+        let coded: Vec<usize> = (keys..in_schema.fields().len())
+            .filter(|c| {
+                let mut readers = aggs.iter().filter(|a| reads(a, *c));
+                readers.clone().next().is_some()
+                    && readers.all(|a| matches!(a.func, AggFunc::ApproxPercentile { .. }))
+            })
+            .collect();
         let kv = input.map(move |row: Row| {
+            let mut vals = row[keys..].to_vec();
+            for c in &coded {
+                if let Datum::Float(f) = &vals[c - keys] {
+                    vals[c - keys] = Datum::Int(sketch_code(f.get()));
+                }
+            }
             (
                 row[..keys].to_vec().into_boxed_slice(),
-                row[keys..].to_vec().into_boxed_slice(),
+                vals.into_boxed_slice(),
             )
         });
         kv.reduce(
@@ -363,6 +368,67 @@ pub(crate) fn render_reduce<'s>(
     let d2 = default.clone();
     let present = result.clone().map(move |_| d2.clone()).negate();
     Ok(result.concat(ctx.constant(vec![default])).concat(present))
+}
+
+/// Whether an aggregate reads input column `c`.
+fn reads(a: &Aggregate, c: usize) -> bool {
+    a.arg == c
+        || match &a.func {
+            AggFunc::Rate { ts: x } | AggFunc::Regr { x, .. } => *x == c,
+            AggFunc::First(order) | AggFunc::StringAgg { order, .. } => {
+                order.iter().any(|k| k.column == c)
+            }
+            _ => false,
+        }
+}
+
+/// The value at 0-based rank `i` of values in order with their multiplicities.
+fn at_rank<'a>(values: &[(&'a Datum, isize)], i: i64) -> &'a Datum {
+    let mut seen = 0i64;
+    for (v, m) in values {
+        seen += *m as i64;
+        if seen > i {
+            return v;
+        }
+    }
+    values.last().expect("a rank within the values").0
+}
+
+fn float_of(d: &Datum) -> f64 {
+    match d {
+        Datum::Int(i) => *i as f64,
+        Datum::Float(f) => f.get(),
+        _ => f64::NAN,
+    }
+}
+
+/// `median` and `percentile_cont` as DataFusion computes them, over the non-null values in order.
+fn exact_percentile(func: &AggFunc, values: &[(&Datum, isize)]) -> Datum {
+    let n: i64 = values.iter().map(|(_, m)| *m as i64).sum();
+    if n == 0 {
+        return Datum::Null;
+    }
+    match func {
+        AggFunc::Median if n % 2 == 1 => at_rank(values, n / 2).clone(),
+        AggFunc::Median => {
+            let (a, b) = (at_rank(values, n / 2 - 1), at_rank(values, n / 2));
+            Datum::Float(F64::new((float_of(a) + float_of(b)) / 2.0))
+        }
+        AggFunc::PercentileCont { p } => {
+            let p = f64::from_bits(*p);
+            let index = p * (n - 1) as f64;
+            let (lo, hi) = (index.floor() as i64, index.ceil() as i64);
+            if n == 1 || lo == hi || p == 0.0 || p == 1.0 {
+                let i = if p == 1.0 { n - 1 } else { lo };
+                return Datum::Float(F64::new(float_of(at_rank(values, i))));
+            }
+            let (a, b) = (float_of(at_rank(values, lo)), float_of(at_rank(values, hi)));
+            // DataFusion quantizes the interpolation weight to millionths.
+            let weight = ((index - lo as f64) * 1_000_000.0) as usize as f64 / 1_000_000.0;
+            Datum::Float(F64::new(a + (b - a) * weight))
+        }
+        _ => unreachable!("not a percentile"),
+    }
 }
 
 /// Computes one aggregate over a whole group (values with their multiplicities).
@@ -401,6 +467,64 @@ fn group_aggregate(
                 })
                 .collect();
             counter_rate(&mut samples).map_or(Datum::Null, |r| Datum::Float(F64::new(r)))
+        }
+        AggFunc::Median | AggFunc::PercentileCont { .. } => {
+            let mut values: Vec<(&Datum, isize)> = present
+                .map(|(v, m)| (&v[col], if a.distinct { 1 } else { *m }))
+                .filter(|(d, _)| !d.is_null())
+                .collect();
+            values.sort_by(|x, y| x.0.cmp(y.0));
+            if a.distinct {
+                values.dedup_by(|x, y| x.0 == y.0);
+            }
+            exact_percentile(&a.func, &values)
+        }
+        AggFunc::ApproxPercentile { p } => {
+            let mut buckets: Vec<(i64, i64)> = present
+                .filter_map(|(v, m)| match &v[col] {
+                    Datum::Int(code) => Some((*code, *m as i64)),
+                    Datum::Float(f) => Some((sketch_code(f.get()), *m as i64)),
+                    _ => None,
+                })
+                .collect();
+            buckets.sort_unstable();
+            sketch_quantile(buckets.into_iter(), f64::from_bits(*p))
+                .map_or(Datum::Null, |v| Datum::Float(F64::new(v)))
+        }
+        AggFunc::StringAgg { sep, order } => {
+            let mut rows: Vec<(&Row, isize)> = present
+                .filter(|(v, _)| !v[col].is_null())
+                .map(|(v, m)| (*v, *m))
+                .collect();
+            rows.sort_by(|(x, _), (y, _)| {
+                compare_by(order, keys, x, y)
+                    .then_with(|| x[col].cmp(&y[col]))
+                    .then_with(|| x.cmp(y))
+            });
+            if a.distinct {
+                rows.dedup_by(|x, y| x.0[col] == y.0[col]);
+            }
+            if rows.is_empty() {
+                return Datum::Null;
+            }
+            let mut out = String::new();
+            let mut first = true;
+            for (v, m) in rows {
+                let Datum::Str(text) = &v[col] else { continue };
+                for _ in 0..if a.distinct { 1 } else { m } {
+                    if !first {
+                        out.push_str(sep);
+                    }
+                    first = false;
+                    out.push_str(text);
+                }
+            }
+            Datum::Str(out.into())
+        }
+        AggFunc::Regr { x, .. } => {
+            let mut s = vec![0i128; slots(&a.func)];
+            present.for_each(|(v, m)| moments::regr_add(&v[col], &v[x - keys], &mut s, *m as i128));
+            finalize(&a.func, input_float, out, &s)
         }
         func => {
             let mut s = vec![0i128; slots(func)];
