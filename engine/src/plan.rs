@@ -233,6 +233,26 @@ pub enum RegrStat {
     Sxy,
 }
 
+/// A window function of a [`Node::Window`]: its value for each row of a partition in order.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WindowFunc {
+    /// 1, 2, 3, ... in order (rows equal in the order are numbered by the whole row).
+    RowNumber,
+    /// 1 + the number of rows before the row's peers (rows equal in the order).
+    Rank,
+    /// 1 + the number of distinct peers before the row's.
+    DenseRank,
+    /// Column `arg` of the row `offset` rows before (`lag`) or after (`lead`, a negative
+    /// offset), or `default` where there is none.
+    Shift {
+        arg: usize,
+        offset: i64,
+        default: crate::row::Datum,
+    },
+    /// Column `arg` of the partition's first row in order.
+    FirstValue { arg: usize },
+}
+
 /// One aggregate of a [`Node::Reduce`]. `arg` is a column of the reduce's input.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Aggregate {
@@ -256,6 +276,27 @@ impl Aggregate {
                     | AggFunc::Regr { .. }
             )
     }
+}
+
+fn names(schema: &SchemaRef, cols: &[usize]) -> String {
+    cols.iter()
+        .map(|c| schema.field(*c).name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sort_names(schema: &SchemaRef, order: &[SortKey]) -> String {
+    order
+        .iter()
+        .map(|k| {
+            format!(
+                "{}{}",
+                schema.field(k.column).name(),
+                if k.descending { " DESC" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A plan node and the schema of its output. Two plans are equal (and hash alike) when they are
@@ -295,6 +336,25 @@ pub enum Node {
         kind: JoinKind,
         filter: Vec<MfpStep>,
     },
+    /// `ORDER BY ... LIMIT`: of each group of rows equal in the `group` columns (one group with
+    /// none), the rows from `offset` to `offset + limit` in `order` (rows equal in the order
+    /// ordered by the whole row). Kept by a hierarchy of reductions, so a change rescans a small
+    /// bucket of rows and the top rows of a few buckets, not the group.
+    TopK {
+        input: Box<Plan>,
+        group: Vec<usize>,
+        order: Vec<SortKey>,
+        offset: usize,
+        limit: usize,
+    },
+    /// Window functions: every input row, followed by one column per function, computed over the
+    /// rows with equal `partition` columns in `order`.
+    Window {
+        input: Box<Plan>,
+        partition: Vec<usize>,
+        order: Vec<SortKey>,
+        funcs: Vec<WindowFunc>,
+    },
     /// UNION ALL.
     Union { inputs: Vec<Plan> },
     /// A fixed set of rows.
@@ -319,7 +379,10 @@ impl Plan {
         f(self);
         match &self.node {
             Node::Source { .. } | Node::Relation { .. } | Node::Constant { .. } => {}
-            Node::Mfp { input, .. } | Node::Reduce { input, .. } => input.visit(f),
+            Node::Mfp { input, .. }
+            | Node::Reduce { input, .. }
+            | Node::TopK { input, .. }
+            | Node::Window { input, .. } => input.visit(f),
             Node::Join { left, right, .. } => {
                 left.visit(f);
                 right.visit(f);
@@ -476,6 +539,35 @@ impl Plan {
                 )?;
                 left.explain_into(s, depth + 1, expand)?;
                 right.explain_into(s, depth + 1, expand)?;
+            }
+            Node::TopK {
+                input,
+                group,
+                order,
+                offset,
+                limit,
+            } => {
+                writeln!(
+                    s,
+                    "{pad}TopK group by [{}] order by [{}] offset {offset} limit {limit} (hierarchical reduce)",
+                    names(&input.schema, group),
+                    sort_names(&input.schema, order)
+                )?;
+                input.explain_into(s, depth + 1, expand)?;
+            }
+            Node::Window {
+                input,
+                partition,
+                order,
+                funcs,
+            } => {
+                writeln!(
+                    s,
+                    "{pad}Window partition by [{}] order by [{}] functions {funcs:?} (per-partition reduce)",
+                    names(&input.schema, partition),
+                    sort_names(&input.schema, order)
+                )?;
+                input.explain_into(s, depth + 1, expand)?;
             }
             Node::Union { inputs } => {
                 writeln!(s, "{pad}Union All")?;

@@ -139,6 +139,30 @@ impl Shares {
                 kind: *kind,
                 filter: filter.clone(),
             },
+            Node::TopK {
+                input,
+                group,
+                order,
+                offset,
+                limit,
+            } => Node::TopK {
+                input: sub(input, true),
+                group: group.clone(),
+                order: order.clone(),
+                offset: *offset,
+                limit: *limit,
+            },
+            Node::Window {
+                input,
+                partition,
+                order,
+                funcs,
+            } => Node::Window {
+                input: sub(input, true),
+                partition: partition.clone(),
+                order: order.clone(),
+                funcs: funcs.clone(),
+            },
             Node::Union { inputs } => Node::Union {
                 inputs: inputs.iter().map(|p| *sub(p, share_here)).collect(),
             },

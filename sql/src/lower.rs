@@ -484,6 +484,270 @@ fn extended(plan: Plan, side: &DFSchemaRef, extra: &[Expr], tag: &str) -> Result
     ))
 }
 
+/// Sort keys for `exprs`, as columns of `side` (expressions become extra columns).
+fn sort_keys_of(
+    exprs: &[datafusion::logical_expr::SortExpr],
+    side: &DFSchema,
+    extra: &mut Vec<Expr>,
+) -> Result<Vec<SortKey>> {
+    exprs
+        .iter()
+        .map(|s| {
+            no_now(&s.expr, "ORDER BY")?;
+            Ok(SortKey {
+                column: key_column(&s.expr, side, extra)?,
+                descending: !s.asc,
+                nulls_first: s.nulls_first,
+            })
+        })
+        .collect()
+}
+
+/// Keeps the columns `keep` of `plan`, whose schema is `df`, as `schema`.
+fn first_columns(plan: Plan, df: &DFSchema, keep: Vec<usize>, schema: SchemaRef) -> Result<Plan> {
+    let exprs = keep
+        .into_iter()
+        .map(|i| phys(&Expr::Column(df.columns()[i].clone()), df))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(with_step(
+        plan,
+        MfpStep::Project {
+            exprs,
+            schema: schema.clone(),
+        },
+        schema,
+    ))
+}
+
+/// `ORDER BY exprs OFFSET offset LIMIT limit` over `input`.
+fn top_k(
+    input: &LogicalPlan,
+    exprs: &[datafusion::logical_expr::SortExpr],
+    offset: usize,
+    limit: usize,
+    schema: SchemaRef,
+    rels: &dyn Relations,
+) -> Result<Plan> {
+    let df = input.schema();
+    let mut extra = Vec::new();
+    let order = sort_keys_of(exprs, df, &mut extra)?;
+    let (inner, ext) = extended(lower(input, rels)?, df, &extra, "s")?;
+    let plan = Plan {
+        node: Node::TopK {
+            input: Box::new(inner),
+            group: Vec::new(),
+            order,
+            offset,
+            limit,
+        },
+        schema: arrow(&Arc::new(ext.clone())),
+    };
+    if extra.is_empty() {
+        return Ok(Plan {
+            node: plan.node,
+            schema,
+        });
+    }
+    first_columns(plan, &ext, (0..df.fields().len()).collect(), schema)
+}
+
+/// The `k` of a `WHERE rn <= k` (or `rn < k + 1`, `rn = 1`) on a `row_number()` of `w`: the rows
+/// it keeps are the first `k` of each partition, so only those need numbering.
+fn row_number_limit(predicate: &Expr, w: &datafusion::logical_expr::Window) -> Option<usize> {
+    use datafusion::logical_expr::expr::WindowFunction;
+    let in_width = w.input.schema().fields().len();
+    let mut best: Option<usize> = None;
+    for c in split_conjunction(predicate) {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = c else {
+            continue;
+        };
+        let (Expr::Column(col), Expr::Literal(v, _)) = (left.as_ref(), right.as_ref()) else {
+            continue;
+        };
+        let Ok(ScalarValue::UInt64(Some(k))) = v.cast_to(&DataType::UInt64) else {
+            continue;
+        };
+        let Ok(i) = w.schema.index_of_column(col) else {
+            continue;
+        };
+        let Some(e) = i.checked_sub(in_width).and_then(|j| w.window_expr.get(j)) else {
+            continue;
+        };
+        let Expr::WindowFunction(wf) = e.clone().unalias_nested().data else {
+            continue;
+        };
+        let WindowFunction { fun, .. } = wf.as_ref();
+        if fun.name() != "row_number" {
+            continue;
+        }
+        let k = match op {
+            Operator::LtEq => k as usize,
+            Operator::Lt => (k as usize).saturating_sub(1),
+            Operator::Eq if k == 1 => 1,
+            _ => continue,
+        };
+        best = Some(best.map_or(k, |b| b.min(k)));
+    }
+    // `lead` looks past the first k rows.
+    let leads = w.window_expr.iter().any(|e| {
+        matches!(e.clone().unalias_nested().data, Expr::WindowFunction(wf) if wf.fun.name() == "lead")
+    });
+    best.filter(|_| !leads)
+}
+
+/// A value of `DataType` `t` as the engine holds it.
+fn datum(v: &ScalarValue, t: &DataType) -> Result<tocsin_engine::row::Datum> {
+    let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", t.clone(), true)]));
+    let rows = literal_rows(&[vec![Expr::Literal(v.clone(), None)]], &schema)?;
+    Ok(rows[0][0].clone())
+}
+
+/// Window functions; with `limit`, only the first `limit` rows of each partition are kept
+/// (see [`row_number_limit`]).
+fn lower_window(
+    w: &datafusion::logical_expr::Window,
+    limit: Option<usize>,
+    rels: &dyn Relations,
+) -> Result<Plan> {
+    use datafusion::logical_expr::expr::WindowFunction;
+    use tocsin_engine::plan::WindowFunc;
+    let df = w.input.schema();
+    let mut extra: Vec<Expr> = Vec::new();
+    let mut shape: Option<(Vec<Expr>, Vec<datafusion::logical_expr::SortExpr>)> = None;
+    let mut partition = Vec::new();
+    let mut order = Vec::new();
+    let mut funcs = Vec::new();
+    for e in &w.window_expr {
+        let Expr::WindowFunction(wf) = e.clone().unalias_nested().data else {
+            return Err(SqlError::internal(format!("window expression {e}")));
+        };
+        let WindowFunction { fun, params } = wf.as_ref();
+        let name = fun.name().to_lowercase();
+        if params.filter.is_some() || params.null_treatment.is_some() || params.distinct {
+            return Err(SqlError::unsupported(format!(
+                "FILTER, IGNORE NULLS or DISTINCT on the window function {name}"
+            )));
+        }
+        match &shape {
+            None => {
+                for p in &params.partition_by {
+                    no_now(p, "PARTITION BY")?;
+                    partition.push(key_column(p, df, &mut extra)?);
+                }
+                order = sort_keys_of(&params.order_by, df, &mut extra)?;
+                shape = Some((params.partition_by.clone(), params.order_by.clone()));
+            }
+            Some((p, o)) if *p == params.partition_by && *o == params.order_by => {}
+            Some(_) => {
+                return Err(SqlError::unsupported(
+                    "window functions over different PARTITION BY or ORDER BY in one query: compute each in its own view",
+                ))
+            }
+        }
+        let arg = |i: usize, extra: &mut Vec<Expr>| -> Result<usize> {
+            let a = params
+                .args
+                .get(i)
+                .ok_or_else(|| SqlError::unsupported(format!("{name} needs an argument")))?;
+            no_now(a, "a window function's argument")?;
+            key_column(a, df, extra)
+        };
+        let func = match name.as_str() {
+            "row_number" => WindowFunc::RowNumber,
+            "rank" => WindowFunc::Rank,
+            "dense_rank" => WindowFunc::DenseRank,
+            "lag" | "lead" => {
+                let col = arg(0, &mut extra)?;
+                let t = params.args[0].get_type(df.as_ref())?;
+                let offset = match params.args.get(1) {
+                    None => 1,
+                    Some(o) => match constant(o, "offset", &name)?.cast_to(&DataType::Int64)? {
+                        ScalarValue::Int64(Some(o)) => o,
+                        other => {
+                            return Err(SqlError::unsupported(format!(
+                                "{name}: the offset must be a whole number, not {other}"
+                            )))
+                        }
+                    },
+                };
+                let default = match params.args.get(2) {
+                    None => tocsin_engine::row::Datum::Null,
+                    Some(d) => datum(&constant(d, "default", &name)?.cast_to(&t)?, &t)?,
+                };
+                WindowFunc::Shift {
+                    arg: col,
+                    offset: if name == "lag" { offset } else { -offset },
+                    default,
+                }
+            }
+            "first_value" if params.window_frame.start_bound.is_unbounded() => {
+                WindowFunc::FirstValue {
+                    arg: arg(0, &mut extra)?,
+                }
+            }
+            other if matches!(fun, datafusion::logical_expr::WindowFunctionDefinition::AggregateUDF(_)) => {
+                return Err(SqlError::unsupported(format!(
+                    "the aggregate {other} as a window function (OVER): aggregate with GROUP BY in a view and join it back"
+                )))
+            }
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "the window function {other} (row_number, rank, dense_rank, lag, lead and first_value are maintained)"
+                )))
+            }
+        };
+        funcs.push(func);
+    }
+    let (mut inner, ext) = extended(lower(&w.input, rels)?, df, &extra, "w")?;
+    if let Some(k) = limit {
+        inner = Plan {
+            node: Node::TopK {
+                input: Box::new(inner),
+                group: partition.clone(),
+                order: order.clone(),
+                offset: 0,
+                limit: k,
+            },
+            schema: arrow(&Arc::new(ext.clone())),
+        };
+    }
+    let ext_width = ext.fields().len();
+    let nf = funcs.len();
+    let win_fields: Vec<Field> = w
+        .schema
+        .fields()
+        .iter()
+        .skip(df.fields().len())
+        .enumerate()
+        .map(|(i, f)| Field::new(format!("\u{0}win{i}"), f.data_type().clone(), true))
+        .collect();
+    let out_df = ext.join(&DFSchema::from_unqualified_fields(
+        win_fields.into(),
+        Default::default(),
+    )?)?;
+    let out_schema = arrow(&Arc::new(out_df.clone()));
+    let plan = Plan {
+        node: Node::Window {
+            input: Box::new(inner),
+            partition,
+            order,
+            funcs,
+        },
+        schema: out_schema.clone(),
+    };
+    let schema = arrow(&w.schema);
+    if extra.is_empty() {
+        return Ok(Plan {
+            node: plan.node,
+            schema,
+        });
+    }
+    let keep: Vec<usize> = (0..df.fields().len())
+        .chain(ext_width..ext_width + nf)
+        .collect();
+    first_columns(plan, &out_df, keep, schema)
+}
+
 /// Lowers an optimized logical plan.
 pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
     let schema = arrow(plan.schema());
@@ -545,7 +809,10 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             ))
         }
         LogicalPlan::Filter(f) => {
-            let input = lower(&f.input, rels)?;
+            let input = match f.input.as_ref() {
+                LogicalPlan::Window(w) => lower_window(w, row_number_limit(&f.predicate, w), rels)?,
+                other => lower(other, rels)?,
+            };
             let in_schema = f.input.schema();
             let (timed, plain): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&f.predicate)
                 .into_iter()
@@ -748,17 +1015,29 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
                 schema,
             })
         }
-        LogicalPlan::Sort(s) => {
-            if s.fetch.is_some() {
-                return Err(SqlError::unsupported(
-                    "ORDER BY ... LIMIT (top-k) in a continuous query",
-                ));
-            }
+        LogicalPlan::Sort(s) => match s.fetch {
             // A maintained result is a set of rows; ordering it changes nothing.
-            lower(&s.input, rels)
+            None => lower(&s.input, rels),
+            Some(limit) => top_k(&s.input, &s.expr, 0, limit, schema, rels),
+        },
+        LogicalPlan::Limit(l) => {
+            use datafusion::logical_expr::{FetchType, SkipType};
+            let (SkipType::Literal(offset), FetchType::Literal(fetch)) =
+                (l.get_skip_type()?, l.get_fetch_type()?)
+            else {
+                return Err(SqlError::unsupported(
+                    "LIMIT and OFFSET must be constants in a continuous query",
+                ));
+            };
+            let LogicalPlan::Sort(sort) = l.input.as_ref() else {
+                return Err(SqlError::unsupported(
+                    "LIMIT without ORDER BY in a continuous query: it would keep arbitrary rows; add ORDER BY",
+                ));
+            };
+            let limit = fetch.unwrap_or(usize::MAX / 2);
+            top_k(&sort.input, &sort.expr, offset, limit, schema, rels)
         }
-        LogicalPlan::Limit(_) => Err(SqlError::unsupported("LIMIT in a continuous query")),
-        LogicalPlan::Window(_) => Err(SqlError::unsupported("window functions (OVER)")),
+        LogicalPlan::Window(w) => lower_window(w, None, rels),
         LogicalPlan::Values(v) => Ok(Plan {
             node: Node::Constant {
                 rows: literal_rows(&v.values, &schema)?,

@@ -22,6 +22,7 @@ mod moments;
 pub(crate) mod reduce;
 pub(crate) mod spans;
 pub(crate) mod subscribe;
+pub(crate) mod window;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -127,6 +128,25 @@ impl<'s> Context<'_, 's> {
             Node::Reduce { input, keys, aggs } => {
                 let coll = self.render(input)?;
                 reduce::render_reduce(self, coll, &input.schema, &plan.schema, *keys, aggs)
+            }
+            Node::TopK {
+                input,
+                group,
+                order,
+                offset,
+                limit,
+            } => {
+                let coll = self.render(input)?;
+                Ok(window::render_topk(coll, group, order, *offset, *limit))
+            }
+            Node::Window {
+                input,
+                partition,
+                order,
+                funcs,
+            } => {
+                let coll = self.render(input)?;
+                Ok(window::render_window(coll, partition, order, funcs))
             }
             Node::Join {
                 left,

@@ -175,7 +175,7 @@ struct Group {
 }
 
 /// The hash that places a group on a worker. Fixed, so every process agrees.
-fn key_hash(key: &[Datum]) -> u64 {
+pub(super) fn key_hash(key: &[Datum]) -> u64 {
     FixedState::with_seed(0x7c51).hash_one(key)
 }
 
@@ -541,7 +541,7 @@ fn group_aggregate(
     }
 }
 
-fn compare_by(order: &[SortKey], keys: usize, x: &Row, y: &Row) -> std::cmp::Ordering {
+pub(super) fn compare_by(order: &[SortKey], keys: usize, x: &Row, y: &Row) -> std::cmp::Ordering {
     use std::cmp::Ordering;
     for k in order {
         let (a, b) = (&x[k.column - keys], &y[k.column - keys]);
