@@ -1,7 +1,9 @@
 //! Engine benchmarks (release build, one worker):
 //! (a) a filter rule over Arrow batches;
 //! (b) GROUP BY avg over 10,000 keys with a one-minute temporal filter;
-//! (c) the same with 1, 100 and 1,000 rules on one source.
+//! (c) the same with 1, 100 and 1,000 rules on one source;
+//! (d) p99 per host over a one-minute window, exact and approximate, as (b);
+//! (e) the top 10 hosts by average CPU over a one-minute window, as (b).
 //! Each iteration pushes rows stamped with a manual clock that moves forward one second per
 //! batch, so rows also leave the window and the source (retractions are part of the measured
 //! work), and ends when every rule has caught up. Set-up happens on first use, so a filter such
@@ -105,6 +107,51 @@ fn benches(c: &mut Criterion) {
             }
             (b, vec!["per_host".into()])
         },
+    );
+    // (d) and (e) read the same rows as (b), so their rows/s compare with (b)'s directly.
+    let windowed = |name: &'static str, sql: &'static str| {
+        move || {
+            let mut b = Bench::new(1, 10_000);
+            b.execute(&format!("CREATE VIEW {name} AS {sql}"));
+            for _ in 0..60 {
+                let data = vec![b.batch(10_000)];
+                b.push_and_sync(&data, 1_000, &[name]);
+            }
+            (b, vec![name.to_string()])
+        }
+    };
+    measure(
+        c,
+        "d_p99_per_host_10k_keys",
+        "exact",
+        10_000,
+        10,
+        windowed(
+            "p99_exact",
+            "SELECT host, percentile_cont(0.99) WITHIN GROUP (ORDER BY v) AS p99 FROM m WHERE ts > now() - INTERVAL '1 minute' GROUP BY host",
+        ),
+    );
+    measure(
+        c,
+        "d_p99_per_host_10k_keys",
+        "approx",
+        10_000,
+        10,
+        windowed(
+            "p99_approx",
+            "SELECT host, approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY v) AS p99 FROM m WHERE ts > now() - INTERVAL '1 minute' GROUP BY host",
+        ),
+    );
+    measure(
+        c,
+        "e_top10_hosts_by_cpu",
+        "avg_then_top10",
+        10_000,
+        10,
+        windowed(
+            "top10",
+            "SELECT host, avg(v) AS a FROM m WHERE ts > now() - INTERVAL '1 minute' GROUP BY host ORDER BY a DESC LIMIT 10",
+        ),
     );
     for rules in [1, 100, 1_000] {
         let id = format!("{rules}_rule{}", if rules == 1 { "" } else { "s" });

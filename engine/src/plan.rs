@@ -262,7 +262,8 @@ pub struct Aggregate {
 }
 
 impl Aggregate {
-    /// Aggregates that can be maintained as sums of differences, without revisiting the group.
+    /// Aggregates that a group keeps up to date update by update, without revisiting its rows:
+    /// sums of differences, or counts of values in order (min, max, percentiles).
     pub fn is_accumulable(&self) -> bool {
         !self.distinct
             && matches!(
@@ -274,6 +275,11 @@ impl Aggregate {
                     | AggFunc::BoolAnd
                     | AggFunc::BoolOr
                     | AggFunc::Regr { .. }
+                    | AggFunc::Min
+                    | AggFunc::Max
+                    | AggFunc::Median
+                    | AggFunc::PercentileCont { .. }
+                    | AggFunc::ApproxPercentile { .. }
             )
     }
 }
@@ -338,8 +344,8 @@ pub enum Node {
     },
     /// `ORDER BY ... LIMIT`: of each group of rows equal in the `group` columns (one group with
     /// none), the rows from `offset` to `offset + limit` in `order` (rows equal in the order
-    /// ordered by the whole row). Kept by a hierarchy of reductions, so a change rescans a small
-    /// bucket of rows and the top rows of a few buckets, not the group.
+    /// ordered by the whole row). Each group keeps its rows in order, so a change costs a search
+    /// and a look at the first `offset + limit` rows, not a rescan of the group.
     TopK {
         input: Box<Plan>,
         group: Vec<usize>,
@@ -496,9 +502,9 @@ impl Plan {
                     })
                     .collect();
                 let how = if aggs.iter().all(Aggregate::is_accumulable) {
-                    "accumulated differences"
+                    "updated in place"
                 } else {
-                    "per-group reduce"
+                    "recomputed per group"
                 };
                 writeln!(
                     s,
@@ -549,7 +555,7 @@ impl Plan {
             } => {
                 writeln!(
                     s,
-                    "{pad}TopK group by [{}] order by [{}] offset {offset} limit {limit} (hierarchical reduce)",
+                    "{pad}TopK group by [{}] order by [{}] offset {offset} limit {limit} (rows kept in order per group)",
                     names(&input.schema, group),
                     sort_names(&input.schema, order)
                 )?;

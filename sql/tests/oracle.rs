@@ -58,6 +58,7 @@ fn queries(rng: &mut StdRng) -> Vec<String> {
         format!("SELECT host, v FROM m WHERE EXISTS (SELECT 1 FROM owners o WHERE o.host = m.host AND o.team < m.dc)"),
         format!("SELECT o.host, o.team, m.v FROM owners o FULL JOIN m ON o.host = m.host AND m.v > {c}"),
         "SELECT m.host, m.n, o.team FROM m RIGHT JOIN owners o ON upper(m.host) = upper(o.host) AND m.n < 3".into(),
+        "SELECT dc, first_value(v ORDER BY ts, n, host) AS f, last_value(n ORDER BY ts, v, host) AS l FROM m GROUP BY dc".into(),
         "SELECT host, v, ts FROM m ORDER BY v DESC, ts, host, n LIMIT 5".into(),
         "SELECT dc, host, a FROM (SELECT dc, host, avg(v) AS a FROM m GROUP BY dc, host) t ORDER BY a DESC NULLS LAST, host LIMIT 3 OFFSET 1".into(),
         "SELECT * FROM (SELECT host, v, ts, row_number() OVER (PARTITION BY host ORDER BY ts DESC, v, n, dc) AS rn FROM m) t WHERE rn <= 2".into(),

@@ -1,5 +1,5 @@
-//! Runs the `.slt` files in `tests/slt/`, and the examples of `docs/sql.md` (its ```slt blocks,
-//! in order, as one file), against tocsin at 1 and at 3 workers.
+//! Runs the `.slt` files in `tests/slt/`, and the examples of `docs/sql.md` and `docs/rules.md`
+//! (each document's ```slt blocks, in order, as one file), against tocsin at 1 and at 3 workers.
 //!
 //! Besides SQL, the files use one test-only statement to move the manual clock:
 //! `ADVANCE TIME BY '30s'` or `ADVANCE TIME TO '2026-11-21T10:05:00Z'`. Every file starts at
@@ -78,26 +78,30 @@ impl sqllogictest::AsyncDB for Db {
     }
 }
 
-/// The ```slt blocks of docs/sql.md, written out as one sqllogictest file.
-fn docs_examples() -> PathBuf {
-    let doc = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md");
-    let text = std::fs::read_to_string(&doc).expect("docs/sql.md");
+/// The ```slt blocks of a document in docs/ (`min` of them at least), written out as one
+/// sqllogictest file.
+fn docs_examples(doc: &str, min: usize) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(doc);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("docs/{doc}: {e}"));
     let mut blocks = Vec::new();
     let mut rest = text.as_str();
     while let Some(start) = rest.find("```slt\n") {
         let body = &rest[start + 7..];
         let end = body
             .find("\n```")
-            .expect("an slt block in docs/sql.md is not closed");
+            .unwrap_or_else(|| panic!("an slt block in docs/{doc} is not closed"));
         blocks.push(&body[..end]);
         rest = &body[end + 4..];
     }
     assert!(
-        blocks.len() > 10,
-        "docs/sql.md has only {} examples",
+        blocks.len() >= min,
+        "docs/{doc} has only {} examples",
         blocks.len()
     );
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("docs_sql_md.slt");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("docs_{}.slt", doc.replace('.', "_")));
     std::fs::write(&out, blocks.join("\n\n") + "\n").expect("write docs examples");
     out
 }
@@ -110,7 +114,8 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|e| e == "slt"))
         .collect();
     files.sort();
-    files.push(docs_examples());
+    files.push(docs_examples("sql.md", 10));
+    files.push(docs_examples("rules.md", 30));
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -17,6 +17,7 @@
 
 pub(crate) mod group;
 pub(crate) mod join;
+pub(crate) mod keyed;
 pub(crate) mod mfp;
 mod moments;
 pub(crate) mod reduce;

@@ -1,34 +1,32 @@
 //! GROUP BY, DISTINCT, DISTINCT ON and global aggregates.
 //!
 //! Two strategies, chosen per Reduce node:
-//! - **accumulated differences**: when every aggregate is `count`, `sum`, `avg` or a variance or
-//!   standard deviation (not DISTINCT),
-//!   each group keeps a vector of integer accumulators in a hash map, and an update adds its row's
-//!   values times its multiplicity: O(1) per update no matter how large the group is, with no
-//!   history kept (logical time is totally ordered, so updates are applied in time order once
-//!   their time is complete). Float sums are accumulated in fixed point (2^-32 resolution, with
-//!   separate NaN/±inf counts), so sums and averages are exact under retractions and never drift.
-//!   Variances also keep the sum of squares, each square rounded to the same fixed point once, so
-//!   a retraction takes back exactly what its insertion added.
-//! - **per-group reduce**: anything else (`min`, `max`, `first_value` from DISTINCT ON, DISTINCT
-//!   aggregates) recomputes the group's aggregates from its distinct values with multiplicities.
+//! - **updated in place**: when every aggregate is `count`, `sum`, `avg`, a variance, a `regr_*`,
+//!   `bool_and`/`bool_or`, `min`, `max` or a percentile (not DISTINCT), each group keeps state
+//!   that an update changes in place ([`super::keyed`]): O(1) or O(log n) per update no matter how
+//!   large the group is, with no history kept (logical time is totally ordered, so updates are
+//!   applied in time order once their time is complete).
+//!   - Sums are integer accumulators: float sums in fixed point (2^-32 resolution, with separate
+//!     NaN/±inf counts), so sums and averages are exact under retractions and never drift.
+//!     Variances and regressions keep exact sums of squares and products ([`super::moments`]).
+//!   - `min`, `max`, `median` and `percentile_cont` keep the group's values in order with a count
+//!     each, and read the answer from the ends or walk to the rank from the nearer end;
+//!     `approx_percentile_cont` keeps sketch buckets the same way.
+//! - **recomputed per group**: anything else (`first_value` and `last_value`, `rate`, `string_agg`,
+//!   DISTINCT aggregates) recomputes the group's aggregates from its distinct values with
+//!   multiplicities, in a differential reduce.
 //!
 //! With no GROUP BY keys SQL wants exactly one row, also when the input is empty: a default row
 //! (count 0, other aggregates null) is present exactly while the aggregate has no row of its own.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasher;
+use std::collections::{BTreeMap, BTreeSet};
 
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use differential_dataflow::AsCollection;
-use foldhash::fast::FixedState;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::Capability;
 
-use super::{moments, Coll, Context, Delayed, Time, UpdateBuilder};
+use super::keyed::{self, KeyCols, KeyedState};
+use super::{moments, Coll, Context};
 use crate::error::{EngineError, Result};
-use crate::functions::{counter_rate, sketch_code, sketch_quantile, Counter};
+use crate::functions::{counter_rate, sketch_code, sketch_quantile, sketch_value, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
 use crate::row::{repr_of, Datum, Repr, Row, F64};
 
@@ -120,30 +118,80 @@ struct Finish {
     aggs: Vec<Aggregate>,
     input_float: Vec<bool>,
     out_types: Vec<DataType>,
+    /// For each aggregate, the index of its ordered values in a group, if it keeps them.
+    values_of: Vec<Option<usize>>,
+    /// How many aggregates keep ordered values.
+    ordered: usize,
+}
+
+/// Whether an aggregate keeps its group's values in order, with counts: min, max and the
+/// percentiles (the approximate one keeps sketch buckets).
+fn keeps_values(func: &AggFunc) -> bool {
+    matches!(
+        func,
+        AggFunc::Min
+            | AggFunc::Max
+            | AggFunc::Median
+            | AggFunc::PercentileCont { .. }
+            | AggFunc::ApproxPercentile { .. }
+    )
 }
 
 impl Finish {
+    fn new(aggs: &[Aggregate], input_float: Vec<bool>, out_types: Vec<DataType>) -> Finish {
+        let mut ordered = 0;
+        let values_of = aggs
+            .iter()
+            .map(|a| {
+                keeps_values(&a.func).then(|| {
+                    ordered += 1;
+                    ordered - 1
+                })
+            })
+            .collect();
+        Finish {
+            aggs: aggs.to_vec(),
+            input_float,
+            out_types,
+            values_of,
+            ordered,
+        }
+    }
+
     /// Slot 0 counts the group's rows; then each aggregate's slots.
     fn width(&self) -> usize {
         1 + self.aggs.iter().map(|a| slots(&a.func)).sum::<usize>()
     }
 
-    fn add(&self, row: &[Datum], acc: &mut [i128], m: i128) {
+    fn add(&self, row: &[Datum], acc: &mut [i128], values: &mut [Counts], m: i128) {
         acc[0] += m;
         let mut off = 1;
-        for a in &self.aggs {
+        for (i, a) in self.aggs.iter().enumerate() {
             let n = slots(&a.func);
             let s = &mut acc[off..off + n];
-            match a.func {
-                AggFunc::Regr { x, .. } => moments::regr_add(&row[a.arg], &row[x], s, m),
-                _ => accumulate(&a.func, &row[a.arg], s, m),
+            match (&a.func, self.values_of[i]) {
+                (AggFunc::Regr { x, .. }, _) => moments::regr_add(&row[a.arg], &row[*x], s, m),
+                (func, Some(v)) => {
+                    let value = &row[a.arg];
+                    if !value.is_null() {
+                        s[0] += m;
+                        let key = match (func, value) {
+                            (AggFunc::ApproxPercentile { .. }, Datum::Float(f)) => {
+                                Datum::Int(sketch_code(f.get()))
+                            }
+                            _ => value.clone(),
+                        };
+                        values[v].add(key, m as i64);
+                    }
+                }
+                (func, None) => accumulate(func, &row[a.arg], s, m),
             }
             off += n;
         }
     }
 
     /// The group's output row, or `None` while it has no rows.
-    fn row(&self, key: &[Datum], acc: &[i128]) -> Option<Row> {
+    fn row(&self, key: &[Datum], acc: &[i128], values: &[Counts]) -> Option<Row> {
         if acc[0] == 0 {
             return None;
         }
@@ -153,122 +201,157 @@ impl Finish {
         for (i, a) in self.aggs.iter().enumerate() {
             let n = slots(&a.func);
             let s = &acc[off..off + n];
-            row.push(finalize(
-                &a.func,
-                self.input_float[i],
-                &self.out_types[i],
-                s,
-            ));
+            row.push(match self.values_of[i] {
+                Some(v) => from_values(&a.func, s[0] as i64, &values[v]),
+                None => finalize(&a.func, self.input_float[i], &self.out_types[i], s),
+            });
             off += n;
         }
         Some(row.into_boxed_slice())
     }
 }
 
-/// One group of [`accumulate_groups`].
-#[derive(Default)]
-struct Group {
-    key: Row,
-    acc: Vec<i128>,
-    /// The last round of updates that changed the group.
-    round: u64,
+/// An aggregate that keeps its group's values, from those values (`n` of them, not null).
+fn from_values(func: &AggFunc, n: i64, values: &Counts) -> Datum {
+    match func {
+        _ if n == 0 => Datum::Null,
+        AggFunc::Min => values.first().cloned().unwrap_or(Datum::Null),
+        AggFunc::Max => values.last().cloned().unwrap_or(Datum::Null),
+        AggFunc::ApproxPercentile { p } => {
+            // The bucket holding rank floor(p (n - 1)), as `sketch_quantile` finds it.
+            let rank = (f64::from_bits(*p) * (n - 1) as f64).floor() as i64;
+            match values.rank(n, rank) {
+                Datum::Int(code) => Datum::Float(F64::new(sketch_value(*code))),
+                _ => Datum::Null,
+            }
+        }
+        _ => exact_percentile(func, n, |i| values.rank(n, i)),
+    }
 }
 
-/// The hash that places a group on a worker. Fixed, so every process agrees.
-pub(super) fn key_hash(key: &[Datum]) -> u64 {
-    FixedState::with_seed(0x7c51).hash_one(key)
+/// A group's values in order, each with its count: a sorted vector while there are few distinct
+/// values (a search and a short move per update, and a walk over contiguous memory to a rank), a
+/// B-tree past that.
+#[derive(Clone)]
+enum Counts {
+    Few(Vec<(Datum, i64)>),
+    Many(BTreeMap<Datum, i64>),
 }
 
-/// GROUP BY with accumulable aggregates: updates are exchanged by key, held until their time is
-/// complete, and then applied in time order to each group's accumulators; a group whose output
-/// row changed at a time retracts the old row and inserts the new one at that time.
-fn accumulate_groups<'s>(input: Coll<'s>, keys: usize, finish: Finish) -> Coll<'s> {
-    let width = finish.width();
-    let exchange = Exchange::new(move |(row, _, _): &(Row, Time, isize)| key_hash(&row[..keys]));
-    input
-        .inner
-        .unary_frontier::<UpdateBuilder, _, _, _>(exchange, "Accumulate", move |_cap, _info| {
-            let mut pending = Delayed::default();
-            // A capability at the earliest pending time, while there is one.
-            let mut held: Option<Capability<Time>> = None;
-            let mut index: HashMap<Row, usize, FixedState> = HashMap::default();
-            let mut groups: Vec<Group> = Vec::new();
-            let mut free: Vec<usize> = Vec::new();
-            // The groups changed at the time being applied, with their output row before it.
-            let mut touched: Vec<(usize, Option<Row>)> = Vec::new();
-            // Numbers the times applied, so a group knows whether it is in `touched` already.
-            let mut round = 0u64;
-            move |(input, frontier), output| {
-                input.for_each(|cap, data| {
-                    for (row, time, diff) in data.drain(..) {
-                        if held.as_ref().is_none_or(|h| time < *h.time()) {
-                            held = Some(cap.delayed(&time, 0));
-                        }
-                        pending.hold(row, time, diff);
-                    }
-                });
-                let Some(cap) = held.as_mut() else { return };
-                let due = pending.take_times_before(frontier.frontier().iter().next().copied());
-                let mut session = output.session(cap);
-                for (time, updates) in due {
-                    round += 1;
-                    for (row, diff) in updates {
-                        let key = &row[..keys];
-                        let g = match index.get(key) {
-                            Some(g) => *g,
-                            None => {
-                                let group = Group {
-                                    key: key.to_vec().into_boxed_slice(),
-                                    acc: vec![0; width],
-                                    round: 0,
-                                };
-                                let g = match free.pop() {
-                                    Some(g) => {
-                                        groups[g] = group;
-                                        g
-                                    }
-                                    None => {
-                                        groups.push(group);
-                                        groups.len() - 1
-                                    }
-                                };
-                                index.insert(groups[g].key.clone(), g);
-                                g
-                            }
-                        };
-                        let group = &mut groups[g];
-                        if group.round != round {
-                            group.round = round;
-                            touched.push((g, finish.row(&group.key, &group.acc)));
-                        }
-                        finish.add(&row, &mut group.acc, diff as i128);
-                    }
-                    for (g, before) in touched.drain(..) {
-                        let group = &mut groups[g];
-                        let after = finish.row(&group.key, &group.acc);
-                        if before != after {
-                            if let Some(b) = before {
-                                session.give((b, time, -1));
-                            }
-                            if let Some(a) = after {
-                                session.give((a, time, 1));
-                            }
-                        }
-                        if group.acc.iter().all(|x| *x == 0) {
-                            index.remove(&group.key);
-                            *group = Group::default();
-                            free.push(g);
+/// Distinct values past which [`Counts`] becomes a B-tree.
+const FEW: usize = 256;
+
+impl Counts {
+    fn add(&mut self, value: Datum, m: i64) {
+        match self {
+            Counts::Few(v) => {
+                match v.binary_search_by(|(d, _)| d.cmp(&value)) {
+                    Ok(i) => {
+                        v[i].1 += m;
+                        if v[i].1 == 0 {
+                            v.remove(i);
                         }
                     }
+                    Err(i) => v.insert(i, (value, m)),
                 }
-                drop(session);
-                match pending.first() {
-                    Some(t) => cap.downgrade(&t),
-                    None => held = None,
+                if v.len() > FEW {
+                    *self = Counts::Many(v.drain(..).collect());
                 }
             }
-        })
-        .as_collection()
+            Counts::Many(map) => {
+                let count = map.entry(value.clone()).or_insert(0);
+                *count += m;
+                if *count == 0 {
+                    map.remove(&value);
+                }
+            }
+        }
+    }
+
+    fn first(&self) -> Option<&Datum> {
+        match self {
+            Counts::Few(v) => v.first().map(|(d, _)| d),
+            Counts::Many(map) => map.keys().next(),
+        }
+    }
+
+    fn last(&self) -> Option<&Datum> {
+        match self {
+            Counts::Few(v) => v.last().map(|(d, _)| d),
+            Counts::Many(map) => map.keys().next_back(),
+        }
+    }
+
+    /// The value at 0-based rank `i` of the `n` values, walking from the nearer end.
+    fn rank(&self, n: i64, i: i64) -> &Datum {
+        fn walk<'a>(
+            forward: impl Iterator<Item = (&'a Datum, &'a i64)>,
+            backward: impl Iterator<Item = (&'a Datum, &'a i64)>,
+            n: i64,
+            i: i64,
+        ) -> Option<&'a Datum> {
+            let mut seen = 0;
+            if i < n / 2 {
+                forward
+                    .into_iter()
+                    .find(|(_, c)| {
+                        seen += **c;
+                        seen > i
+                    })
+                    .map(|(d, _)| d)
+            } else {
+                backward
+                    .into_iter()
+                    .find(|(_, c)| {
+                        seen += **c;
+                        seen >= n - i
+                    })
+                    .map(|(d, _)| d)
+            }
+        }
+        let found = match self {
+            Counts::Few(v) => walk(
+                v.iter().map(|(d, c)| (d, c)),
+                v.iter().rev().map(|(d, c)| (d, c)),
+                n,
+                i,
+            ),
+            Counts::Many(map) => walk(map.iter(), map.iter().rev(), n, i),
+        };
+        found.or(self.last()).expect("a rank within the values")
+    }
+}
+
+/// A group's state: its accumulator slots and, for the aggregates that need the group's values
+/// in order, a count per value.
+struct GroupState {
+    acc: Vec<i128>,
+    values: Vec<Counts>,
+}
+
+impl KeyedState for GroupState {
+    type Ctx = Finish;
+
+    fn new(f: &Finish) -> Self {
+        GroupState {
+            acc: vec![0; f.width()],
+            values: vec![Counts::Few(Vec::new()); f.ordered],
+        }
+    }
+
+    fn update(&mut self, f: &Finish, row: &Row, diff: isize) {
+        f.add(row, &mut self.acc, &mut self.values, diff as i128);
+    }
+
+    fn output(&self, f: &Finish, key: &[Datum], out: &mut Vec<(Row, isize)>) {
+        if let Some(row) = f.row(key, &self.acc, &self.values) {
+            out.push((row, 1));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.acc.iter().all(|x| *x == 0)
+    }
 }
 
 fn default_value(func: &AggFunc) -> Datum {
@@ -316,12 +399,8 @@ pub(crate) fn render_reduce<'s>(
         .collect();
 
     let result = if aggs.iter().all(Aggregate::is_accumulable) {
-        let finish = Finish {
-            aggs: aggs.to_vec(),
-            input_float: input_float.clone(),
-            out_types: out_types.clone(),
-        };
-        accumulate_groups(input, keys, finish)
+        let finish = Finish::new(aggs, input_float.clone(), out_types.clone());
+        keyed::keyed::<GroupState>(input, "Accumulate", KeyCols::Prefix(keys), finish)
     } else {
         let aggs_r = aggs.to_vec();
         // A column only approximate percentiles read is kept as its sketch bucket, so a group
@@ -402,16 +481,16 @@ fn float_of(d: &Datum) -> f64 {
     }
 }
 
-/// `median` and `percentile_cont` as DataFusion computes them, over the non-null values in order.
-fn exact_percentile(func: &AggFunc, values: &[(&Datum, isize)]) -> Datum {
-    let n: i64 = values.iter().map(|(_, m)| *m as i64).sum();
+/// `median` and `percentile_cont` as DataFusion computes them, over `n` non-null values of which
+/// `at(i)` is the one at 0-based rank `i`.
+fn exact_percentile<'a>(func: &AggFunc, n: i64, at: impl Fn(i64) -> &'a Datum) -> Datum {
     if n == 0 {
         return Datum::Null;
     }
     match func {
-        AggFunc::Median if n % 2 == 1 => at_rank(values, n / 2).clone(),
+        AggFunc::Median if n % 2 == 1 => at(n / 2).clone(),
         AggFunc::Median => {
-            let (a, b) = (at_rank(values, n / 2 - 1), at_rank(values, n / 2));
+            let (a, b) = (at(n / 2 - 1), at(n / 2));
             Datum::Float(F64::new((float_of(a) + float_of(b)) / 2.0))
         }
         AggFunc::PercentileCont { p } => {
@@ -420,9 +499,9 @@ fn exact_percentile(func: &AggFunc, values: &[(&Datum, isize)]) -> Datum {
             let (lo, hi) = (index.floor() as i64, index.ceil() as i64);
             if n == 1 || lo == hi || p == 0.0 || p == 1.0 {
                 let i = if p == 1.0 { n - 1 } else { lo };
-                return Datum::Float(F64::new(float_of(at_rank(values, i))));
+                return Datum::Float(F64::new(float_of(at(i))));
             }
-            let (a, b) = (float_of(at_rank(values, lo)), float_of(at_rank(values, hi)));
+            let (a, b) = (float_of(at(lo)), float_of(at(hi)));
             // DataFusion quantizes the interpolation weight to millionths.
             let weight = ((index - lo as f64) * 1_000_000.0) as usize as f64 / 1_000_000.0;
             Datum::Float(F64::new(a + (b - a) * weight))
@@ -477,7 +556,8 @@ fn group_aggregate(
             if a.distinct {
                 values.dedup_by(|x, y| x.0 == y.0);
             }
-            exact_percentile(&a.func, &values)
+            let n = values.iter().map(|(_, m)| *m as i64).sum();
+            exact_percentile(&a.func, n, |i| at_rank(&values, i))
         }
         AggFunc::ApproxPercentile { p } => {
             let mut buckets: Vec<(i64, i64)> = present
@@ -541,6 +621,7 @@ fn group_aggregate(
     }
 }
 
+#[inline]
 pub(super) fn compare_by(order: &[SortKey], keys: usize, x: &Row, y: &Row) -> std::cmp::Ordering {
     use std::cmp::Ordering;
     for k in order {
@@ -579,6 +660,26 @@ pub(super) fn compare_by(order: &[SortKey], keys: usize, x: &Row, y: &Row) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_find_ranks_from_either_end_and_grow_into_a_tree() {
+        let mut few = Counts::Few(Vec::new());
+        let mut values: Vec<i64> = (0..600).map(|i| (i * 37) % 300).collect();
+        for v in &values {
+            few.add(Datum::Int(*v), 1);
+        }
+        assert!(matches!(few, Counts::Many(_)) || FEW >= 300);
+        values.sort();
+        let n = values.len() as i64;
+        for i in [0, 1, 150, 299, 300, 450, 598, 599] {
+            assert_eq!(few.rank(n, i), &Datum::Int(values[i as usize]), "rank {i}");
+        }
+        for v in &values[..590] {
+            few.add(Datum::Int(*v), -1);
+        }
+        assert_eq!(few.first(), Some(&Datum::Int(values[590])));
+        assert_eq!(few.rank(10, 9), &Datum::Int(299));
+    }
 
     #[test]
     fn float_sums_do_not_drift_under_retractions() {

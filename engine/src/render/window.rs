@@ -1,59 +1,114 @@
 //! `ORDER BY ... LIMIT` (top-k) and window functions.
 //!
-//! Both sort rows within a group. Top-k is kept as Materialize keeps it, by a hierarchy of
-//! reductions: rows are spread over 4096 buckets of each group by a hash of the row, each bucket
-//! keeps its own top rows, then 256 buckets keep the top of those, then 16, then the group. A row
-//! arriving or leaving rescans its bucket of the first stage and a few top lists above it, never
-//! the whole group. Window functions need every row of a partition in order, so a change
-//! recomputes its partition.
+//! Both order rows within a group. A top-k group keeps its rows in order (with the keyed
+//! operator of [`super::keyed`]), so a row arriving or leaving costs a search in its group and a
+//! look at the first `offset + limit` rows, never a rescan of the group. Window functions need
+//! every row of a partition next to its neighbours, so a change recomputes its partition.
 
 use std::cmp::Ordering;
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use super::reduce::{compare_by, key_hash};
+use super::keyed::{keyed, KeyCols, KeyedState};
+use super::reduce::compare_by;
 use super::Coll;
 use crate::plan::{SortKey, WindowFunc};
 use crate::row::{Datum, Row};
-
-/// Buckets of the stages of top-k below the group's own.
-const STAGES: [u64; 3] = [4096, 256, 16];
 
 fn in_order(order: &[SortKey], a: &Row, b: &Row) -> Ordering {
     compare_by(order, 0, a, b).then_with(|| a.cmp(b))
 }
 
-/// The rows of `vals` from `offset` to `offset + limit` in order, with their multiplicities.
-fn top(
-    vals: &[(&Row, isize)],
-    order: &[SortKey],
-    offset: usize,
-    limit: usize,
-    out: &mut Vec<(Row, isize)>,
-) {
-    let mut rows: Vec<(&Row, usize)> = vals
-        .iter()
-        .filter(|(_, m)| *m > 0)
-        .map(|(r, m)| (*r, *m as usize))
-        .collect();
-    rows.sort_by(|a, b| in_order(order, a.0, b.0));
-    let (mut skip, mut left) = (offset, limit);
-    for (row, m) in rows {
-        if left == 0 {
-            break;
-        }
-        let skipped = skip.min(m);
-        skip -= skipped;
-        let take = (m - skipped).min(left);
-        if take > 0 {
-            out.push((row.clone(), take as isize));
-            left -= take;
-        }
+/// A row as a top-k orders it.
+struct InOrder {
+    row: Row,
+    order: Rc<[SortKey]>,
+}
+
+impl PartialEq for InOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
     }
 }
 
-fn key_of(row: &Row, cols: &[usize]) -> Row {
-    cols.iter().map(|c| row[*c].clone()).collect()
+impl Eq for InOrder {}
+
+impl PartialOrd for InOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
+impl Ord for InOrder {
+    fn cmp(&self, other: &Self) -> Ordering {
+        in_order(&self.order, &self.row, &other.row)
+    }
+}
+
+struct TopCtx {
+    order: Rc<[SortKey]>,
+    offset: usize,
+    limit: usize,
+}
+
+/// A group of a top-k: all its rows in order, with their multiplicities.
+struct TopState {
+    rows: BTreeMap<InOrder, isize>,
+}
+
+impl KeyedState for TopState {
+    type Ctx = TopCtx;
+
+    fn new(_: &TopCtx) -> Self {
+        TopState {
+            rows: BTreeMap::new(),
+        }
+    }
+
+    fn update(&mut self, ctx: &TopCtx, row: &Row, diff: isize) {
+        let key = InOrder {
+            row: row.clone(),
+            order: ctx.order.clone(),
+        };
+        match self.rows.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(diff);
+            }
+            Entry::Occupied(mut e) => {
+                *e.get_mut() += diff;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+
+    fn output(&self, ctx: &TopCtx, _key: &[Datum], out: &mut Vec<(Row, isize)>) {
+        let (mut skip, mut left) = (ctx.offset, ctx.limit);
+        for (r, m) in &self.rows {
+            if left == 0 {
+                break;
+            }
+            let m = (*m).max(0) as usize;
+            let skipped = skip.min(m);
+            skip -= skipped;
+            let take = (m - skipped).min(left);
+            if take > 0 {
+                out.push((r.row.clone(), take as isize));
+                left -= take;
+            }
+        }
+        out.sort();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// `ORDER BY ... LIMIT` per group: each group keeps its rows in order, so a row arriving or
+/// leaving costs a search in its group and a look at the first `offset + limit` rows.
 pub(crate) fn render_topk<'s>(
     input: Coll<'s>,
     group: &[usize],
@@ -61,24 +116,16 @@ pub(crate) fn render_topk<'s>(
     offset: usize,
     limit: usize,
 ) -> Coll<'s> {
-    let total = offset + limit;
-    let group = group.to_vec();
-    let mut stage = input.map(move |row: Row| (key_of(&row, &group), row));
-    for buckets in STAGES {
-        let order = order.to_vec();
-        stage = stage
-            .map(move |(key, row): (Row, Row)| {
-                let bucket = Datum::Int((key_hash(&row) % buckets) as i64);
-                let key: Row = key.iter().cloned().chain([bucket]).collect();
-                (key, row)
-            })
-            .reduce(move |_k, vals: &[(&Row, isize)], out| top(vals, &order, 0, total, out))
-            .map(|(key, row): (Row, Row)| (key[..key.len() - 1].to_vec().into_boxed_slice(), row));
-    }
-    let order = order.to_vec();
-    stage
-        .reduce(move |_k, vals: &[(&Row, isize)], out| top(vals, &order, offset, limit, out))
-        .map(|(_, row): (Row, Row)| row)
+    let ctx = TopCtx {
+        order: order.to_vec().into(),
+        offset,
+        limit,
+    };
+    keyed::<TopState>(input, "TopK", KeyCols::Cols(group.to_vec()), ctx)
+}
+
+fn key_of(row: &Row, cols: &[usize]) -> Row {
+    cols.iter().map(|c| row[*c].clone()).collect()
 }
 
 /// The window functions' values for each row of one partition, in order.
@@ -158,16 +205,29 @@ mod tests {
 
     #[test]
     fn top_skips_and_takes_across_multiplicities() {
-        let (a, b, c) = (row(&[3]), row(&[1]), row(&[2]));
-        let vals = vec![(&a, 1), (&b, 2), (&c, 3)];
-        let order = [SortKey {
-            column: 0,
-            descending: false,
-            nulls_first: false,
-        }];
+        let ctx = TopCtx {
+            order: vec![SortKey {
+                column: 0,
+                descending: false,
+                nulls_first: false,
+            }]
+            .into(),
+            offset: 1,
+            limit: 3,
+        };
+        let mut state = TopState::new(&ctx);
+        state.update(&ctx, &row(&[3]), 1);
+        state.update(&ctx, &row(&[1]), 2);
+        state.update(&ctx, &row(&[2]), 3);
+        state.update(&ctx, &row(&[0]), 1);
+        state.update(&ctx, &row(&[0]), -1);
         let mut out = Vec::new();
-        top(&vals, &order, 1, 3, &mut out);
+        state.output(&ctx, &[], &mut out);
         assert_eq!(out, vec![(row(&[1]), 1), (row(&[2]), 2)]);
+        for (r, m) in [(3, 1), (1, 2), (2, 3)] {
+            state.update(&ctx, &row(&[r]), -m);
+        }
+        assert!(state.is_empty());
     }
 
     #[test]
