@@ -8,8 +8,11 @@
 //!
 //! Options: `--format ndjson|arrow`, `--transport http|ws`, `--connections N` (default 4),
 //! `--rows N` rows per batch (default 10000), `--seconds N` (default 10), `--hosts N` distinct
-//! hosts (default 1000). The source `load (host TEXT, cpu DOUBLE, ts TIMESTAMP)` and the rule
-//! `load_hot` are created when missing.
+//! hosts (default 1000), `--rule avg|p99|p99approx|top10` the rule `load_hot` (default `avg`:
+//! average CPU per host over 10 s above 99; `p99` and `p99approx`: its 99th percentile, exact or
+//! approximate, above 99.9; `top10`: the ten hosts with the highest average). The source
+//! `load (host TEXT, cpu DOUBLE, ts TIMESTAMP)` and the rule are created when missing, so use a
+//! fresh data dir to change the rule.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +37,7 @@ struct Args {
     rows: usize,
     seconds: u64,
     hosts: usize,
+    rule: String,
 }
 
 fn args() -> Args {
@@ -45,6 +49,7 @@ fn args() -> Args {
         rows: 10_000,
         seconds: 10,
         hosts: 1_000,
+        rule: "avg".into(),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     for pair in argv.chunks(2) {
@@ -60,6 +65,7 @@ fn args() -> Args {
             "--rows" => a.rows = v.parse().expect("--rows N"),
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
             "--hosts" => a.hosts = v.parse().expect("--hosts N"),
+            "--rule" => a.rule = v.into(),
             other => panic!("unknown option {other}"),
         }
     }
@@ -110,12 +116,20 @@ fn accepted(ack: &[u8]) -> u64 {
 async fn main() {
     let a = args();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    const WINDOW: &str = "FROM load WHERE ts > now() - INTERVAL '10 seconds' GROUP BY host";
+    let rule = match a.rule.as_str() {
+        "avg" => format!("SELECT host, avg(cpu) AS cpu {WINDOW} HAVING avg(cpu) > 99"),
+        "p99" => format!("SELECT host, percentile_cont(0.99) WITHIN GROUP (ORDER BY cpu) AS p99 {WINDOW} HAVING percentile_cont(0.99) WITHIN GROUP (ORDER BY cpu) > 99.9"),
+        "p99approx" => format!("SELECT host, approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY cpu) AS p99 {WINDOW} HAVING approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY cpu) > 99.9"),
+        "top10" => format!("SELECT host, avg(cpu) AS cpu {WINDOW} ORDER BY cpu DESC LIMIT 10"),
+        other => panic!("unknown --rule {other}: avg, p99, p99approx or top10"),
+    };
     for stmt in [
-        "CREATE SOURCE load (host TEXT, cpu DOUBLE) FROM HTTP WITH (retain = '1m')",
-        "CREATE RULE load_hot AS SELECT host, avg(cpu) AS cpu FROM load WHERE ts > now() - INTERVAL '10 seconds' GROUP BY host HAVING avg(cpu) > 99",
+        "CREATE SOURCE load (host TEXT, cpu DOUBLE) FROM HTTP WITH (retain = '1m')".to_string(),
+        format!("CREATE RULE load_hot AS {rule}"),
     ] {
         let req = hyper::Request::post(format!("http://{}/v1/sql", a.server))
-            .body(Full::new(Bytes::from(stmt)))
+            .body(Full::new(Bytes::from(stmt.clone())))
             .unwrap();
         let resp = client.request(req).await.expect("reach tocsin");
         let status = resp.status();
