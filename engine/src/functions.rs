@@ -228,13 +228,18 @@ impl Sketch {
     }
 }
 
+/// The 0-based rank whose value a sketch estimates for fraction `p` of `n` values.
+pub fn sketch_rank(p: f64, n: i64) -> i64 {
+    (p * (n - 1) as f64).floor() as i64
+}
+
 /// [`Sketch::quantile`] over buckets given in value order with their counts.
 pub fn sketch_quantile(buckets: impl Iterator<Item = (i64, i64)> + Clone, p: f64) -> Option<f64> {
     let n: i64 = buckets.clone().map(|(_, c)| c).sum();
     if n <= 0 {
         return None;
     }
-    let rank = (p * (n - 1) as f64).floor() as i64;
+    let rank = sketch_rank(p, n);
     let mut seen = 0;
     let mut last = None;
     for (code, c) in buckets {

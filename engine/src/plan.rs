@@ -195,7 +195,7 @@ pub enum AggFunc {
         p: u64,
     },
     /// `approx_percentile_cont(p)`: [`crate::functions::Sketch`]'s estimate, within 1% of the
-    /// value at rank `floor(p * (n - 1))`; the group keeps one row per sketch bucket.
+    /// value at rank `floor(p * (n - 1))`; the group keeps a count per sketch bucket.
     ApproxPercentile {
         p: u64,
     },

@@ -309,20 +309,6 @@ fn aggregate(f: &AggregateFunction, pre: &mut Vec<Expr>) -> Result<Aggregate> {
         pre.push(e);
         pre.len() - 1
     };
-    let sort_keys = |flip: bool, push: &mut dyn FnMut(Expr) -> usize| -> Result<Vec<SortKey>> {
-        params
-            .order_by
-            .iter()
-            .map(|s| {
-                no_now(&s.expr, "ORDER BY")?;
-                Ok(SortKey {
-                    column: push(s.expr.clone()),
-                    descending: s.asc == flip,
-                    nulls_first: s.nulls_first != flip,
-                })
-            })
-            .collect()
-    };
     let descending = params.order_by.first().is_some_and(|s| !s.asc);
     let args = params.args.as_slice();
     let (func, arg) = match (name.as_str(), args) {
@@ -362,7 +348,7 @@ fn aggregate(f: &AggregateFunction, pre: &mut Vec<Expr>) -> Result<Aggregate> {
                     )))
                 }
             };
-            let order = sort_keys(false, &mut push)?;
+            let order = sort_keys_of(&params.order_by, false, |e| Ok(push(e.clone())))?;
             (AggFunc::StringAgg { sep, order }, filtered(v)?)
         }
         (regr, [y, x]) if regr.starts_with("regr_") => {
@@ -402,7 +388,9 @@ fn aggregate(f: &AggregateFunction, pre: &mut Vec<Expr>) -> Result<Aggregate> {
                 "bool_or" => AggFunc::BoolOr,
                 "median" => AggFunc::Median,
                 "first_value" | "last_value" => {
-                    AggFunc::First(sort_keys(name == "last_value", &mut push)?)
+                    AggFunc::First(sort_keys_of(&params.order_by, name == "last_value", |e| {
+                        Ok(push(e.clone()))
+                    })?)
                 }
                 "approx_median" | "approx_distinct" | "approx_percentile_cont_with_weight" => {
                     return Err(SqlError::unsupported(format!(
@@ -484,27 +472,28 @@ fn extended(plan: Plan, side: &DFSchemaRef, extra: &[Expr], tag: &str) -> Result
     ))
 }
 
-/// Sort keys for `exprs`, as columns of `side` (expressions become extra columns).
+/// Sort keys for `exprs`, each expression's column given by `column`; `flip` reverses the
+/// order (`last_value` is the first value in the reversed order).
 fn sort_keys_of(
     exprs: &[datafusion::logical_expr::SortExpr],
-    side: &DFSchema,
-    extra: &mut Vec<Expr>,
+    flip: bool,
+    mut column: impl FnMut(&Expr) -> Result<usize>,
 ) -> Result<Vec<SortKey>> {
     exprs
         .iter()
         .map(|s| {
             no_now(&s.expr, "ORDER BY")?;
             Ok(SortKey {
-                column: key_column(&s.expr, side, extra)?,
-                descending: !s.asc,
-                nulls_first: s.nulls_first,
+                column: column(&s.expr)?,
+                descending: s.asc == flip,
+                nulls_first: s.nulls_first != flip,
             })
         })
         .collect()
 }
 
 /// Keeps the columns `keep` of `plan`, whose schema is `df`, as `schema`.
-fn first_columns(plan: Plan, df: &DFSchema, keep: Vec<usize>, schema: SchemaRef) -> Result<Plan> {
+fn keep_columns(plan: Plan, df: &DFSchema, keep: Vec<usize>, schema: SchemaRef) -> Result<Plan> {
     let exprs = keep
         .into_iter()
         .map(|i| phys(&Expr::Column(df.columns()[i].clone()), df))
@@ -530,7 +519,7 @@ fn top_k(
 ) -> Result<Plan> {
     let df = input.schema();
     let mut extra = Vec::new();
-    let order = sort_keys_of(exprs, df, &mut extra)?;
+    let order = sort_keys_of(exprs, false, |e| key_column(e, df, &mut extra))?;
     let (inner, ext) = extended(lower(input, rels)?, df, &extra, "s")?;
     let plan = Plan {
         node: Node::TopK {
@@ -548,7 +537,7 @@ fn top_k(
             schema,
         });
     }
-    first_columns(plan, &ext, (0..df.fields().len()).collect(), schema)
+    keep_columns(plan, &ext, (0..df.fields().len()).collect(), schema)
 }
 
 /// The `k` of a `WHERE rn <= k` (or `rn < k + 1`, `rn = 1`) on a `row_number()` of `w`: the rows
@@ -634,7 +623,7 @@ fn lower_window(
                     no_now(p, "PARTITION BY")?;
                     partition.push(key_column(p, df, &mut extra)?);
                 }
-                order = sort_keys_of(&params.order_by, df, &mut extra)?;
+                order = sort_keys_of(&params.order_by, false, |e| key_column(e, df, &mut extra))?;
                 shape = Some((params.partition_by.clone(), params.order_by.clone()));
             }
             Some((p, o)) if *p == params.partition_by && *o == params.order_by => {}
@@ -745,7 +734,7 @@ fn lower_window(
     let keep: Vec<usize> = (0..df.fields().len())
         .chain(ext_width..ext_width + nf)
         .collect();
-    first_columns(plan, &out_df, keep, schema)
+    keep_columns(plan, &out_df, keep, schema)
 }
 
 /// Lowers an optimized logical plan.
@@ -984,18 +973,7 @@ pub fn lower(plan: &LogicalPlan, rels: &dyn Relations) -> Result<Plan> {
             if kind.keeps_right() {
                 keep.extend(lw_ext..lw_ext + r_df.fields().len());
             }
-            let exprs = keep
-                .into_iter()
-                .map(|i| phys(&Expr::Column(out_df.columns()[i].clone()), &out_df))
-                .collect::<Result<Vec<_>>>()?;
-            Ok(with_step(
-                joined,
-                MfpStep::Project {
-                    exprs,
-                    schema: schema.clone(),
-                },
-                schema,
-            ))
+            keep_columns(joined, &out_df, keep, schema)
         }
         LogicalPlan::Union(u) => {
             let inputs = u

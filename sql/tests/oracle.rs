@@ -51,6 +51,8 @@ fn queries(rng: &mut StdRng) -> Vec<String> {
         format!("SELECT host, stddev(v) AS sd, var_pop(v) AS vp, stddev_pop(n) AS sn FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host"),
         format!("SELECT host, median(v) AS md, percentile_cont(0.9) WITHIN GROUP (ORDER BY v) AS p90, percentile_cont(0.25) WITHIN GROUP (ORDER BY n DESC) AS p25, approx_percentile_cont(0.99) WITHIN GROUP (ORDER BY v) AS p99 FROM m WHERE ts > now() - INTERVAL '{k} seconds' GROUP BY host"),
         "SELECT dc, approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS p50, approx_percentile_cont(n, 0.95) AS p95 FROM m GROUP BY dc".into(),
+        // With a DISTINCT aggregate beside them, the group is recomputed from its rows.
+        "SELECT host, median(v) AS md, median(DISTINCT n) AS mdn, percentile_cont(0.3) WITHIN GROUP (ORDER BY n) AS p30, approx_percentile_cont(0.9) WITHIN GROUP (ORDER BY v) AS p90, count(DISTINCT dc) AS dcs FROM m GROUP BY host".into(),
         format!("SELECT host, bool_and(v > 50) AS all_hi, bool_or(n > 8) AS any_n, count(*) FILTER (WHERE v > {c}) AS c_hi, sum(n) FILTER (WHERE v < {c}) AS s_lo, string_agg(dc, ',' ORDER BY dc) AS dcs FROM m GROUP BY host"),
         "SELECT host, v FROM m WHERE host IN (SELECT host FROM owners WHERE team = 'web')".into(),
         format!("SELECT o.host, o.team FROM owners o WHERE NOT EXISTS (SELECT 1 FROM m WHERE m.host = o.host AND m.v > {c})"),

@@ -12,13 +12,13 @@ use super::Coll;
 use crate::plan::JoinKind;
 use crate::row::{Datum, Row};
 
+/// Whether a row's key has a NULL: SQL never matches such a key.
+fn has_null_key(row: &Row, cols: &[usize]) -> bool {
+    cols.iter().any(|c| row[*c].is_null())
+}
+
 fn key_of(row: &Row, cols: &[usize]) -> Option<Row> {
-    let key: Row = cols.iter().map(|c| row[*c].clone()).collect();
-    if key.iter().any(Datum::is_null) {
-        None
-    } else {
-        Some(key)
-    }
+    (!has_null_key(row, cols)).then(|| cols.iter().map(|c| row[*c].clone()).collect())
 }
 
 type Keyed<'s> = differential_dataflow::VecCollection<'s, super::Time, (Row, Row), isize>;
@@ -139,7 +139,7 @@ fn not_in<'s>(l: &Side<'s>, r: &Side<'s>, pairs: &Coll<'s>, filtered: bool) -> C
     let right_has_null = r
         .rows
         .clone()
-        .filter(move |row: &Row| rk.iter().any(|c| row[*c].is_null()))
+        .filter(move |row: &Row| has_null_key(row, &rk))
         .map(|_| ())
         .distinct();
     let right_has_rows = r.rows.clone().map(|_| ()).distinct();
@@ -147,14 +147,14 @@ fn not_in<'s>(l: &Side<'s>, r: &Side<'s>, pairs: &Coll<'s>, filtered: bool) -> C
     let lk2 = l.keys.clone();
     let unmatched = l
         .without_match(r, pairs, filtered)
-        .filter(move |row: &Row| lk.iter().all(|c| !row[*c].is_null()))
+        .filter(move |row: &Row| !has_null_key(row, &lk))
         .map(|row| ((), row))
         .antijoin(right_has_null)
         .map(|((), row)| row);
     let null_keyed = l
         .rows
         .clone()
-        .filter(move |row: &Row| lk2.iter().any(|c| row[*c].is_null()))
+        .filter(move |row: &Row| has_null_key(row, &lk2))
         .map(|row| ((), row))
         .antijoin(right_has_rows)
         .map(|((), row)| row);

@@ -7,7 +7,7 @@
 //! ([`super::reduce`]) and top-k ([`super::window`]) are such states.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use differential_dataflow::AsCollection;
 use foldhash::fast::FixedState;
@@ -18,9 +18,11 @@ use timely::dataflow::operators::Capability;
 use super::{Coll, Delayed, Time, UpdateBuilder};
 use crate::row::{Datum, Row};
 
-/// The hash that places a key on a worker. Fixed, so every process agrees.
-pub(crate) fn key_hash(key: &[Datum]) -> u64 {
-    FixedState::with_seed(0x7c51).hash_one(key)
+/// The seed of the hash that places a key on a worker. Fixed, so every process agrees.
+const SEED: u64 = 0x7c51;
+
+fn key_hash(key: &[Datum]) -> u64 {
+    FixedState::with_seed(SEED).hash_one(key)
 }
 
 /// The columns of a row that make its key.
@@ -32,6 +34,18 @@ pub(crate) enum KeyCols {
 }
 
 impl KeyCols {
+    /// The hash that places a row's key on a worker, computed without building the key.
+    fn route(&self, row: &Row) -> u64 {
+        match self {
+            KeyCols::Prefix(n) => key_hash(&row[..*n]),
+            KeyCols::Cols(cols) => {
+                let mut h = FixedState::with_seed(SEED).build_hasher();
+                cols.iter().for_each(|c| row[*c].hash(&mut h));
+                h.finish()
+            }
+        }
+    }
+
     fn key<'a>(&self, row: &'a Row, buf: &'a mut Vec<Datum>) -> &'a [Datum] {
         match self {
             KeyCols::Prefix(n) => &row[..*n],
@@ -108,10 +122,7 @@ pub(crate) fn keyed<'s, S: KeyedState>(
     ctx: S::Ctx,
 ) -> Coll<'s> {
     let k2 = keys.clone();
-    let exchange = Exchange::new(move |(row, _, _): &(Row, Time, isize)| {
-        let mut buf = Vec::new();
-        key_hash(k2.key(row, &mut buf))
-    });
+    let exchange = Exchange::new(move |(row, _, _): &(Row, Time, isize)| k2.route(row));
     input
         .inner
         .unary_frontier::<UpdateBuilder, _, _, _>(exchange, name, move |_cap, _info| {

@@ -26,7 +26,7 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use super::keyed::{self, KeyCols, KeyedState};
 use super::{moments, Coll, Context};
 use crate::error::{EngineError, Result};
-use crate::functions::{counter_rate, sketch_code, sketch_quantile, sketch_value, Counter};
+use crate::functions::{counter_rate, sketch_code, sketch_rank, sketch_value, Counter};
 use crate::plan::{AggFunc, Aggregate, SortKey};
 use crate::row::{repr_of, Datum, Repr, Row, F64};
 
@@ -175,13 +175,7 @@ impl Finish {
                     let value = &row[a.arg];
                     if !value.is_null() {
                         s[0] += m;
-                        let key = match (func, value) {
-                            (AggFunc::ApproxPercentile { .. }, Datum::Float(f)) => {
-                                Datum::Int(sketch_code(f.get()))
-                            }
-                            _ => value.clone(),
-                        };
-                        values[v].add(key, m as i64);
+                        values[v].add(held_as(func, value), m as i64);
                     }
                 }
                 (func, None) => accumulate(func, &row[a.arg], s, m),
@@ -218,9 +212,8 @@ fn from_values(func: &AggFunc, n: i64, values: &Counts) -> Datum {
         AggFunc::Min => values.first().cloned().unwrap_or(Datum::Null),
         AggFunc::Max => values.last().cloned().unwrap_or(Datum::Null),
         AggFunc::ApproxPercentile { p } => {
-            // The bucket holding rank floor(p (n - 1)), as `sketch_quantile` finds it.
-            let rank = (f64::from_bits(*p) * (n - 1) as f64).floor() as i64;
-            match values.rank(n, rank) {
+            // The bucket holding the sketch's rank, walked to from the nearer end.
+            match values.rank(n, sketch_rank(f64::from_bits(*p), n)) {
                 Datum::Int(code) => Datum::Float(F64::new(sketch_value(*code))),
                 _ => Datum::Null,
             }
@@ -236,6 +229,15 @@ fn from_values(func: &AggFunc, n: i64, values: &Counts) -> Datum {
 enum Counts {
     Few(Vec<(Datum, i64)>),
     Many(BTreeMap<Datum, i64>),
+}
+
+/// How an aggregate that keeps its group's values holds `value`: an approximate percentile by
+/// its sketch bucket, the others as it is.
+fn held_as(func: &AggFunc, value: &Datum) -> Datum {
+    match (func, value) {
+        (AggFunc::ApproxPercentile { .. }, Datum::Float(f)) => Datum::Int(sketch_code(f.get())),
+        _ => value.clone(),
+    }
 }
 
 /// Distinct values past which [`Counts`] becomes a B-tree.
@@ -265,6 +267,22 @@ impl Counts {
                     map.remove(&value);
                 }
             }
+        }
+    }
+
+    /// How many values there are.
+    fn total(&self) -> i64 {
+        match self {
+            Counts::Few(v) => v.iter().map(|(_, c)| c).sum(),
+            Counts::Many(map) => map.values().sum(),
+        }
+    }
+
+    /// Every value once, as `DISTINCT` sees them.
+    fn once_each(&mut self) {
+        match self {
+            Counts::Few(v) => v.iter_mut().for_each(|(_, c)| *c = 1),
+            Counts::Many(map) => map.values_mut().for_each(|c| *c = 1),
         }
     }
 
@@ -403,25 +421,10 @@ pub(crate) fn render_reduce<'s>(
         keyed::keyed::<GroupState>(input, "Accumulate", KeyCols::Prefix(keys), finish)
     } else {
         let aggs_r = aggs.to_vec();
-        // A column only approximate percentiles read is kept as its sketch bucket, so a group
-        // holds one row per bucket instead of one per value when nothing else is aggregated.
-        let coded: Vec<usize> = (keys..in_schema.fields().len())
-            .filter(|c| {
-                let mut readers = aggs.iter().filter(|a| reads(a, *c));
-                readers.clone().next().is_some()
-                    && readers.all(|a| matches!(a.func, AggFunc::ApproxPercentile { .. }))
-            })
-            .collect();
         let kv = input.map(move |row: Row| {
-            let mut vals = row[keys..].to_vec();
-            for c in &coded {
-                if let Datum::Float(f) = &vals[c - keys] {
-                    vals[c - keys] = Datum::Int(sketch_code(f.get()));
-                }
-            }
             (
                 row[..keys].to_vec().into_boxed_slice(),
-                vals.into_boxed_slice(),
+                row[keys..].to_vec().into_boxed_slice(),
             )
         });
         kv.reduce(
@@ -447,30 +450,6 @@ pub(crate) fn render_reduce<'s>(
     let d2 = default.clone();
     let present = result.clone().map(move |_| d2.clone()).negate();
     Ok(result.concat(ctx.constant(vec![default])).concat(present))
-}
-
-/// Whether an aggregate reads input column `c`.
-fn reads(a: &Aggregate, c: usize) -> bool {
-    a.arg == c
-        || match &a.func {
-            AggFunc::Rate { ts: x } | AggFunc::Regr { x, .. } => *x == c,
-            AggFunc::First(order) | AggFunc::StringAgg { order, .. } => {
-                order.iter().any(|k| k.column == c)
-            }
-            _ => false,
-        }
-}
-
-/// The value at 0-based rank `i` of values in order with their multiplicities.
-fn at_rank<'a>(values: &[(&'a Datum, isize)], i: i64) -> &'a Datum {
-    let mut seen = 0i64;
-    for (v, m) in values {
-        seen += *m as i64;
-        if seen > i {
-            return v;
-        }
-    }
-    values.last().expect("a rank within the values").0
 }
 
 fn float_of(d: &Datum) -> f64 {
@@ -547,29 +526,15 @@ fn group_aggregate(
                 .collect();
             counter_rate(&mut samples).map_or(Datum::Null, |r| Datum::Float(F64::new(r)))
         }
-        AggFunc::Median | AggFunc::PercentileCont { .. } => {
-            let mut values: Vec<(&Datum, isize)> = present
-                .map(|(v, m)| (&v[col], if a.distinct { 1 } else { *m }))
-                .filter(|(d, _)| !d.is_null())
-                .collect();
-            values.sort_by(|x, y| x.0.cmp(y.0));
-            if a.distinct {
-                values.dedup_by(|x, y| x.0 == y.0);
+        AggFunc::Median | AggFunc::PercentileCont { .. } | AggFunc::ApproxPercentile { .. } => {
+            let mut values = Counts::Few(Vec::new());
+            for (v, m) in present.filter(|(v, _)| !v[col].is_null()) {
+                values.add(held_as(&a.func, &v[col]), *m as i64);
             }
-            let n = values.iter().map(|(_, m)| *m as i64).sum();
-            exact_percentile(&a.func, n, |i| at_rank(&values, i))
-        }
-        AggFunc::ApproxPercentile { p } => {
-            let mut buckets: Vec<(i64, i64)> = present
-                .filter_map(|(v, m)| match &v[col] {
-                    Datum::Int(code) => Some((*code, *m as i64)),
-                    Datum::Float(f) => Some((sketch_code(f.get()), *m as i64)),
-                    _ => None,
-                })
-                .collect();
-            buckets.sort_unstable();
-            sketch_quantile(buckets.into_iter(), f64::from_bits(*p))
-                .map_or(Datum::Null, |v| Datum::Float(F64::new(v)))
+            if a.distinct {
+                values.once_each();
+            }
+            from_values(&a.func, values.total(), &values)
         }
         AggFunc::StringAgg { sep, order } => {
             let mut rows: Vec<(&Row, isize)> = present

@@ -172,13 +172,8 @@ fn window_rows(
         result.push((full.into_boxed_slice(), 1));
     }
     // Equal rows with equal values (rank and lag of duplicates) are one row with a multiplicity.
-    result.sort();
-    for (row, m) in result {
-        match out.last_mut() {
-            Some((last, n)) if *last == row => *n += m,
-            _ => out.push((row, m)),
-        }
-    }
+    differential_dataflow::consolidation::consolidate(&mut result);
+    out.extend(result);
 }
 
 pub(crate) fn render_window<'s>(
