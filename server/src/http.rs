@@ -739,7 +739,24 @@ async fn alerts(State(app): State<AppRef>) -> Response {
 /// `GET /v1/catalog`.
 async fn catalog(State(app): State<AppRef>) -> Response {
     let mut groups: HashMap<&str, Vec<Value>> = HashMap::new();
+    let history = app.tocsin.history();
     for e in app.tocsin.catalog().await {
+        let at = |ms: Option<i64>| ms.map(tocsin_engine::fmt_ms);
+        let kept = history.as_ref().and_then(|h| h.get(&e.name)).map(|rel| {
+            let st = rel.stats();
+            json!({
+                "horizon_seconds": rel.spec.horizon_ms / 1000,
+                "rows": st.rows,
+                "bytes": st.bytes,
+                "files": st.files,
+                "partitions": st.partitions,
+                "oldest": at(st.oldest_ms),
+                "newest": at(st.newest_ms),
+                "pending_rows": st.pending_rows,
+                "flush_lag_seconds": st.flush_lag_secs,
+                "error": st.failing,
+            })
+        });
         let key = match e.kind() {
             ObjectKind::Source => "sources",
             ObjectKind::View => "views",
@@ -752,6 +769,7 @@ async fn catalog(State(app): State<AppRef>) -> Response {
             "sql": e.display_sql(),
             "system": e.system,
             "columns": e.schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
+            "history": kept,
         }));
     }
     let mut out = serde_json::Map::new();
@@ -762,6 +780,16 @@ async fn catalog(State(app): State<AppRef>) -> Response {
         );
     }
     Json(Value::Object(out)).into_response()
+}
+
+/// Each relation's history sizes.
+fn history_stats(app: &crate::state::App) -> Vec<(String, tocsin_history::Stats)> {
+    app.tocsin.history().map_or_else(Vec::new, |h| {
+        h.relations()
+            .iter()
+            .map(|r| (r.name.clone(), r.stats()))
+            .collect()
+    })
 }
 
 /// `GET /metrics`.
@@ -777,6 +805,18 @@ async fn metrics(State(app): State<AppRef>) -> Response {
         retained: app.tocsin.engine().retained(),
         memory_limit: app.ingest.budget().limit(),
         resident: app.ingest.budget().resident(),
+        history: history_stats(&app),
+        history_counters: app.tocsin.history().map_or([0; 5], |h| {
+            let c = &h.counters;
+            [
+                &c.flushes,
+                &c.flushed_rows,
+                &c.compactions,
+                &c.write_errors,
+                &c.expired_partitions,
+            ]
+            .map(|v| v.load(std::sync::atomic::Ordering::Relaxed))
+        }),
     };
     let rules = app.alerts.rule_names();
     let lags = app.tocsin.engine().lag(&rules).await.unwrap_or_default();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use tocsin_engine::Engine;
+use tocsin_history::History;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::catalog_log::Generations;
@@ -83,9 +84,11 @@ pub struct Ingest {
 
 impl Ingest {
     /// Starts the writer thread over an opened WAL.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         engine: Engine,
         wal: Wal,
+        history: Arc<History>,
         generations: Generations,
         metrics: Arc<Metrics>,
         queue: usize,
@@ -113,6 +116,7 @@ impl Ingest {
                 Writer {
                     engine,
                     wal,
+                    history,
                     generations,
                     metrics,
                 }
@@ -224,12 +228,16 @@ impl Ingest {
 struct Writer {
     engine: Engine,
     wal: Wal,
+    history: Arc<History>,
     generations: Generations,
     metrics: Arc<Metrics>,
 }
 
 struct Staged {
     job: Job,
+    /// The source's generation and the batch's position in the WAL (when it has rows).
+    generation: u64,
+    pos: Option<u64>,
     admitted: RecordBatch,
     /// Batch row index of each admitted row.
     kept: Vec<usize>,
@@ -318,17 +326,21 @@ impl Writer {
                 return None;
             }
         };
+        let mut pos = None;
         if admitted.num_rows() > 0 {
             let retain = self
                 .engine
                 .retention(&job.source)
                 .map_or(i64::MAX, |d| d.as_millis() as i64);
-            if let Err(e) = self.wal.append(&job.source, generation, retain, &admitted) {
-                tracing::error!("write-ahead log append failed: {e}");
-                let _ = job
-                    .reply
-                    .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
-                return None;
+            match self.wal.append(&job.source, generation, retain, &admitted) {
+                Ok(p) => pos = Some(p),
+                Err(e) => {
+                    tracing::error!("write-ahead log append failed: {e}");
+                    let _ = job
+                        .reply
+                        .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
+                    return None;
+                }
             }
         }
         let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
@@ -344,6 +356,8 @@ impl Writer {
             .collect();
         Some(Staged {
             job,
+            generation,
+            pos,
             admitted,
             kept,
             rejected,
@@ -354,6 +368,8 @@ impl Writer {
     fn apply(&mut self, s: Staged) {
         let Staged {
             job,
+            generation,
+            pos,
             admitted,
             kept,
             rejected,
@@ -369,7 +385,22 @@ impl Writer {
             while self.engine.pending_rows() > MAX_ENGINE_PENDING {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            match self.engine.push(&job.source, admitted) {
+            let history =
+                pos.and_then(|p| Some((p, self.history.get_generation(&job.source, generation)?)));
+            let pushed = match &history {
+                // The window and history take the rows in one step for queries (see
+                // `tocsin_history::table`).
+                Some((p, rel)) => rel.append_pushed(*p, || {
+                    let o = self.engine.push(&job.source, admitted.clone());
+                    let took = o
+                        .as_ref()
+                        .ok()
+                        .map(|o| accepted_rows(&admitted, &o.rejected));
+                    (o, took)
+                }),
+                None => self.engine.push(&job.source, admitted),
+            };
+            match pushed {
                 Ok(o) => {
                     outcome.accepted = o.accepted;
                     outcome
@@ -396,13 +427,24 @@ impl Writer {
         let now = self.engine.now() as i64;
         let generations = self.generations.read().expect("generations").clone();
         let engine = &self.engine;
-        let retain = |source: &str, generation: u64| {
+        let history = &self.history;
+        // A segment stays while a live source still needs its rows: for the window (within
+        // retention) or for history (not yet in its files, and within its horizon).
+        let keep = |source: &str, generation: u64, newest: i64, pos: u64| {
             if generations.get(source) != Some(&generation) {
-                return None;
+                return false;
             }
-            engine.retention(source).map(|d| d.as_millis() as i64)
+            let in_window = engine
+                .retention(source)
+                .is_some_and(|d| newest.saturating_add(d.as_millis() as i64) > now);
+            let for_history = history
+                .get_generation(source, generation)
+                .is_some_and(|rel| {
+                    pos > rel.durable_through() && newest.saturating_add(rel.spec.horizon_ms) > now
+                });
+            in_window || for_history
         };
-        match self.wal.maintain(now, retain) {
+        match self.wal.maintain(&keep) {
             Ok(n) if n > 0 => tracing::debug!("deleted {n} expired WAL segment(s)"),
             Ok(_) => {}
             Err(e) => tracing::error!("write-ahead log maintenance failed: {e}"),
@@ -411,4 +453,23 @@ impl Writer {
             .wal_segments
             .store(self.wal.segments() as u64, Ordering::Relaxed);
     }
+}
+
+/// The rows of `batch` but those `rejected` (by row number, in order).
+fn accepted_rows(batch: &RecordBatch, rejected: &[(usize, String)]) -> RecordBatch {
+    if rejected.is_empty() {
+        return batch.clone();
+    }
+    let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
+    let mask: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
+        .map(|i| {
+            let keep = refused.peek() != Some(&i);
+            if !keep {
+                refused.next();
+            }
+            Some(keep)
+        })
+        .collect();
+    datafusion::arrow::compute::filter_record_batch(batch, &mask)
+        .unwrap_or_else(|_| batch.slice(0, 0))
 }

@@ -141,6 +141,10 @@ enum Command {
         /// tocsin_alerts and the alert store; transitions are written at once.
         #[arg(long, default_value = "1s")]
         alert_value_interval: String,
+        /// How long accepted rows of a source with `history` wait before they are written to
+        /// its files (they are in the write-ahead log meanwhile, and queries see them).
+        #[arg(long, default_value = "5s")]
+        history_flush: String,
         /// Changes a subscription may hold for a client that has not read them; a client that
         /// falls further behind is closed (or resynced, if it asked for that).
         #[arg(long, default_value_t = 100_000)]
@@ -228,6 +232,7 @@ fn main() {
                 header_timeout,
                 memory_limit,
                 alert_value_interval,
+                history_flush,
                 subscriber_buffer_changes,
                 subscriber_buffer,
             } => {
@@ -300,6 +305,7 @@ fn main() {
                         None => tocsin_server::memory::default_limit(),
                     },
                     alert_value_interval: duration(&alert_value_interval)?,
+                    history_flush: duration(&history_flush)?,
                     ..Config::default()
                 };
                 if let Some(w) = workers {

@@ -129,6 +129,9 @@ pub struct Gauges {
     pub memory_limit: u64,
     /// The process's resident memory, bytes.
     pub resident: u64,
+    /// Each relation's history, and the history's counters.
+    pub history: Vec<(String, tocsin_history::Stats)>,
+    pub history_counters: [u64; 5],
 }
 
 impl Metrics {
@@ -363,6 +366,65 @@ impl Metrics {
             for r in &g.retained {
                 out.sample(name, &[("source", &r.0)], value(r));
             }
+        }
+        type PerHistory = (
+            &'static str,
+            &'static str,
+            fn(&tocsin_history::Stats) -> f64,
+        );
+        let per_history: [PerHistory; 6] = [
+            (
+                "tocsin_history_rows",
+                "Rows a relation keeps in history files.",
+                |s| s.rows as f64,
+            ),
+            (
+                "tocsin_history_bytes",
+                "Bytes of a relation's history files.",
+                |s| s.bytes as f64,
+            ),
+            (
+                "tocsin_history_files",
+                "History files of a relation.",
+                |s| s.files as f64,
+            ),
+            (
+                "tocsin_history_pending_rows",
+                "Accepted rows not yet written to history files (they are in the write-ahead log).",
+                |s| s.pending_rows as f64,
+            ),
+            (
+                "tocsin_history_flush_lag_seconds",
+                "How long the oldest row not yet in history files has waited.",
+                |s| s.flush_lag_secs,
+            ),
+            (
+                "tocsin_history_failing",
+                "1 while the last write of a relation's history failed (see the log).",
+                |s| if s.failing.is_some() { 1.0 } else { 0.0 },
+            ),
+        ];
+        for (name, help, value) in per_history {
+            out.family(name, "gauge", help);
+            for (rel, st) in &g.history {
+                out.sample(name, &[("relation", rel)], value(st));
+            }
+        }
+        for (i, (name, help)) in [
+            ("tocsin_history_flushes_total", "Writes of pending rows to history files."),
+            ("tocsin_history_flushed_rows_total", "Rows written to history files."),
+            ("tocsin_history_compactions_total", "History files merged into bigger ones."),
+            (
+                "tocsin_history_write_errors_total",
+                "History writes that failed (a full disk, say); the rows stay in the write-ahead log and are written again.",
+            ),
+            ("tocsin_history_expired_partitions_total", "History partitions deleted past their horizon."),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.family(name, "counter", help);
+            out.sample(name, &[], g.history_counters[i]);
         }
         for (name, help, v) in [
             (

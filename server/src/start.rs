@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::state::{App, AppRef, Config};
 use crate::tasks::Tasks;
 use crate::wal::Wal;
+use tocsin_history::History;
 
 /// Hands catalog changes to the catalog log and `INSERT`ed rows to the ingest path. Once the
 /// server runs, every change also brings the running tasks in line with the catalog, whichever
@@ -23,6 +24,7 @@ use crate::wal::Wal;
 struct ServerDurability {
     log: CatalogLog,
     generations: Generations,
+    history: Arc<History>,
     ingest: Ingest,
     app: std::sync::OnceLock<std::sync::Weak<App>>,
 }
@@ -34,6 +36,23 @@ impl Durability for ServerDurability {
             .log
             .append(&change.statement, &change.name, &change.sql)
             .map_err(|e| e.to_string())?;
+        // History starts before the source takes rows (it takes none until `track`).
+        if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
+            let names = std::iter::once(&change.name).chain(&change.companions);
+            match change.statement.as_str() {
+                "CREATE SOURCE" => {
+                    for n in names {
+                        if let Some(spec) = app.tocsin.history_spec(n).await {
+                            self.history
+                                .create(n, seq, spec)
+                                .map_err(|e| format!("history of {n}: {e}"))?;
+                        }
+                    }
+                }
+                "DROP SOURCE" => names.for_each(|n| self.history.remove(n)),
+                _ => {}
+            }
+        }
         track(
             &self.generations,
             &change.statement,
@@ -80,10 +99,15 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     })?;
     let engine = Engine::start(EngineConfig {
         workers: config.workers.max(1),
+        clock: config.clock.clone(),
         ..EngineConfig::default()
     })
     .map_err(|e| e.to_string())?;
     let tocsin = Arc::new(Tocsin::new(engine.clone()));
+    let history_dir = config.data_dir.join("history");
+    let history = History::open(&history_dir)
+        .map_err(|e| format!("cannot open history in {}: {e}", history_dir.display()))?;
+    tocsin.set_history(history.clone());
     let metrics = Arc::new(Metrics::default());
 
     // tocsin's own relations and the alert manager, before the catalog that may use them.
@@ -146,6 +170,24 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         );
     }
 
+    // History of the sources that keep one; directories of dropped ones go.
+    {
+        let live = generations.read().expect("generations").clone();
+        for (name, generation) in &live {
+            if let Some(spec) = tocsin.history_spec(name).await {
+                history.create(name, *generation, spec).map_err(|e| {
+                    format!(
+                        "cannot open the history of {name} in {}: {e}",
+                        history_dir.display()
+                    )
+                })?;
+            }
+        }
+        history
+            .sweep()
+            .map_err(|e| format!("history in {}: {e}", history_dir.display()))?;
+    }
+
     // The rows, as the WAL holds them.
     let wal_dir = config.data_dir.join("wal");
     let (mut fed, mut expired) = (0usize, 0usize);
@@ -162,16 +204,22 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     }
     let wal = {
         let live = generations.read().expect("generations").clone();
-        Wal::open(&wal_dir, replay_from, |source, generation, batch| {
-            if live.get(source) != Some(&generation) {
+        Wal::open(&wal_dir, replay_from, |r| {
+            if live.get(r.source) != Some(&r.generation) {
                 return;
             }
-            match engine.push(source, batch) {
+            if let Some(rel) = history.get_generation(r.source, r.generation) {
+                rel.replay(r.pos, r.batch.clone());
+            }
+            if !r.in_memory {
+                return;
+            }
+            match engine.push(r.source, r.batch) {
                 Ok(o) => {
                     fed += o.accepted;
                     expired += o.rejected.len();
                 }
-                Err(e) => tracing::warn!("WAL replay into {source}: {e}"),
+                Err(e) => tracing::warn!("WAL replay into {}: {e}", r.source),
             }
         })
         .map_err(|e| {
@@ -186,9 +234,20 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             "write-ahead log: re-fed {fed} row(s); {expired} had passed their retention"
         );
     }
+    {
+        let engine = engine.clone();
+        history.start(
+            move || engine.now() as i64,
+            tocsin_history::Tuning {
+                flush_after: config.history_flush,
+                ..Default::default()
+            },
+        );
+    }
     let ingest = Ingest::start(
         engine.clone(),
         wal,
+        history.clone(),
         generations.clone(),
         metrics.clone(),
         config.ingest_queue,
@@ -201,6 +260,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     let durability = Arc::new(ServerDurability {
         log,
         generations,
+        history,
         ingest: ingest.clone(),
         app: std::sync::OnceLock::new(),
     });

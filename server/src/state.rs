@@ -47,6 +47,10 @@ pub struct Config {
     /// How often changes of a live alert's values alone are written to `tocsin_alerts` and the
     /// alert store (transitions are written at once).
     pub alert_value_interval: Duration,
+    /// How long accepted rows wait before they are written to history files.
+    pub history_flush: Duration,
+    /// Where time comes from: the system clock, or a manual one for tests that embed the server.
+    pub clock: tocsin_engine::Clock,
 }
 
 impl Default for Config {
@@ -66,6 +70,8 @@ impl Default for Config {
             limits: Limits::default(),
             memory_limit: crate::memory::default_limit(),
             alert_value_interval: Duration::from_secs(1),
+            history_flush: Duration::from_secs(5),
+            clock: tocsin_engine::Clock::system(),
         }
     }
 }

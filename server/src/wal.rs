@@ -26,13 +26,20 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// ... or is this old, so that retention can delete old rows soon after they expire.
 const SEGMENT_SECS: u64 = 30;
 
-/// The newest `ts` per (source, generation) in a segment.
-type Newest = HashMap<(String, u64), i64>;
+/// The newest `ts` and the last record's position per (source, generation) in a segment.
+type Newest = HashMap<(String, u64), (i64, u64)>;
+
+/// A record's position in the log: its segment and its index in the segment. A source always
+/// writes to the segments of its retention, one after the other, so its positions grow.
+pub fn position(segment: u64, record: u32) -> u64 {
+    (segment << 32) | record as u64
+}
 
 /// The segment being written for one retention.
 struct Lane {
     writer: RecordWriter,
     id: u64,
+    records: u32,
     newest: Newest,
     opened: Instant,
     unsynced: bool,
@@ -89,30 +96,47 @@ fn decode(payload: &[u8]) -> io::Result<(String, u64, Vec<RecordBatch>)> {
     Ok((name, generation, batches))
 }
 
-/// Records the newest `ts` of a batch of a source in a segment's map.
-fn note_newest(newest: &mut Newest, source: &str, generation: u64, batch: &RecordBatch) {
-    let Ok(i) = batch.schema().index_of("ts") else {
-        return;
-    };
-    let Some(t) = batch
-        .column(i)
-        .as_primitive_opt::<TimestampMillisecondType>()
-        .and_then(max)
-    else {
-        return;
-    };
-    let e = newest.entry((source.to_string(), generation)).or_insert(t);
-    *e = (*e).max(t);
+/// Records the newest `ts` of a batch of a source, at position `pos`, in a segment's map.
+fn note_newest(newest: &mut Newest, source: &str, generation: u64, pos: u64, batch: &RecordBatch) {
+    let t = batch
+        .schema()
+        .index_of("ts")
+        .ok()
+        .and_then(|i| {
+            batch
+                .column(i)
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .and_then(max)
+        })
+        .unwrap_or(i64::MIN);
+    let e = newest
+        .entry((source.to_string(), generation))
+        .or_insert((t, pos));
+    *e = (e.0.max(t), e.1.max(pos));
 }
 
+/// A replayed batch: its source, generation and position, and whether it is to be fed to
+/// the engine (segments before `replay_from` are read for history and deletion only).
+pub struct Replayed<'a> {
+    pub source: &'a str,
+    pub generation: u64,
+    pub pos: u64,
+    pub batch: RecordBatch,
+    pub in_memory: bool,
+}
+
+/// Whether a closed segment's rows may all go: for each source in it, `keep(source,
+/// generation, newest ts, last position)` says whether it still needs them.
+pub type Keep<'a> = dyn Fn(&str, u64, i64, u64) -> bool + 'a;
+
 impl Wal {
-    /// Opens the log in `dir`, feeding the batches of every segment from `replay_from` on (older
-    /// ones are read only to know when they may go: see `memory::segments_to_skip`), in the order
-    /// they were written for each source.
+    /// Opens the log in `dir`, feeding every batch in the order they were written for each
+    /// source; those of segments before `replay_from` are marked as not for the engine (see
+    /// `memory::segments_to_skip`): history may still need them.
     pub fn open(
         dir: &Path,
         replay_from: u64,
-        mut feed: impl FnMut(&str, u64, RecordBatch),
+        mut feed: impl FnMut(Replayed<'_>),
     ) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let mut ids: Vec<u64> = fs::read_dir(dir)?
@@ -134,14 +158,19 @@ impl Wal {
                 );
             }
             let mut newest = Newest::new();
-            for p in records.payloads {
-                match decode(&p) {
+            for (index, p) in records.payloads.iter().enumerate() {
+                let pos = position(id, index as u32);
+                match decode(p) {
                     Ok((name, generation, batches)) => {
                         for b in batches {
-                            note_newest(&mut newest, &name, generation, &b);
-                            if id >= replay_from {
-                                feed(&name, generation, b);
-                            }
+                            note_newest(&mut newest, &name, generation, pos, &b);
+                            feed(Replayed {
+                                source: &name,
+                                generation,
+                                pos,
+                                batch: b,
+                                in_memory: id >= replay_from,
+                            });
                         }
                     }
                     Err(e) => {
@@ -161,16 +190,16 @@ impl Wal {
         })
     }
 
-    /// Appends a batch of a source retained `retain_ms` (durable after the next `sync`). Rows of
-    /// sources with different retentions go to different segments, so that a segment is deleted
-    /// when its rows expire, however long other sources keep theirs.
+    /// Appends a batch of a source retained `retain_ms` (durable after the next `sync`); returns
+    /// its position. Rows of sources with different retentions go to different segments, so
+    /// that a segment is deleted when its rows expire, however long other sources keep theirs.
     pub fn append(
         &mut self,
         source: &str,
         generation: u64,
         retain_ms: i64,
         batch: &RecordBatch,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let payload = encode(source, generation, batch)?;
         let lane = match self.lanes.entry(retain_ms) {
             std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -180,6 +209,7 @@ impl Wal {
                 v.insert(Lane {
                     writer: RecordWriter::append_to(&segment_path(&self.dir, id))?,
                     id,
+                    records: 0,
                     newest: Newest::new(),
                     opened: Instant::now(),
                     unsynced: false,
@@ -187,10 +217,15 @@ impl Wal {
             }
         };
         lane.writer.append(&payload)?;
+        let pos = position(lane.id, lane.records);
+        lane.records += 1;
         lane.unsynced = true;
-        note_newest(&mut lane.newest, source, generation, batch);
+        note_newest(&mut lane.newest, source, generation, pos, batch);
         self.bytes += payload.len() as u64;
-        Ok(())
+        if lane.records == u32::MAX {
+            self.close(retain_ms)?;
+        }
+        Ok(pos)
     }
 
     /// Makes every appended batch durable.
@@ -203,14 +238,9 @@ impl Wal {
         Ok(())
     }
 
-    /// Closes segments that are big or old enough, and deletes closed segments whose rows are
-    /// all expired: `retain_ms(source, generation)` is the retention of a live source, `None`
-    /// when it is gone. Returns the number of segments deleted.
-    pub fn maintain(
-        &mut self,
-        now_ms: i64,
-        retain_ms: impl Fn(&str, u64) -> Option<i64>,
-    ) -> io::Result<usize> {
+    /// Closes segments that are big or old enough, and deletes closed segments none of whose
+    /// sources still needs their rows (see [`Keep`]). Returns the number of segments deleted.
+    pub fn maintain(&mut self, keep: &Keep<'_>) -> io::Result<usize> {
         let full: Vec<i64> = self
             .lanes
             .iter()
@@ -226,10 +256,9 @@ impl Wal {
             .closed
             .iter()
             .filter(|(_, newest)| {
-                newest.iter().all(|((s, g), t)| match retain_ms(s, *g) {
-                    Some(r) => t.saturating_add(r) <= now_ms,
-                    None => true,
-                })
+                !newest
+                    .iter()
+                    .any(|((s, g), (t, pos))| keep(s, *g, *t, *pos))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -297,11 +326,19 @@ mod tests {
 
     fn replay(dir: &Path) -> (Wal, Vec<(String, u64, usize)>) {
         let mut seen = Vec::new();
-        let wal = Wal::open(dir, 0, |s, g, b| {
-            seen.push((s.to_string(), g, b.num_rows()))
+        let wal = Wal::open(dir, 0, |r| {
+            seen.push((r.source.to_string(), r.generation, r.batch.num_rows()))
         })
         .unwrap();
         (wal, seen)
+    }
+
+    /// Keeps a segment while a source's rows are within its retention at `now`.
+    fn retained(
+        now: i64,
+        retain: impl Fn(&str, u64) -> Option<i64>,
+    ) -> impl Fn(&str, u64, i64, u64) -> bool {
+        move |s, g, t, _| retain(s, g).is_some_and(|r| t.saturating_add(r) > now)
     }
 
     #[test]
@@ -325,11 +362,11 @@ mod tests {
         );
         // Retention 1 s: at 5,500 ms the first segment still holds b's row at 5,000.
         let retain = |_: &str, _: u64| Some(1_000);
-        assert_eq!(wal.maintain(5_500, retain).unwrap(), 0);
-        assert_eq!(wal.maintain(6_000, retain).unwrap(), 1);
+        assert_eq!(wal.maintain(&retained(5_500, retain)).unwrap(), 0);
+        assert_eq!(wal.maintain(&retained(6_000, retain)).unwrap(), 1);
         // The second segment's rows (up to 12,000) outlive 12,999 but not 13,000.
-        assert_eq!(wal.maintain(12_999, retain).unwrap(), 0);
-        assert_eq!(wal.maintain(13_000, retain).unwrap(), 1);
+        assert_eq!(wal.maintain(&retained(12_999, retain)).unwrap(), 0);
+        assert_eq!(wal.maintain(&retained(13_000, retain)).unwrap(), 1);
         drop(wal);
         let (mut wal, seen) = replay(dir.path());
         assert!(seen.is_empty(), "{seen:?}");
@@ -338,7 +375,7 @@ mod tests {
             .unwrap();
         wal.roll().unwrap();
         assert_eq!(
-            wal.maintain(0, |s, _| (s != "gone").then_some(1_000))
+            wal.maintain(&retained(0, |s, _| (s != "gone").then_some(1_000)))
                 .unwrap(),
             1
         );
@@ -358,7 +395,7 @@ mod tests {
         wal.roll().unwrap();
         assert_eq!(wal.segments(), 2, "one segment per retention");
         assert_eq!(
-            wal.maintain(10_000, retain).unwrap(),
+            wal.maintain(&retained(10_000, retain)).unwrap(),
             1,
             "m's rows expired; the events' segment stays"
         );

@@ -150,6 +150,8 @@ pub struct Tocsin {
     durability: std::sync::RwLock<Option<Arc<dyn Durability>>>,
     /// The sink connectors, registered by the server.
     sinks: std::sync::RwLock<Option<Arc<dyn SinkKinds>>>,
+    /// History on disk, when tocsin has a data dir.
+    history: std::sync::RwLock<Option<Arc<tocsin_history::History>>>,
 }
 
 fn text_rows(columns: &[&str], rows: Vec<Vec<String>>) -> Result<StatementResult> {
@@ -229,7 +231,33 @@ impl Tocsin {
             ddl: Mutex::new(()),
             durability: std::sync::RwLock::new(None),
             sinks: Default::default(),
+            history: Default::default(),
         }
+    }
+
+    /// Where relations with `history` keep it; without one, `history` is refused.
+    pub fn set_history(&self, history: Arc<tocsin_history::History>) {
+        *self.history.write().expect("history") = Some(history);
+    }
+
+    pub fn history(&self) -> Option<Arc<tocsin_history::History>> {
+        self.history.read().expect("history").clone()
+    }
+
+    /// What the history of relation `name` is made of, if it keeps one.
+    pub async fn history_spec(&self, name: &str) -> Option<tocsin_history::Spec> {
+        let catalog = self.catalog.lock().await;
+        let e = catalog.entries.get(name)?;
+        let ObjectDef::Source { options, .. } = &e.def else {
+            return None;
+        };
+        let horizon = options.history?;
+        Some(tocsin_history::Spec {
+            schema: e.schema.clone(),
+            ts: e.schema.index_of("ts").ok()?,
+            horizon_ms: horizon.as_millis() as i64,
+            late_ms: options.retain.as_millis() as i64,
+        })
     }
 
     /// Registers the sink connectors `CREATE SINK` can use.
@@ -567,17 +595,29 @@ impl Tocsin {
         let (tables, now) = if peek {
             let refs: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
             let peek = self.engine.peek(&refs).await?;
-            let tables = relations
-                .into_iter()
-                .zip(peek.relations)
-                .map(|((n, _), (s, b))| (n, s, b))
-                .collect();
+            // History is read after the window (see `tocsin_history::table`).
+            let history = self.history();
+            let mut tables = Vec::new();
+            for ((n, _), (s, b)) in relations.into_iter().zip(peek.relations) {
+                let rel = history.as_ref().and_then(|h| h.get(&n));
+                let table: Arc<dyn datafusion::catalog::TableProvider> = match rel {
+                    Some(rel) => Arc::new(tocsin_history::HistoryTable::new(
+                        s,
+                        rel.spec.ts,
+                        rel.snapshot(),
+                        b,
+                        peek.time as i64 - rel.spec.late_ms + 1,
+                    )),
+                    None => planner::mem_table(s, b)?,
+                };
+                tables.push((n, table));
+            }
             (tables, peek.time)
         } else {
-            let tables = relations
-                .into_iter()
-                .map(|(n, s)| (n, s, Vec::new()))
-                .collect();
+            let mut tables = Vec::new();
+            for (n, s) in relations {
+                tables.push((n, planner::mem_table(s, Vec::new())?));
+            }
             (tables, self.engine.clock().now())
         };
         let ctx = planner::batch_context(tables, now as i64)?;

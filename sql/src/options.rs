@@ -35,11 +35,28 @@ pub struct SourceOptions {
     pub format: String,
     /// How long a row stays in the source after its `ts` (default 5 minutes).
     pub retain: Duration,
+    /// How long a row is kept on disk after its `ts`, for ad hoc queries (`None`: not kept).
+    pub history: Option<Duration>,
     /// How often a collecting connector (`HOST`, `SNMP`) samples (default 10s); `None` for
     /// pushed sources.
     pub interval: Option<Duration>,
     /// The connector's own options (`targets`, `table`, `listen`, ...), checked by the connector.
     pub connector: Options,
+}
+
+/// A duration as options are written: `90 days`, `1 hour`, `30s`.
+pub fn show_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 || s == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    for (unit, n) in [("day", 86_400), ("hour", 3_600), ("minute", 60)] {
+        if s.is_multiple_of(n) {
+            let k = s / n;
+            return format!("{k} {unit}{}", if k == 1 { "" } else { "s" });
+        }
+    }
+    format!("{s}s")
 }
 
 pub const DEFAULT_RETAIN: Duration = Duration::from_secs(300);
@@ -65,6 +82,18 @@ impl SourceOptions {
         if retain.is_zero() {
             return Err(SqlError::plan("retain must be longer than 0s"));
         }
+        let history = take(&mut options, "history")
+            .map(|h| parse_duration(&h))
+            .transpose()?;
+        if let Some(h) = history {
+            if h <= retain {
+                return Err(SqlError::plan(format!(
+                    "history ({}) must be longer than retain ({}): the in-memory window already keeps that much",
+                    crate::options::show_duration(h),
+                    crate::options::show_duration(retain)
+                )));
+            }
+        }
         let interval = if collecting {
             let i = take(&mut options, "interval")
                 .map(|r| parse_duration(&r))
@@ -84,7 +113,7 @@ impl SourceOptions {
                 connector_options.push((key.to_string(), v));
             }
         }
-        let mut known: Vec<&str> = vec!["format", "retain"];
+        let mut known: Vec<&str> = vec!["format", "retain", "history"];
         if collecting {
             known.push("interval");
         }
@@ -93,6 +122,7 @@ impl SourceOptions {
         Ok(SourceOptions {
             format,
             retain,
+            history,
             interval,
             connector: connector_options,
         })

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::empty::EmptyTable;
+use datafusion::catalog::TableProvider;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -130,10 +131,15 @@ pub fn continuous_context<'a>(
     Ok(ctx)
 }
 
+/// A table of fixed rows.
+pub fn mem_table(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<dyn TableProvider>> {
+    Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
 /// A session over fixed contents, where `now()` is `now_ms`. Its catalog is named as tocsin's
 /// database, so `tocsin.public.name` resolves too.
 pub fn batch_context(
-    tables: Vec<(String, SchemaRef, Vec<RecordBatch>)>,
+    tables: Vec<(String, Arc<dyn TableProvider>)>,
     now_ms: i64,
 ) -> Result<SessionContext> {
     let mut config = config()
@@ -147,11 +153,8 @@ pub fn batch_context(
         ms: now_ms,
     }));
     crate::functions::register(&ctx);
-    for (name, schema, batches) in tables {
-        ctx.register_table(
-            name.as_str(),
-            Arc::new(MemTable::try_new(schema, vec![batches])?),
-        )?;
+    for (name, table) in tables {
+        ctx.register_table(name.as_str(), table)?;
     }
     Ok(ctx)
 }

@@ -85,6 +85,24 @@ impl Tocsin {
                 .map(|e| vec![e.name.clone(), e.display_sql()])
                 .collect()
         };
+        if kind == ObjectKind::Source {
+            let history = self.history();
+            let mut with = Vec::new();
+            for r in rows {
+                let h = match (&history, self.history_spec(&r[0]).await) {
+                    (Some(h), Some(spec)) => h.get(&r[0]).map(|rel| {
+                        rel.stats().summary(&crate::options::show_duration(
+                            std::time::Duration::from_millis(spec.horizon_ms as u64),
+                        ))
+                    }),
+                    _ => None,
+                };
+                let mut r: Vec<Option<String>> = r.into_iter().map(Some).collect();
+                r.push(h);
+                with.push(r);
+            }
+            return text_rows_nullable(&["name", "sql", "history"], with);
+        }
         if kind != ObjectKind::Rule {
             return text_rows(&["name", "sql"], rows);
         }
@@ -187,16 +205,35 @@ impl Tocsin {
         )
     }
 
-    /// `EXPLAIN SELECT ...`: the dataflow a query would run as.
+    /// `EXPLAIN SELECT ...`: the dataflow a query would run as; when it reads a relation with
+    /// history, also what it reads as an ad hoc query now (the history files it picks).
     pub(crate) async fn explain_query(&self, query: Box<Query>) -> Result<StatementResult> {
-        let catalog = self.catalog.lock().await;
-        let plan = self.plan_continuous(&catalog, &query).await?;
-        text_rows(
-            &["plan"],
-            plan.explain()
-                .lines()
-                .map(|l| vec![l.to_string()])
-                .collect(),
-        )
+        let (plan, with_history) = {
+            let catalog = self.catalog.lock().await;
+            let plan = self.plan_continuous(&catalog, &query).await?;
+            let refs = planner::referenced_tables(&query)?;
+            let history = self.history();
+            let with_history = catalog
+                .named_relations(&refs)
+                .iter()
+                .any(|(n, _)| history.as_ref().is_some_and(|h| h.get(n).is_some()));
+            (plan, with_history)
+        };
+        let mut lines: Vec<Vec<String>> = plan
+            .explain()
+            .lines()
+            .map(|l| vec![l.to_string()])
+            .collect();
+        if with_history {
+            let (ctx, query) = self.batch_session(&query, true).await?;
+            let logical = planner::plan_query(&ctx, &query).await?;
+            let physical = ctx.state().create_physical_plan(&logical).await?;
+            lines.push(vec!["As an ad hoc query now, it reads:".to_string()]);
+            let shown = datafusion::physical_plan::displayable(physical.as_ref())
+                .indent(true)
+                .to_string();
+            lines.extend(shown.lines().map(|l| vec![format!("  {l}")]));
+        }
+        text_rows(&["plan"], lines)
     }
 }

@@ -13,7 +13,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::SchemaRef;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tocsin_sql::planner::batch_context;
+use tocsin_sql::planner::{batch_context, mem_table};
 
 const RETAIN_MS: i64 = 60_000;
 
@@ -306,8 +306,11 @@ async fn run(workers: usize, seed: u64) {
             .unwrap();
             let ctx = batch_context(
                 vec![
-                    ("m".into(), m_schema.clone(), vec![m_batch]),
-                    ("owners".into(), o_schema, vec![o_batch]),
+                    (
+                        "m".into(),
+                        mem_table(m_schema.clone(), vec![m_batch]).unwrap(),
+                    ),
+                    ("owners".into(), mem_table(o_schema, vec![o_batch]).unwrap()),
                 ],
                 t,
             )

@@ -10,6 +10,7 @@ mod cli;
 mod connectors;
 mod crash;
 mod garbage;
+mod history;
 mod http;
 mod pg;
 mod security;

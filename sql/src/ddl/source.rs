@@ -21,6 +21,11 @@ impl Tocsin {
         })?;
         let sql_options = options.clone();
         let opts = SourceOptions::parse(options, kind.as_ref())?;
+        if opts.history.is_some() && self.history().is_none() {
+            return Err(SqlError::plan(
+                "history needs a data dir to keep its files in: run `tocsin serve`",
+            ));
+        }
         let (schema, companions) = if kind.declared() {
             (source_schema(&columns)?, Vec::new())
         } else {

@@ -1,0 +1,312 @@
+//! History files: Parquet files of one partition (a span of `ts`), named after the level they
+//! were made at and the range of write-ahead-log positions whose rows they hold:
+//! `LL-MINPOS-MAXPOS.parquet` in hexadecimal, inside a directory named after the partition's
+//! start (`2026-12-06T2100Z`).
+//!
+//! A file is written under a hidden temporary name, synced, renamed into place and its directory
+//! synced, so a crash leaves either the whole file or none of it (the temporary is deleted at the
+//! next start). Rows in a file are sorted by the relation's text columns and then `ts`, so one
+//! series is a run of neighbouring rows, compresses well and is found through the page index.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{lexsort_to_indices, max, min, take_record_batch, SortColumn};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+use datafusion::parquet::file::statistics::Statistics;
+use datafusion::parquet::schema::types::ColumnPath;
+
+/// The level of a file that holds a whole closed partition.
+pub const FINAL_LEVEL: u8 = 99;
+
+/// A history file in use. When a compaction or the horizon retires it, it is marked obsolete and
+/// deleted once no query holds it any more.
+#[derive(Debug)]
+pub struct FileMeta {
+    pub path: PathBuf,
+    pub level: u8,
+    pub min_pos: u64,
+    pub max_pos: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The oldest and newest `ts` in the file.
+    pub min_ts: i64,
+    pub max_ts: i64,
+    obsolete: AtomicBool,
+}
+
+/// What a written or loaded file holds.
+#[derive(Clone, Copy, Debug)]
+pub struct Contents {
+    pub rows: u64,
+    pub bytes: u64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+impl FileMeta {
+    pub fn new(path: PathBuf, level: u8, min_pos: u64, max_pos: u64, c: Contents) -> Self {
+        FileMeta {
+            path,
+            level,
+            min_pos,
+            max_pos,
+            rows: c.rows,
+            bytes: c.bytes,
+            min_ts: c.min_ts,
+            max_ts: c.max_ts,
+            obsolete: AtomicBool::new(false),
+        }
+    }
+
+    /// Deletes the file once the last holder lets go of it.
+    pub fn retire(&self) {
+        self.obsolete.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for FileMeta {
+    fn drop(&mut self) {
+        if self.obsolete.load(Ordering::Relaxed) {
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!("history: cannot delete {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+pub fn file_name(level: u8, min_pos: u64, max_pos: u64) -> String {
+    format!("{level:02}-{min_pos:016x}-{max_pos:016x}.parquet")
+}
+
+/// `(level, min_pos, max_pos)` of a file name made by [`file_name`].
+pub fn parse_file_name(name: &str) -> Option<(u8, u64, u64)> {
+    let stem = name.strip_suffix(".parquet")?;
+    let mut parts = stem.split('-');
+    let level = parts.next().filter(|p| p.len() == 2)?.parse().ok()?;
+    let min = u64::from_str_radix(parts.next().filter(|p| p.len() == 16)?, 16).ok()?;
+    let max = u64::from_str_radix(parts.next().filter(|p| p.len() == 16)?, 16).ok()?;
+    (parts.next().is_none() && min <= max).then_some((level, min, max))
+}
+
+const PARTITION_FORMAT: &str = "%Y-%m-%dT%H%MZ";
+
+pub fn partition_name(start_ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(start_ms)
+        .map(|t| t.format(PARTITION_FORMAT).to_string())
+        .unwrap_or_else(|| format!("{start_ms}"))
+}
+
+pub fn parse_partition_name(name: &str) -> Option<i64> {
+    NaiveDateTime::parse_from_str(name, PARTITION_FORMAT)
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
+}
+
+/// How rows are encoded: zstd throughout; text as dictionaries; `ts` (whole milliseconds that
+/// grow within a series) as deltas; floats split into byte streams, which zstd compresses far
+/// better than plain IEEE values (see docs/benchmarks.md). Statistics per page let a query skip
+/// the pages of other series.
+pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("zstd level 3"),
+        ))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(256 * 1024))
+        .set_data_page_row_count_limit(8 * 1024);
+    for f in schema.fields() {
+        let col = ColumnPath::from(f.name().as_str());
+        match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                b = b.set_column_dictionary_enabled(col, true);
+            }
+            DataType::Timestamp(..) | DataType::Int64 | DataType::Int32 => {
+                b = b
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
+            }
+            DataType::Float64 | DataType::Float32 => {
+                b = b
+                    .set_column_dictionary_enabled(col.clone(), false)
+                    .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
+            }
+            _ => {}
+        }
+    }
+    b.build()
+}
+
+/// The columns rows are sorted by: every text column in schema order, then `ts`.
+pub fn sort_columns(schema: &SchemaRef, ts: usize) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8))
+        .map(|(i, _)| i)
+        .chain(std::iter::once(ts))
+        .collect()
+}
+
+/// A batch sorted by `columns` (ascending, nulls first).
+pub fn sort_batch(batch: &RecordBatch, columns: &[usize]) -> io::Result<RecordBatch> {
+    let keys: Vec<SortColumn> = columns
+        .iter()
+        .map(|&i| SortColumn {
+            values: batch.column(i).clone(),
+            options: None,
+        })
+        .collect();
+    let indices = lexsort_to_indices(&keys, None).map_err(io::Error::other)?;
+    take_record_batch(batch, &indices).map_err(io::Error::other)
+}
+
+/// Writes `batches` (already in order) as the file `name` in `dir`, whole or not at all.
+/// `ts` is the timestamp column.
+pub fn write_file(
+    dir: &Path,
+    name: &str,
+    schema: &SchemaRef,
+    ts: usize,
+    mut next: impl FnMut() -> io::Result<Option<RecordBatch>>,
+) -> io::Result<Contents> {
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let file = File::create(&tmp)?;
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(schema)))
+            .map_err(io::Error::other)?;
+        let (mut rows, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
+        while let Some(b) = next()? {
+            rows += b.num_rows() as u64;
+            let t = b.column(ts).as_primitive::<TimestampMillisecondType>();
+            min_ts = min_ts.min(min(t).unwrap_or(i64::MAX));
+            max_ts = max_ts.max(max(t).unwrap_or(i64::MIN));
+            w.write(&b).map_err(io::Error::other)?;
+        }
+        let file = w.into_inner().map_err(io::Error::other)?;
+        file.sync_all()?;
+        let bytes = file.metadata()?.len();
+        Ok(Contents {
+            rows,
+            bytes,
+            min_ts,
+            max_ts,
+        })
+    })();
+    match result {
+        Ok(done) => {
+            fs::rename(&tmp, dir.join(name))?;
+            File::open(dir)?.sync_all()?;
+            Ok(done)
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// What a history file holds, read from its footer (`ts` is the timestamp column); an error if
+/// it is not a Parquet file.
+pub fn footer(path: &Path, ts: usize) -> io::Result<Contents> {
+    let file = File::open(path)?;
+    let bytes = file.metadata()?.len();
+    let reader = SerializedFileReader::new(file).map_err(io::Error::other)?;
+    let meta = reader.metadata();
+    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
+    for rg in meta.row_groups() {
+        if ts >= rg.num_columns() {
+            return Err(io::Error::other(
+                "the file has fewer columns than the relation",
+            ));
+        }
+        match rg.column(ts).statistics() {
+            Some(Statistics::Int64(s)) => {
+                min_ts = min_ts.min(*s.min_opt().unwrap_or(&i64::MAX));
+                max_ts = max_ts.max(*s.max_opt().unwrap_or(&i64::MIN));
+            }
+            _ => {
+                // Without statistics the file is read whatever the range.
+                min_ts = i64::MIN;
+                max_ts = i64::MAX;
+            }
+        }
+    }
+    Ok(Contents {
+        rows: meta.file_metadata().num_rows().max(0) as u64,
+        bytes,
+        min_ts,
+        max_ts,
+    })
+}
+
+/// The files of one partition directory as found at start: temporaries are deleted, files that
+/// are not history files or cannot be read are skipped with a warning, and a file whose position
+/// range lies inside another's is deleted (the input of a compaction that was cut short after
+/// its output was in place).
+pub fn load_partition(dir: &Path, ts: usize) -> io::Result<Vec<Arc<FileMeta>>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let Some((level, min, max)) = parse_file_name(&name) else {
+            tracing::warn!("history: skipped {}: not a history file", path.display());
+            continue;
+        };
+        match footer(&path, ts) {
+            Ok(c) => found.push(FileMeta::new(path, level, min, max, c)),
+            Err(e) => tracing::warn!("history: skipped {}: {e}", path.display()),
+        }
+    }
+    found.sort_by_key(|f| (f.min_pos, std::cmp::Reverse(f.max_pos)));
+    let mut kept: Vec<Arc<FileMeta>> = Vec::new();
+    for f in found {
+        if kept.last().is_some_and(|k| f.max_pos <= k.max_pos) {
+            tracing::info!(
+                "history: {} was merged into {} before a restart; deleting it",
+                f.path.display(),
+                kept.last().expect("last").path.display()
+            );
+            f.retire();
+            continue;
+        }
+        kept.push(Arc::new(f));
+    }
+    Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let n = file_name(3, 0x1_0000_0002, 0x2_0000_0000);
+        assert_eq!(n, "03-0000000100000002-0000000200000000.parquet");
+        assert_eq!(parse_file_name(&n), Some((3, 0x1_0000_0002, 0x2_0000_0000)));
+        assert_eq!(parse_file_name("03-2-1.parquet"), None);
+        assert_eq!(parse_file_name("notes.txt"), None);
+        let p = 1_796_547_600_000; // 2026-12-06T09:00Z
+        assert_eq!(partition_name(p), "2026-12-06T0900Z");
+        assert_eq!(parse_partition_name(&partition_name(p)), Some(p));
+    }
+}

@@ -1,0 +1,248 @@
+//! The table an ad hoc query reads for a relation with history: rows with `ts` before the
+//! boundary from history (its files and its pending rows), rows from the boundary on from the
+//! in-memory window, read at one time.
+//!
+//! The boundary is the oldest `ts` the window still holds at the peek's time (`time - retain +
+//! 1 ms`). Every row accepted with an older `ts` arrived before that time (a source refuses rows
+//! already past its retention), so history has it, either in a file or pending; and no row of the
+//! window is read from history. There is no gap and no row twice.
+//!
+//! Filters on `ts` choose the partitions to read; all filters go to the Parquet reader, which
+//! skips row groups and pages by their statistics.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::catalog::Session;
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::filter::FilterExecBuilder;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{col, lit};
+
+use crate::compact::partitioned_file;
+use crate::relation::Snapshot;
+
+pub struct HistoryTable {
+    schema: SchemaRef,
+    ts: usize,
+    history: Snapshot,
+    memory: Vec<RecordBatch>,
+    /// Rows with `ts` below this come from history, the others from memory.
+    boundary: i64,
+}
+
+impl std::fmt::Debug for HistoryTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryTable")
+            .field("files", &self.history.files.len())
+            .field("boundary", &self.boundary)
+            .finish()
+    }
+}
+
+impl HistoryTable {
+    pub fn new(
+        schema: SchemaRef,
+        ts: usize,
+        history: Snapshot,
+        memory: Vec<RecordBatch>,
+        boundary: i64,
+    ) -> Self {
+        HistoryTable {
+            schema,
+            ts,
+            history,
+            memory,
+            boundary,
+        }
+    }
+
+    fn ts_name(&self) -> &str {
+        self.schema.field(self.ts).name()
+    }
+}
+
+/// A timestamp literal in epoch milliseconds (rounded down for finer units).
+fn literal_ms(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
+        ScalarValue::TimestampMillisecond(Some(m), _) => Some(*m),
+        ScalarValue::TimestampMicrosecond(Some(u), _) => Some(u.div_euclid(1000)),
+        ScalarValue::TimestampNanosecond(Some(n), _) => Some(n.div_euclid(1_000_000)),
+        _ => None,
+    }
+}
+
+/// Whether `e` is the `ts` column, possibly cast to another timestamp unit.
+fn is_ts(e: &Expr, ts: &str) -> bool {
+    match e {
+        Expr::Column(c) => c.name == ts,
+        Expr::Cast(c) => is_ts(&c.expr, ts),
+        Expr::TryCast(c) => is_ts(&c.expr, ts),
+        _ => false,
+    }
+}
+
+/// Narrows `[lo, hi]` (inclusive milliseconds) by what a filter says about `ts`.
+fn narrow(e: &Expr, ts: &str, lo: &mut i64, hi: &mut i64) {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            if *op == Operator::And {
+                narrow(left, ts, lo, hi);
+                narrow(right, ts, lo, hi);
+                return;
+            }
+            let (op, v) = if is_ts(left, ts) {
+                match literal_ms(right) {
+                    Some(v) => (*op, v),
+                    None => return,
+                }
+            } else if is_ts(right, ts) {
+                match (literal_ms(left), op.swap()) {
+                    (Some(v), Some(op)) => (op, v),
+                    _ => return,
+                }
+            } else {
+                return;
+            };
+            // A literal finer than milliseconds was rounded down: `ts > v` then still holds
+            // for `ts = v + 1 ms`, so bounds stay inclusive of every row that may pass.
+            match op {
+                Operator::Gt => *lo = (*lo).max(v),
+                Operator::GtEq => *lo = (*lo).max(v),
+                Operator::Lt | Operator::LtEq => *hi = (*hi).min(v.saturating_add(1)),
+                Operator::Eq => {
+                    *lo = (*lo).max(v);
+                    *hi = (*hi).min(v.saturating_add(1));
+                }
+                _ => {}
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_ts(expr, ts) => {
+            if let Some(v) = literal_ms(low) {
+                *lo = (*lo).max(v);
+            }
+            if let Some(v) = literal_ms(high) {
+                *hi = (*hi).min(v.saturating_add(1));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `ts` range (inclusive) the filters allow.
+pub fn ts_range(filters: &[Expr], ts: &str) -> (i64, i64) {
+    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
+    for f in filters {
+        narrow(f, ts, &mut lo, &mut hi);
+    }
+    (lo, hi)
+}
+
+#[async_trait]
+impl TableProvider for HistoryTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let ts_name = self.ts_name().to_string();
+        let (lo, hi) = ts_range(filters, &ts_name);
+        let hi = hi.min(self.boundary - 1);
+        let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+
+        // History files of the partitions the range touches.
+        let w = self.history.partition_ms;
+        let files: Vec<_> = self
+            .history
+            .files
+            .iter()
+            .filter(|(p, f)| {
+                lo <= hi && *p <= hi && p.saturating_add(w) > lo && f.min_ts <= hi && f.max_ts >= lo
+            })
+            .map(|(_, f)| partitioned_file(f))
+            .collect();
+        if !files.is_empty() {
+            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+            let below = col(ts_name.as_str()).lt(lit(ScalarValue::TimestampMillisecond(
+                Some(self.boundary),
+                Some("UTC".into()),
+            )));
+            let predicate = filters
+                .iter()
+                .cloned()
+                .fold(below.clone(), |acc, f| acc.and(f));
+            let predicate = state.create_physical_expr(predicate, &df_schema)?;
+            let boundary = state.create_physical_expr(below, &df_schema)?;
+            let config = FileScanConfigBuilder::new(
+                ObjectStoreUrl::local_filesystem(),
+                Arc::new(ParquetSource::new(self.schema.clone()).with_predicate(predicate)),
+            )
+            .with_file_groups(vec![FileGroup::new(files)])
+            .build();
+            let scan = DataSourceExec::from_data_source(config);
+            let filtered = FilterExecBuilder::new(boundary, scan)
+                .apply_projection(projection.cloned())?
+                .build()?;
+            inputs.push(Arc::new(filtered));
+        }
+
+        // Pending rows before the boundary, then the window.
+        let mut rows: Vec<RecordBatch> = Vec::new();
+        if lo <= hi {
+            for b in &self.history.pending {
+                let ts = b.column(self.ts).as_primitive::<TimestampMillisecondType>();
+                let mask: BooleanArray = ts
+                    .iter()
+                    .map(|t| Some(t.is_some_and(|t| t >= lo && t <= hi)))
+                    .collect();
+                match mask.true_count() {
+                    0 => {}
+                    n if n == b.num_rows() => rows.push(b.clone()),
+                    _ => rows.push(filter_record_batch(b, &mask)?),
+                }
+            }
+        }
+        rows.extend(self.memory.iter().cloned());
+        inputs.push(MemorySourceConfig::try_new_exec(
+            &[rows],
+            self.schema.clone(),
+            projection.cloned(),
+        )?);
+        UnionExec::try_new(inputs)
+    }
+}

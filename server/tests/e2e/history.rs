@@ -1,0 +1,375 @@
+//! History on disk: one table with the in-memory window, checked against DataFusion over the
+//! same rows; kill -9 during flushes and compactions; retention; DROP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use rand::{Rng, SeedableRng};
+use tocsin_engine::Clock;
+use tocsin_server::state::Config;
+use tocsin_sql::StatementResult;
+
+use crate::common::Server;
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+/// 2026-11-21T10:00:00Z.
+const T0: i64 = 1_795_255_200_000;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("host", DataType::Utf8, true),
+        Field::new("metric", DataType::Utf8, true),
+        Field::new("v", DataType::Float64, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+    ]))
+}
+
+fn batch(rows: &[(String, String, f64, i64)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| &r.1))),
+            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.3))
+                    .with_timezone("UTC"),
+            ),
+        ],
+    )
+    .unwrap()
+}
+
+fn sorted(batches: &[RecordBatch]) -> Vec<String> {
+    let text = pretty_format_batches(batches).unwrap().to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The queries asked at every check: whole-table and time-ranged aggregates, raw rows across the
+/// memory boundary, `now()`-relative ranges and Grafana's macro expansions.
+fn queries(now: i64) -> Vec<String> {
+    let at = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string()
+    };
+    vec![
+        "SELECT host, metric, count(*), sum(v), min(ts), max(ts) FROM m GROUP BY host, metric".into(),
+        format!(
+            "SELECT host, count(*), sum(v) FROM m WHERE ts BETWEEN '{}' AND '{}' GROUP BY host",
+            at(T0 + 40 * MINUTE),
+            at(T0 + 2 * HOUR + 5 * MINUTE)
+        ),
+        "SELECT * FROM m WHERE ts > now() - INTERVAL '25 minutes'".into(),
+        "SELECT host, v, ts FROM m WHERE ts >= now() - INTERVAL '2 hours' AND ts < now() - INTERVAL '1 hour' AND host = 'h1' AND metric = 'cpu'".into(),
+        // Grafana's $__timeGroupAlias(ts, 1m) and $__timeFilter(ts) over the last 3 hours.
+        format!(
+            "SELECT floor(extract(epoch from ts)/60)*60 AS \"time\", host, avg(v) AS cpu FROM m WHERE ts BETWEEN '{}' AND '{}' AND metric = 'cpu' GROUP BY 1, 2 ORDER BY 1",
+            at(now - 3 * HOUR),
+            at(now)
+        ),
+        // Today against yesterday's hour, in small: this hour against the one before.
+        "SELECT a.host, count(*) FROM m a JOIN m b ON a.host = b.host AND a.metric = b.metric AND b.ts + INTERVAL '1 hour' = a.ts WHERE a.ts > now() - INTERVAL '1 hour' GROUP BY a.host".into(),
+    ]
+}
+
+/// The ```sql blocks of docs/history.md: the source, then queries over it.
+fn doc_sql() -> Vec<String> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/history.md"))
+        .unwrap();
+    text.split("```sql\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().trim().to_string())
+        .collect()
+}
+
+/// A server embedded with a manual clock: five hours of samples (some late) with a ten-minute
+/// window and a day of history, flushed every few milliseconds while queries run. At every
+/// check each query over the table equals DataFusion over the accepted rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_window_read_as_one_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::manual(T0 as u64);
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        workers: 2,
+        defaults: false,
+        clock: clock.clone(),
+        history_flush: Duration::from_millis(5),
+        ..Config::default()
+    };
+    let app = tocsin_server::start::open(&config).await.unwrap();
+    let docs = doc_sql();
+    assert!(docs.len() >= 3, "{docs:?}");
+    assert!(docs[0].starts_with("CREATE SOURCE m "), "{}", docs[0]);
+    app.tocsin.execute(&docs[0]).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(27);
+    let mut accepted: Vec<RecordBatch> = Vec::new();
+    let mut k = 0u64;
+    let mut checks = 0;
+    for step in 0..=300i64 {
+        let now = T0 + step * MINUTE;
+        clock.set(now as u64).unwrap();
+        let mut rows = Vec::new();
+        for h in 0..3 {
+            for metric in ["cpu", "mem"] {
+                // Mostly on time, one in eight up to nine minutes late.
+                let late = if rng.gen_ratio(1, 8) {
+                    rng.gen_range(0..9 * MINUTE)
+                } else {
+                    rng.gen_range(0..50)
+                };
+                k += 1;
+                rows.push((
+                    format!("h{h}"),
+                    metric.to_string(),
+                    (k % 997) as f64 * 0.25,
+                    now - late,
+                ));
+            }
+        }
+        let b = batch(&rows);
+        let n = b.num_rows();
+        let o = app
+            .ingest
+            .push("m", b.clone(), (0..n).collect(), true)
+            .await
+            .unwrap();
+        assert_eq!(o.accepted, n, "{:?}", o.rejected);
+        accepted.push(b);
+        if step % 37 == 0 || step == 300 {
+            checks += 1;
+            let oracle = tocsin_sql::planner::batch_context(
+                vec![(
+                    "m".into(),
+                    tocsin_sql::planner::mem_table(schema(), accepted.clone()).unwrap(),
+                )],
+                now,
+            )
+            .unwrap();
+            for q in queries(now).into_iter().chain(docs[1..].iter().cloned()) {
+                let got = match app.tocsin.execute(&q).await.unwrap().pop().unwrap() {
+                    StatementResult::Rows { batches, .. } => batches,
+                    other => panic!("{other:?}"),
+                };
+                let want = oracle.sql(&q).await.unwrap().collect().await.unwrap();
+                assert_eq!(sorted(&got), sorted(&want), "at step {step}: {q}");
+            }
+        }
+    }
+    assert!(checks >= 8);
+    // By now the first hours are in files, merged, and the table still reads each row once.
+    let rel = app.tocsin.history().unwrap().get("m").unwrap();
+    let st = rel.stats();
+    assert!(st.partitions >= 5, "{st:?}");
+    assert!(
+        st.rows as usize + st.pending_rows as usize
+            >= accepted.iter().map(|b| b.num_rows()).sum::<usize>()
+    );
+}
+
+async fn count_and_values(s: &Server) -> (u64, Vec<u64>) {
+    let rows = s.rows("SELECT v FROM k ORDER BY v").await;
+    let vals: Vec<u64> = rows.iter().map(|r| r[0].as_u64().unwrap()).collect();
+    (vals.len() as u64, vals)
+}
+
+/// kill -9 while rows are flushed and files merged every few milliseconds, three times: after
+/// the last restart, once the rows have left the two-second window and are read from history
+/// alone, every acknowledged row is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_flush_and_compaction_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = ["--history-flush", "3ms"];
+    let mut s = Server::start(&data, &flags).await;
+    s.rows(
+        "CREATE SOURCE k (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour')",
+    )
+    .await;
+    let mut acked: Vec<u64> = Vec::new();
+    let mut sent = 0u64;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for round in 0..3 {
+        let kill_after = Duration::from_millis(rng.gen_range(400..1200));
+        let started = std::time::Instant::now();
+        while started.elapsed() < kill_after {
+            let body: Vec<String> = (0..200)
+                .map(|j| format!("{{\"host\": \"h{}\", \"v\": {}}}", j % 7, sent + j))
+                .collect();
+            let (st, ack) = s
+                .ingest("k", "application/x-ndjson", body.join("\n").into_bytes())
+                .await;
+            assert_eq!((st, ack["accepted"].as_u64()), (200, Some(200)), "{ack}");
+            acked.extend(sent..sent + 200);
+            sent += 200;
+        }
+        // One more batch in flight when the process dies: it may or may not have been taken.
+        let addr = s.addr.clone();
+        let body: Vec<String> = (0..200)
+            .map(|j| format!("{{\"host\": \"x\", \"v\": {}}}", sent + j))
+            .collect();
+        let inflight = tokio::spawn(async move {
+            crate::common::request(
+                &addr,
+                "POST",
+                "/v1/ingest/k",
+                Some("application/x-ndjson"),
+                body.join("\n").into_bytes(),
+            )
+            .await
+        });
+        sent += 200;
+        let data_dir = s.kill();
+        let _ = inflight.await;
+        s = Server::start(&data_dir, &flags).await;
+        let _ = round;
+    }
+    // Past the window: every row now comes from history (files, or pending after the replay).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (n, vals) = count_and_values(&s).await;
+    let mut dedup = vals.clone();
+    dedup.dedup();
+    assert_eq!(dedup.len() as u64, n, "no row twice");
+    let missing: Vec<&u64> = acked
+        .iter()
+        .filter(|v| vals.binary_search(v).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged rows missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(vals.iter().all(|v| *v < sent));
+    let files: Vec<String> = walk(&data.join("history"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        files.iter().any(|f| !f.starts_with("00-")),
+        "files were merged: {files:?}"
+    );
+
+    // What history holds is visible.
+    let shown = s.rows("SHOW SOURCES").await;
+    let k = shown.iter().find(|r| r[0] == "k").unwrap();
+    assert!(
+        k[2].as_str().unwrap().starts_with("1 hour: ")
+            && k[2].as_str().unwrap().contains(" rows, "),
+        "{k:?}"
+    );
+    let (_, catalog) = s.get("/v1/catalog").await.unwrap();
+    let catalog: serde_json::Value = serde_json::from_slice(&catalog).unwrap();
+    let h = &catalog["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "k")
+        .unwrap()["history"];
+    assert_eq!(h["horizon_seconds"], 3600);
+    assert!(
+        h["rows"].as_u64().unwrap() > 0 && h["bytes"].as_u64().unwrap() > 0,
+        "{h}"
+    );
+    assert!(
+        h["oldest"].as_str().unwrap() <= h["newest"].as_str().unwrap(),
+        "{h}"
+    );
+    let (_, metrics) = s.get("/metrics").await.unwrap();
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("tocsin_history_rows{relation=\"k\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tocsin_history_flushes_total"),
+        "{metrics}"
+    );
+    // EXPLAIN names the files an ad hoc query reads; a range before any row reads none.
+    let plan: Vec<String> = s
+        .rows("EXPLAIN SELECT count(*) FROM k WHERE ts > now() - INTERVAL '1 hour'")
+        .await
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        plan.iter().any(|l| l.contains("As an ad hoc query now")),
+        "{plan:?}"
+    );
+    assert!(plan.iter().any(|l| l.contains(".parquet")), "{plan:?}");
+    let plan: Vec<String> = s
+        .rows("EXPLAIN SELECT count(*) FROM k WHERE ts < '2020-01-01'")
+        .await
+        .iter()
+        .map(|r| r[0].as_str().unwrap().to_string())
+        .collect();
+    assert!(!plan.iter().any(|l| l.contains(".parquet")), "{plan:?}");
+
+    // DROP SOURCE deletes the history; a source created again under the name starts empty.
+    s.rows("DROP SOURCE k").await;
+    s.rows(
+        "CREATE SOURCE k (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour')",
+    )
+    .await;
+    assert_eq!(count_and_values(&s).await.0, 0);
+    let dirs: Vec<_> = std::fs::read_dir(data.join("history"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// `history` is checked when the source is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"), &[]).await;
+    let (st, body) = s
+        .sql(
+            "CREATE SOURCE a (x BIGINT) FROM HTTP WITH (retain = '1 hour', history = '10 minutes')",
+        )
+        .await;
+    assert_eq!(st, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("history (10 minutes) must be longer than retain (1 hour)"),
+        "{body}"
+    );
+    let (st, body) = s
+        .sql("CREATE SOURCE a (x BIGINT) FROM HTTP WITH (history = 'soon')")
+        .await;
+    assert_eq!(st, 400, "{body}");
+}
