@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{ArrayRef, AsArray, PrimitiveArray};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::{lexsort_to_indices, max, min, take_record_batch, SortColumn};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -149,6 +150,29 @@ pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
     b.build()
 }
 
+/// A timestamp column in epoch milliseconds, whatever its unit (a rollup's `ts` has the unit
+/// its query gives it).
+pub fn ts_millis(col: &ArrayRef) -> PrimitiveArray<TimestampMillisecondType> {
+    match col.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            col.as_primitive::<TimestampMillisecondType>().clone()
+        }
+        _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
+            .map(|c| c.as_primitive::<TimestampMillisecondType>().clone())
+            .unwrap_or_else(|_| PrimitiveArray::new_null(col.len())),
+    }
+}
+
+/// A raw value of a timestamp column of `unit` in epoch milliseconds (rounded down).
+pub fn unit_to_millis(unit: &TimeUnit, v: i64) -> i64 {
+    match unit {
+        TimeUnit::Second => v.saturating_mul(1000),
+        TimeUnit::Millisecond => v,
+        TimeUnit::Microsecond => v.div_euclid(1000),
+        TimeUnit::Nanosecond => v.div_euclid(1_000_000),
+    }
+}
+
 /// The columns rows are sorted by: every text column in schema order, then `ts`.
 pub fn sort_columns(schema: &SchemaRef, ts: usize) -> Vec<usize> {
     schema
@@ -192,9 +216,9 @@ pub fn write_file(
         let (mut rows, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
         while let Some(b) = next()? {
             rows += b.num_rows() as u64;
-            let t = b.column(ts).as_primitive::<TimestampMillisecondType>();
-            min_ts = min_ts.min(min(t).unwrap_or(i64::MAX));
-            max_ts = max_ts.max(max(t).unwrap_or(i64::MIN));
+            let t = ts_millis(b.column(ts));
+            min_ts = min_ts.min(min(&t).unwrap_or(i64::MAX));
+            max_ts = max_ts.max(max(&t).unwrap_or(i64::MIN));
             w.write(&b).map_err(io::Error::other)?;
         }
         let file = w.into_inner().map_err(io::Error::other)?;
@@ -222,7 +246,7 @@ pub fn write_file(
 
 /// What a history file holds, read from its footer (`ts` is the timestamp column); an error if
 /// it is not a Parquet file.
-pub fn footer(path: &Path, ts: usize) -> io::Result<Contents> {
+pub fn footer(path: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Contents> {
     let file = File::open(path)?;
     let bytes = file.metadata()?.len();
     let reader = SerializedFileReader::new(file).map_err(io::Error::other)?;
@@ -236,8 +260,10 @@ pub fn footer(path: &Path, ts: usize) -> io::Result<Contents> {
         }
         match rg.column(ts).statistics() {
             Some(Statistics::Int64(s)) => {
-                min_ts = min_ts.min(*s.min_opt().unwrap_or(&i64::MAX));
-                max_ts = max_ts.max(*s.max_opt().unwrap_or(&i64::MIN));
+                if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
+                    min_ts = min_ts.min(unit_to_millis(unit, *lo));
+                    max_ts = max_ts.max(unit_to_millis(unit, *hi));
+                }
             }
             _ => {
                 // Without statistics the file is read whatever the range.
@@ -258,7 +284,7 @@ pub fn footer(path: &Path, ts: usize) -> io::Result<Contents> {
 /// are not history files or cannot be read are skipped with a warning, and a file whose position
 /// range lies inside another's is deleted (the input of a compaction that was cut short after
 /// its output was in place).
-pub fn load_partition(dir: &Path, ts: usize) -> io::Result<Vec<Arc<FileMeta>>> {
+pub fn load_partition(dir: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Vec<Arc<FileMeta>>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -272,7 +298,7 @@ pub fn load_partition(dir: &Path, ts: usize) -> io::Result<Vec<Arc<FileMeta>>> {
             tracing::warn!("history: skipped {}: not a history file", path.display());
             continue;
         };
-        match footer(&path, ts) {
+        match footer(&path, ts, unit) {
             Ok(c) => found.push(FileMeta::new(path, level, min, max, c)),
             Err(e) => tracing::warn!("history: skipped {}: {e}", path.display()),
         }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{BooleanArray, PrimitiveArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
@@ -33,6 +33,8 @@ pub struct Spec {
     /// No row arrives later than this after its `ts` (the source's retention): a partition whose
     /// end is this far in the past is closed and compacted into one file.
     pub late_ms: i64,
+    /// For a relation written bucket by bucket (a rollup view): the bucket width.
+    pub bucket_ms: Option<i64>,
 }
 
 impl Spec {
@@ -61,6 +63,24 @@ pub(crate) struct State {
     pub partitions: BTreeMap<i64, Vec<Arc<FileMeta>>>,
     /// The last write error, until a write succeeds.
     pub failing: Option<String>,
+    /// For a relation written bucket by bucket (a rollup view): every bucket that starts before
+    /// this is written (to files or pending).
+    written_through: Option<i64>,
+}
+
+impl State {
+    /// Takes the rows of log position `pos` (none: the position is passed, nothing to keep).
+    fn take(&mut self, pos: u64, rows: Option<RecordBatch>) {
+        self.seen = self.seen.max(pos);
+        if let Some(batch) = rows.filter(|b| b.num_rows() > 0) {
+            self.pending_rows += batch.num_rows();
+            self.pending.push_back(Pending {
+                pos,
+                batch,
+                since: Instant::now(),
+            });
+        }
+    }
 }
 
 /// What a query reads of a relation's history: its files and its pending rows, taken together.
@@ -70,6 +90,8 @@ pub struct Snapshot {
     pub files: Vec<(i64, Arc<FileMeta>)>,
     pub pending: Vec<RecordBatch>,
     pub partition_ms: i64,
+    /// See [`Relation::written_through`].
+    pub written_through: Option<i64>,
 }
 
 /// Sizes and state of one relation's history, for `SHOW`, `/v1/catalog` and `/metrics`.
@@ -162,7 +184,11 @@ impl Relation {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            let found = files::load_partition(&entry.path(), spec.ts)?;
+            let unit = match spec.schema.field(spec.ts).data_type() {
+                datafusion::arrow::datatypes::DataType::Timestamp(u, _) => *u,
+                _ => datafusion::arrow::datatypes::TimeUnit::Millisecond,
+            };
+            let found = files::load_partition(&entry.path(), spec.ts, &unit)?;
             if !found.is_empty() {
                 partitions.insert(start, found);
             }
@@ -190,13 +216,8 @@ impl Relation {
         ts.div_euclid(w) * w
     }
 
-    fn ts<'a>(
-        &self,
-        batch: &'a RecordBatch,
-    ) -> &'a datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType> {
-        batch
-            .column(self.spec.ts)
-            .as_primitive::<TimestampMillisecondType>()
+    fn ts(&self, batch: &RecordBatch) -> PrimitiveArray<TimestampMillisecondType> {
+        files::ts_millis(batch.column(self.spec.ts))
     }
 
     /// Takes an acknowledged batch at log position `pos`.
@@ -211,16 +232,46 @@ impl Relation {
     pub fn append_pushed<T>(&self, pos: u64, push: impl FnOnce() -> (T, Option<RecordBatch>)) -> T {
         let mut s = self.state();
         let (out, took) = push();
-        s.seen = s.seen.max(pos);
-        if let Some(batch) = took.filter(|b| b.num_rows() > 0) {
-            s.pending_rows += batch.num_rows();
-            s.pending.push_back(Pending {
-                pos,
-                batch,
-                since: Instant::now(),
-            });
-        }
+        s.take(pos, took);
         out
+    }
+
+    /// For a rollup: every bucket that starts before this is written. After a restart, the
+    /// bucket after the newest one in the files (rows that were pending are computed again).
+    pub fn written_through(&self) -> Option<i64> {
+        self.mark(&self.state())
+    }
+
+    fn mark(&self, s: &State) -> Option<i64> {
+        let width = self.spec.bucket_ms?;
+        s.written_through.or_else(|| {
+            s.partitions
+                .values()
+                .flatten()
+                .map(|f| f.max_ts)
+                .max()
+                .map(|t| t - t.rem_euclid(width) + width)
+        })
+    }
+
+    /// For a rollup: takes the rows of the buckets up to `upto` (exclusive) and marks them
+    /// written, in one step for queries.
+    pub fn append_through(&self, upto: i64, rows: Option<RecordBatch>) {
+        let mut s = self.state();
+        s.take(upto.max(0) as u64, rows);
+        s.written_through = Some(upto);
+    }
+
+    /// The oldest `ts` in history, files or pending.
+    pub fn oldest_ts(&self) -> Option<i64> {
+        let s = self.state();
+        let files = s.partitions.values().flatten().map(|f| f.min_ts).min();
+        let pending = s
+            .pending
+            .iter()
+            .filter_map(|p| datafusion::arrow::compute::min(&self.ts(&p.batch)))
+            .min();
+        files.into_iter().chain(pending).min()
     }
 
     /// Takes a batch replayed from the log after a restart: only the rows whose partition does
@@ -274,6 +325,7 @@ impl Relation {
                 .collect(),
             pending: s.pending.iter().map(|p| p.batch.clone()).collect(),
             partition_ms: self.spec.partition_ms(),
+            written_through: self.mark(&s),
         }
     }
 

@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
-use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -225,7 +225,7 @@ impl TableProvider for HistoryTable {
         let mut rows: Vec<RecordBatch> = Vec::new();
         if lo <= hi {
             for b in &self.history.pending {
-                let ts = b.column(self.ts).as_primitive::<TimestampMillisecondType>();
+                let ts = crate::files::ts_millis(b.column(self.ts));
                 let mask: BooleanArray = ts
                     .iter()
                     .map(|t| Some(t.is_some_and(|t| t >= lo && t <= hi)))

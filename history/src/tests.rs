@@ -30,6 +30,7 @@ fn spec(horizon_ms: i64) -> Spec {
         ts: 2,
         horizon_ms,
         late_ms: 600_000,
+        bucket_ms: None,
     }
 }
 

@@ -1,5 +1,22 @@
 -- The embedded default: created by `tocsin serve` on a data dir with no catalog.
-CREATE SOURCE host FROM HOST WITH (interval = '5s', retain = '15 minutes');
+-- Every sample is kept on disk for 24 hours (docs/history.md).
+CREATE SOURCE host FROM HOST WITH (interval = '5s', retain = '15 minutes', history = '24 hours');
+
+-- Per-minute average, minimum and maximum of every metric, kept 7 days; per hour, from those,
+-- kept 90 days. `total` and `samples` keep the hourly average exact.
+CREATE VIEW host_1m AS
+  SELECT date_bin(INTERVAL '1 minute', ts) AS ts, host, metric, device,
+         avg(value) AS avg, min(value) AS min, max(value) AS max,
+         sum(value) AS total, count(*) AS samples
+  FROM host GROUP BY 1, host, metric, device
+  WITH (history = '7 days');
+
+CREATE VIEW host_1h AS
+  SELECT date_bin(INTERVAL '1 hour', ts) AS ts, host, metric, device,
+         sum(total) / sum(samples) AS avg, min(min) AS min, max(max) AS max,
+         sum(total) AS total, sum(samples) AS samples
+  FROM host_1m GROUP BY 1, host, metric, device
+  WITH (history = '90 days');
 
 -- Alerts of the starter rules go to tocsin's own log.
 CREATE SINK log TO LOG;

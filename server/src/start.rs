@@ -40,7 +40,7 @@ impl Durability for ServerDurability {
         if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
             let names = std::iter::once(&change.name).chain(&change.companions);
             match change.statement.as_str() {
-                "CREATE SOURCE" => {
+                "CREATE SOURCE" | "CREATE VIEW" => {
                     for n in names {
                         if let Some(spec) = app.tocsin.history_spec(n).await {
                             self.history
@@ -49,7 +49,7 @@ impl Durability for ServerDurability {
                         }
                     }
                 }
-                "DROP SOURCE" => names.for_each(|n| self.history.remove(n)),
+                "DROP SOURCE" | "DROP VIEW" => names.for_each(|n| self.history.remove(n)),
                 _ => {}
             }
         }
@@ -170,9 +170,20 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         );
     }
 
-    // History of the sources that keep one; directories of dropped ones go.
+    // History of the sources and views that keep one; directories of dropped ones go.
     {
-        let live = generations.read().expect("generations").clone();
+        let mut live = generations.read().expect("generations").clone();
+        for r in &records {
+            match r.statement.as_str() {
+                "CREATE VIEW" => {
+                    live.insert(r.name.clone(), r.seq);
+                }
+                "DROP VIEW" => {
+                    live.remove(&r.name);
+                }
+                _ => {}
+            }
+        }
         for (name, generation) in &live {
             if let Some(spec) = tocsin.history_spec(name).await {
                 history.create(name, *generation, spec).map_err(|e| {
@@ -285,6 +296,34 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     let _ = durability.app.set(Arc::downgrade(&app));
     app.tasks
         .background(tokio::spawn(relations::publish(app.clone(), published)));
+    // Final buckets of rollup views with history, an hour of input at a time.
+    let rollups = app.tocsin.clone();
+    let every = config.history_flush.clamp(
+        std::time::Duration::from_millis(5),
+        std::time::Duration::from_secs(1),
+    );
+    app.tasks.background(tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            match rollups.roll_up(std::time::Duration::from_secs(3600)).await {
+                Ok(n) => {
+                    failing = false;
+                    if n > 0 {
+                        // More may be due (a rollup catching up on its input, an hour at a
+                        // time).
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                }
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::error!("rollup history: {e}");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(every).await;
+        }
+    }));
     let timers = app.alerts.clone();
     app.tasks
         .background(tokio::spawn(async move { timers.run_timers().await }));
@@ -293,7 +332,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             .execute(DEFAULT_SQL)
             .await
             .map_err(|e| format!("the embedded default failed: {e}"))?;
-        tracing::info!("new data dir: created the embedded default (source `host`, views `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure` notifying sink `log`)");
+        tracing::info!("new data dir: created the embedded default (source `host` with 24 h of history, views `host_1m` (7 days of history), `host_1h` (90 days), `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure` notifying sink `log`)");
     }
     crate::tasks::reconcile(&app).await;
     Ok(app)

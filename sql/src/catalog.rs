@@ -27,6 +27,8 @@ pub enum ObjectDef {
     /// Plans are shared, not copied, when the catalog is read.
     View {
         plan: Arc<Plan>,
+        /// Set on a rollup view that keeps history.
+        rollup: Option<crate::rollup::RollupDef>,
     },
     Rule {
         plan: Arc<Plan>,
@@ -72,7 +74,7 @@ impl CatalogEntry {
     }
     pub fn plan(&self) -> Option<&Plan> {
         match &self.def {
-            ObjectDef::View { plan } | ObjectDef::Rule { plan, .. } => Some(plan),
+            ObjectDef::View { plan, .. } | ObjectDef::Rule { plan, .. } => Some(plan),
             _ => None,
         }
     }

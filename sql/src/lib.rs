@@ -26,6 +26,7 @@ pub mod options;
 pub mod parser;
 pub mod pgcompat;
 pub mod planner;
+pub mod rollup;
 mod session;
 mod show;
 
@@ -248,15 +249,17 @@ impl Tocsin {
     pub async fn history_spec(&self, name: &str) -> Option<tocsin_history::Spec> {
         let catalog = self.catalog.lock().await;
         let e = catalog.entries.get(name)?;
-        let ObjectDef::Source { options, .. } = &e.def else {
-            return None;
+        let horizon = match &e.def {
+            ObjectDef::Source { options, .. } => options.history?,
+            ObjectDef::View { rollup, .. } => rollup.as_ref()?.history,
+            _ => return None,
         };
-        let horizon = options.history?;
         Some(tocsin_history::Spec {
             schema: e.schema.clone(),
             ts: e.schema.index_of("ts").ok()?,
             horizon_ms: horizon.as_millis() as i64,
-            late_ms: options.retain.as_millis() as i64,
+            late_ms: Self::late_ms(&catalog.entries, name),
+            bucket_ms: Self::rollup_of(&catalog.entries, name).map(|r| r.width_ms),
         })
     }
 
@@ -459,7 +462,11 @@ impl Tocsin {
                 connector,
                 options,
             } => self.create_source(name, columns, connector, options).await,
-            Statement::CreateView { name, query } => self.create_view(name, query).await,
+            Statement::CreateView {
+                name,
+                query,
+                options,
+            } => self.create_view(name, query, options).await,
             Statement::CreateRule {
                 name,
                 query,
@@ -562,10 +569,24 @@ impl Tocsin {
         let mut query = query.clone();
         pgcompat::rewrite(&mut query);
         let refs = planner::referenced_tables(&query)?;
-        let (relations, pg_tables, listed, names) = {
+        let (relations, entries, pg_tables, listed, names) = {
             let catalog = self.catalog.lock().await;
             let is_relation = |n: &str| catalog.entries.get(n).is_some_and(|e| e.is_relation());
             let relations = catalog.named_relations(&refs);
+            // The entries of the relations read, and of the inputs under rollups.
+            let mut entries = std::collections::BTreeMap::new();
+            let mut todo: Vec<String> = relations.iter().map(|(n, _)| n.clone()).collect();
+            while let Some(n) = todo.pop() {
+                if let Some(e) = catalog.entries.get(&n) {
+                    if let ObjectDef::View {
+                        rollup: Some(r), ..
+                    } = &e.def
+                    {
+                        todo.push(r.input.clone());
+                    }
+                    entries.insert(n, e.clone());
+                }
+            }
             let mut pg_tables: Vec<(&'static str, &'static str)> = refs
                 .iter()
                 .filter_map(|r| pgcompat::catalog_table(r, is_relation))
@@ -590,26 +611,25 @@ impl Tocsin {
             };
             let names: std::collections::HashSet<String> =
                 listed.iter().map(|r| r.name.clone()).collect();
-            (relations, pg_tables, listed, names)
+            (relations, entries, pg_tables, listed, names)
         };
         let (tables, now) = if peek {
-            let refs: Vec<&str> = relations.iter().map(|(n, _)| n.as_str()).collect();
+            // What is read in memory: the relations, or for a rollup with history the sources
+            // under it.
+            let mut read: Vec<String> = relations
+                .iter()
+                .flat_map(|(n, _)| Self::read_through(&entries, n))
+                .collect();
+            read.sort();
+            read.dedup();
+            let refs: Vec<&str> = read.iter().map(String::as_str).collect();
             let peek = self.engine.peek(&refs).await?;
+            let peeked: std::collections::HashMap<String, (SchemaRef, Vec<RecordBatch>)> =
+                read.into_iter().zip(peek.relations).collect();
             // History is read after the window (see `tocsin_history::table`).
-            let history = self.history();
             let mut tables = Vec::new();
-            for ((n, _), (s, b)) in relations.into_iter().zip(peek.relations) {
-                let rel = history.as_ref().and_then(|h| h.get(&n));
-                let table: Arc<dyn datafusion::catalog::TableProvider> = match rel {
-                    Some(rel) => Arc::new(tocsin_history::HistoryTable::new(
-                        s,
-                        rel.spec.ts,
-                        rel.snapshot(),
-                        b,
-                        peek.time as i64 - rel.spec.late_ms + 1,
-                    )),
-                    None => planner::mem_table(s, b)?,
-                };
+            for (n, _) in relations {
+                let table = self.table_for(&entries, &peeked, &n, peek.time).await?;
                 tables.push((n, table));
             }
             (tables, peek.time)

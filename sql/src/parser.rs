@@ -67,6 +67,7 @@ pub enum Statement {
     CreateView {
         name: String,
         query: Box<Query>,
+        options: Options,
     },
     CreateRule {
         name: String,
@@ -454,16 +455,21 @@ impl P<'_> {
                 // A trailing WITH (...) would otherwise be read as table hints and ignored, so
                 // a misplaced option would go unnoticed.
                 let at = self.p.peek_token().span.start;
-                if let Some((key, _)) = self.options()?.first() {
+                let options = self.options()?;
+                if let Some((key, _)) = options.iter().find(|(k, _)| k != "history") {
                     return Err(SqlError::new(
                         crate::error::ErrorKind::Parse,
                         format!(
-                            "unknown option '{key}' for a view: a view takes no options (rules take for, severity, sink, ...)"
+                            "unknown option '{key}' for a view: a view takes only history (rules take for, severity, sink, ...)"
                         ),
                     )
                     .at(at.line, at.column));
                 }
-                Ok(Statement::CreateView { name, query })
+                Ok(Statement::CreateView {
+                    name,
+                    query,
+                    options,
+                })
             }
             (Some("DROP"), Some(w)) if ObjectKind::from_word(w).is_some() => {
                 self.p.next_token();

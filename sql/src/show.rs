@@ -85,7 +85,7 @@ impl Tocsin {
                 .map(|e| vec![e.name.clone(), e.display_sql()])
                 .collect()
         };
-        if kind == ObjectKind::Source {
+        if kind == ObjectKind::Source || kind == ObjectKind::View {
             let history = self.history();
             let mut with = Vec::new();
             for r in rows {

@@ -89,7 +89,7 @@ fn queries(now: i64) -> Vec<String> {
     ]
 }
 
-/// The ```sql blocks of docs/history.md: the source, then queries over it.
+/// The ```sql blocks of docs/history.md: the source, the rollups, then queries.
 fn doc_sql() -> Vec<String> {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/history.md"))
         .unwrap();
@@ -99,89 +99,261 @@ fn doc_sql() -> Vec<String> {
         .collect()
 }
 
-/// A server embedded with a manual clock: five hours of samples (some late) with a ten-minute
-/// window and a day of history, flushed every few milliseconds while queries run. At every
-/// check each query over the table equals DataFusion over the accepted rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_and_window_read_as_one_table() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Clock::manual(T0 as u64);
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        workers: 2,
-        defaults: false,
-        clock: clock.clone(),
-        history_flush: Duration::from_millis(5),
-        ..Config::default()
-    };
-    let app = tocsin_server::start::open(&config).await.unwrap();
-    let docs = doc_sql();
-    assert!(docs.len() >= 3, "{docs:?}");
-    assert!(docs[0].starts_with("CREATE SOURCE m "), "{}", docs[0]);
-    app.tocsin.execute(&docs[0]).await.unwrap();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(27);
-    let mut accepted: Vec<RecordBatch> = Vec::new();
-    let mut k = 0u64;
-    let mut checks = 0;
-    for step in 0..=300i64 {
-        let now = T0 + step * MINUTE;
-        clock.set(now as u64).unwrap();
+/// The rollup views of docs/history.md as DataFusion takes them: without `history`.
+fn doc_views() -> Vec<String> {
+    let plain = regex::Regex::new(r"WITH \(history = '[^']*'\)").unwrap();
+    plain
+        .replace_all(&doc_sql()[1], "")
+        .split(';')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn at(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// A server embedded with a manual clock, rows pushed through its ingest path (write-ahead log,
+/// window, history) and every accepted row kept for the oracle.
+struct Run {
+    _dir: tempfile::TempDir,
+    app: tocsin_server::state::AppRef,
+    clock: Clock,
+    rng: rand::rngs::StdRng,
+    k: u64,
+    accepted: Vec<RecordBatch>,
+}
+
+impl Run {
+    /// Starts with the DDL (the first block is docs/history.md's source).
+    async fn start(seed: u64, ddl: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(T0 as u64);
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            workers: 2,
+            defaults: false,
+            clock: clock.clone(),
+            history_flush: Duration::from_millis(5),
+            ..Config::default()
+        };
+        let app = tocsin_server::start::open(&config).await.unwrap();
+        app.tocsin.execute(ddl).await.unwrap();
+        Run {
+            _dir: dir,
+            app,
+            clock,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            k: 0,
+            accepted: Vec::new(),
+        }
+    }
+
+    /// Moves the clock to `now` and pushes `per_series` samples of each of 3 hosts x 2
+    /// metrics, `jitter` ms old at most, one in eight up to nine minutes late.
+    async fn tick(&mut self, now: i64, per_series: usize, jitter: i64) {
+        self.clock.set(now as u64).unwrap();
         let mut rows = Vec::new();
         for h in 0..3 {
             for metric in ["cpu", "mem"] {
-                // Mostly on time, one in eight up to nine minutes late.
-                let late = if rng.gen_ratio(1, 8) {
-                    rng.gen_range(0..9 * MINUTE)
-                } else {
-                    rng.gen_range(0..50)
-                };
-                k += 1;
-                rows.push((
-                    format!("h{h}"),
-                    metric.to_string(),
-                    (k % 997) as f64 * 0.25,
-                    now - late,
-                ));
+                for _ in 0..per_series {
+                    let late = if self.rng.gen_ratio(1, 8) {
+                        self.rng.gen_range(0..9 * MINUTE)
+                    } else {
+                        self.rng.gen_range(0..jitter)
+                    };
+                    self.k += 1;
+                    rows.push((
+                        format!("h{h}"),
+                        metric.to_string(),
+                        (self.k % 997) as f64 * 0.25,
+                        now - late,
+                    ));
+                }
             }
         }
         let b = batch(&rows);
         let n = b.num_rows();
-        let o = app
+        let o = self
+            .app
             .ingest
             .push("m", b.clone(), (0..n).collect(), true)
             .await
             .unwrap();
         assert_eq!(o.accepted, n, "{:?}", o.rejected);
-        accepted.push(b);
+        self.accepted.push(b);
+    }
+
+    /// DataFusion over every accepted row, with `views` over them, at `now`.
+    async fn oracle(&self, now: i64, views: &[String]) -> datafusion::prelude::SessionContext {
+        let ctx = tocsin_sql::planner::batch_context(
+            vec![(
+                "m".into(),
+                tocsin_sql::planner::mem_table(schema(), self.accepted.clone()).unwrap(),
+            )],
+            now,
+        )
+        .unwrap();
+        for v in views {
+            ctx.sql(v).await.unwrap();
+        }
+        ctx
+    }
+
+    /// tocsin's answer to `q` equals the oracle's.
+    async fn same(&self, oracle: &datafusion::prelude::SessionContext, q: &str, when: &str) {
+        let got = match self.app.tocsin.execute(q).await.unwrap().pop().unwrap() {
+            StatementResult::Rows { batches, .. } => batches,
+            other => panic!("{other:?}"),
+        };
+        let want = oracle.sql(q).await.unwrap().collect().await.unwrap();
+        assert_eq!(sorted(&got), sorted(&want), "{when}: {q}");
+    }
+}
+
+/// Five hours of samples (some late) with a ten-minute window and a day of history, flushed
+/// every few milliseconds while queries run. At every check each query over the table equals
+/// DataFusion over the accepted rows; so do the queries of docs/history.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_window_read_as_one_table() {
+    let docs = doc_sql();
+    assert!(docs.len() >= 4, "{docs:?}");
+    assert!(docs[0].starts_with("CREATE SOURCE m "), "{}", docs[0]);
+    let doc_queries: Vec<&String> = docs.iter().filter(|d| d.starts_with("SELECT")).collect();
+    assert_eq!(doc_queries.len(), 2);
+    let mut run = Run::start(27, &docs[0]).await;
+    let mut checks = 0;
+    for step in 0..=300i64 {
+        let now = T0 + step * MINUTE;
+        run.tick(now, 1, 50).await;
         if step % 37 == 0 || step == 300 {
             checks += 1;
-            let oracle = tocsin_sql::planner::batch_context(
-                vec![(
-                    "m".into(),
-                    tocsin_sql::planner::mem_table(schema(), accepted.clone()).unwrap(),
-                )],
-                now,
-            )
-            .unwrap();
-            for q in queries(now).into_iter().chain(docs[1..].iter().cloned()) {
-                let got = match app.tocsin.execute(&q).await.unwrap().pop().unwrap() {
-                    StatementResult::Rows { batches, .. } => batches,
-                    other => panic!("{other:?}"),
-                };
-                let want = oracle.sql(&q).await.unwrap().collect().await.unwrap();
-                assert_eq!(sorted(&got), sorted(&want), "at step {step}: {q}");
+            let oracle = run.oracle(now, &[]).await;
+            for q in queries(now).iter().chain(doc_queries.iter().copied()) {
+                run.same(&oracle, q, &format!("at step {step}")).await;
             }
         }
     }
     assert!(checks >= 8);
     // By now the first hours are in files, merged, and the table still reads each row once.
-    let rel = app.tocsin.history().unwrap().get("m").unwrap();
+    let rel = run.app.tocsin.history().unwrap().get("m").unwrap();
     let st = rel.stats();
     assert!(st.partitions >= 5, "{st:?}");
-    assert!(
-        st.rows as usize + st.pending_rows as usize
-            >= accepted.iter().map(|b| b.num_rows()).sum::<usize>()
-    );
+    let rows: usize = run.accepted.iter().map(|b| b.num_rows()).sum();
+    assert!(st.rows as usize + st.pending_rows as usize >= rows);
+}
+
+/// The rollups of docs/history.md (one-minute buckets of the source, hours of those) keep
+/// history: at every check, each rollup read as one table (its final buckets from history, the
+/// rest computed over its input) equals DataFusion's views over the accepted rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacked_rollups_read_as_one_table() {
+    let docs = doc_sql();
+    assert!(docs[1].starts_with("CREATE VIEW m_1m"), "{}", docs[1]);
+    let views = doc_views();
+    assert_eq!(views.len(), 2);
+    let mut run = Run::start(28, &format!("{}; {}", docs[0], docs[1])).await;
+    let checks_at = [45, 61, 122, 200, 263, 300];
+    for step in 0..=300i64 {
+        let now = T0 + step * MINUTE;
+        run.tick(now, 3, MINUTE).await;
+        // Let the rollups catch up as the clock moves (as they would in real time).
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if !checks_at.contains(&step) {
+            continue;
+        }
+        let oracle = run.oracle(now, &views).await;
+        for q in [
+            "SELECT * FROM m_1m".to_string(),
+            "SELECT * FROM m_1h".to_string(),
+            format!(
+                "SELECT floor(extract(epoch from ts)/300)*300 AS \"time\", host, sum(total) / sum(n) AS cpu FROM m_1m WHERE ts BETWEEN '{}' AND '{}' AND metric = 'cpu' GROUP BY 1, 2 ORDER BY 1",
+                at(now - 3 * HOUR),
+                at(now)
+            ),
+            "SELECT host, sum(n), max(max) FROM m_1h WHERE ts > now() - INTERVAL '3 hours' GROUP BY host".into(),
+        ] {
+            run.same(&oracle, &q, &format!("at step {step}")).await;
+        }
+    }
+    let h = run.app.tocsin.history().unwrap();
+    let m1 = h.get("m_1m").unwrap().stats();
+    assert!(m1.rows + m1.pending_rows > 1_000, "{m1:?}");
+    // At 15:00 the hours from 09:00 (late rows of the first minutes) to 13:00 are final.
+    let hours = crate::common::eventually(10, "five closed hours of m_1h", || async {
+        let s = h.get("m_1h").unwrap().stats();
+        (s.rows + s.pending_rows >= 5 * 6).then_some(s)
+    })
+    .await;
+    assert_eq!(hours.rows + hours.pending_rows, 5 * 6, "{hours:?}");
+    assert_eq!(hours.oldest_ms, Some(T0 - HOUR));
+}
+
+/// Eight days of samples every ten minutes: the raw rows past their day are gone, the minute
+/// rollup answers Grafana's macro-expanded panel queries over the last 7 days as DataFusion does
+/// over every accepted row, and the hour rollup over the whole span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_reads_seven_days_of_the_minute_rollup() {
+    let docs = doc_sql();
+    let views = doc_views();
+    let mut run = Run::start(29, &format!("{}; {}", docs[0], docs[1])).await;
+    let days = 8;
+    let steps = days * 24 * 6;
+    let h = run.app.tocsin.history().unwrap();
+    // The clock runs some 10,000 times faster than a real one: every simulated hour, let the
+    // rollups write what is final before the raw rows they need leave history.
+    let settle = |now: i64| {
+        let h = h.clone();
+        async move {
+            crate::common::eventually(30, "the rollups to catch up", || async {
+                let m1 = h.get("m_1m").unwrap().written_through()?;
+                let m60 = h.get("m_1h").unwrap().written_through()?;
+                (m1 >= now - 12 * MINUTE && m60 >= m1 - HOUR - MINUTE).then_some(())
+            })
+            .await
+        }
+    };
+    for step in 0..=steps {
+        let now = T0 + step * 10 * MINUTE;
+        run.tick(now, 1, MINUTE).await;
+        if step % 6 == 0 {
+            settle(now).await;
+        }
+    }
+    let now = T0 + steps * 10 * MINUTE;
+    let oracle = run.oracle(now, &views).await;
+    let week = format!("ts BETWEEN '{}' AND '{}'", at(now - 7 * 24 * HOUR), at(now));
+    for q in [
+        // $__timeGroupAlias(ts, 1h), $__timeFilter(ts) over the last 7 days.
+        format!("SELECT floor(extract(epoch from ts)/3600)*3600 AS \"time\", host AS metric, sum(total) / sum(n) AS cpu FROM m_1m WHERE {week} AND metric = 'cpu' GROUP BY 1, 2 ORDER BY 1"),
+        format!("SELECT floor(extract(epoch from ts)/86400)*86400 AS \"time\", max(max) AS peak, sum(n) AS samples FROM m_1m WHERE {week} GROUP BY 1 ORDER BY 1"),
+        "SELECT host, metric, count(*), sum(n), min(min), max(max) FROM m_1h GROUP BY host, metric".into(),
+    ] {
+        run.same(&oracle, &q, "after 8 days").await;
+    }
+    // The raw rows are kept one day: older partitions are gone.
+    let raw = h.get("m").unwrap().stats();
+    assert!(raw.oldest_ms.unwrap() >= now - 26 * HOUR, "{raw:?}");
+    let rows = run
+        .app
+        .tocsin
+        .execute(&format!(
+            "SELECT count(*) FROM m WHERE ts < '{}'",
+            at(now - 2 * 24 * HOUR)
+        ))
+        .await
+        .unwrap();
+    match &rows[0] {
+        StatementResult::Rows { batches, .. } => {
+            assert_eq!(sorted(batches), vec!["| 0        |".to_string()])
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 async fn count_and_values(s: &Server) -> (u64, Vec<u64>) {
@@ -200,7 +372,8 @@ async fn kill_9_during_flush_and_compaction_loses_and_doubles_nothing() {
     let flags = ["--history-flush", "3ms"];
     let mut s = Server::start(&data, &flags).await;
     s.rows(
-        "CREATE SOURCE k (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour')",
+        "CREATE SOURCE k (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour');
+         CREATE VIEW k_1s AS SELECT date_bin(INTERVAL '1 second', ts) AS ts, count(*) AS n FROM k GROUP BY 1 WITH (history = '1 hour')",
     )
     .await;
     let mut acked: Vec<u64> = Vec::new();
@@ -268,6 +441,13 @@ async fn kill_9_during_flush_and_compaction_loses_and_doubles_nothing() {
         "files were merged: {files:?}"
     );
 
+    // The rollup counted each row once, through the restarts.
+    let r = s
+        .rows("SELECT sum(n), count(*), count(DISTINCT ts) FROM k_1s")
+        .await;
+    assert_eq!(r[0][0].as_u64(), Some(n), "{r:?}");
+    assert_eq!(r[0][1], r[0][2], "one row per second: {r:?}");
+
     // What history holds is visible.
     let shown = s.rows("SHOW SOURCES").await;
     let k = shown.iter().find(|r| r[0] == "k").unwrap();
@@ -324,7 +504,7 @@ async fn kill_9_during_flush_and_compaction_loses_and_doubles_nothing() {
     assert!(!plan.iter().any(|l| l.contains(".parquet")), "{plan:?}");
 
     // DROP SOURCE deletes the history; a source created again under the name starts empty.
-    s.rows("DROP SOURCE k").await;
+    s.rows("DROP VIEW k_1s; DROP SOURCE k").await;
     s.rows(
         "CREATE SOURCE k (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour')",
     )
@@ -372,4 +552,52 @@ async fn history_options_are_checked() {
         .sql("CREATE SOURCE a (x BIGINT) FROM HTTP WITH (history = 'soon')")
         .await;
     assert_eq!(st, 400, "{body}");
+
+    // Views: only rollups over relations with history.
+    s.rows(
+        "CREATE SOURCE kept (host TEXT, v DOUBLE) FROM HTTP WITH (history = '1 day');
+            CREATE SOURCE plain (host TEXT, v DOUBLE) FROM HTTP",
+    )
+    .await;
+    for (sql, why) in [
+        (
+            "CREATE VIEW v AS SELECT host, v FROM kept WITH (history = '7 days')",
+            "history on a view needs a rollup: its result needs a column ts = date_bin(INTERVAL '...', ts)",
+        ),
+        (
+            "CREATE VIEW v AS SELECT date_bin(INTERVAL '1 minute', ts) AS ts, host, avg(v) FROM plain GROUP BY 1, host WITH (history = '7 days')",
+            "give \"plain\" history too",
+        ),
+        (
+            "CREATE VIEW v AS SELECT date_bin(INTERVAL '1 minute', ts) AS ts, host, avg(v) FROM kept GROUP BY 1, host WITH (history = '30s')",
+            "history (30s) must be longer than the bucket (1 minute)",
+        ),
+        (
+            "CREATE VIEW v AS SELECT date_bin(INTERVAL '1 minute', k.ts) AS ts, count(*) FROM kept k JOIN plain p ON k.host = p.host GROUP BY 1 WITH (history = '7 days')",
+            "it must read one relation, without joins",
+        ),
+        (
+            "CREATE VIEW v AS SELECT date_bin(INTERVAL '1 minute', ts) AS ts, host, avg(v) FROM kept GROUP BY 1, host WITH (retain = '7 days')",
+            "unknown option 'retain' for a view: a view takes only history",
+        ),
+    ] {
+        let (st, body) = s.sql(sql).await;
+        assert_eq!(st, 400, "{sql}: {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{sql}: {body}");
+    }
+    s.rows("CREATE VIEW v AS SELECT date_bin(INTERVAL '1 minute', ts) AS ts, host, avg(v) AS v FROM kept GROUP BY 1, host WITH (history = '7 days')")
+        .await;
+    let shown = s.rows("SHOW VIEWS").await;
+    assert!(
+        shown[0][1]
+            .as_str()
+            .unwrap()
+            .ends_with("WITH (history = '7 days')"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[0][2].as_str().unwrap().starts_with("7 days: "),
+        "{shown:?}"
+    );
 }

@@ -269,6 +269,37 @@ async fn embedded_default_collects_host_metrics_and_runs_starter_rules() {
         .rows("SELECT cpu_percent >= 0 AND cpu_percent <= 100, samples >= 1 FROM host_cpu")
         .await;
     assert_eq!(rows, [json!([true, true])]);
+    // The history tiers: host keeps a day, host_1m a week, host_1h 90 days; the minute rollup
+    // already answers for the minute in progress.
+    let shown = s.rows("SHOW VIEWS").await;
+    let tier = |name: &str| {
+        shown
+            .iter()
+            .find(|r| r[0] == name)
+            .and_then(|r| r[2].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert!(tier("host_1m").starts_with("7 days: "), "{shown:?}");
+    assert!(tier("host_1h").starts_with("90 days: "), "{shown:?}");
+    let rows = s
+        .rows("SELECT count(*) > 0, min(samples) >= 1 FROM host_1m WHERE metric = 'cpu_percent'")
+        .await;
+    assert_eq!(rows, [json!([true, true])]);
+    // The panel queries of docs/grafana.md for the minute and hour tiers, as Grafana sends
+    // them for the last 7 days.
+    let range = "ts BETWEEN '2026-01-01T00:00:00Z' AND '2099-01-01T00:00:00Z'";
+    for q in [
+        format!("SELECT floor(extract(epoch from ts)/300)*300 AS \"time\", host AS metric, sum(total) / sum(samples) AS cpu FROM host_1m WHERE {range} AND metric = 'cpu_percent' AND device = '' GROUP BY 1, 2 ORDER BY 1"),
+        format!("SELECT floor(extract(epoch from ts)/3600)*3600 AS \"time\", host AS metric, sum(total) / sum(samples) AS cpu, max(max) AS peak FROM host_1h WHERE {range} AND metric = 'cpu_percent' AND device = '' GROUP BY 1, 2 ORDER BY 1"),
+    ] {
+        s.rows(&q).await;
+    }
+    let rows = s
+        .rows(&format!(
+            "SELECT count(*) >= 1 FROM host_1m WHERE {range} AND metric = 'cpu_percent'"
+        ))
+        .await;
+    assert_eq!(rows, [json!([true])]);
     // Every starter rule is evaluated: each can be read (they may well be empty on a healthy host).
     for r in ["high_cpu", "low_disk_free", "memory_pressure"] {
         s.rows(&format!("SELECT count(*) FROM {r}")).await;

@@ -8,21 +8,73 @@ impl Tocsin {
         &self,
         name: String,
         query: Box<Query>,
+        options: Options,
     ) -> Result<StatementResult> {
         let mut catalog = self.catalog.lock().await;
         exists_check(&catalog, &name)?;
         let plan = self.plan_continuous(&catalog, &query).await?;
+        let rollup = match options.iter().find(|(k, _)| k == "history") {
+            Some((_, h)) => Some(self.rollup_def(&catalog, &query, h)?),
+            None => None,
+        };
+        if rollup.is_some() && plan.schema.index_of("ts").is_err() {
+            return Err(SqlError::plan("history on a view needs a ts column"));
+        }
         self.engine.create_relation(&name, plan.clone()).await?;
-        let sql = format!("CREATE VIEW {} AS {query}", quote_ident(&name));
+        let sql = format!(
+            "CREATE VIEW {} AS {query}{}",
+            quote_ident(&name),
+            options_sql(&options)
+        );
         Ok(catalog.register(CatalogEntry {
             name,
             schema: plan.schema.clone(),
             sql,
             def: ObjectDef::View {
                 plan: Arc::new(plan),
+                rollup,
             },
             system: false,
         }))
+    }
+
+    /// Checks that a view with `history` is a rollup over a relation that keeps history.
+    fn rollup_def(
+        &self,
+        catalog: &Catalog,
+        query: &Query,
+        history: &str,
+    ) -> Result<crate::rollup::RollupDef> {
+        let horizon = crate::options::parse_duration(history)?;
+        if self.history().is_none() {
+            return Err(SqlError::plan(
+                "history needs a data dir to keep its files in: run `tocsin serve`",
+            ));
+        }
+        let (input, width_ms) = crate::rollup::shape(query)?;
+        let keeps_history = match catalog.entries.get(&input).map(|e| &e.def) {
+            Some(ObjectDef::Source { options, .. }) => options.history.is_some(),
+            Some(ObjectDef::View { rollup, .. }) => rollup.is_some(),
+            _ => false,
+        };
+        if !keeps_history {
+            return Err(SqlError::plan(format!(
+                "history on a rollup is computed from its input's history: give \"{input}\" history too (a source WITH (history = ...), or a rollup view with history)"
+            )));
+        }
+        if horizon.as_millis() as i64 <= width_ms {
+            return Err(SqlError::plan(format!(
+                "history ({}) must be longer than the bucket ({})",
+                crate::options::show_duration(horizon),
+                crate::options::show_duration(std::time::Duration::from_millis(width_ms as u64))
+            )));
+        }
+        Ok(crate::rollup::RollupDef {
+            input,
+            width_ms,
+            history: horizon,
+            query: Box::new(query.clone()),
+        })
     }
 
     /// `CREATE RULE`: a continuous query whose rows are alerts, with its options and sinks checked.
