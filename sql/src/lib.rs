@@ -602,6 +602,10 @@ impl Tocsin {
                     .values()
                     .filter(|e| e.is_relation())
                     .map(|e| pgcompat::RelationInfo {
+                        history: self.history().and_then(|h| {
+                            let rel = h.get(&e.name)?;
+                            Some((rel.spec.horizon_ms, rel.stats()))
+                        }),
                         name: e.name.clone(),
                         table: e.kind() == ObjectKind::Source,
                         schema: e.schema.clone(),

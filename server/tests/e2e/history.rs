@@ -473,6 +473,16 @@ async fn kill_9_during_flush_and_compaction_loses_and_doubles_nothing() {
         h["oldest"].as_str().unwrap() <= h["newest"].as_str().unwrap(),
         "{h}"
     );
+    let listed = s
+        .rows("SELECT table_name, horizon_seconds, rows > 0, bytes > 0, oldest <= newest FROM information_schema.tocsin_history ORDER BY 1")
+        .await;
+    assert_eq!(
+        listed,
+        vec![
+            serde_json::json!(["k", 3600, true, true, true]),
+            serde_json::json!(["k_1s", 3600, true, true, true])
+        ]
+    );
     let (_, metrics) = s.get("/metrics").await.unwrap();
     let metrics = String::from_utf8(metrics).unwrap();
     assert!(
@@ -600,4 +610,108 @@ async fn history_options_are_checked() {
         shown[0][2].as_str().unwrap().starts_with("7 days: "),
         "{shown:?}"
     );
+}
+
+/// A full disk: history writes fail loudly (a log line, `/metrics`, `SHOW SOURCES`) while
+/// ingest goes on into the write-ahead log and queries still see every row; once space returns
+/// the rows are written. The history directory is a small tmpfs of its own (mounting it needs
+/// root, as CI runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_history_writes_loudly_and_they_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let history = data.join("history");
+    std::fs::create_dir_all(&history).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&history)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mounting a 1 MiB tmpfs for the history directory needs root"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(history.clone());
+    let s = Server::start(&data, &["--history-flush", "50ms"]).await;
+    s.rows(
+        "CREATE SOURCE f (host TEXT, v BIGINT) FROM HTTP WITH (retain = '2s', history = '1 hour')",
+    )
+    .await;
+    // Fill the disk.
+    let filler = history.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let mut sent = 0u64;
+    for _ in 0..10 {
+        let body: Vec<String> = (0..200)
+            .map(|j| format!("{{\"host\": \"h{}\", \"v\": {}}}", j % 5, sent + j))
+            .collect();
+        let (st, ack) = s
+            .ingest("f", "application/x-ndjson", body.join("\n").into_bytes())
+            .await;
+        assert_eq!((st, ack["accepted"].as_u64()), (200, Some(200)), "{ack}");
+        sent += 200;
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    crate::common::eventually(10, "a failed history write", || async {
+        let (_, m) = s.get("/metrics").await.ok()?;
+        let m = String::from_utf8(m).ok()?;
+        (metric(&m, "tocsin_history_failing{relation=\"f\"}") == 1.0
+            && metric(&m, "tocsin_history_write_errors_total") >= 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        s.log().contains("history of f: writing rows failed"),
+        "{}",
+        s.log()
+    );
+    let shown = s.rows("SHOW SOURCES").await;
+    assert!(
+        shown[0][2].as_str().unwrap().contains("failing: "),
+        "{shown:?}"
+    );
+    // Past the window, the rows are read from history's pending rows.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        s.rows("SELECT count(*), sum(v) FROM f").await[0][0].as_u64(),
+        Some(sent)
+    );
+
+    // Space returns: the rows are written and the failure clears.
+    std::fs::remove_file(&filler).unwrap();
+    crate::common::eventually(10, "the rows written once space returned", || async {
+        let (_, m) = s.get("/metrics").await.ok()?;
+        let m = String::from_utf8(m).ok()?;
+        (metric(&m, "tocsin_history_failing{relation=\"f\"}") == 0.0
+            && metric(&m, "tocsin_history_pending_rows{relation=\"f\"}") == 0.0
+            && metric(&m, "tocsin_history_rows{relation=\"f\"}") == sent as f64)
+            .then_some(())
+    })
+    .await;
+    let r = s.rows("SELECT count(*), count(DISTINCT v) FROM f").await;
+    assert_eq!(
+        (r[0][0].as_u64(), r[0][1].as_u64()),
+        (Some(sent), Some(sent))
+    );
+    drop(s);
 }

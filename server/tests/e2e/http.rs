@@ -209,7 +209,7 @@ async fn sql_endpoint_results_and_errors() {
     assert_eq!(st, 200);
     assert_eq!(
         v["results"][0]["rows"],
-        json!([["ok", "CREATE VIEW ok AS SELECT k FROM m"]])
+        json!([["ok", "CREATE VIEW ok AS SELECT k FROM m", null]])
     );
     // Planning errors name the problem.
     let (st, v) = s.sql("SELECT nope FROM m").await;

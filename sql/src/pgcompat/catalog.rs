@@ -11,10 +11,12 @@ pub struct RelationInfo {
     pub schema: SchemaRef,
     /// For views: the statement that made it.
     pub definition: Option<String>,
+    /// What it keeps in history: the horizon and the sizes.
+    pub history: Option<(i64, tocsin_history::Stats)>,
 }
 
 /// The catalog tables, by schema and name.
-pub(super) const INFORMATION_SCHEMA: &[&str] = &["schemata", "tables", "columns"];
+pub(super) const INFORMATION_SCHEMA: &[&str] = &["schemata", "tables", "columns", "tocsin_history"];
 pub(super) const PG_CATALOG: &[&str] = &[
     "pg_namespace",
     "pg_database",
@@ -128,6 +130,7 @@ pub fn table_contents(
             )
         }
         ("information_schema", "columns") => columns_table(relations),
+        ("information_schema", "tocsin_history") => history_table(relations),
         ("pg_catalog", "pg_namespace") => (
             vec![int4("oid"), utf8("nspname"), int4("nspowner")],
             vec![
@@ -275,6 +278,65 @@ pub(super) fn columns_table(relations: &[RelationInfo]) -> (Vec<Field>, Vec<Arra
             same(DATABASE, n),
             same("pg_catalog", n),
             strings(cols.iter().map(|c| Some(c.ty.udt_name))),
+        ],
+    )
+}
+
+/// `information_schema.tocsin_history`: one row per relation that keeps history.
+fn history_table(relations: &[RelationInfo]) -> (Vec<Field>, Vec<ArrayRef>) {
+    let kept: Vec<(&str, i64, &tocsin_history::Stats)> = relations
+        .iter()
+        .filter_map(|r| r.history.as_ref().map(|(h, s)| (r.name.as_str(), *h, s)))
+        .collect();
+    let int8 = |name: &str| Field::new(name, DataType::Int64, true);
+    let time = |name: &str| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        )
+    };
+    let longs = |f: &dyn Fn(&tocsin_history::Stats) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(kept.iter().map(|k| f(k.2))))
+    };
+    let times = |f: &dyn Fn(&tocsin_history::Stats) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            datafusion::arrow::array::TimestampMillisecondArray::from_iter(
+                kept.iter().map(|k| f(k.2)),
+            )
+            .with_timezone("UTC"),
+        )
+    };
+    (
+        vec![
+            utf8("table_name"),
+            int8("horizon_seconds"),
+            int8("rows"),
+            int8("bytes"),
+            int8("files"),
+            int8("partitions"),
+            time("oldest"),
+            time("newest"),
+            int8("pending_rows"),
+            Field::new("flush_lag_seconds", DataType::Float64, true),
+            utf8("error"),
+        ],
+        vec![
+            strings(kept.iter().map(|k| Some(k.0))),
+            Arc::new(Int64Array::from_iter_values(
+                kept.iter().map(|k| k.1 / 1000),
+            )),
+            longs(&|s| s.rows as i64),
+            longs(&|s| s.bytes as i64),
+            longs(&|s| s.files as i64),
+            longs(&|s| s.partitions as i64),
+            times(&|s| s.oldest_ms),
+            times(&|s| s.newest_ms),
+            longs(&|s| s.pending_rows as i64),
+            Arc::new(datafusion::arrow::array::Float64Array::from_iter_values(
+                kept.iter().map(|k| k.2.flush_lag_secs),
+            )),
+            strings(kept.iter().map(|k| k.2.failing.as_deref())),
         ],
     )
 }
