@@ -117,9 +117,9 @@ pub fn parse_partition_name(name: &str) -> Option<i64> {
 }
 
 /// How rows are encoded: zstd throughout; text as dictionaries; `ts` (whole milliseconds that
-/// grow within a series) as deltas; floats split into byte streams, which zstd compresses far
-/// better than plain IEEE values (see docs/benchmarks.md). Statistics per page let a query skip
-/// the pages of other series.
+/// grow within a series) and integers as deltas; floats plain, which zstd compressed better than
+/// byte-stream split or dictionaries on host metrics (see docs/benchmarks.md). Statistics per
+/// page let a query skip the pages of other series.
 pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
@@ -142,7 +142,7 @@ pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
             DataType::Float64 | DataType::Float32 => {
                 b = b
                     .set_column_dictionary_enabled(col.clone(), false)
-                    .set_column_encoding(col, Encoding::BYTE_STREAM_SPLIT);
+                    .set_column_encoding(col, Encoding::PLAIN);
             }
             _ => {}
         }
@@ -173,16 +173,60 @@ pub fn unit_to_millis(unit: &TimeUnit, v: i64) -> i64 {
     }
 }
 
-/// The columns rows are sorted by: every text column in schema order, then `ts`.
-pub fn sort_columns(schema: &SchemaRef, ts: usize) -> Vec<usize> {
+/// The text columns of a schema, in schema order.
+pub fn text_columns(schema: &SchemaRef) -> Vec<usize> {
     schema
         .fields()
         .iter()
         .enumerate()
         .filter(|(_, f)| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8))
         .map(|(i, _)| i)
-        .chain(std::iter::once(ts))
         .collect()
+}
+
+/// The columns rows are sorted by: the text columns with the fewest distinct values in `rows`
+/// first (a metric before a host: one metric of every host is then a run of neighbouring rows,
+/// as is one series), then `ts`.
+pub fn choose_order(schema: &SchemaRef, ts: usize, rows: &[RecordBatch]) -> Vec<usize> {
+    let mut text: Vec<(usize, usize)> = text_columns(schema)
+        .into_iter()
+        .map(|c| {
+            let mut seen = std::collections::HashSet::new();
+            for b in rows {
+                if let Some(a) = b.column(c).as_string_opt::<i32>() {
+                    seen.extend(a.iter());
+                }
+            }
+            (seen.len(), c)
+        })
+        .collect();
+    text.sort();
+    text.into_iter().map(|(_, c)| c).chain([ts]).collect()
+}
+
+/// The order a relation's files are sorted in, kept in `DIR/order` (column names, one per
+/// line) from its first flush on.
+pub fn read_order(dir: &Path, schema: &SchemaRef) -> Option<Vec<usize>> {
+    let text = fs::read_to_string(dir.join("order")).ok()?;
+    text.lines()
+        .map(|n| schema.index_of(n.trim()).ok())
+        .collect()
+}
+
+pub fn write_order(dir: &Path, schema: &SchemaRef, order: &[usize]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let text: String = order
+        .iter()
+        .map(|&i| format!("{}\n", schema.field(i).name()))
+        .collect();
+    let tmp = dir.join(".order.tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join("order"))?;
+    File::open(dir)?.sync_all()
 }
 
 /// A batch sorted by `columns` (ascending, nulls first).

@@ -162,7 +162,8 @@ pub struct Relation {
     pub generation: u64,
     pub dir: PathBuf,
     pub spec: Spec,
-    sort: Vec<usize>,
+    /// The sort order of its files: chosen at the first flush, then kept.
+    sort: std::sync::OnceLock<Vec<usize>>,
     state: Mutex<State>,
 }
 
@@ -174,6 +175,9 @@ impl Relation {
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let fname = entry.file_name().to_string_lossy().into_owned();
+            if fname == "order" || fname.starts_with('.') {
+                continue;
+            }
             let Some(start) = files::parse_partition_name(&fname) else {
                 tracing::warn!(
                     "history: skipped {}: not a partition directory",
@@ -193,7 +197,22 @@ impl Relation {
                 partitions.insert(start, found);
             }
         }
-        let sort = files::sort_columns(&spec.schema, spec.ts);
+        let sort = std::sync::OnceLock::new();
+        match files::read_order(&dir, &spec.schema) {
+            Some(o) => {
+                let _ = sort.set(o);
+            }
+            // Files from before the order was kept are in schema order.
+            None if !partitions.is_empty() => {
+                let o: Vec<usize> = files::text_columns(&spec.schema)
+                    .into_iter()
+                    .chain([spec.ts])
+                    .collect();
+                files::write_order(&dir, &spec.schema, &o)?;
+                let _ = sort.set(o);
+            }
+            None => {}
+        }
         Ok(Relation {
             name: name.to_string(),
             generation,
@@ -395,12 +414,18 @@ impl Relation {
                 e.2.push(part);
             }
         }
+        if self.sort.get().is_none() {
+            let rows: Vec<RecordBatch> = batches.iter().map(|(_, b)| b.clone()).collect();
+            let order = files::choose_order(&self.spec.schema, self.spec.ts, &rows);
+            files::write_order(&self.dir, &self.spec.schema, &order)?;
+            let _ = self.sort.set(order);
+        }
         let mut written: Vec<(i64, Arc<FileMeta>)> = Vec::new();
         let mut rows = 0;
         let result = (|| -> io::Result<()> {
             for (start, (min, max, batches)) in parts {
                 let all = concat_batches(&self.spec.schema, &batches).map_err(io::Error::other)?;
-                let sorted = files::sort_batch(&all, &self.sort)?;
+                let sorted = files::sort_batch(&all, self.sort())?;
                 let dir = self.dir.join(files::partition_name(start));
                 let name = files::file_name(0, min, max);
                 let mut once = Some(sorted);
@@ -514,8 +539,12 @@ impl Relation {
         fs.push(Arc::new(output));
     }
 
+    /// The sort order of the relation's files (schema order until the first flush chose one).
     pub fn sort(&self) -> &[usize] {
-        &self.sort
+        match self.sort.get() {
+            Some(o) => o,
+            None => &[],
+        }
     }
 
     pub(crate) fn set_failing(&self, e: Option<String>) {

@@ -19,6 +19,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
@@ -208,9 +209,21 @@ impl TableProvider for HistoryTable {
                 .fold(below.clone(), |acc, f| acc.and(f));
             let predicate = state.create_physical_expr(predicate, &df_schema)?;
             let boundary = state.create_physical_expr(below, &df_schema)?;
+            // Footers and page indexes are read once and kept in the runtime's metadata cache
+            // (files never change under a name).
+            let url = ObjectStoreUrl::local_filesystem();
+            let runtime = state.runtime_env();
+            let reader = CachedParquetFileReaderFactory::new(
+                runtime.object_store(&url)?,
+                runtime.cache_manager.get_file_metadata_cache(),
+            );
             let config = FileScanConfigBuilder::new(
-                ObjectStoreUrl::local_filesystem(),
-                Arc::new(ParquetSource::new(self.schema.clone()).with_predicate(predicate)),
+                url,
+                Arc::new(
+                    ParquetSource::new(self.schema.clone())
+                        .with_predicate(predicate)
+                        .with_parquet_file_reader_factory(Arc::new(reader)),
+                ),
             )
             .with_file_groups(vec![FileGroup::new(files)])
             .build();

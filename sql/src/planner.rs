@@ -136,6 +136,16 @@ pub fn mem_table(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<dyn
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
 }
 
+/// The runtime every ad hoc query shares, so that what it caches (the footers and page indexes
+/// of history files) outlives one query.
+fn runtime() -> Arc<datafusion::execution::runtime_env::RuntimeEnv> {
+    static RUNTIME: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default()))
+        .clone()
+}
+
 /// A session over fixed contents, where `now()` is `now_ms`. Its catalog is named as tocsin's
 /// database, so `tocsin.public.name` resolves too.
 pub fn batch_context(
@@ -146,7 +156,7 @@ pub fn batch_context(
         .with_default_catalog_and_schema(crate::pgcompat::DATABASE, crate::pgcompat::SCHEMA);
     // `::timestamptz` and times without an offset are UTC, as tocsin's times are.
     config.options_mut().execution.time_zone = Some("UTC".into());
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime());
     ctx.register_udf(ScalarUDF::from(FixedNow {
         signature: Signature::nullary(Volatility::Stable),
         aliases: vec!["current_timestamp".into()],
