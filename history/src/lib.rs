@@ -191,6 +191,7 @@ impl History {
                     }
                     Err(e) => {
                         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+                        rel.set_failing(Some(e.to_string()));
                         tracing::error!(
                             "history of {}: writing rows failed, they stay in memory and the write-ahead log until it succeeds: {e}",
                             rel.name
