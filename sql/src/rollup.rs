@@ -314,14 +314,15 @@ impl Tocsin {
             let edge = bucket(edge, r.width_ms);
             let mark = match rel.written_through() {
                 Some(m) => m,
-                // A new rollup starts at its input's oldest row.
-                None => match input.oldest_ts() {
-                    Some(t) => bucket(t, r.width_ms),
-                    None => {
-                        rel.append_through(edge, None);
-                        continue;
-                    }
-                },
+                // A new rollup starts at its input's oldest row, or at the edge if that is
+                // older: a late row may still arrive anywhere after the edge.
+                None => {
+                    let start = input
+                        .oldest_ts()
+                        .map_or(edge, |t| bucket(t, r.width_ms).min(edge));
+                    rel.append_through(start, None);
+                    start
+                }
             };
             if edge <= mark {
                 continue;
