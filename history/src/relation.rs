@@ -297,17 +297,20 @@ impl Relation {
     /// not hold position `pos` yet.
     pub fn replay(&self, pos: u64, batch: RecordBatch) {
         let mask: BooleanArray = {
-            let s = self.state();
-            let ts = self.ts(&batch);
-            ts.iter()
+            // The highest position each partition holds, found once for the batch.
+            let held: BTreeMap<i64, u64> = self
+                .state()
+                .partitions
+                .iter()
+                .filter_map(|(p, fs)| Some((*p, fs.iter().map(|f| f.max_pos).max()?)))
+                .collect();
+            self.ts(&batch)
+                .iter()
                 .map(|t| {
-                    let Some(t) = t else { return Some(false) };
-                    let held = s
-                        .partitions
-                        .get(&self.partition_of(t))
-                        .and_then(|f| f.iter().map(|f| f.max_pos).max());
-                    Some(held.is_none_or(|m| pos > m))
+                    let t = t?;
+                    Some(held.get(&self.partition_of(t)).is_none_or(|m| pos > *m))
                 })
+                .map(|keep| Some(keep.unwrap_or(false)))
                 .collect()
         };
         let batch = if mask.true_count() == batch.num_rows() {

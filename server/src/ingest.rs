@@ -343,16 +343,9 @@ impl Writer {
                 }
             }
         }
-        let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
-        let kept = (0..job.batch.num_rows())
-            .filter(|i| {
-                if refused.peek() == Some(i) {
-                    refused.next();
-                    false
-                } else {
-                    true
-                }
-            })
+        let kept = kept_rows(job.batch.num_rows(), &rejected)
+            .enumerate()
+            .filter_map(|(i, keep)| keep.then_some(i))
             .collect();
         Some(Staged {
             job,
@@ -460,16 +453,20 @@ fn accepted_rows(batch: &RecordBatch, rejected: &[(usize, String)]) -> RecordBat
     if rejected.is_empty() {
         return batch.clone();
     }
-    let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
-    let mask: datafusion::arrow::array::BooleanArray = (0..batch.num_rows())
-        .map(|i| {
-            let keep = refused.peek() != Some(&i);
-            if !keep {
-                refused.next();
-            }
-            Some(keep)
-        })
-        .collect();
+    let mask: datafusion::arrow::array::BooleanArray =
+        kept_rows(batch.num_rows(), rejected).map(Some).collect();
     datafusion::arrow::compute::filter_record_batch(batch, &mask)
         .unwrap_or_else(|_| batch.slice(0, 0))
+}
+
+/// For each of `n` rows, whether it is kept: not among `rejected` (by row number, in order).
+fn kept_rows(n: usize, rejected: &[(usize, String)]) -> impl Iterator<Item = bool> + '_ {
+    let mut refused = rejected.iter().map(|(i, _)| *i).peekable();
+    (0..n).map(move |i| {
+        let keep = refused.peek() != Some(&i);
+        if !keep {
+            refused.next();
+        }
+        keep
+    })
 }

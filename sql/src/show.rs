@@ -89,14 +89,11 @@ impl Tocsin {
             let history = self.history();
             let mut with = Vec::new();
             for r in rows {
-                let h = match (&history, self.history_spec(&r[0]).await) {
-                    (Some(h), Some(spec)) => h.get(&r[0]).map(|rel| {
-                        rel.stats().summary(&crate::options::show_duration(
-                            std::time::Duration::from_millis(spec.horizon_ms as u64),
-                        ))
-                    }),
-                    _ => None,
-                };
+                let h = history.as_ref().and_then(|h| h.get(&r[0])).map(|rel| {
+                    rel.stats().summary(&crate::options::show_duration(
+                        std::time::Duration::from_millis(rel.spec.horizon_ms as u64),
+                    ))
+                });
                 let mut r: Vec<Option<String>> = r.into_iter().map(Some).collect();
                 r.push(h);
                 with.push(r);
