@@ -1047,10 +1047,23 @@ impl Coord {
 
 /// `2026-11-21T10:00:00.000Z` for epoch milliseconds (the number itself when out of range).
 pub fn fmt_ms(ms: i64) -> String {
-    datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms).map_or_else(
-        || ms.to_string(),
-        |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-    )
+    use chrono::{Datelike, Timelike};
+    match datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms) {
+        None => ms.to_string(),
+        // Written field by field: an answer of many timestamps spent most of its encoding
+        // time parsing the strftime pattern again for each.
+        Some(d) if (0..=9999).contains(&d.year()) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            d.year(),
+            d.month(),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second(),
+            d.nanosecond() / 1_000_000 % 1000
+        ),
+        Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+    }
 }
 
 impl Drop for Shared {
@@ -1201,6 +1214,32 @@ impl Drop for Subscription {
                     id,
                 });
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod fmt_tests {
+    #[test]
+    fn timestamps_are_written_as_strftime_writes_them() {
+        for ms in [
+            0,
+            1,
+            -1,
+            999,
+            1_796_547_600_123,
+            -62_135_596_800_000, // 0001-01-01
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+            253_402_300_800_000, // 10000-01-01
+            -62_198_755_200_000, // year -1
+            i64::MAX,
+        ] {
+            let slow = datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms)
+                .map_or_else(
+                    || ms.to_string(),
+                    |d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+                );
+            assert_eq!(super::fmt_ms(ms), slow, "{ms}");
         }
     }
 }

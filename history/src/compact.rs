@@ -13,6 +13,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::col;
 use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::ExecutionPlan;
 use futures_util::StreamExt;
@@ -50,7 +51,7 @@ pub fn merge(
     inputs: &[Arc<FileMeta>],
     level: u8,
 ) -> io::Result<FileMeta> {
-    let schema = rel.spec.schema.clone();
+    let layout = &rel.layout;
     let order = ordering(rel)?;
     let groups = inputs
         .iter()
@@ -58,13 +59,19 @@ pub fn merge(
         .collect();
     let config = FileScanConfigBuilder::new(
         ObjectStoreUrl::local_filesystem(),
-        Arc::new(ParquetSource::new(schema.clone())),
+        Arc::new(ParquetSource::new(layout.physical.clone())),
     )
     .with_file_groups(groups)
-    .with_output_ordering(vec![order.clone()])
     .build();
     let scan = DataSourceExec::from_data_source(config);
-    let merged = SortPreservingMergeExec::new(order, scan);
+    let all: Vec<usize> = (0..layout.physical.fields().len()).collect();
+    let every: Vec<usize> = (0..layout.logical.fields().len()).collect();
+    let decoded = ProjectionExec::try_new(
+        layout.decode_exprs(&all, &every)?,
+        scan as Arc<dyn ExecutionPlan>,
+    )
+    .map_err(io::Error::other)?;
+    let merged = SortPreservingMergeExec::new(order, Arc::new(decoded));
     let min = inputs.iter().map(|f| f.min_pos).min().unwrap_or(0);
     let max = inputs.iter().map(|f| f.max_pos).max().unwrap_or(0);
     let dir = rel.dir.join(files::partition_name(start));
@@ -73,7 +80,7 @@ pub fn merge(
     let mut stream = merged
         .execute(0, Arc::new(TaskContext::default()))
         .map_err(io::Error::other)?;
-    let c = files::write_file(&dir, &name, &schema, rel.spec.ts, || {
+    let c = files::write_file(&dir, &name, layout, rel.spec.ts, rel.series(), || {
         rt.block_on(stream.next())
             .transpose()
             .map_err(io::Error::other)

@@ -22,10 +22,12 @@ use datafusion::arrow::compute::{lexsort_to_indices, max, min, take_record_batch
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampMillisecondType};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, Encoding, ZstdLevel};
+use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
-use datafusion::parquet::file::statistics::Statistics;
 use datafusion::parquet::schema::types::ColumnPath;
+
+use crate::encode::{Encoder, Layout};
 
 /// The level of a file that holds a whole closed partition.
 pub const FINAL_LEVEL: u8 = 99;
@@ -116,11 +118,11 @@ pub fn parse_partition_name(name: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
-/// How rows are encoded: zstd throughout; text as dictionaries; `ts` (whole milliseconds that
-/// grow within a series) and integers as deltas; floats plain, which zstd compressed better than
-/// byte-stream split or dictionaries on host metrics (see docs/benchmarks.md). Statistics per
-/// page let a query skip the pages of other series.
-pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
+/// How file columns are encoded (see [`crate::encode`] for what they hold): zstd throughout;
+/// text as dictionaries, with statistics per page so a query skips the pages of other series;
+/// stored numbers (`#m`) as deltas; each run's shift and kind (`#c`, `#k`) as dictionaries,
+/// which store a run once; the doubles kept as they are (`#r`) plain.
+pub fn writer_properties(layout: &Layout) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("zstd level 3"),
@@ -128,24 +130,30 @@ pub fn writer_properties(schema: &SchemaRef) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .set_data_page_row_count_limit(8 * 1024);
-    for f in schema.fields() {
-        let col = ColumnPath::from(f.name().as_str());
-        match f.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                b = b.set_column_dictionary_enabled(col, true);
+    for f in layout.physical.fields() {
+        let name = f.name();
+        let col = ColumnPath::from(name.as_str());
+        let stored = name.rsplit_once('#').map(|(_, s)| s);
+        b = match (stored, f.data_type()) {
+            (Some("m"), _) => b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_statistics_enabled(col.clone(), EnabledStatistics::None)
+                .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED),
+            (Some("c" | "k"), _) => b
+                .set_column_dictionary_enabled(col.clone(), true)
+                .set_column_statistics_enabled(col, EnabledStatistics::None),
+            (Some(_), _) | (None, DataType::Float64 | DataType::Float32) => b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_statistics_enabled(col.clone(), EnabledStatistics::None)
+                .set_column_encoding(col, Encoding::PLAIN),
+            (None, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+                b.set_column_dictionary_enabled(col, true)
             }
-            DataType::Timestamp(..) | DataType::Int64 | DataType::Int32 => {
-                b = b
-                    .set_column_dictionary_enabled(col.clone(), false)
-                    .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED);
-            }
-            DataType::Float64 | DataType::Float32 => {
-                b = b
-                    .set_column_dictionary_enabled(col.clone(), false)
-                    .set_column_encoding(col, Encoding::PLAIN);
-            }
-            _ => {}
-        }
+            (None, DataType::Int32 | DataType::Int16 | DataType::Int8) => b
+                .set_column_dictionary_enabled(col.clone(), false)
+                .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED),
+            _ => b,
+        };
     }
     b.build()
 }
@@ -160,16 +168,6 @@ pub fn ts_millis(col: &ArrayRef) -> PrimitiveArray<TimestampMillisecondType> {
         _ => cast(col, &DataType::Timestamp(TimeUnit::Millisecond, None))
             .map(|c| c.as_primitive::<TimestampMillisecondType>().clone())
             .unwrap_or_else(|_| PrimitiveArray::new_null(col.len())),
-    }
-}
-
-/// A raw value of a timestamp column of `unit` in epoch milliseconds (rounded down).
-pub fn unit_to_millis(unit: &TimeUnit, v: i64) -> i64 {
-    match unit {
-        TimeUnit::Second => v.saturating_mul(1000),
-        TimeUnit::Millisecond => v,
-        TimeUnit::Microsecond => v.div_euclid(1000),
-        TimeUnit::Nanosecond => v.div_euclid(1_000_000),
     }
 }
 
@@ -242,29 +240,43 @@ pub fn sort_batch(batch: &RecordBatch, columns: &[usize]) -> io::Result<RecordBa
     take_record_batch(batch, &indices).map_err(io::Error::other)
 }
 
-/// Writes `batches` (already in order) as the file `name` in `dir`, whole or not at all.
-/// `ts` is the timestamp column.
+/// The file metadata key that marks a history file and holds its `ts` range (epoch ms).
+const TS_RANGE: &str = "tocsin.history.ts";
+
+/// Writes the rows `next` gives (already in order, as the relation's columns) as the file `name`
+/// in `dir`, whole or not at all. `ts` is the timestamp column; `series` are the columns whose
+/// change starts another series.
 pub fn write_file(
     dir: &Path,
     name: &str,
-    schema: &SchemaRef,
+    layout: &Layout,
     ts: usize,
+    series: Vec<usize>,
     mut next: impl FnMut() -> io::Result<Option<RecordBatch>>,
 ) -> io::Result<Contents> {
     fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let file = File::create(&tmp)?;
-        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties(schema)))
-            .map_err(io::Error::other)?;
+        let mut w = ArrowWriter::try_new(
+            file,
+            layout.physical.clone(),
+            Some(writer_properties(layout)),
+        )
+        .map_err(io::Error::other)?;
+        let mut encoder = Encoder::new(layout, series);
         let (mut rows, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
         while let Some(b) = next()? {
             rows += b.num_rows() as u64;
             let t = ts_millis(b.column(ts));
             min_ts = min_ts.min(min(&t).unwrap_or(i64::MAX));
             max_ts = max_ts.max(max(&t).unwrap_or(i64::MIN));
-            w.write(&b).map_err(io::Error::other)?;
+            w.write(&encoder.encode(&b)?).map_err(io::Error::other)?;
         }
+        w.append_key_value_metadata(KeyValue::new(
+            TS_RANGE.to_string(),
+            format!("{min_ts} {max_ts}"),
+        ));
         let file = w.into_inner().map_err(io::Error::other)?;
         file.sync_all()?;
         let bytes = file.metadata()?.len();
@@ -288,39 +300,36 @@ pub fn write_file(
     }
 }
 
-/// What a history file holds, read from its footer (`ts` is the timestamp column); an error if
-/// it is not a Parquet file.
-pub fn footer(path: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Contents> {
+/// What a history file holds, read from its footer; an error if it is not a history file of
+/// this layout.
+pub fn footer(path: &Path, layout: &Layout) -> io::Result<Contents> {
     let file = File::open(path)?;
     let bytes = file.metadata()?.len();
     let reader = SerializedFileReader::new(file).map_err(io::Error::other)?;
-    let meta = reader.metadata();
-    let (mut min_ts, mut max_ts) = (i64::MAX, i64::MIN);
-    for rg in meta.row_groups() {
-        if ts >= rg.num_columns() {
-            return Err(io::Error::other(
-                "the file has fewer columns than the relation",
-            ));
-        }
-        match rg.column(ts).statistics() {
-            Some(Statistics::Int64(s)) => {
-                if let (Some(lo), Some(hi)) = (s.min_opt(), s.max_opt()) {
-                    min_ts = min_ts.min(unit_to_millis(unit, *lo));
-                    max_ts = max_ts.max(unit_to_millis(unit, *hi));
-                }
-            }
-            _ => {
-                // Without statistics the file is read whatever the range.
-                min_ts = i64::MIN;
-                max_ts = i64::MAX;
-            }
-        }
+    let meta = reader.metadata().file_metadata();
+    let names: Vec<String> = meta
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.path().string())
+        .collect();
+    if !layout.matches(&names) {
+        return Err(io::Error::other(
+            "its columns are not the ones this relation writes",
+        ));
     }
+    let range = meta
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == TS_RANGE))
+        .and_then(|kv| kv.value.as_deref())
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(lo, hi)| Some((lo.parse().ok()?, hi.parse().ok()?)))
+        .ok_or_else(|| io::Error::other("it has no ts range in its metadata"))?;
     Ok(Contents {
-        rows: meta.file_metadata().num_rows().max(0) as u64,
+        rows: meta.num_rows().max(0) as u64,
         bytes,
-        min_ts,
-        max_ts,
+        min_ts: range.0,
+        max_ts: range.1,
     })
 }
 
@@ -328,7 +337,7 @@ pub fn footer(path: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Contents> {
 /// are not history files or cannot be read are skipped with a warning, and a file whose position
 /// range lies inside another's is deleted (the input of a compaction that was cut short after
 /// its output was in place).
-pub fn load_partition(dir: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Vec<Arc<FileMeta>>> {
+pub fn load_partition(dir: &Path, layout: &Layout) -> io::Result<Vec<Arc<FileMeta>>> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -342,7 +351,7 @@ pub fn load_partition(dir: &Path, ts: usize, unit: &TimeUnit) -> io::Result<Vec<
             tracing::warn!("history: skipped {}: not a history file", path.display());
             continue;
         };
-        match footer(&path, ts, unit) {
+        match footer(&path, layout) {
             Ok(c) => found.push(FileMeta::new(path, level, min, max, c)),
             Err(e) => tracing::warn!("history: skipped {}: {e}", path.display()),
         }

@@ -15,6 +15,7 @@
 //! it.
 
 pub mod compact;
+pub mod encode;
 pub mod files;
 pub mod relation;
 pub mod table;
@@ -60,6 +61,9 @@ pub struct Counters {
     pub write_errors: AtomicU64,
     pub expired_partitions: AtomicU64,
 }
+
+/// A round of one background thread's work; whether there is more to do at once.
+type Work = dyn Fn(&History, &tokio::runtime::Runtime) -> bool + Send;
 
 /// Every relation's history in one data dir.
 pub struct History {
@@ -179,7 +183,12 @@ impl History {
     /// deletes expired partitions and does one compaction. Returns whether there may be more
     /// compactions to do.
     pub fn maintain(&self, rt: &tokio::runtime::Runtime, now_ms: i64, tuning: &Tuning) -> bool {
-        let mut more = false;
+        self.write_due(now_ms, tuning);
+        self.compact_one(rt, now_ms, tuning)
+    }
+
+    /// Writes every relation's pending rows that are due and deletes its expired partitions.
+    fn write_due(&self, now_ms: i64, tuning: &Tuning) {
         for rel in self.relations() {
             if rel.flush_due(tuning.flush_rows, tuning.flush_after) {
                 match rel.flush() {
@@ -203,6 +212,13 @@ impl History {
             self.counters
                 .expired_partitions
                 .fetch_add(expired as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Does one compaction of each relation that has one to do; returns whether any did.
+    fn compact_one(&self, rt: &tokio::runtime::Runtime, now_ms: i64, tuning: &Tuning) -> bool {
+        let mut more = false;
+        for rel in self.relations() {
             if let Some((start, inputs, level)) = rel.next_compaction(now_ms, tuning.fanout) {
                 match compact::merge(rt, &rel, start, &inputs, level) {
                     Ok(out) => {
@@ -221,29 +237,46 @@ impl History {
         more
     }
 
-    /// Runs [`History::maintain`] on a thread of its own until the history is dropped. `now`
-    /// gives the time horizons and closed partitions are judged by (tocsin's clock).
-    pub fn start(self: &Arc<Self>, now: impl Fn() -> i64 + Send + 'static, tuning: Tuning) {
-        let weak: Weak<History> = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("tocsin-history".into())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("history runtime");
-                let tick = (tuning.flush_after / 4)
-                    .clamp(Duration::from_millis(20), Duration::from_secs(1));
-                loop {
-                    let Some(h) = weak.upgrade() else { return };
-                    let more = h.maintain(&rt, now(), &tuning);
-                    drop(h);
-                    if !more {
-                        std::thread::sleep(tick);
+    /// Runs the background work until the history is dropped, on two threads: one writes
+    /// pending rows and deletes expired partitions, the other merges files, so a long merge
+    /// never holds rows back from their flush. `now` gives the time horizons and closed
+    /// partitions are judged by (tocsin's clock).
+    pub fn start(self: &Arc<Self>, now: impl Fn() -> i64 + Send + Sync + 'static, tuning: Tuning) {
+        let now: Arc<dyn Fn() -> i64 + Send + Sync> = Arc::new(now);
+        let tick =
+            (tuning.flush_after / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        let spawn = |name: &str, work: Box<Work>| {
+            let weak: Weak<History> = Arc::downgrade(self);
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("history runtime");
+                    loop {
+                        let Some(h) = weak.upgrade() else { return };
+                        let more = work(&h, &rt);
+                        drop(h);
+                        if !more {
+                            std::thread::sleep(tick);
+                        }
                     }
-                }
-            })
-            .expect("spawn the history thread");
+                })
+                .expect("spawn a history thread");
+        };
+        let (n, t) = (now.clone(), tuning.clone());
+        spawn(
+            "tocsin-history",
+            Box::new(move |h, _| {
+                h.write_due(n(), &t);
+                false
+            }),
+        );
+        spawn(
+            "tocsin-compact",
+            Box::new(move |h, rt| h.compact_one(rt, now(), &tuning)),
+        );
     }
 }
 

@@ -20,6 +20,7 @@ use datafusion::arrow::array::{BooleanArray, PrimitiveArray, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMillisecondType};
 
+use crate::encode::Layout;
 use crate::files::{self, FileMeta};
 
 /// What the history of a relation is made of.
@@ -84,8 +85,10 @@ impl State {
 }
 
 /// What a query reads of a relation's history: its files and its pending rows, taken together.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Snapshot {
+    /// How the files hold the relation's columns.
+    pub layout: Arc<Layout>,
     /// Files by partition start.
     pub files: Vec<(i64, Arc<FileMeta>)>,
     pub pending: Vec<RecordBatch>,
@@ -162,6 +165,7 @@ pub struct Relation {
     pub generation: u64,
     pub dir: PathBuf,
     pub spec: Spec,
+    pub layout: Arc<Layout>,
     /// The sort order of its files: chosen at the first flush, then kept.
     sort: std::sync::OnceLock<Vec<usize>>,
     state: Mutex<State>,
@@ -171,6 +175,7 @@ impl Relation {
     /// Opens (creating if needed) the relation's directory and loads its files.
     pub fn open(name: &str, generation: u64, dir: PathBuf, spec: Spec) -> io::Result<Relation> {
         fs::create_dir_all(&dir)?;
+        let layout = Arc::new(Layout::new(spec.schema.clone()));
         let mut partitions = BTreeMap::new();
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
@@ -188,11 +193,7 @@ impl Relation {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            let unit = match spec.schema.field(spec.ts).data_type() {
-                datafusion::arrow::datatypes::DataType::Timestamp(u, _) => *u,
-                _ => datafusion::arrow::datatypes::TimeUnit::Millisecond,
-            };
-            let found = files::load_partition(&entry.path(), spec.ts, &unit)?;
+            let found = files::load_partition(&entry.path(), &layout)?;
             if !found.is_empty() {
                 partitions.insert(start, found);
             }
@@ -218,6 +219,7 @@ impl Relation {
             generation,
             dir,
             spec,
+            layout,
             sort,
             state: Mutex::new(State {
                 partitions,
@@ -340,6 +342,7 @@ impl Relation {
     pub fn snapshot(&self) -> Snapshot {
         let s = self.state();
         Snapshot {
+            layout: self.layout.clone(),
             files: s
                 .partitions
                 .iter()
@@ -432,9 +435,14 @@ impl Relation {
                 let dir = self.dir.join(files::partition_name(start));
                 let name = files::file_name(0, min, max);
                 let mut once = Some(sorted);
-                let c = files::write_file(&dir, &name, &self.spec.schema, self.spec.ts, || {
-                    Ok(once.take())
-                })?;
+                let c = files::write_file(
+                    &dir,
+                    &name,
+                    &self.layout,
+                    self.spec.ts,
+                    self.series(),
+                    || Ok(once.take()),
+                )?;
                 rows += c.rows;
                 written.push((
                     start,
@@ -548,6 +556,15 @@ impl Relation {
             Some(o) => o,
             None => &[],
         }
+    }
+
+    /// The columns whose change starts another series in the files: the sort columns but `ts`.
+    pub fn series(&self) -> Vec<usize> {
+        self.sort()
+            .iter()
+            .copied()
+            .filter(|&i| i != self.spec.ts)
+            .collect()
     }
 
     pub(crate) fn set_failing(&self, e: Option<String>) {

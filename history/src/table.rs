@@ -7,29 +7,41 @@
 //! already past its retention), so history has it, either in a file or pending; and no row of the
 //! window is read from history. There is no gap and no row twice.
 //!
-//! Filters on `ts` choose the partitions to read; all filters go to the Parquet reader, which
-//! skips row groups and pages by their statistics.
+//! Filters on `ts` choose the partitions to read; filters on text columns go to the Parquet
+//! reader, which skips row groups and pages by their statistics. The files' numbers are decoded
+//! (see [`crate::encode`]) before the other filters are applied.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use datafusion::arrow::array::{BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::async_reader::AsyncFileReader;
+use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use datafusion::physical_plan::filter::FilterExecBuilder;
+use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{col, lit};
+use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::compact::partitioned_file;
 use crate::relation::Snapshot;
@@ -157,6 +169,55 @@ pub fn ts_range(filters: &[Expr], ts: &str) -> (i64, i64) {
     (lo, hi)
 }
 
+/// Readers whose metadata always comes with the page index, so that the index is read once per
+/// file into the metadata cache. (DataFusion asks for the footer alone first and reads the index
+/// after pruning row groups, around the cache, at every query.)
+#[derive(Debug)]
+struct WithPageIndex(Arc<dyn ParquetFileReaderFactory>);
+
+struct PageIndexReader(Box<dyn AsyncFileReader + Send>);
+
+impl ParquetFileReaderFactory for WithPageIndex {
+    fn create_reader(
+        &self,
+        partition_index: usize,
+        file: PartitionedFile,
+        metadata_size_hint: Option<usize>,
+        metrics: &ExecutionPlanMetricsSet,
+    ) -> Result<Box<dyn AsyncFileReader + Send>> {
+        Ok(Box::new(PageIndexReader(self.0.create_reader(
+            partition_index,
+            file,
+            metadata_size_hint,
+            metrics,
+        )?)))
+    }
+}
+
+impl AsyncFileReader for PageIndexReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
+        self.0.get_bytes(range)
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
+        self.0.get_byte_ranges(ranges)
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
+        let options = options
+            .cloned()
+            .unwrap_or_default()
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        async move { self.0.get_metadata(Some(&options)).await }.boxed()
+    }
+}
+
 #[async_trait]
 impl TableProvider for HistoryTable {
     fn schema(&self) -> SchemaRef {
@@ -198,38 +259,72 @@ impl TableProvider for HistoryTable {
             .map(|(_, f)| partitioned_file(f))
             .collect();
         if !files.is_empty() {
-            let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-            let below = col(ts_name.as_str()).lt(lit(ScalarValue::TimestampMillisecond(
-                Some(self.boundary),
-                Some("UTC".into()),
-            )));
-            let predicate = filters
-                .iter()
-                .cloned()
-                .fold(below.clone(), |acc, f| acc.and(f));
-            let predicate = state.create_physical_expr(predicate, &df_schema)?;
-            let boundary = state.create_physical_expr(below, &df_schema)?;
+            let layout = &self.history.layout;
+            // The relation's columns to read: the projection, and `ts` for the boundary.
+            let mut wanted: Vec<usize> = match projection {
+                Some(p) => p.clone(),
+                None => (0..self.schema.fields().len()).collect(),
+            };
+            if !wanted.contains(&self.ts) {
+                wanted.push(self.ts);
+            }
+            let mut read: Vec<usize> = wanted.iter().flat_map(|&i| layout.physical_of(i)).collect();
+            read.sort_unstable();
+            read.dedup();
             // Footers and page indexes are read once and kept in the runtime's metadata cache
             // (files never change under a name).
             let url = ObjectStoreUrl::local_filesystem();
             let runtime = state.runtime_env();
-            let reader = CachedParquetFileReaderFactory::new(
+            let reader = WithPageIndex(Arc::new(CachedParquetFileReaderFactory::new(
                 runtime.object_store(&url)?,
                 runtime.cache_manager.get_file_metadata_cache(),
-            );
-            let config = FileScanConfigBuilder::new(
-                url,
-                Arc::new(
-                    ParquetSource::new(self.schema.clone())
-                        .with_predicate(predicate)
-                        .with_parquet_file_reader_factory(Arc::new(reader)),
-                ),
-            )
-            .with_file_groups(vec![FileGroup::new(files)])
-            .build();
-            let scan = DataSourceExec::from_data_source(config);
-            let filtered = FilterExecBuilder::new(boundary, scan)
-                .apply_projection(projection.cloned())?
+            )));
+            let mut source = ParquetSource::new(layout.physical.clone())
+                .with_parquet_file_reader_factory(Arc::new(reader));
+            // Filters on columns stored as they are (text) skip row groups and pages by their
+            // statistics; the others are applied to the decoded rows.
+            let stored_as_is = |f: &&Expr| {
+                f.column_refs().iter().all(|c| {
+                    self.schema
+                        .index_of(&c.name)
+                        .is_ok_and(|i| layout.is_plain(i))
+                })
+            };
+            if let Some(p) = filters
+                .iter()
+                .filter(stored_as_is)
+                .cloned()
+                .reduce(Expr::and)
+            {
+                let physical = DFSchema::try_from(layout.physical.as_ref().clone())?;
+                source = source.with_predicate(state.create_physical_expr(p, &physical)?);
+            }
+            let config = FileScanConfigBuilder::new(url, Arc::new(source))
+                .with_file_groups(vec![FileGroup::new(files)])
+                .with_projection_indices(Some(read.clone()))?
+                .build();
+            let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+            let decoded: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(
+                layout
+                    .decode_exprs(&read, &wanted)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                scan,
+            )?);
+            let below = col(ts_name.as_str()).lt(lit(ScalarValue::TimestampMillisecond(
+                Some(self.boundary),
+                Some("UTC".into()),
+            )));
+            let decoded_schema = DFSchema::try_from(decoded.schema().as_ref().clone())?;
+            let boundary = state.create_physical_expr(below, &decoded_schema)?;
+            let out: Vec<usize> = match projection {
+                Some(p) => p
+                    .iter()
+                    .map(|i| wanted.iter().position(|w| w == i).expect("wanted"))
+                    .collect(),
+                None => (0..self.schema.fields().len()).collect(),
+            };
+            let filtered = FilterExecBuilder::new(boundary, decoded)
+                .apply_projection(Some(out))?
                 .build()?;
             inputs.push(Arc::new(filtered));
         }

@@ -16,6 +16,9 @@
 //! ```text
 //! cargo run --release -p tocsin-benches --bin histbench -- --hosts 1000 --metrics 20 --hours 2 --compare
 //! ```
+//!
+//! `--rate N` pushes N rows per second (to see whether flushes keep up at that rate), `--hold S`
+//! keeps the server up S seconds after measuring (for a profiler).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +44,10 @@ struct Args {
     dir: std::path::PathBuf,
     runs: usize,
     compare: bool,
+    /// Rows per second to push at (0: as fast as the server takes them).
+    rate: f64,
+    /// Seconds to keep the server up after measuring, for a profiler.
+    hold: u64,
 }
 
 fn args() -> Args {
@@ -52,6 +59,8 @@ fn args() -> Args {
         dir: std::env::temp_dir().join("tocsin-histbench"),
         runs: 10,
         compare: false,
+        rate: 0.0,
+        hold: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -64,6 +73,8 @@ fn args() -> Args {
             "--workers" => a.workers = v.parse().expect("--workers N"),
             "--dir" => a.dir = v.into(),
             "--runs" => a.runs = v.parse().expect("--runs N"),
+            "--rate" => a.rate = v.parse().expect("--rate ROWS_PER_SECOND"),
+            "--hold" => a.hold = v.parse().expect("--hold SECONDS"),
             "--compare" => {
                 a.compare = true;
                 i += 1;
@@ -372,6 +383,10 @@ async fn main() {
         )
         .await;
         assert_eq!(st, 200, "{}", String::from_utf8_lossy(&ack));
+        if a.rate > 0.0 {
+            let due = started + Duration::from_secs_f64(rows as f64 / a.rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         if last_report.elapsed() > Duration::from_secs(2) {
             last_report = Instant::now();
             let lag = metric(
@@ -429,8 +444,15 @@ async fn main() {
         "SELECT floor(extract(epoch from ts)/60)*60 AS \"time\", host AS metric, avg(value) AS cpu FROM hm WHERE {range} AND metric = 'cpu_percent' AND host IN ({}) GROUP BY 1, 2 ORDER BY 1",
         hosts.join(", ")
     );
+    // What every query costs: no relation, and the relation with no row selected.
+    let nothing = "SELECT 1".to_string();
+    let no_rows = format!(
+        "SELECT ts AS \"time\", value FROM hm WHERE {range} AND host = 'nohost' ORDER BY 1"
+    );
     let mut report = Vec::new();
     for (name, q) in [
+        ("`SELECT 1`", &nothing),
+        ("no row of hm", &no_rows),
         ("one series", &series),
         ("1-minute averages, 100 hosts", &grouped),
     ] {
@@ -470,6 +492,10 @@ async fn main() {
     }
     if a.compare {
         compare(&a, steps, rows, &c).await;
+    }
+    if a.hold > 0 {
+        eprintln!("the server stays up at {base} for {} s", a.hold);
+        tokio::time::sleep(Duration::from_secs(a.hold)).await;
     }
 }
 
