@@ -109,17 +109,39 @@ pub mod server {
             .header("content-type", ct)
             .body(Full::new(Bytes::from(body)))
             .unwrap();
-        let resp = client.request(req).await.expect("reach tocsin");
+        answer(client.request(req).await.expect("reach tocsin")).await
+    }
+
+    /// GETs `url`; the status and the answer's body (0 and nothing when it cannot be reached).
+    pub async fn get(client: &HttpClient, url: String) -> (u16, Vec<u8>) {
+        let req = hyper::Request::get(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        match client.request(req).await {
+            Ok(resp) => answer(resp).await,
+            Err(_) => (0, Vec::new()),
+        }
+    }
+
+    /// The status and body of an answer.
+    async fn answer(resp: hyper::Response<hyper::body::Incoming>) -> (u16, Vec<u8>) {
         let status = resp.status().as_u16();
-        (
-            status,
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body.to_vec())
+    }
+
+    /// The Prometheus text of `base/metrics` (empty when the server cannot be reached).
+    pub async fn metrics(client: &HttpClient, base: &str) -> String {
+        let (_, body) = get(client, format!("{base}/metrics")).await;
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// The sum of the samples in Prometheus `text` whose line starts with `prefix`.
+    pub fn metric(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Resident memory of a process, MB.

@@ -27,7 +27,7 @@ use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, Timestamp
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use rand::{Rng, SeedableRng};
-use tocsin_benches::server::{client, post, HttpClient};
+use tocsin_benches::server::{self, client, get, post, HttpClient};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -311,18 +311,7 @@ async fn sql(c: &HttpClient, base: &str, q: &str) -> (Duration, serde_json::Valu
 }
 
 async fn metric(c: &HttpClient, base: &str, name: &str) -> f64 {
-    let req = hyper::Request::get(format!("{base}/metrics"))
-        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
-        .unwrap();
-    let resp = c.request(req).await.unwrap();
-    use http_body_util::BodyExt;
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    text.lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    server::metric(&server::metrics(c, base).await, name)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -521,28 +510,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-async fn get(c: &HttpClient, url: String) -> (u16, Vec<u8>) {
-    use http_body_util::BodyExt;
-    let req = hyper::Request::get(url)
-        .body(http_body_util::Full::new(hyper::body::Bytes::new()))
-        .unwrap();
-    match c.request(req).await {
-        Ok(resp) => {
-            let st = resp.status().as_u16();
-            (
-                st,
-                resp.into_body()
-                    .collect()
-                    .await
-                    .unwrap()
-                    .to_bytes()
-                    .to_vec(),
-            )
-        }
-        Err(_) => (0, Vec::new()),
-    }
 }
 
 async fn wait_up(c: &HttpClient, url: String, what: &str) {

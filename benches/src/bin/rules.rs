@@ -161,19 +161,10 @@ async fn ingest(client: &HttpClient, a: &Args) -> f64 {
 
 /// Rows the source `m` retains, from `/metrics`.
 async fn retained(client: &HttpClient, server: &str) -> f64 {
-    use http_body_util::{BodyExt, Full};
-    let req = hyper::Request::get(format!("http://{server}/metrics"))
-        .body(Full::new(hyper::body::Bytes::new()))
-        .unwrap();
-    let Ok(resp) = client.request(req).await else {
-        return 0.0;
-    };
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("tocsin_source_retained_rows{source=\"m\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    tocsin_benches::server::metric(
+        &tocsin_benches::server::metrics(client, &format!("http://{server}")).await,
+        "tocsin_source_retained_rows{source=\"m\"} ",
+    )
 }
 
 #[tokio::main]

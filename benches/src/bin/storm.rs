@@ -19,10 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use rand::{Rng, SeedableRng};
-use tocsin_benches::server::{post, rss_mb, HttpClient};
+use tocsin_benches::server::{metric, metrics, post, rss_mb, HttpClient};
 
 struct Args {
     server: String,
@@ -71,14 +69,6 @@ fn args() -> Args {
         i += take;
     }
     a
-}
-
-/// The sum of a metric's samples in Prometheus text whose line starts with `prefix`.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
 }
 
 #[tokio::main]
@@ -167,14 +157,7 @@ async fn main() {
         let now = acked.load(Ordering::Relaxed);
         let rate = (now - last) as f64 / a.sample as f64;
         last = now;
-        let req = hyper::Request::get(format!("http://{}/metrics", a.server))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let text = match client.request(req).await {
-            Ok(r) => String::from_utf8_lossy(&r.into_body().collect().await.unwrap().to_bytes())
-                .into_owned(),
-            Err(_) => String::new(),
-        };
+        let text = metrics(&client, &format!("http://{}", a.server)).await;
         println!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             started.elapsed().as_secs(),
