@@ -63,6 +63,21 @@ enum Col {
     Float(usize),
 }
 
+/// What a file column holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// A column of the relation, as it is.
+    AsIs,
+    /// `#m`: the stored integers.
+    Stored,
+    /// `#c`: each run's shift.
+    Shift,
+    /// `#k`: each row's kind of double.
+    Kind,
+    /// `#r`: the doubles kept as they are.
+    Raw,
+}
+
 /// The columns of a relation's history files, and how each of the relation's columns is
 /// stored in them.
 #[derive(Debug)]
@@ -74,31 +89,50 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(logical: SchemaRef) -> Layout {
+        // File columns are named `NAME#m` and so on, with more `#` where a relation's own column
+        // (or another file column) already has that name: a name must say one column.
+        let mut taken: std::collections::HashSet<String> =
+            logical.fields().iter().map(|f| f.name().clone()).collect();
         let mut fields = Vec::new();
         let mut cols = Vec::new();
         for f in logical.fields() {
             let at = fields.len();
-            let part = |suffix: &str, t: DataType, nullable: bool| {
-                Field::new(format!("{}#{suffix}", f.name()), t, nullable)
-            };
-            match f.data_type() {
-                DataType::Timestamp(..) | DataType::Int64 => {
-                    fields.push(part("m", DataType::Int64, f.is_nullable()));
-                    fields.push(part("c", DataType::Int64, false));
-                    cols.push(Col::Int(at));
-                }
-                DataType::Float64 => {
-                    fields.push(part("m", DataType::Int64, true));
-                    fields.push(part("c", DataType::Int64, false));
-                    fields.push(part("k", DataType::Int8, false));
-                    fields.push(part("r", DataType::Float64, true));
-                    cols.push(Col::Float(at));
-                }
+            let parts: &[(&str, DataType, bool)] = match f.data_type() {
+                DataType::Timestamp(..) | DataType::Int64 => &[
+                    ("m", DataType::Int64, f.is_nullable()),
+                    ("c", DataType::Int64, false),
+                ],
+                DataType::Float64 => &[
+                    ("m", DataType::Int64, true),
+                    ("c", DataType::Int64, false),
+                    ("k", DataType::Int8, false),
+                    ("r", DataType::Float64, true),
+                ],
                 _ => {
                     fields.push(f.as_ref().clone().with_metadata(Default::default()));
                     cols.push(Col::Plain(at));
+                    continue;
                 }
+            };
+            let names = (1..)
+                .map(|n| {
+                    let sep = "#".repeat(n);
+                    parts
+                        .iter()
+                        .map(|(suffix, ..)| format!("{}{sep}{suffix}", f.name()))
+                        .collect::<Vec<_>>()
+                })
+                .find(|names| names.iter().all(|n| !taken.contains(n)))
+                .expect("a free name");
+            for (name, (_, t, nullable)) in names.into_iter().zip(parts) {
+                taken.insert(name.clone());
+                fields.push(Field::new(name, t.clone(), *nullable));
             }
+            cols.push(if parts.len() == 2 {
+                Col::Int(at)
+            } else {
+                Col::Float(at)
+            });
         }
         Layout {
             logical,
@@ -119,6 +153,18 @@ impl Layout {
             Col::Int(at) => at..at + 2,
             Col::Float(at) => at..at + 4,
         }
+    }
+
+    /// What each file column holds, in file order.
+    pub fn parts(&self) -> impl Iterator<Item = Part> + '_ {
+        self.cols
+            .iter()
+            .flat_map(|c| match c {
+                Col::Plain(_) => &[Part::AsIs][..],
+                Col::Int(_) => &[Part::Stored, Part::Shift][..],
+                Col::Float(_) => &[Part::Stored, Part::Shift, Part::Kind, Part::Raw][..],
+            })
+            .copied()
     }
 
     /// Whether a file's columns (by name) are the ones this layout writes.
@@ -142,11 +188,14 @@ impl Layout {
                 .map(|&i| self.physical.field(i).clone())
                 .collect::<Vec<_>>(),
         );
+        // By position in what was read: a relation's own column may be named like a file
+        // column of another (`v#m` beside a double `v`).
         let column = |p: usize| -> io::Result<Arc<dyn PhysicalExpr>> {
-            let name = self.physical.field(p).name();
-            Ok(Arc::new(
-                Column::new_with_schema(name, &input).map_err(io::Error::other)?,
-            ))
+            let at = read
+                .iter()
+                .position(|&r| r == p)
+                .ok_or_else(|| io::Error::other("a file column needed was not read"))?;
+            Ok(Arc::new(Column::new(input.field(at).name(), at)))
         };
         wanted
             .iter()
@@ -175,23 +224,6 @@ impl Layout {
                 Ok((expr, field.name().clone()))
             })
             .collect()
-    }
-
-    /// A batch of the relation's columns from a batch of all file columns.
-    pub fn decode(&self, batch: &RecordBatch) -> io::Result<RecordBatch> {
-        let columns = (0..self.cols.len())
-            .map(|i| {
-                let parts: Vec<ArrayRef> = self
-                    .physical_of(i)
-                    .map(|p| batch.column(p).clone())
-                    .collect();
-                match self.cols[i] {
-                    Col::Plain(_) => Ok(parts[0].clone()),
-                    _ => decode(self.logical.field(i).data_type(), &parts),
-                }
-            })
-            .collect::<io::Result<Vec<_>>>()?;
-        RecordBatch::try_new(self.logical.clone(), columns).map_err(io::Error::other)
     }
 }
 
@@ -459,6 +491,23 @@ mod tests {
     use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
     use datafusion::arrow::datatypes::TimeUnit;
 
+    /// A batch of the relation's columns from a batch of all file columns.
+    fn decode_all(layout: &Layout, batch: &RecordBatch) -> RecordBatch {
+        let columns = (0..layout.cols.len())
+            .map(|i| {
+                let parts: Vec<ArrayRef> = layout
+                    .physical_of(i)
+                    .map(|p| batch.column(p).clone())
+                    .collect();
+                match layout.cols[i] {
+                    Col::Plain(_) => parts[0].clone(),
+                    _ => decode(layout.logical.field(i).data_type(), &parts).unwrap(),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(layout.logical.clone(), columns).unwrap()
+    }
+
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("host", DataType::Utf8, true),
@@ -543,7 +592,7 @@ mod tests {
             at += len;
             let stored = enc.encode(&part).unwrap();
             assert_eq!(stored.schema(), layout.physical);
-            let back = layout.decode(&stored).unwrap();
+            let back = decode_all(&layout, &stored);
             assert_eq!(back.num_rows(), part.num_rows());
             for c in 0..part.num_columns() {
                 if c == 1 {
@@ -620,5 +669,54 @@ mod tests {
             .unwrap()
             .as_primitive::<Int8Type>();
         assert!(k.values().iter().all(|k| *k == 0));
+    }
+
+    /// A relation's own column may be named like a file column (`v#m` beside a double `v`): the
+    /// file columns take other names, the file is written, and the columns come back.
+    #[test]
+    fn own_columns_named_like_file_columns() {
+        let logical = Arc::new(Schema::new(vec![
+            Field::new("v#m", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                false,
+            ),
+        ]));
+        let batch = RecordBatch::try_new(
+            logical.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "a", "b"])),
+                Arc::new(Float64Array::from(vec![1.5, 0.1, -7.0])),
+                Arc::new(TimestampMillisecondArray::from(vec![5, 10, 5]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        let layout = Layout::new(logical);
+        let names: Vec<&String> = layout.physical.fields().iter().map(|f| f.name()).collect();
+        assert_eq!(
+            names,
+            ["v#m", "v##m", "v##c", "v##k", "v##r", "ts#m", "ts#c"]
+        );
+        let dir = std::env::temp_dir().join(format!("tocsin-encode-{}", std::process::id()));
+        let mut once = Some(batch.clone());
+        let c =
+            crate::files::write_file(&dir, "f.parquet", &layout, 2, vec![0], || Ok(once.take()))
+                .unwrap();
+        assert_eq!(c.rows, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+        let stored = Encoder::new(&layout, vec![0]).encode(&batch).unwrap();
+        let all: Vec<usize> = (0..layout.physical.fields().len()).collect();
+        for (i, (expr, name)) in layout
+            .decode_exprs(&all, &[0, 1, 2])
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(name, batch.schema().field(i).name());
+            let back = expr.evaluate(&stored).unwrap().into_array(3).unwrap();
+            assert_eq!(back.as_ref(), batch.column(i).as_ref(), "{name}");
+        }
     }
 }

@@ -27,7 +27,7 @@ use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties}
 use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use crate::encode::{Encoder, Layout};
+use crate::encode::{Encoder, Layout, Part};
 
 /// The level of a file that holds a whole closed partition.
 pub const FINAL_LEVEL: u8 = 99;
@@ -130,26 +130,24 @@ pub fn writer_properties(layout: &Layout) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(256 * 1024))
         .set_data_page_row_count_limit(8 * 1024);
-    for f in layout.physical.fields() {
-        let name = f.name();
-        let col = ColumnPath::from(name.as_str());
-        let stored = name.rsplit_once('#').map(|(_, s)| s);
-        b = match (stored, f.data_type()) {
-            (Some("m"), _) => b
+    for (f, part) in layout.physical.fields().iter().zip(layout.parts()) {
+        let col = ColumnPath::from(f.name().as_str());
+        b = match (part, f.data_type()) {
+            (Part::Stored, _) => b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_statistics_enabled(col.clone(), EnabledStatistics::None)
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED),
-            (Some("c" | "k"), _) => b
+            (Part::Shift | Part::Kind, _) => b
                 .set_column_dictionary_enabled(col.clone(), true)
                 .set_column_statistics_enabled(col, EnabledStatistics::None),
-            (Some(_), _) | (None, DataType::Float64 | DataType::Float32) => b
+            (Part::Raw, _) | (Part::AsIs, DataType::Float64 | DataType::Float32) => b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_statistics_enabled(col.clone(), EnabledStatistics::None)
                 .set_column_encoding(col, Encoding::PLAIN),
-            (None, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+            (Part::AsIs, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
                 b.set_column_dictionary_enabled(col, true)
             }
-            (None, DataType::Int32 | DataType::Int16 | DataType::Int8) => b
+            (Part::AsIs, DataType::Int32 | DataType::Int16 | DataType::Int8) => b
                 .set_column_dictionary_enabled(col.clone(), false)
                 .set_column_encoding(col, Encoding::DELTA_BINARY_PACKED),
             _ => b,

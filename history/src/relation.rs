@@ -203,7 +203,7 @@ impl Relation {
             Some(o) => {
                 let _ = sort.set(o);
             }
-            // Files from before the order was kept are in schema order.
+            // Files without an order file (deleted by hand) are taken to be in schema order.
             None if !partitions.is_empty() => {
                 let o: Vec<usize> = files::text_columns(&spec.schema)
                     .into_iter()
@@ -309,10 +309,10 @@ impl Relation {
             self.ts(&batch)
                 .iter()
                 .map(|t| {
-                    let t = t?;
-                    Some(held.get(&self.partition_of(t)).is_none_or(|m| pos > *m))
+                    Some(
+                        t.is_some_and(|t| held.get(&self.partition_of(t)).is_none_or(|m| pos > *m)),
+                    )
                 })
-                .map(|keep| Some(keep.unwrap_or(false)))
                 .collect()
         };
         let batch = if mask.true_count() == batch.num_rows() {
