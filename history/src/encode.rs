@@ -247,16 +247,29 @@ impl<'a> Encoder<'a> {
     }
 
     pub fn encode(&mut self, batch: &RecordBatch) -> io::Result<RecordBatch> {
-        let runs: Vec<Range<usize>> = if self.series.is_empty() || batch.num_rows() == 0 {
-            std::iter::once(0..batch.num_rows()).collect()
-        } else {
-            let keys: Vec<ArrayRef> = self
-                .series
-                .iter()
-                .map(|&i| batch.column(i).clone())
-                .collect();
-            partition(&keys).map_err(io::Error::other)?.ranges()
-        };
+        let runs = self.runs(batch)?;
+        self.encode_runs(batch, &runs)
+    }
+
+    /// The runs of one series in `batch` (all of it when there are no series columns).
+    pub fn runs(&self, batch: &RecordBatch) -> io::Result<Vec<Range<usize>>> {
+        if self.series.is_empty() || batch.num_rows() == 0 {
+            return Ok(std::iter::once(0..batch.num_rows()).collect());
+        }
+        let keys: Vec<ArrayRef> = self
+            .series
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
+        Ok(partition(&keys).map_err(io::Error::other)?.ranges())
+    }
+
+    /// [`Encoder::encode`] with the batch's [`Encoder::runs`] given.
+    pub fn encode_runs(
+        &mut self,
+        batch: &RecordBatch,
+        runs: &[Range<usize>],
+    ) -> io::Result<RecordBatch> {
         let mut out: Vec<ArrayRef> = Vec::with_capacity(self.layout.physical.fields().len());
         for (i, col) in self.layout.cols.iter().enumerate() {
             let a = batch.column(i);
@@ -270,7 +283,7 @@ impl<'a> Encoder<'a> {
                             .build()
                             .map_err(io::Error::other)?,
                     );
-                    let (m, c) = shift(v.iter(), &runs, &mut self.last[i]);
+                    let (m, c) = shift(v.iter(), runs, &mut self.last[i]);
                     out.push(Arc::new(m));
                     out.push(Arc::new(c));
                 }
@@ -278,8 +291,8 @@ impl<'a> Encoder<'a> {
                     let v = a
                         .as_primitive_opt::<Float64Type>()
                         .ok_or_else(|| io::Error::other("a double column is not f64"))?;
-                    let (ints, kinds, rest) = as_integers(v, &runs);
-                    let (m, c) = shift(ints.into_iter(), &runs, &mut self.last[i]);
+                    let (ints, kinds, rest) = as_integers(v, runs);
+                    let (m, c) = shift(ints.into_iter(), runs, &mut self.last[i]);
                     out.push(Arc::new(m));
                     out.push(Arc::new(c));
                     out.push(Arc::new(Int8Array::from(kinds)));

@@ -28,6 +28,7 @@ use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
 use datafusion::parquet::schema::types::ColumnPath;
 
 use crate::encode::{Encoder, Layout, Part};
+use crate::series::{self, SeriesIndex};
 
 /// The level of a file that holds a whole closed partition.
 pub const FINAL_LEVEL: u8 = 99;
@@ -45,16 +46,19 @@ pub struct FileMeta {
     /// The oldest and newest `ts` in the file.
     pub min_ts: i64,
     pub max_ts: i64,
+    /// Where each series' rows are (none in files written before there was an index).
+    pub series: Option<SeriesIndex>,
     obsolete: AtomicBool,
 }
 
 /// What a written or loaded file holds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Contents {
     pub rows: u64,
     pub bytes: u64,
     pub min_ts: i64,
     pub max_ts: i64,
+    pub series: Option<SeriesIndex>,
 }
 
 impl FileMeta {
@@ -68,6 +72,7 @@ impl FileMeta {
             bytes: c.bytes,
             min_ts: c.min_ts,
             max_ts: c.max_ts,
+            series: c.series,
             obsolete: AtomicBool::new(false),
         }
     }
@@ -313,6 +318,9 @@ const TS_RANGE: &str = "tocsin.history.ts";
 /// Writes the rows `next` gives (already in order, as the relation's columns) as the file `name`
 /// in `dir`, whole or not at all. `ts` is the timestamp column; `series` are the columns whose
 /// change starts another series.
+/// Rows encoded and handed to the Parquet writer at a time.
+const WRITE_ROWS: usize = 64 * 1024;
+
 pub fn write_file(
     dir: &Path,
     name: &str,
@@ -331,6 +339,10 @@ pub fn write_file(
             Some(writer_properties(layout)),
         )
         .map_err(io::Error::other)?;
+        let mut index = match series.is_empty() {
+            true => None,
+            false => Some(series::Builder::new(&layout.logical, series.clone())?),
+        };
         let mut encoder = Encoder::new(layout, series);
         let (mut rows, mut min_ts, mut max_ts) = (0u64, i64::MAX, i64::MIN);
         while let Some(b) = next()? {
@@ -338,12 +350,29 @@ pub fn write_file(
             let t = ts_millis(b.column(ts));
             min_ts = min_ts.min(min(&t).unwrap_or(i64::MAX));
             max_ts = max_ts.max(max(&t).unwrap_or(i64::MIN));
-            w.write(&encoder.encode(&b)?).map_err(io::Error::other)?;
+            // In slices, so the encoded columns are allocated in pieces the allocator reuses
+            // rather than as fresh memory the size of a whole flush.
+            for at in (0..b.num_rows()).step_by(WRITE_ROWS) {
+                let b = b.slice(at, WRITE_ROWS.min(b.num_rows() - at));
+                let runs = encoder.runs(&b)?;
+                if let Some(index) = &mut index {
+                    index.push(&b, &runs)?;
+                }
+                w.write(&encoder.encode_runs(&b, &runs)?)
+                    .map_err(io::Error::other)?;
+            }
         }
         w.append_key_value_metadata(KeyValue::new(
             TS_RANGE.to_string(),
             format!("{min_ts} {max_ts}"),
         ));
+        let index = match index {
+            Some(b) => b.finish()?,
+            None => None,
+        };
+        if let Some(index) = &index {
+            w.append_key_value_metadata(KeyValue::new(series::KEY.to_string(), index.to_footer()?));
+        }
         let file = w.into_inner().map_err(io::Error::other)?;
         file.sync_all()?;
         let bytes = file.metadata()?.len();
@@ -352,6 +381,7 @@ pub fn write_file(
             bytes,
             min_ts,
             max_ts,
+            series: index,
         })
     })();
     match result {
@@ -385,18 +415,25 @@ pub fn footer(path: &Path, layout: &Layout) -> io::Result<Contents> {
             "its columns are not the ones this relation writes",
         ));
     }
-    let range = meta
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|kv| kv.key == TS_RANGE))
-        .and_then(|kv| kv.value.as_deref())
+    let kv = |key: &str| {
+        meta.key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == key))
+            .and_then(|kv| kv.value.as_deref())
+    };
+    let range = kv(TS_RANGE)
         .and_then(|v| v.split_once(' '))
         .and_then(|(lo, hi)| Some((lo.parse().ok()?, hi.parse().ok()?)))
         .ok_or_else(|| io::Error::other("it has no ts range in its metadata"))?;
+    let rows = meta.num_rows().max(0) as u64;
+    let series = kv(series::KEY)
+        .map(|text| SeriesIndex::from_footer(text, rows, &layout.logical))
+        .transpose()?;
     Ok(Contents {
-        rows: meta.num_rows().max(0) as u64,
+        rows,
         bytes,
         min_ts: range.0,
         max_ts: range.1,
+        series,
     })
 }
 

@@ -6,6 +6,7 @@
 //! | [`files`] | file names, encodings, atomic writes, loading a partition at start |
 //! | [`relation`] | one relation's pending rows and files: flush, expiry, compaction choice |
 //! | [`compact`] | merging sorted files as a stream |
+//! | [`series`] | where each series' rows are in a file, for selective reads |
 //! | [`table`] | the table an ad hoc query reads: history, then the in-memory window |
 //!
 //! The server hands every batch a source with history acknowledges to [`Relation::append`]
@@ -18,6 +19,7 @@ pub mod compact;
 pub mod encode;
 pub mod files;
 pub mod relation;
+pub mod series;
 pub mod table;
 
 use std::collections::HashMap;
@@ -46,7 +48,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             flush_after: Duration::from_secs(5),
-            flush_rows: 1_000_000,
+            flush_rows: 500_000,
             fanout: 8,
         }
     }
@@ -243,8 +245,9 @@ impl History {
     /// partitions are judged by (tocsin's clock).
     pub fn start(self: &Arc<Self>, now: impl Fn() -> i64 + Send + Sync + 'static, tuning: Tuning) {
         let now: Arc<dyn Fn() -> i64 + Send + Sync> = Arc::new(now);
+        // A flush due by its row count starts within a quarter of a second.
         let tick =
-            (tuning.flush_after / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+            (tuning.flush_after / 4).clamp(Duration::from_millis(20), Duration::from_millis(250));
         let spawn = |name: &str, work: Box<Work>| {
             let weak: Weak<History> = Arc::downgrade(self);
             std::thread::Builder::new()

@@ -16,14 +16,16 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
@@ -35,6 +37,8 @@ use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -44,7 +48,9 @@ use datafusion::prelude::{col, lit};
 use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::compact::partitioned_file;
+use crate::files::FileMeta;
 use crate::relation::Snapshot;
+use crate::series::{SeriesIndex, SeriesKeys};
 
 pub struct HistoryTable {
     schema: SchemaRef,
@@ -228,11 +234,14 @@ impl TableProvider for HistoryTable {
         TableType::Base
     }
 
+    /// Every filter is applied by the scan itself (to the decoded rows of history and to the
+    /// rows of memory), so filters on text columns that the series indexes answer are not
+    /// evaluated again, and their columns are not read unless the query wants them.
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        Ok(vec![TableProviderFilterPushDown::Exact; filters.len()])
     }
 
     async fn scan(
@@ -242,29 +251,57 @@ impl TableProvider for HistoryTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
+        let filters: Vec<Expr> = filters.iter().cloned().map(unqualified).collect();
         let ts_name = self.ts_name().to_string();
-        let (lo, hi) = ts_range(filters, &ts_name);
+        let (lo, hi) = ts_range(&filters, &ts_name);
         let hi = hi.min(self.boundary - 1);
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         // History files of the partitions the range touches.
         let w = self.history.partition_ms;
-        let files: Vec<_> = self
+        let touched: Vec<&FileMeta> = self
             .history
             .files
             .iter()
             .filter(|(p, f)| {
                 lo <= hi && *p <= hi && p.saturating_add(w) > lo && f.min_ts <= hi && f.max_ts >= lo
             })
-            .map(|(_, f)| partitioned_file(f))
+            .map(|(_, f)| f.as_ref())
             .collect();
+        let layout = &self.history.layout;
+        // Filters on columns stored as they are (text) select series through the files' series
+        // indexes, or else skip row groups and pages by their statistics. All but those the
+        // indexes answer are applied to the decoded rows.
+        let stored_as_is: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| {
+                f.column_refs().iter().all(|c| {
+                    self.schema
+                        .index_of(&c.name)
+                        .is_ok_and(|i| layout.is_plain(i))
+                })
+            })
+            .collect();
+        let (files, answered) = select_series(state, &touched, &stored_as_is)?;
         if !files.is_empty() {
-            let layout = &self.history.layout;
-            // The relation's columns to read: the projection, and `ts` for the boundary.
-            let mut wanted: Vec<usize> = match projection {
-                Some(p) => p.clone(),
-                None => (0..self.schema.fields().len()).collect(),
-            };
+            let after: Vec<Expr> = filters
+                .iter()
+                .filter(|f| !answered.contains(f))
+                .cloned()
+                .collect();
+            // The relation's columns to read: the projection, `ts` for the boundary and what
+            // the filters still to apply need.
+            let mut wanted = projection.clone();
+            for c in after.iter().flat_map(|f| f.column_refs()) {
+                let i = self.schema.index_of(&c.name)?;
+                if !wanted.contains(&i) {
+                    wanted.push(i);
+                }
+            }
             if !wanted.contains(&self.ts) {
                 wanted.push(self.ts);
             }
@@ -281,19 +318,10 @@ impl TableProvider for HistoryTable {
             )));
             let mut source = ParquetSource::new(layout.physical.clone())
                 .with_parquet_file_reader_factory(Arc::new(reader));
-            // Filters on columns stored as they are (text) skip row groups and pages by their
-            // statistics; the others are applied to the decoded rows.
-            let stored_as_is = |f: &&Expr| {
-                f.column_refs().iter().all(|c| {
-                    self.schema
-                        .index_of(&c.name)
-                        .is_ok_and(|i| layout.is_plain(i))
-                })
-            };
-            if let Some(p) = filters
+            if let Some(p) = stored_as_is
                 .iter()
-                .filter(stored_as_is)
-                .cloned()
+                .filter(|f| !answered.contains(f))
+                .map(|f| (*f).clone())
                 .reduce(Expr::and)
             {
                 let physical = DFSchema::try_from(layout.physical.as_ref().clone())?;
@@ -314,16 +342,14 @@ impl TableProvider for HistoryTable {
                 Some(self.boundary),
                 Some("UTC".into()),
             )));
+            let predicate = after.into_iter().fold(below, Expr::and);
             let decoded_schema = DFSchema::try_from(decoded.schema().as_ref().clone())?;
-            let boundary = state.create_physical_expr(below, &decoded_schema)?;
-            let out: Vec<usize> = match projection {
-                Some(p) => p
-                    .iter()
-                    .map(|i| wanted.iter().position(|w| w == i).expect("wanted"))
-                    .collect(),
-                None => (0..self.schema.fields().len()).collect(),
-            };
-            let filtered = FilterExecBuilder::new(boundary, decoded)
+            let predicate = state.create_physical_expr(predicate, &decoded_schema)?;
+            let out: Vec<usize> = projection
+                .iter()
+                .map(|i| wanted.iter().position(|w| w == i).expect("wanted"))
+                .collect();
+            let filtered = FilterExecBuilder::new(predicate, decoded)
                 .apply_projection(Some(out))?
                 .build()?;
             inputs.push(Arc::new(filtered));
@@ -346,11 +372,110 @@ impl TableProvider for HistoryTable {
             }
         }
         rows.extend(self.memory.iter().cloned());
-        inputs.push(MemorySourceConfig::try_new_exec(
-            &[rows],
-            self.schema.clone(),
-            projection.cloned(),
-        )?);
+        if rows.is_empty() && !inputs.is_empty() {
+            return match inputs.len() {
+                1 => Ok(inputs.remove(0)),
+                _ => UnionExec::try_new(inputs),
+            };
+        }
+        let memory = MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), None)?;
+        let memory: Arc<dyn ExecutionPlan> = match filters.into_iter().reduce(Expr::and) {
+            Some(p) => {
+                let p = state
+                    .create_physical_expr(p, &DFSchema::try_from(self.schema.as_ref().clone())?)?;
+                Arc::new(
+                    FilterExecBuilder::new(p, memory)
+                        .apply_projection(Some(projection))?
+                        .build()?,
+                )
+            }
+            None => Arc::new(ProjectionExec::try_new(
+                projection.iter().map(|&i| {
+                    let f = self.schema.field(i);
+                    (
+                        Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
+                        f.name().clone(),
+                    )
+                }),
+                memory,
+            )?),
+        };
+        inputs.push(memory);
         UnionExec::try_new(inputs)
     }
+}
+
+/// `e` with its columns named without their table (a scan's schema has no qualifiers).
+fn unqualified(e: Expr) -> Expr {
+    e.transform(|e| {
+        Ok(match e {
+            Expr::Column(c) if c.relation.is_some() => Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            )),
+            e => Transformed::no(e),
+        })
+    })
+    .map(|t| t.data)
+    .unwrap_or_else(|e| panic!("renaming columns cannot fail: {e}"))
+}
+
+/// The files to read and, for each, the rows of the series the filters on text columns select
+/// (from its series index); files with none of them are left out. Returns the filters the
+/// selections answer: none when a file has no index.
+fn select_series<'a>(
+    state: &dyn Session,
+    files: &[&FileMeta],
+    filters: &[&'a Expr],
+) -> Result<(Vec<PartitionedFile>, Vec<&'a Expr>)> {
+    let everything = || files.iter().map(|f| partitioned_file(f)).collect();
+    let indexes: Option<Vec<&SeriesIndex>> = files.iter().map(|f| f.series.as_ref()).collect();
+    let (Some(indexes), false) = (indexes, filters.is_empty()) else {
+        return Ok((everything(), Vec::new()));
+    };
+    // The series columns are the same in every file of a relation.
+    let Some(keys) = indexes.first().map(|i| i.keys.batch.schema()) else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let covered: Vec<&Expr> = filters
+        .iter()
+        .copied()
+        .filter(|f| {
+            f.column_refs()
+                .iter()
+                .all(|c| keys.field_with_name(&c.name).is_ok())
+        })
+        .collect();
+    let Some(predicate) = covered.iter().map(|f| (*f).clone()).reduce(Expr::and) else {
+        return Ok((everything(), Vec::new()));
+    };
+    let physical =
+        state.create_physical_expr(predicate, &DFSchema::try_from(keys.as_ref().clone())?)?;
+    // Files with equal series share their keys: the filters run once per distinct set.
+    let mut masks: Vec<(*const SeriesKeys, Vec<bool>)> = Vec::new();
+    let mut out = Vec::new();
+    for (f, index) in files.iter().zip(indexes) {
+        let at = Arc::as_ptr(&index.keys);
+        let i = match masks.iter().position(|(k, _)| *k == at) {
+            Some(i) => i,
+            None => {
+                let batch = &index.keys.batch;
+                if batch.schema().fields() != keys.fields() {
+                    return Err(DataFusionError::Internal(format!(
+                        "history file {} has other series columns",
+                        f.path.display()
+                    )));
+                }
+                let v = physical.evaluate(batch)?.into_array(batch.num_rows())?;
+                let v = v
+                    .as_boolean_opt()
+                    .ok_or_else(|| DataFusionError::Internal("a filter is not a boolean".into()))?;
+                masks.push((at, v.iter().map(|b| b == Some(true)).collect()));
+                masks.len() - 1
+            }
+        };
+        if let Some(selection) = index.selection(&masks[i].1) {
+            out.push(partitioned_file(f).with_extension(ParquetRowSelection::new(selection)));
+        }
+    }
+    Ok((out, covered))
 }

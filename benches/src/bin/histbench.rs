@@ -44,6 +44,7 @@ struct Args {
     dir: std::path::PathBuf,
     runs: usize,
     compare: bool,
+    without_prometheus: bool,
     /// Rows per second to push at (0: as fast as the server takes them).
     rate: f64,
     /// Seconds to keep the server up after measuring, for a profiler.
@@ -59,6 +60,7 @@ fn args() -> Args {
         dir: std::env::temp_dir().join("tocsin-histbench"),
         runs: 10,
         compare: false,
+        without_prometheus: false,
         rate: 0.0,
         hold: 0,
     };
@@ -77,6 +79,14 @@ fn args() -> Args {
             "--hold" => a.hold = v.parse().expect("--hold SECONDS"),
             "--compare" => {
                 a.compare = true;
+                i += 1;
+                continue;
+            }
+            // VictoriaMetrics alone: promtool needs the whole span as text, twice, and hours
+            // for a day of 1,000 hosts.
+            "--compare-vm" => {
+                a.compare = true;
+                a.without_prometheus = true;
                 i += 1;
                 continue;
             }
@@ -573,6 +583,7 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
     let mut families: Vec<std::io::BufWriter<std::fs::File>> = gen
         .metrics
         .iter()
+        .filter(|_| !a.without_prometheus)
         .map(|(m, _)| {
             std::io::BufWriter::new(std::fs::File::create(om_dir.join(format!("{m}.om"))).unwrap())
         })
@@ -594,12 +605,14 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
             use std::io::Write as _;
             let (h, m, v, t) = (host.value(i), metric.value(i), value.value(i), ts.value(i));
             let _ = writeln!(text, "{m}{{host=\"{h}\"}} {v} {t}");
-            let _ = writeln!(
-                families[i % a.metrics],
-                "{m}{{host=\"{h}\"}} {v} {}.{:03}",
-                t / 1000,
-                t % 1000
-            );
+            if !a.without_prometheus {
+                let _ = writeln!(
+                    families[i % a.metrics],
+                    "{m}{{host=\"{h}\"}} {v} {}.{:03}",
+                    t / 1000,
+                    t % 1000
+                );
+            }
         }
         if text.len() > 8 << 20 || s == steps - 1 {
             let (st, body) = post(
@@ -641,50 +654,67 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
     let vm_bytes = du(&vm_dir.join("data")) + du(&vm_dir.join("indexdb"));
 
     // Prometheus: blocks made by promtool from the OpenMetrics families, then the server.
-    for f in &mut families {
-        use std::io::Write as _;
-        f.flush().unwrap();
-    }
-    drop(families);
-    let om = root.join("all.om");
-    {
-        use std::io::Write as _;
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&om).unwrap());
-        for (m, _) in &gen.metrics {
-            writeln!(out, "# TYPE {m} gauge").unwrap();
-            let mut f = std::fs::File::open(om_dir.join(format!("{m}.om"))).unwrap();
-            std::io::copy(&mut f, &mut out).unwrap();
+    let mut stores = vec![(
+        "VictoriaMetrics 1.79 (forced merge)",
+        vm_base.clone(),
+        vm_bytes,
+        vm_import,
+    )];
+    let mut prom = None;
+    if !a.without_prometheus {
+        for f in &mut families {
+            use std::io::Write as _;
+            f.flush().unwrap();
         }
-        writeln!(out, "# EOF").unwrap();
+        drop(families);
+        let om = root.join("all.om");
+        {
+            use std::io::Write as _;
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&om).unwrap());
+            for (m, _) in &gen.metrics {
+                writeln!(out, "# TYPE {m} gauge").unwrap();
+                let mut f = std::fs::File::open(om_dir.join(format!("{m}.om"))).unwrap();
+                std::io::copy(&mut f, &mut out).unwrap();
+            }
+            writeln!(out, "# EOF").unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&om_dir);
+        let prom_dir = root.join("prom");
+        let t = Instant::now();
+        let made = std::process::Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&om)
+            .arg(&prom_dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("promtool (Debian package prometheus)");
+        assert!(made.success(), "promtool failed");
+        let prom_import = t.elapsed();
+        let _ = std::fs::remove_file(&om);
+        let prom_bytes = du(&prom_dir);
+        let prom_port = free_port();
+        let config = root.join("prometheus.yml");
+        std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
+        let server = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", prom_dir.display()))
+            .arg("--storage.tsdb.retention.time=100y")
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus");
+        let prom_base = format!("http://127.0.0.1:{prom_port}");
+        wait_up(c, format!("{prom_base}/-/ready"), "prometheus").await;
+        stores.push((
+            "Prometheus 2.42 TSDB (promtool blocks)",
+            prom_base,
+            prom_bytes,
+            prom_import,
+        ));
+        prom = Some(server);
     }
     let _ = std::fs::remove_dir_all(&om_dir);
-    let prom_dir = root.join("prom");
-    let t = Instant::now();
-    let made = std::process::Command::new("promtool")
-        .args(["tsdb", "create-blocks-from", "openmetrics"])
-        .arg(&om)
-        .arg(&prom_dir)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("promtool (Debian package prometheus)");
-    assert!(made.success(), "promtool failed");
-    let prom_import = t.elapsed();
-    let _ = std::fs::remove_file(&om);
-    let prom_bytes = du(&prom_dir);
-    let prom_port = free_port();
-    let config = root.join("prometheus.yml");
-    std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
-    let mut prom = std::process::Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", prom_dir.display()))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus");
-    let prom_base = format!("http://127.0.0.1:{prom_port}");
-    wait_up(c, format!("{prom_base}/-/ready"), "prometheus").await;
 
     let (s, e) = (START / 1000, end / 1000);
     let hosts = format!(
@@ -708,20 +738,7 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
         "avg_over_time(cpu_percent{{host=~\"{hosts}\"}}[1m])"
     ));
     println!("\n| store | bytes per row on disk | load | one series, {} h | 1-minute averages, 100 hosts |\n|---|---|---|---|---|", a.hours);
-    for (name, base, bytes, load) in [
-        (
-            "VictoriaMetrics 1.79 (forced merge)",
-            &vm_base,
-            vm_bytes,
-            vm_import,
-        ),
-        (
-            "Prometheus 2.42 TSDB (promtool blocks)",
-            &prom_base,
-            prom_bytes,
-            prom_import,
-        ),
-    ] {
+    for (name, base, bytes, load) in stores {
         let (f1, m1, _, p1) = time_range(
             c,
             &format!("{base}/api/v1/query_range?query={one}&start={s}&end={e}&step=5"),
@@ -745,7 +762,9 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
         );
     }
     let _ = vm.kill();
-    let _ = prom.kill();
     let _ = vm.wait();
-    let _ = prom.wait();
+    if let Some(mut prom) = prom {
+        let _ = prom.kill();
+        let _ = prom.wait();
+    }
 }
