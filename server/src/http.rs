@@ -240,17 +240,30 @@ async fn sql(
         Ok(r) => r,
         Err(e) => return sql_error(&e),
     };
-    let mut out = Vec::new();
+    // Written straight into the body: the rows of a large answer as JSON values first and
+    // then as text took as long as the query itself.
+    let mut body = b"{\"results\":[".to_vec();
     for (i, r) in results.into_iter().enumerate() {
-        out.push(match r {
+        if i > 0 {
+            body.push(b',');
+        }
+        let value = match r {
             StatementResult::Ddl { statement, name } => {
                 json!({"kind": "ddl", "statement": statement, "name": name})
             }
-            StatementResult::Rows { schema, batches } => json!({
-                "kind": "rows",
-                "columns": schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
-                "rows": crate::json::rows(&batches),
-            }),
+            StatementResult::Rows { schema, batches } => {
+                let columns: Vec<Value> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())}))
+                    .collect();
+                body.extend_from_slice(b"{\"columns\":");
+                serde_json::to_writer(&mut body, &columns).expect("writing to memory");
+                body.extend_from_slice(b",\"kind\":\"rows\",\"rows\":");
+                crate::json::write_rows(&mut body, &batches);
+                body.push(b'}');
+                continue;
+            }
             StatementResult::Inserted { source, outcome } => {
                 json!({"kind": "insert", "source": source, "accepted": outcome.accepted})
             }
@@ -259,9 +272,15 @@ async fn sql(
                 e.statement = i;
                 return sql_error(&e);
             }
-        });
+        };
+        serde_json::to_writer(&mut body, &value).expect("writing to memory");
     }
-    Json(json!({"results": out})).into_response()
+    body.extend_from_slice(b"]}");
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// The ack of one pushed payload.
