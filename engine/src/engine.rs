@@ -1047,16 +1047,23 @@ impl Coord {
 
 /// `2026-11-21T10:00:00.000Z` for epoch milliseconds (the number itself when out of range).
 pub fn fmt_ms(ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_ms(&mut out, ms);
+    String::from_utf8(out).expect("a timestamp is ASCII")
+}
+
+/// [`fmt_ms`] appended to `out`.
+pub fn write_ms(out: &mut Vec<u8>, ms: i64) {
     use chrono::{Datelike, Timelike};
     match datafusion::arrow::temporal_conversions::timestamp_ms_to_datetime(ms) {
-        None => ms.to_string(),
+        None => out.extend_from_slice(ms.to_string().as_bytes()),
         // Written digit by digit: an answer of many timestamps spent most of its encoding
         // time in the formatting machinery.
         Some(d) if (0..=9999).contains(&d.year()) => {
-            let mut out = *b"0000-00-00T00:00:00.000Z";
+            let mut text = *b"0000-00-00T00:00:00.000Z";
             let mut put = |at: usize, width: usize, mut v: u32| {
                 for i in (at..at + width).rev() {
-                    out[i] = b'0' + (v % 10) as u8;
+                    text[i] = b'0' + (v % 10) as u8;
                     v /= 10;
                 }
             };
@@ -1067,9 +1074,9 @@ pub fn fmt_ms(ms: i64) -> String {
             put(14, 2, d.minute());
             put(17, 2, d.second());
             put(20, 3, d.nanosecond() / 1_000_000 % 1000);
-            String::from_utf8_lossy(&out).into_owned()
+            out.extend_from_slice(&text);
         }
-        Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        Some(d) => out.extend_from_slice(d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().as_bytes()),
     }
 }
 

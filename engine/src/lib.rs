@@ -30,7 +30,8 @@ mod wake;
 mod worker;
 
 pub use engine::{
-    fmt_ms, Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent, Subscription,
+    fmt_ms, write_ms, Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent,
+    Subscription,
 };
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};

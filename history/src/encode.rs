@@ -246,6 +246,7 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    #[cfg(test)]
     pub fn encode(&mut self, batch: &RecordBatch) -> io::Result<RecordBatch> {
         let runs = self.runs(batch)?;
         self.encode_runs(batch, &runs)

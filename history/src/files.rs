@@ -315,12 +315,12 @@ fn packed_keys(batch: &RecordBatch, columns: &[usize]) -> Option<Vec<(u128, u32)
 /// The file metadata key that marks a history file and holds its `ts` range (epoch ms).
 const TS_RANGE: &str = "tocsin.history.ts";
 
-/// Writes the rows `next` gives (already in order, as the relation's columns) as the file `name`
-/// in `dir`, whole or not at all. `ts` is the timestamp column; `series` are the columns whose
-/// change starts another series.
 /// Rows encoded and handed to the Parquet writer at a time.
 const WRITE_ROWS: usize = 64 * 1024;
 
+/// Writes the rows `next` gives (already in order, as the relation's columns) as the file `name`
+/// in `dir`, whole or not at all. `ts` is the timestamp column; `series` are the columns whose
+/// change starts another series.
 pub fn write_file(
     dir: &Path,
     name: &str,

@@ -24,7 +24,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Arra
 use datafusion::arrow::compute::concat_batches;
 #[cfg(test)]
 use datafusion::arrow::compute::partition;
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -142,7 +142,7 @@ impl SeriesIndex {
         }
         let rows = batch
             .column(n - 1)
-            .as_primitive_opt::<datafusion::arrow::datatypes::UInt64Type>()
+            .as_primitive_opt::<UInt64Type>()
             .ok_or_else(|| bad("has no row counts"))?;
         let index = SeriesIndex::new(keys, rows);
         if index.starts.last() != Some(&file_rows) {
@@ -155,6 +155,8 @@ impl SeriesIndex {
 /// Collects a file's runs from its sorted batches as they are written.
 pub struct Builder {
     series: Vec<usize>,
+    /// The index's columns: the series columns of the written batches.
+    schema: SchemaRef,
     converter: RowConverter,
     /// The series of the last run so far, to join a run cut by a batch boundary.
     last: Option<OwnedRow>,
@@ -169,8 +171,10 @@ impl Builder {
             .iter()
             .map(|&i| SortField::new(schema.field(i).data_type().clone()))
             .collect();
+        let schema = Arc::new(schema.project(&series).map_err(io::Error::other)?);
         Ok(Builder {
             series,
+            schema,
             converter: RowConverter::new(fields).map_err(io::Error::other)?,
             last: None,
             keys: Vec::new(),
@@ -207,14 +211,8 @@ impl Builder {
             .map(|c| datafusion::arrow::compute::take(c, &take, None))
             .collect::<Result<_, _>>()
             .map_err(io::Error::other)?;
-        let schema = Arc::new(Schema::new(
-            self.series
-                .iter()
-                .map(|&i| batch.schema().field(i).clone())
-                .collect::<Vec<_>>(),
-        ));
         self.keys
-            .push(RecordBatch::try_new(schema, picked).map_err(io::Error::other)?);
+            .push(RecordBatch::try_new(self.schema.clone(), picked).map_err(io::Error::other)?);
         self.rows.extend(runs.iter().map(|r| r.len() as u64));
         let end = batch.num_rows() - 1;
         let last = self
@@ -227,10 +225,10 @@ impl Builder {
 
     /// The index of what was pushed; `None` if nothing was.
     pub fn finish(self) -> io::Result<Option<SeriesIndex>> {
-        let Some(first) = self.keys.first() else {
+        if self.keys.is_empty() {
             return Ok(None);
-        };
-        let keys = concat_batches(&first.schema(), &self.keys).map_err(io::Error::other)?;
+        }
+        let keys = concat_batches(&self.schema, &self.keys).map_err(io::Error::other)?;
         Ok(Some(SeriesIndex::new(keys, &UInt64Array::from(self.rows))))
     }
 }

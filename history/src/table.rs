@@ -37,8 +37,6 @@ use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::Result as ParquetResult;
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
-use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::filter::FilterExecBuilder;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use datafusion::physical_plan::projection::ProjectionExec;
@@ -378,27 +376,20 @@ impl TableProvider for HistoryTable {
                 _ => UnionExec::try_new(inputs),
             };
         }
-        let memory = MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), None)?;
         let memory: Arc<dyn ExecutionPlan> = match filters.into_iter().reduce(Expr::and) {
             Some(p) => {
                 let p = state
                     .create_physical_expr(p, &DFSchema::try_from(self.schema.as_ref().clone())?)?;
+                let rows = MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), None)?;
                 Arc::new(
-                    FilterExecBuilder::new(p, memory)
+                    FilterExecBuilder::new(p, rows)
                         .apply_projection(Some(projection))?
                         .build()?,
                 )
             }
-            None => Arc::new(ProjectionExec::try_new(
-                projection.iter().map(|&i| {
-                    let f = self.schema.field(i);
-                    (
-                        Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
-                        f.name().clone(),
-                    )
-                }),
-                memory,
-            )?),
+            None => {
+                MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), Some(projection))?
+            }
         };
         inputs.push(memory);
         UnionExec::try_new(inputs)

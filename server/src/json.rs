@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{
 };
 use datafusion::arrow::util::display::ArrayFormatter;
 use serde_json::{json, Map, Value};
-use tocsin_engine::{fmt_ms, Datum};
+use tocsin_engine::{fmt_ms, write_ms, Datum};
 
 fn float(f: f64) -> Value {
     serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
@@ -30,7 +30,7 @@ fn put_float(out: &mut Vec<u8>, f: f64) {
 
 fn put_ms(out: &mut Vec<u8>, ms: i64) {
     out.push(b'"');
-    out.extend_from_slice(fmt_ms(ms).as_bytes());
+    write_ms(out, ms);
     out.push(b'"');
 }
 

@@ -522,6 +522,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts a store's server (output discarded) and waits until `ready` answers on `port`;
+/// returns the process and its base URL.
+async fn start_store(
+    c: &HttpClient,
+    program: &str,
+    args: &[String],
+    port: u16,
+    ready: &str,
+) -> (std::process::Child, String) {
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} (Debian package {program}): {e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_up(c, format!("{base}{ready}"), program).await;
+    (child, base)
+}
+
 async fn wait_up(c: &HttpClient, url: String, what: &str) {
     let t = Instant::now();
     while get(c, url.clone()).await.0 != 200 {
@@ -565,17 +585,19 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
     // VictoriaMetrics, fed the rows in Prometheus's text format with millisecond timestamps.
     let vm_port = free_port();
     let vm_dir = root.join("vm");
-    let mut vm = std::process::Command::new("victoria-metrics")
-        .arg(format!("-storageDataPath={}", vm_dir.display()))
-        .arg(format!("-httpListenAddr=127.0.0.1:{vm_port}"))
-        .arg("-retentionPeriod=100y")
-        .arg("-search.disableCache")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("victoria-metrics (Debian package victoria-metrics)");
-    let vm_base = format!("http://127.0.0.1:{vm_port}");
-    wait_up(c, format!("{vm_base}/health"), "victoria-metrics").await;
+    let (mut vm, vm_base) = start_store(
+        c,
+        "victoria-metrics",
+        &[
+            format!("-storageDataPath={}", vm_dir.display()),
+            format!("-httpListenAddr=127.0.0.1:{vm_port}"),
+            "-retentionPeriod=100y".into(),
+            "-search.disableCache".into(),
+        ],
+        vm_port,
+        "/health",
+    )
+    .await;
     // OpenMetrics for promtool: one file per metric family (families must not interleave).
     let om_dir = root.join("om");
     std::fs::create_dir_all(&om_dir).unwrap();
@@ -695,17 +717,19 @@ async fn compare(a: &Args, steps: i64, rows: usize, c: &HttpClient) {
         let prom_port = free_port();
         let config = root.join("prometheus.yml");
         std::fs::write(&config, "global:\n  scrape_interval: 1h\n").unwrap();
-        let server = std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", prom_dir.display()))
-            .arg("--storage.tsdb.retention.time=100y")
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus");
-        let prom_base = format!("http://127.0.0.1:{prom_port}");
-        wait_up(c, format!("{prom_base}/-/ready"), "prometheus").await;
+        let (server, prom_base) = start_store(
+            c,
+            "prometheus",
+            &[
+                format!("--config.file={}", config.display()),
+                format!("--storage.tsdb.path={}", prom_dir.display()),
+                "--storage.tsdb.retention.time=100y".into(),
+                format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            ],
+            prom_port,
+            "/-/ready",
+        )
+        .await;
         stores.push((
             "Prometheus 2.42 TSDB (promtool blocks)",
             prom_base,
