@@ -77,7 +77,7 @@ fn group_by_rules(rules: usize) -> (Bench, Vec<String>) {
         .relations
         .iter()
         .flat_map(|(_, batches)| batches)
-        .map(|b| b.num_rows())
+        .map(|b| b.batch.num_rows())
         .sum();
     eprintln!(
         "{rules} rule(s): {active} active alert rows after the warm-up, {} shared aggregation(s)",

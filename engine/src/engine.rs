@@ -33,6 +33,7 @@ use crate::share::Shares;
 use crate::source::Retained;
 use crate::table::TableWrite;
 use crate::wake::Wakeups;
+use crate::window::WindowBatch;
 use crate::worker::{self, Command, PeekPart, PushTicket};
 
 /// Where each worker's share of a peek arrives.
@@ -179,8 +180,9 @@ pub struct PushOutcome {
 #[derive(Debug)]
 pub struct PeekResult {
     pub time: u64,
-    /// Per relation asked for, in order: its schema and rows.
-    pub relations: Vec<(SchemaRef, Vec<RecordBatch>)>,
+    /// Per relation asked for, in order: its schema and rows (for a source, with what lets a
+    /// query read only some of them).
+    pub relations: Vec<(SchemaRef, Vec<WindowBatch>)>,
 }
 
 impl Coord {
@@ -916,7 +918,10 @@ impl Engine {
                     }
                     expanded.extend(std::iter::repeat_n(r, *n as usize));
                 }
-                batches.push(rows_to_batch(&schema, expanded.iter().map(|r| &r[..]))?);
+                batches.push(WindowBatch::plain(rows_to_batch(
+                    &schema,
+                    expanded.iter().map(|r| &r[..]),
+                )?));
             }
             relations.push((schema, batches));
         }

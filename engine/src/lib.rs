@@ -9,6 +9,7 @@
 //! | `worker` | the timely worker loop and its commands |
 //! | `render` | plans into dataflows: one file per operator family |
 //! | `source` | a source's retained rows on one worker, shared by every reader |
+//! | [`window`] | reading part of a source's window: series numbers, time ranges, the table |
 //! | `wake` | when dataflows move: pushes, held updates falling due, reads; idle ones cost nothing |
 //! | [`table`] | tables: rows replaced in place by key, for state tocsin keeps (alert instances) |
 //! | [`row`] | compact rows and their conversion to and from Arrow |
@@ -27,6 +28,7 @@ mod share;
 mod source;
 pub mod table;
 mod wake;
+pub mod window;
 mod worker;
 
 pub use engine::{
@@ -39,3 +41,4 @@ pub use render::subscribe::Backlog;
 pub use row::{Datum, Row};
 pub use source::batch_bytes;
 pub use table::TableWrite;
+pub use window::{WindowBatch, WindowTable};

@@ -20,19 +20,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
-use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use timely::scheduling::Activator;
 
 use crate::error::Result;
+use crate::window::{BatchSeries, Numbering, WindowBatch};
 
 pub(crate) struct Entry {
     pub time: u64,
     pub batch: RecordBatch,
+    /// The oldest and newest `ts` of its rows.
+    ts_range: (i64, i64),
+    /// Its rows' series (for a source with text columns).
+    series: Option<BatchSeries>,
     /// The time at which the last row of this entry expires.
     pub expires: i64,
-    /// The batch's Arrow memory, as counted in [`Retained`].
+    /// The batch's Arrow memory and its series numbers, as counted in [`Retained`].
     bytes: u64,
 }
 
@@ -79,13 +83,13 @@ impl Retained {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    fn add(&self, rows: u64, bytes: u64) {
+    pub(crate) fn add(&self, rows: u64, bytes: u64) {
         self.rows.fetch_add(rows, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
         self.total.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    fn sub(&self, rows: u64, bytes: u64) {
+    pub(crate) fn sub(&self, rows: u64, bytes: u64) {
         self.rows.fetch_sub(rows, Ordering::Relaxed);
         self.bytes.fetch_sub(bytes, Ordering::Relaxed);
         self.total.fetch_sub(bytes, Ordering::Relaxed);
@@ -102,6 +106,11 @@ pub(crate) struct SourceLog {
     pub upper: u64,
     readers: Vec<(Weak<Cell<u64>>, Activator)>,
     retained: Arc<Retained>,
+    /// The numbering of the source's series, made at the first batch (none without text
+    /// columns).
+    numbering: Option<Option<Numbering>>,
+    /// When to see next whether the numbering holds mostly series gone from the log.
+    renew_at: u64,
 }
 
 impl Drop for SourceLog {
@@ -122,6 +131,8 @@ impl SourceLog {
             upper,
             readers: Vec::new(),
             retained,
+            numbering: None,
+            renew_at: 0,
         }
     }
 
@@ -138,13 +149,31 @@ impl SourceLog {
     pub fn append(&mut self, time: u64, batch: RecordBatch) {
         debug_assert!(time >= self.upper);
         let ts = self.ts_millis(&batch);
-        let max_ts = ts.iter().flatten().max().unwrap_or(i64::MIN);
+        let (min_ts, max_ts) = ts
+            .iter()
+            .flatten()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
         let expires = max_ts.saturating_add(self.retain_ms);
-        let bytes = batch_bytes(&batch);
+        let seq = self.base_seq + self.entries.len() as u64;
+        let retained = &self.retained;
+        let numbering = self.numbering.get_or_insert_with(|| {
+            Numbering::new(batch.schema(), retained.clone()).unwrap_or_else(|e| {
+                tracing::warn!("a source's series are not numbered: {e}");
+                None
+            })
+        });
+        let series = numbering.as_mut().and_then(|n| {
+            n.number(&batch, seq)
+                .map_err(|e| tracing::warn!("a batch's series are not numbered: {e}"))
+                .ok()
+        });
+        let bytes = batch_bytes(&batch) + series.as_ref().map_or(0, BatchSeries::bytes);
         self.retained.add(batch.num_rows() as u64, bytes);
         self.entries.push_back(Entry {
             time,
             batch,
+            ts_range: (min_ts, max_ts),
+            series,
             expires,
             bytes,
         });
@@ -210,24 +239,44 @@ impl SourceLog {
                 break;
             }
         }
+        // About once per turn of the log.
+        if self.base_seq >= self.renew_at {
+            self.renew_at = self.base_seq + (self.entries.len() as u64).max(64);
+            if let Some(Some(n)) = &mut self.numbering {
+                if let Err(e) = n.renew_if_sparse(self.base_seq) {
+                    tracing::warn!("a source's series are not numbered again: {e}");
+                }
+            }
+        }
     }
 
     /// The rows present at time `at`: arrived at or before `at` and not yet expired.
-    pub fn peek(&self, at: u64) -> Result<Vec<RecordBatch>> {
+    pub fn peek(&self, at: u64) -> Result<Vec<WindowBatch>> {
         let mut out = Vec::new();
+        // Rows from this `ts` on have not expired.
+        let live = (at as i64).saturating_sub(self.retain_ms).saturating_add(1);
         for e in &self.entries {
             if e.time > at || e.expires <= at as i64 {
+                continue;
+            }
+            let whole = WindowBatch {
+                batch: e.batch.clone(),
+                ts_range: Some(e.ts_range),
+                series: e.series.clone(),
+            };
+            if e.ts_range.0 >= live && e.batch.column(self.ts_col).null_count() == 0 {
+                out.push(whole);
                 continue;
             }
             let ts = self.ts_millis(&e.batch);
             let mask: BooleanArray = ts
                 .iter()
-                .map(|t| Some(t.is_some_and(|t| t.saturating_add(self.retain_ms) > at as i64)))
+                .map(|t| Some(t.is_some_and(|t| t >= live)))
                 .collect();
-            if mask.true_count() == e.batch.num_rows() {
-                out.push(e.batch.clone());
-            } else if mask.true_count() > 0 {
-                out.push(filter_record_batch(&e.batch, &mask)?);
+            if mask.true_count() > 0 {
+                let mut part = whole.filter(&mask)?;
+                part.ts_range = Some((live, e.ts_range.1));
+                out.push(part);
             }
         }
         Ok(out)
@@ -272,7 +321,7 @@ mod tests {
         log.advance(1_010);
         log.append(1_010, batch(&[1_005]));
         log.advance(1_020);
-        let rows = |b: Vec<RecordBatch>| b.iter().map(RecordBatch::num_rows).sum::<usize>();
+        let rows = |b: Vec<WindowBatch>| b.iter().map(|w| w.batch.num_rows()).sum::<usize>();
         assert_eq!(
             rows(log.peek(1_000).unwrap()),
             2,

@@ -40,7 +40,7 @@ const COMPACTION_LAG_MS: u64 = 1_000;
 /// What one worker returns for one relation of a peek.
 #[derive(Debug)]
 pub(crate) enum PeekPart {
-    Batches(Vec<RecordBatch>),
+    Batches(Vec<crate::window::WindowBatch>),
     Rows(Vec<(Row, isize)>),
 }
 

@@ -16,14 +16,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::{AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
@@ -32,7 +29,7 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::{Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::Result as ParquetResult;
@@ -49,12 +46,13 @@ use crate::compact::partitioned_file;
 use crate::files::FileMeta;
 use crate::relation::Snapshot;
 use crate::series::{SeriesIndex, SeriesKeys};
+use tocsin_engine::window::{passes, ts_range, unqualified, WindowBatch, WindowTable};
 
 pub struct HistoryTable {
     schema: SchemaRef,
     ts: usize,
     history: Snapshot,
-    memory: Vec<RecordBatch>,
+    memory: Vec<WindowBatch>,
     /// Rows with `ts` below this come from history, the others from memory.
     boundary: i64,
 }
@@ -73,7 +71,7 @@ impl HistoryTable {
         schema: SchemaRef,
         ts: usize,
         history: Snapshot,
-        memory: Vec<RecordBatch>,
+        memory: Vec<WindowBatch>,
         boundary: i64,
     ) -> Self {
         HistoryTable {
@@ -88,89 +86,6 @@ impl HistoryTable {
     fn ts_name(&self) -> &str {
         self.schema.field(self.ts).name()
     }
-}
-
-/// A timestamp literal in epoch milliseconds (rounded down for finer units).
-fn literal_ms(e: &Expr) -> Option<i64> {
-    let Expr::Literal(v, _) = e else { return None };
-    match v {
-        ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1000),
-        ScalarValue::TimestampMillisecond(Some(m), _) => Some(*m),
-        ScalarValue::TimestampMicrosecond(Some(u), _) => Some(u.div_euclid(1000)),
-        ScalarValue::TimestampNanosecond(Some(n), _) => Some(n.div_euclid(1_000_000)),
-        _ => None,
-    }
-}
-
-/// Whether `e` is the `ts` column, possibly cast to another timestamp unit.
-fn is_ts(e: &Expr, ts: &str) -> bool {
-    match e {
-        Expr::Column(c) => c.name == ts,
-        Expr::Cast(c) => is_ts(&c.expr, ts),
-        Expr::TryCast(c) => is_ts(&c.expr, ts),
-        _ => false,
-    }
-}
-
-/// Narrows `[lo, hi]` (inclusive milliseconds) by what a filter says about `ts`.
-fn narrow(e: &Expr, ts: &str, lo: &mut i64, hi: &mut i64) {
-    match e {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            if *op == Operator::And {
-                narrow(left, ts, lo, hi);
-                narrow(right, ts, lo, hi);
-                return;
-            }
-            let (op, v) = if is_ts(left, ts) {
-                match literal_ms(right) {
-                    Some(v) => (*op, v),
-                    None => return,
-                }
-            } else if is_ts(right, ts) {
-                match (literal_ms(left), op.swap()) {
-                    (Some(v), Some(op)) => (op, v),
-                    _ => return,
-                }
-            } else {
-                return;
-            };
-            // A literal finer than milliseconds was rounded down: `ts > v` then still holds
-            // for `ts = v + 1 ms`, so bounds stay inclusive of every row that may pass.
-            match op {
-                Operator::Gt => *lo = (*lo).max(v),
-                Operator::GtEq => *lo = (*lo).max(v),
-                Operator::Lt | Operator::LtEq => *hi = (*hi).min(v.saturating_add(1)),
-                Operator::Eq => {
-                    *lo = (*lo).max(v);
-                    *hi = (*hi).min(v.saturating_add(1));
-                }
-                _ => {}
-            }
-        }
-        Expr::Between(Between {
-            expr,
-            negated: false,
-            low,
-            high,
-        }) if is_ts(expr, ts) => {
-            if let Some(v) = literal_ms(low) {
-                *lo = (*lo).max(v);
-            }
-            if let Some(v) = literal_ms(high) {
-                *hi = (*hi).min(v.saturating_add(1));
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The `ts` range (inclusive) the filters allow.
-pub fn ts_range(filters: &[Expr], ts: &str) -> (i64, i64) {
-    let (mut lo, mut hi) = (i64::MIN, i64::MAX);
-    for f in filters {
-        narrow(f, ts, &mut lo, &mut hi);
-    }
-    (lo, hi)
 }
 
 /// Readers whose metadata always comes with the page index, so that the index is read once per
@@ -326,7 +241,7 @@ impl TableProvider for HistoryTable {
                 source = source.with_predicate(state.create_physical_expr(p, &physical)?);
             }
             let config = FileScanConfigBuilder::new(url, Arc::new(source))
-                .with_file_groups(vec![FileGroup::new(files)])
+                .with_file_groups(file_groups(files, readers()))
                 .with_projection_indices(Some(read.clone()))?
                 .build();
             let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
@@ -354,20 +269,29 @@ impl TableProvider for HistoryTable {
         }
 
         // Pending rows before the boundary, then the window.
-        let mut rows: Vec<RecordBatch> = Vec::new();
-        if lo <= hi {
-            for b in &self.history.pending {
-                let ts = crate::files::ts_millis(b.column(self.ts));
+        let mut rows: Vec<WindowBatch> = Vec::new();
+        for b in &self.history.pending {
+            let ts = crate::files::ts_millis(b.column(self.ts));
+            let (min, max) = ts
+                .iter()
+                .flatten()
+                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+            let mut b = WindowBatch {
+                batch: b.clone(),
+                ts_range: Some((min, max)),
+                series: None,
+            };
+            if max >= self.boundary {
                 let mask: BooleanArray = ts
                     .iter()
-                    .map(|t| Some(t.is_some_and(|t| t >= lo && t <= hi)))
+                    .map(|t| Some(t.is_some_and(|t| t < self.boundary)))
                     .collect();
-                match mask.true_count() {
-                    0 => {}
-                    n if n == b.num_rows() => rows.push(b.clone()),
-                    _ => rows.push(filter_record_batch(b, &mask)?),
-                }
+                b = b
+                    .filter(&mask)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                b.ts_range = Some((min, self.boundary - 1));
             }
+            rows.push(b);
         }
         rows.extend(self.memory.iter().cloned());
         if rows.is_empty() && !inputs.is_empty() {
@@ -376,49 +300,55 @@ impl TableProvider for HistoryTable {
                 _ => UnionExec::try_new(inputs),
             };
         }
-        let memory: Arc<dyn ExecutionPlan> = match filters.into_iter().reduce(Expr::and) {
-            Some(p) => {
-                let p = state
-                    .create_physical_expr(p, &DFSchema::try_from(self.schema.as_ref().clone())?)?;
-                let rows = MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), None)?;
-                Arc::new(
-                    FilterExecBuilder::new(p, rows)
-                        .apply_projection(Some(projection))?
-                        .build()?,
-                )
-            }
-            None => {
-                MemorySourceConfig::try_new_exec(&[rows], self.schema.clone(), Some(projection))?
-            }
-        };
-        inputs.push(memory);
+        let memory = WindowTable::new(self.schema.clone(), Some(self.ts), rows);
+        inputs.push(memory.read(state, &projection, &filters)?);
         UnionExec::try_new(inputs)
     }
 }
 
-/// `e` with its columns named without their table (a scan's schema has no qualifiers).
-fn unqualified(e: Expr) -> Expr {
-    e.transform(|e| {
-        Ok(match e {
-            Expr::Column(c) if c.relation.is_some() => Transformed::yes(Expr::Column(
-                datafusion::common::Column::new_unqualified(c.name),
-            )),
-            e => Transformed::no(e),
-        })
-    })
-    .map(|t| t.data)
-    .unwrap_or_else(|e| panic!("renaming columns cannot fail: {e}"))
+/// A file to read, with the rows it has to read.
+type ToRead = (PartitionedFile, u64);
+
+/// How many readers decode a query's history files at once: one per core.
+fn readers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// The files to read and, for each, the rows of the series the filters on text columns select
-/// (from its series index); files with none of them are left out. Returns the filters the
-/// selections answer: none when a file has no index.
+/// `files` (with the rows each has to read) in at most `n` groups of consecutive files, each
+/// with about as many rows to read: each group is read by its own task, and the rest of the
+/// plan (filters, partial aggregates) runs on each group's rows as they come.
+fn file_groups(files: Vec<ToRead>, n: usize) -> Vec<FileGroup> {
+    let total: u64 = files.iter().map(|(_, rows)| rows).sum();
+    let n = n.clamp(1, files.len().max(1)) as u64;
+    let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new()];
+    let mut done = 0u64;
+    for (file, rows) in files {
+        // A group is full once the rows read so far reach its share of the total.
+        let share = total * groups.len() as u64 / n;
+        if done >= share && (groups.len() as u64) < n && !groups.last().expect("a group").is_empty()
+        {
+            groups.push(Vec::new());
+        }
+        groups.last_mut().expect("a group").push(file);
+        done += rows;
+    }
+    groups.into_iter().map(FileGroup::new).collect()
+}
+
+/// The files to read, each with the rows it has to read: the rows of the series the filters on
+/// text columns select (from its series index); files with none of them are left out. Returns
+/// the filters the selections answer: none when a file has no index.
 fn select_series<'a>(
     state: &dyn Session,
     files: &[&FileMeta],
     filters: &[&'a Expr],
-) -> Result<(Vec<PartitionedFile>, Vec<&'a Expr>)> {
-    let everything = || files.iter().map(|f| partitioned_file(f)).collect();
+) -> Result<(Vec<ToRead>, Vec<&'a Expr>)> {
+    let everything = || {
+        files
+            .iter()
+            .map(|f| (partitioned_file(f), f.rows))
+            .collect()
+    };
     let indexes: Option<Vec<&SeriesIndex>> = files.iter().map(|f| f.series.as_ref()).collect();
     let (Some(indexes), false) = (indexes, filters.is_empty()) else {
         return Ok((everything(), Vec::new()));
@@ -456,17 +386,60 @@ fn select_series<'a>(
                         f.path.display()
                     )));
                 }
-                let v = physical.evaluate(batch)?.into_array(batch.num_rows())?;
-                let v = v
-                    .as_boolean_opt()
-                    .ok_or_else(|| DataFusionError::Internal("a filter is not a boolean".into()))?;
+                let v = passes(&physical, batch)?;
                 masks.push((at, v.iter().map(|b| b == Some(true)).collect()));
                 masks.len() - 1
             }
         };
         if let Some(selection) = index.selection(&masks[i].1) {
-            out.push(partitioned_file(f).with_extension(ParquetRowSelection::new(selection)));
+            let rows = selection.row_count() as u64;
+            out.push((
+                partitioned_file(f).with_extension(ParquetRowSelection::new(selection)),
+                rows,
+            ));
         }
     }
     Ok((out, covered))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn groups(rows: &[u64], n: usize) -> Vec<Vec<String>> {
+        let files = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| (PartitionedFile::new(format!("f{i}"), 1), r))
+            .collect();
+        file_groups(files, n)
+            .iter()
+            .map(|g| {
+                g.files()
+                    .iter()
+                    .map(|f| f.object_meta.location.to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn file_groups_share_the_rows_in_order() {
+        assert_eq!(
+            groups(&[10, 10, 10, 10], 2),
+            [vec!["f0", "f1"], vec!["f2", "f3"]]
+        );
+        assert_eq!(
+            groups(&[100, 1, 1, 1], 2),
+            [vec!["f0"], vec!["f1", "f2", "f3"]]
+        );
+        assert_eq!(
+            groups(&[5, 5], 8),
+            [vec!["f0"], vec!["f1"]],
+            "no more groups than files"
+        );
+        assert_eq!(groups(&[5, 0, 0], 2), [vec!["f0"], vec!["f1", "f2"]]);
+        assert_eq!(groups(&[1, 2, 3, 4, 5, 6], 1).len(), 1);
+        assert_eq!(groups(&[1, 1, 1, 1, 1, 1, 1, 1, 1], 3).len(), 3);
+    }
 }

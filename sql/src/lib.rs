@@ -38,7 +38,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast::{ColumnDef, Query};
 use tocsin_engine::plan::Node;
-use tocsin_engine::{Engine, Plan, PushOutcome, Subscription};
+use tocsin_engine::{Engine, Plan, PushOutcome, Subscription, WindowBatch, WindowTable};
 use tokio::sync::Mutex;
 
 use crate::catalog::{source_schema, Catalog};
@@ -628,7 +628,7 @@ impl Tocsin {
             read.dedup();
             let refs: Vec<&str> = read.iter().map(String::as_str).collect();
             let peek = self.engine.peek(&refs).await?;
-            let peeked: std::collections::HashMap<String, (SchemaRef, Vec<RecordBatch>)> =
+            let peeked: std::collections::HashMap<String, (SchemaRef, Vec<WindowBatch>)> =
                 read.into_iter().zip(peek.relations).collect();
             // History is read after the window (see `tocsin_history::table`).
             let mut tables = Vec::new();

@@ -156,6 +156,10 @@ pub fn batch_context(
         .with_default_catalog_and_schema(crate::pgcompat::DATABASE, crate::pgcompat::SCHEMA);
     // `::timestamptz` and times without an offset are UTC, as tocsin's times are.
     config.options_mut().execution.time_zone = Some("UTC".into());
+    // A history scan reads its files in groups of its own, one task per core, each group whole
+    // files (a file's series index selects its rows, which byte ranges would cut across); with
+    // one target partition the optimizer would otherwise put every file back into one group.
+    config.options_mut().optimizer.repartition_file_scans = false;
     let ctx = SessionContext::new_with_config_rt(config, runtime());
     ctx.register_udf(ScalarUDF::from(FixedNow {
         signature: Signature::nullary(Volatility::Stable),

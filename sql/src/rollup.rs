@@ -220,7 +220,7 @@ impl Tocsin {
     pub(crate) fn table_for<'a>(
         &'a self,
         entries: &'a BTreeMap<String, CatalogEntry>,
-        peeked: &'a std::collections::HashMap<String, (SchemaRef, Vec<RecordBatch>)>,
+        peeked: &'a std::collections::HashMap<String, (SchemaRef, Vec<WindowBatch>)>,
         name: &'a str,
         time: u64,
     ) -> TableFuture<'a> {
@@ -268,7 +268,10 @@ impl Tocsin {
                     b,
                     time as i64 - rel.spec.late_ms + 1,
                 )) as Arc<dyn TableProvider>),
-                None => planner::mem_table(s, b),
+                None => {
+                    let ts = s.index_of("ts").ok();
+                    Ok(Arc::new(WindowTable::new(s, ts, b)) as Arc<dyn TableProvider>)
+                }
             }
         })
     }

@@ -280,7 +280,12 @@ async fn run(workers: usize, seed: u64) {
             let name = format!("q{i}");
             let peek = db.engine().peek(&[name.as_str()]).await.unwrap();
             let t = peek.time as i64;
-            let got = values(&peek.relations[0].1);
+            let got: Vec<RecordBatch> = peek.relations[0]
+                .1
+                .iter()
+                .map(|w| w.batch.clone())
+                .collect();
+            let got = values(&got);
             live.retain(|r| r.ts + RETAIN_MS > t);
             let m_batch = batch(&m_schema, &live);
             let o_schema = db.engine().schema("owners").unwrap();

@@ -18,7 +18,9 @@
 //! ```
 //!
 //! `--rate N` pushes N rows per second (to see whether flushes keep up at that rate), `--hold S`
-//! keeps the server up S seconds after measuring (for a profiler).
+//! keeps the server up S seconds after measuring (for a profiler). `--memory` keeps the whole
+//! span in the window instead (`retain` an hour longer than the data, no history) and queries it
+//! there, with the memory it takes per row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +51,8 @@ struct Args {
     rate: f64,
     /// Seconds to keep the server up after measuring, for a profiler.
     hold: u64,
+    /// Keep the rows in the window, without history.
+    memory: bool,
 }
 
 fn args() -> Args {
@@ -63,6 +67,7 @@ fn args() -> Args {
         without_prometheus: false,
         rate: 0.0,
         hold: 0,
+        memory: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -77,6 +82,11 @@ fn args() -> Args {
             "--runs" => a.runs = v.parse().expect("--runs N"),
             "--rate" => a.rate = v.parse().expect("--rate ROWS_PER_SECOND"),
             "--hold" => a.hold = v.parse().expect("--hold SECONDS"),
+            "--memory" => {
+                a.memory = true;
+                i += 1;
+                continue;
+            }
             "--compare" => {
                 a.compare = true;
                 i += 1;
@@ -353,10 +363,15 @@ async fn main() {
         None,
     ));
     let c = client();
+    let keep = if a.memory {
+        format!("retain = '{} minutes'", (a.hours * 60.0).ceil() as u64 + 60)
+    } else {
+        "retain = '5 minutes', history = '2 days'".to_string()
+    };
     sql(
         &c,
         &base,
-        "CREATE SOURCE hm (host TEXT, metric TEXT, value DOUBLE) FROM HTTP WITH (retain = '5 minutes', history = '2 days')",
+        &format!("CREATE SOURCE hm (host TEXT, metric TEXT, value DOUBLE) FROM HTTP WITH ({keep})"),
     )
     .await;
 
@@ -386,7 +401,7 @@ async fn main() {
             let due = started + Duration::from_secs_f64(rows as f64 / a.rate);
             tokio::time::sleep_until(due.into()).await;
         }
-        if last_report.elapsed() > Duration::from_secs(2) {
+        if last_report.elapsed() > Duration::from_secs(2) && !a.memory {
             last_report = Instant::now();
             let lag = metric(
                 &c,
@@ -404,6 +419,23 @@ async fn main() {
     }
     let ingest = started.elapsed();
     let end = START + steps * STEP_MS;
+    if a.memory {
+        // The window holds every row: measure it there.
+        clock.set((end + 1_000) as u64).unwrap();
+        let retained = metric(&c, &base, "tocsin_source_retained_bytes{source=\"hm\"}").await;
+        println!(
+            "\n{} hosts x {} metrics every 5 s for {} h, held in memory: {rows} rows, {:.2} M rows/s pushed over HTTP ({:.1} s), {:.1} B of memory per row",
+            a.hosts,
+            a.metrics,
+            a.hours,
+            rows as f64 / ingest.as_secs_f64() / 1e6,
+            ingest.as_secs_f64(),
+            retained / rows as f64
+        );
+        queries(&a, &c, &base, end).await;
+        hold(&a, &base).await;
+        return;
+    }
     // Close every partition (its end plus the retention passes) and let the merges finish.
     clock.set((end + 2 * 3_600_000) as u64).unwrap();
     let settle = Instant::now();
@@ -425,7 +457,38 @@ async fn main() {
     let bytes = metric(&c, &base, "tocsin_history_bytes{relation=\"hm\"}").await;
     let files = metric(&c, &base, "tocsin_history_files{relation=\"hm\"}").await;
 
-    // Queries over the whole span, from history alone (the window holds none of it now).
+    println!(
+        "\n{} hosts x {} metrics every 5 s for {} h: {rows} rows, {:.2} M rows/s pushed over HTTP ({:.1} s), max flush lag seen {max_lag:.1} s, merges done {:.1} s after",
+        a.hosts,
+        a.metrics,
+        a.hours,
+        rows as f64 / ingest.as_secs_f64() / 1e6,
+        ingest.as_secs_f64(),
+        settled.as_secs_f64()
+    );
+    println!(
+        "\n| form | bytes per row |\n|---|---|\n| history (Parquet, {files} files) | {:.2} |\n| Arrow IPC as pushed | {:.2} |\n| CSV (host,metric,value,epoch ms) | {:.2} |",
+        bytes / rows as f64,
+        ipc_bytes as f64 / rows as f64,
+        csv as f64 / rows as f64
+    );
+    queries(&a, &c, &base, end).await;
+    if a.compare {
+        compare(&a, steps, rows, &c).await;
+    }
+    hold(&a, &base).await;
+}
+
+/// Keeps the server up `--hold` seconds, for a profiler.
+async fn hold(a: &Args, base: &str) {
+    if a.hold > 0 {
+        eprintln!("the server stays up at {base} for {} s", a.hold);
+        tokio::time::sleep(Duration::from_secs(a.hold)).await;
+    }
+}
+
+/// The queries over the whole span, each run `a.runs` times after a first, through the HTTP API.
+async fn queries(a: &Args, c: &HttpClient, base: &str, end: i64) {
     let at = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
             .unwrap()
@@ -455,11 +518,11 @@ async fn main() {
         ("one series", &series),
         ("1-minute averages, 100 hosts", &grouped),
     ] {
-        let (first, v) = sql(&c, &base, q).await;
+        let (first, v) = sql(c, base, q).await;
         let n = v["results"][0]["rows"].as_array().map_or(0, Vec::len);
         let mut times = Vec::new();
         for _ in 0..a.runs {
-            times.push(sql(&c, &base, q).await.0);
+            times.push(sql(c, base, q).await.0);
         }
         report.push(format!(
             "| {name} | {n} | {:.1} ms | {:.1} ms |",
@@ -468,33 +531,11 @@ async fn main() {
         ));
     }
     println!(
-        "\n{} hosts x {} metrics every 5 s for {} h: {rows} rows, {:.2} M rows/s pushed over HTTP ({:.1} s), max flush lag seen {max_lag:.1} s, merges done {:.1} s after",
-        a.hosts,
-        a.metrics,
-        a.hours,
-        rows as f64 / ingest.as_secs_f64() / 1e6,
-        ingest.as_secs_f64(),
-        settled.as_secs_f64()
-    );
-    println!(
-        "\n| form | bytes per row |\n|---|---|\n| history (Parquet, {files} files) | {:.2} |\n| Arrow IPC as pushed | {:.2} |\n| CSV (host,metric,value,epoch ms) | {:.2} |",
-        bytes / rows as f64,
-        ipc_bytes as f64 / rows as f64,
-        csv as f64 / rows as f64
-    );
-    println!(
         "\n| query over HTTP | rows | first | median of {} |\n|---|---|---|---|",
         a.runs
     );
     for r in report {
         println!("{r}");
-    }
-    if a.compare {
-        compare(&a, steps, rows, &c).await;
-    }
-    if a.hold > 0 {
-        eprintln!("the server stays up at {base} for {} s", a.hold);
-        tokio::time::sleep(Duration::from_secs(a.hold)).await;
     }
 }
 
