@@ -19,13 +19,13 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::record_batch::RecordBatch;
 use timely::scheduling::Activator;
 
 use crate::error::Result;
-use crate::window::{BatchSeries, Numbering, WindowBatch};
+use crate::window::{ts_bounds, BatchSeries, Numbering, WindowBatch};
 
 pub(crate) struct Entry {
     pub time: u64,
@@ -149,10 +149,7 @@ impl SourceLog {
     pub fn append(&mut self, time: u64, batch: RecordBatch) {
         debug_assert!(time >= self.upper);
         let ts = self.ts_millis(&batch);
-        let (min_ts, max_ts) = ts
-            .iter()
-            .flatten()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        let (min_ts, max_ts) = ts_bounds(ts);
         let expires = max_ts.saturating_add(self.retain_ms);
         let seq = self.base_seq + self.entries.len() as u64;
         let retained = &self.retained;
@@ -264,19 +261,8 @@ impl SourceLog {
                 ts_range: Some(e.ts_range),
                 series: e.series.clone(),
             };
-            if e.ts_range.0 >= live && e.batch.column(self.ts_col).null_count() == 0 {
-                out.push(whole);
-                continue;
-            }
-            let ts = self.ts_millis(&e.batch);
-            let mask: BooleanArray = ts
-                .iter()
-                .map(|t| Some(t.is_some_and(|t| t >= live)))
-                .collect();
-            if mask.true_count() > 0 {
-                let mut part = whole.filter(&mask)?;
-                part.ts_range = Some((live, e.ts_range.1));
-                out.push(part);
+            if let Some(w) = whole.within(self.ts_millis(&e.batch), live, i64::MAX)? {
+                out.push(w);
             }
         }
         Ok(out)

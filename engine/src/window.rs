@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, PrimitiveArray, RecordBatch, UInt32Array,
+};
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{filter_record_batch, interleave_record_batch};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimestampMillisecondType};
@@ -310,8 +312,41 @@ impl WindowBatch {
         }
     }
 
+    /// Rows with their `ts` (in milliseconds) and nothing else known about them.
+    pub fn timed(batch: RecordBatch, ts: &PrimitiveArray<TimestampMillisecondType>) -> Self {
+        WindowBatch {
+            batch,
+            ts_range: Some(ts_bounds(ts)),
+            series: None,
+        }
+    }
+
+    /// Only the rows whose `ts` (this batch's, in milliseconds) is within `[lo, hi]`; none when
+    /// no row is.
+    pub fn within(
+        &self,
+        ts: &PrimitiveArray<TimestampMillisecondType>,
+        lo: i64,
+        hi: i64,
+    ) -> Result<Option<WindowBatch>> {
+        let (min, max) = self.ts_range.unwrap_or((i64::MIN, i64::MAX));
+        if min >= lo && max <= hi && ts.null_count() == 0 {
+            return Ok(Some(self.clone()));
+        }
+        let mask: BooleanArray = ts
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| (lo..=hi).contains(&t))))
+            .collect();
+        if mask.true_count() == 0 {
+            return Ok(None);
+        }
+        let mut part = self.filter(&mask)?;
+        part.ts_range = Some((min.max(lo), max.min(hi)));
+        Ok(Some(part))
+    }
+
     /// Only the rows of `mask`.
-    pub fn filter(&self, mask: &BooleanArray) -> Result<WindowBatch> {
+    fn filter(&self, mask: &BooleanArray) -> Result<WindowBatch> {
         let series = match &self.series {
             Some(s) => {
                 let ids = UInt32Array::from(s.ids());
@@ -426,6 +461,26 @@ pub fn unqualified(e: Expr) -> Expr {
     .unwrap_or_else(|e| panic!("renaming columns cannot fail: {e}"))
 }
 
+/// The oldest and newest of these times (nulls aside): `(i64::MAX, i64::MIN)` when there is
+/// none.
+pub fn ts_bounds(ts: &PrimitiveArray<TimestampMillisecondType>) -> (i64, i64) {
+    ts.iter()
+        .flatten()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)))
+}
+
+/// Whether a filter can be answered once per series rather than once per row: it reads only
+/// columns for which `is_series` holds (at least one), and gives the same answer each time.
+pub fn by_series(f: &Expr, is_series: impl Fn(&str) -> bool) -> bool {
+    let cols = f.column_refs();
+    !cols.is_empty() && !f.is_volatile() && cols.iter().all(|c| is_series(&c.name))
+}
+
+/// For each series (row of `series`), whether a boolean expression passes it.
+pub fn passed(p: &Arc<dyn PhysicalExpr>, series: &RecordBatch) -> DfResult<Vec<bool>> {
+    Ok(passes(p, series)?.iter().map(|v| v == Some(true)).collect())
+}
+
 /// Which rows of `batch` a boolean expression passes.
 pub fn passes(p: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> DfResult<BooleanArray> {
     let v = p.evaluate(batch)?.into_array(batch.num_rows())?;
@@ -502,14 +557,11 @@ impl WindowTable {
         };
         // Filters on text columns alone are answered here, by series.
         let (text, rest): (Vec<Expr>, Vec<Expr>) = filters.into_iter().partition(|f| {
-            let cols = f.column_refs();
-            !cols.is_empty()
-                && !f.is_volatile()
-                && cols.iter().all(|c| {
-                    schema
-                        .field_with_name(&c.name)
-                        .is_ok_and(|f| is_text(f.data_type()))
-                })
+            by_series(f, |c| {
+                schema
+                    .field_with_name(c)
+                    .is_ok_and(|f| is_text(f.data_type()))
+            })
         });
         let text = text.into_iter().reduce(Expr::and);
         let on_rows =
@@ -542,8 +594,7 @@ impl WindowTable {
                                 p.clone(),
                                 &DFSchema::try_from(series.schema().as_ref().clone())?,
                             )?;
-                            let mask = passes(&physical, &series)?;
-                            let passed: Vec<bool> = mask.iter().map(|v| v == Some(true)).collect();
+                            let passed = passed(&physical, &series)?;
                             let ids = (0..passed.len() as u32).filter(|&i| passed[i as usize]);
                             selected.push(Selected {
                                 dict: at,

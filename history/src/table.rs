@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use datafusion::arrow::array::BooleanArray;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, ScalarValue};
@@ -46,7 +45,7 @@ use crate::compact::partitioned_file;
 use crate::files::FileMeta;
 use crate::relation::Snapshot;
 use crate::series::{SeriesIndex, SeriesKeys};
-use tocsin_engine::window::{passes, ts_range, unqualified, WindowBatch, WindowTable};
+use tocsin_engine::window::{by_series, passed, ts_range, unqualified, WindowBatch, WindowTable};
 
 pub struct HistoryTable {
     schema: SchemaRef,
@@ -272,26 +271,13 @@ impl TableProvider for HistoryTable {
         let mut rows: Vec<WindowBatch> = Vec::new();
         for b in &self.history.pending {
             let ts = crate::files::ts_millis(b.column(self.ts));
-            let (min, max) = ts
-                .iter()
-                .flatten()
-                .fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-            let mut b = WindowBatch {
-                batch: b.clone(),
-                ts_range: Some((min, max)),
-                series: None,
-            };
-            if max >= self.boundary {
-                let mask: BooleanArray = ts
-                    .iter()
-                    .map(|t| Some(t.is_some_and(|t| t < self.boundary)))
-                    .collect();
-                b = b
-                    .filter(&mask)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                b.ts_range = Some((min, self.boundary - 1));
+            let pending = WindowBatch::timed(b.clone(), &ts);
+            if let Some(b) = pending
+                .within(&ts, i64::MIN, self.boundary - 1)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?
+            {
+                rows.push(b);
             }
-            rows.push(b);
         }
         rows.extend(self.memory.iter().cloned());
         if rows.is_empty() && !inputs.is_empty() {
@@ -360,11 +346,7 @@ fn select_series<'a>(
     let covered: Vec<&Expr> = filters
         .iter()
         .copied()
-        .filter(|f| {
-            f.column_refs()
-                .iter()
-                .all(|c| keys.field_with_name(&c.name).is_ok())
-        })
+        .filter(|f| by_series(f, |c| keys.field_with_name(c).is_ok()))
         .collect();
     let Some(predicate) = covered.iter().map(|f| (*f).clone()).reduce(Expr::and) else {
         return Ok((everything(), Vec::new()));
@@ -386,8 +368,7 @@ fn select_series<'a>(
                         f.path.display()
                     )));
                 }
-                let v = passes(&physical, batch)?;
-                masks.push((at, v.iter().map(|b| b == Some(true)).collect()));
+                masks.push((at, passed(&physical, batch)?));
                 masks.len() - 1
             }
         };
