@@ -28,8 +28,10 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    make_array, Array, ArrayRef, AsArray, Float64Array, Int64Array, Int8Array, RecordBatch,
+    make_array, Array, ArrayData, ArrayRef, AsArray, Float64Array, Int64Array, Int8Array,
+    RecordBatch,
 };
+use datafusion::arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use datafusion::arrow::compute::partition;
 use datafusion::arrow::datatypes::{
     DataType, Field, Float64Type, Int64Type, Int8Type, Schema, SchemaRef,
@@ -426,40 +428,51 @@ fn decode(to: &DataType, parts: &[ArrayRef]) -> io::Result<ArrayRef> {
     let bad = || io::Error::other("history file columns of the wrong type");
     let m = parts[0].as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
     let c = parts[1].as_primitive_opt::<Int64Type>().ok_or_else(bad)?;
+    // Whole columns at a time, without a branch on nulls: a null's slot holds whatever the
+    // arithmetic gives, and the null buffer hides it.
+    let (mv, cv) = (m.values(), c.values());
     if parts.len() == 2 {
-        let values: Int64Array = m
-            .iter()
-            .zip(c.values())
-            .map(|(m, c)| m.map(|m| m.wrapping_add(*c)))
-            .collect();
-        let data = values
-            .into_data()
-            .into_builder()
-            .data_type(to.clone())
+        let values: ScalarBuffer<i64> =
+            mv.iter().zip(cv).map(|(m, c)| m.wrapping_add(*c)).collect();
+        let data = ArrayData::builder(to.clone())
+            .len(m.len())
+            .add_buffer(values.into_inner())
+            .nulls(m.nulls().cloned())
             .build()
             .map_err(io::Error::other)?;
         return Ok(make_array(data));
     }
     let k = parts[2].as_primitive_opt::<Int8Type>().ok_or_else(bad)?;
     let r = parts[3].as_primitive_opt::<Float64Type>().ok_or_else(bad)?;
-    let values: Float64Array = (0..m.len())
-        .map(|i| {
-            if m.is_valid(i) {
-                let x = m.value(i).wrapping_add(c.value(i));
-                let k = k.value(i);
-                Some(if k == F32 {
-                    f32::from_bits(x as i32 as u32) as f64
-                } else {
-                    x as f64 / POW10[k.clamp(0, MAX_SCALE) as usize]
+    let (kv, rv) = (k.values(), r.values());
+    let number = |i: usize| {
+        let x = mv[i].wrapping_add(cv[i]);
+        match kv[i] {
+            F32 => f32::from_bits(x as i32 as u32) as f64,
+            k => x as f64 / POW10[k.clamp(0, MAX_SCALE) as usize],
+        }
+    };
+    // A value is the integer's when there is one, else the double kept as it was.
+    let (values, nulls): (ScalarBuffer<f64>, _) = match m.nulls() {
+        None => ((0..m.len()).map(number).collect(), None),
+        Some(ints) => {
+            let values = (0..m.len())
+                .map(|i| match ints.is_valid(i) {
+                    true => number(i),
+                    false => rv[i],
                 })
-            } else if r.is_valid(i) {
-                Some(r.value(i))
-            } else {
-                None
-            }
-        })
-        .collect();
-    Ok(Arc::new(values))
+                .collect();
+            let valid = match r.nulls() {
+                Some(rest) => ints.inner() | rest.inner(),
+                None => BooleanBuffer::new_set(m.len()),
+            };
+            (
+                values,
+                Some(NullBuffer::new(valid)).filter(|n| n.null_count() > 0),
+            )
+        }
+    };
+    Ok(Arc::new(Float64Array::new(values, nulls)))
 }
 
 /// `history_decode(#m, #c[, #k, #r])`: a column of a history file back as the relation's.

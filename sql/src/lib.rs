@@ -12,6 +12,7 @@
 //! | `session` | `SUBSCRIBE` |
 //! | [`options`] | `WITH (...)` options and durations |
 //! | [`functions`] | tocsin's SQL functions registered with DataFusion |
+//! | [`runs`] | ad hoc `GROUP BY`s that look up each run of equal keys once |
 //! | [`pgcompat`] | what PostgreSQL clients expect: types, `pg_catalog` and `information_schema` tables, query rewriting, functions |
 //! | [`error`] | the error type with statement, line and column |
 //!
@@ -27,6 +28,7 @@ pub mod parser;
 pub mod pgcompat;
 pub mod planner;
 pub mod rollup;
+pub mod runs;
 mod session;
 mod show;
 

@@ -14,6 +14,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::{ScalarValue, TableReference};
 use datafusion::datasource::MemTable;
 use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, LogicalPlan, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
@@ -160,7 +161,13 @@ pub fn batch_context(
     // files (a file's series index selects its rows, which byte ranges would cut across); with
     // one target partition the optimizer would otherwise put every file back into one group.
     config.options_mut().optimizer.repartition_file_scans = false;
-    let ctx = SessionContext::new_with_config_rt(config, runtime());
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime())
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(crate::runs::RunAggregates))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.register_udf(ScalarUDF::from(FixedNow {
         signature: Signature::nullary(Volatility::Stable),
         aliases: vec!["current_timestamp".into()],
