@@ -333,10 +333,7 @@ impl WindowBatch {
         if min >= lo && max <= hi && ts.null_count() == 0 {
             return Ok(Some(self.clone()));
         }
-        let mask: BooleanArray = ts
-            .iter()
-            .map(|t| Some(t.is_some_and(|t| (lo..=hi).contains(&t))))
-            .collect();
+        let mask = BooleanArray::new(ts_within(ts, lo, hi), None);
         if mask.true_count() == 0 {
             return Ok(None);
         }
@@ -461,6 +458,14 @@ pub fn unqualified(e: Expr) -> Expr {
     .unwrap_or_else(|e| panic!("renaming columns cannot fail: {e}"))
 }
 
+/// The columns a scan is asked for: those of `projection`, or all of `schema`'s.
+pub fn projected(projection: Option<&Vec<usize>>, schema: &SchemaRef) -> Vec<usize> {
+    match projection {
+        Some(p) => p.clone(),
+        None => (0..schema.fields().len()).collect(),
+    }
+}
+
 /// The oldest and newest of these times (nulls aside): `(i64::MAX, i64::MIN)` when there is
 /// none.
 pub fn ts_bounds(ts: &PrimitiveArray<TimestampMillisecondType>) -> (i64, i64) {
@@ -478,7 +483,7 @@ pub fn by_series(f: &Expr, is_series: impl Fn(&str) -> bool) -> bool {
 
 /// For each series (row of `series`), whether a boolean expression passes it.
 pub fn passed(p: &Arc<dyn PhysicalExpr>, series: &RecordBatch) -> DfResult<Vec<bool>> {
-    Ok(passes(p, series)?.iter().map(|v| v == Some(true)).collect())
+    Ok(valid_true(&passes(p, series)?).iter().collect())
 }
 
 /// Which rows of `batch` a boolean expression passes.
@@ -506,13 +511,17 @@ fn looks_up(wanted: usize, n: usize) -> bool {
 }
 
 /// Whether row `r`'s `ts` is within `[lo, hi]`.
-fn in_range(
-    ts: &datafusion::arrow::array::PrimitiveArray<TimestampMillisecondType>,
-    r: usize,
-    lo: i64,
-    hi: i64,
-) -> bool {
+fn in_range(ts: &PrimitiveArray<TimestampMillisecondType>, r: usize, lo: i64, hi: i64) -> bool {
     ts.is_valid(r) && (lo..=hi).contains(&ts.value(r))
+}
+
+/// The rows whose `ts` is within `[lo, hi]`, a word of 64 rows at a time.
+fn ts_within(ts: &PrimitiveArray<TimestampMillisecondType>, lo: i64, hi: i64) -> BooleanBuffer {
+    let within = BooleanBuffer::collect_bool(ts.len(), |i| (lo..=hi).contains(&ts.values()[i]));
+    match ts.nulls() {
+        Some(nulls) => &within & nulls.inner(),
+        None => within,
+    }
 }
 
 /// The rows a filter's answer passes: true, not null.
@@ -667,12 +676,7 @@ impl WindowTable {
                         keep = &keep & &valid_true(m);
                     }
                     if let Some(ts) = ts {
-                        let mut within =
-                            BooleanBuffer::collect_bool(n, |i| (lo..=hi).contains(&ts.values()[i]));
-                        if let Some(nulls) = ts.nulls() {
-                            within = &within & nulls.inner();
-                        }
-                        keep = &keep & &within;
+                        keep = &keep & &ts_within(ts, lo, hi);
                     }
                     picks.extend(keep.set_indices().map(|r| (at, r)));
                 }
@@ -738,11 +742,7 @@ impl TableProvider for WindowTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let projection: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
-        self.read(state, &projection, filters)
+        self.read(state, &projected(projection, &self.schema), filters)
     }
 }
 

@@ -45,7 +45,9 @@ use crate::compact::partitioned_file;
 use crate::files::FileMeta;
 use crate::relation::Snapshot;
 use crate::series::{SeriesIndex, SeriesKeys};
-use tocsin_engine::window::{by_series, passed, ts_range, unqualified, WindowBatch, WindowTable};
+use tocsin_engine::window::{
+    by_series, passed, projected, ts_range, unqualified, WindowBatch, WindowTable,
+};
 
 pub struct HistoryTable {
     schema: SchemaRef,
@@ -167,10 +169,7 @@ impl TableProvider for HistoryTable {
         let ts_name = self.ts_name().to_string();
         let (lo, hi) = ts_range(&filters, &ts_name);
         let hi = hi.min(self.boundary - 1);
-        let projection: Vec<usize> = match projection {
-            Some(p) => p.clone(),
-            None => (0..self.schema.fields().len()).collect(),
-        };
+        let projection = projected(projection, &self.schema);
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
 
         // History files of the partitions the range touches.

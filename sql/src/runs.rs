@@ -35,6 +35,7 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr_common::utils::evaluate_expressions_to_arrays;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
@@ -274,11 +275,7 @@ impl Table {
         if n == 0 {
             return Ok(());
         }
-        let keys = self
-            .keys
-            .iter()
-            .map(|k| k.evaluate(batch)?.into_array(n))
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let keys = evaluate_expressions_to_arrays(&self.keys, batch)?;
         let runs = partition(&keys)?.ranges();
         if runs.len() * RUN_ROWS <= n {
             let starts = UInt32Array::from_iter_values(runs.iter().map(|r| r.start as u32));
@@ -297,11 +294,7 @@ impl Table {
         }
         let total = self.groups.len();
         for a in &mut self.aggregates {
-            let values = a
-                .arguments
-                .iter()
-                .map(|e| e.evaluate(batch)?.into_array(n))
-                .collect::<Result<Vec<ArrayRef>>>()?;
+            let values = evaluate_expressions_to_arrays(&a.arguments, batch)?;
             let filter = a
                 .filter
                 .as_ref()
