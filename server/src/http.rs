@@ -494,7 +494,7 @@ async fn ingest_ws(
         Some(f @ (Format::Json | Format::Ndjson | Format::Influx(_))) => with_precision(f, p),
         _ => Format::Json,
     };
-    let (response, socket) = match crate::ws::upgrade(&mut req, app.limits.max_frame) {
+    let (response, socket) = match crate::ws::upgrade(&mut req, app.limits.max_frame, 0) {
         Ok(u) => u,
         Err(r) => return r,
     };
@@ -569,6 +569,10 @@ async fn ingest_socket(
 /// than buffered.
 const SUBSCRIBER_MESSAGE: usize = 64 << 10;
 
+/// Bytes of change frames a subscriber's socket gathers before writing them: the frames of one
+/// time go out in a few writes rather than one each.
+const SUBSCRIBER_WRITE_BUFFER: usize = 32 << 10;
+
 /// What to do with a subscriber that falls behind its buffer (`?slow=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slow {
@@ -607,10 +611,11 @@ async fn subscribe(
         Ok(t) => t,
         Err(e) => return sql_error(&e),
     };
-    let (response, socket) = match crate::ws::upgrade(&mut req, SUBSCRIBER_MESSAGE) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
+    let (response, socket) =
+        match crate::ws::upgrade(&mut req, SUBSCRIBER_MESSAGE, SUBSCRIBER_WRITE_BUFFER) {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
     let sub = match open_subscription(&app, &target).await {
         Ok(s) => s,
         Err(e) => return sql_error(&e),
@@ -655,15 +660,22 @@ enum Stop {
     Lagged,
 }
 
-/// Sends a frame. With [`Slow::Close`], gives up when the subscription starts lagging while the
-/// client does not take the frame: a client that stopped reading cannot be sent a close frame.
+/// Sends frames and flushes them. With [`Slow::Close`], gives up when the subscription starts
+/// lagging while the client does not take them: a client that stopped reading cannot be sent a
+/// close frame.
 async fn send_watching(
     socket: &mut crate::ws::Socket,
-    msg: WsMessage,
+    frames: Vec<String>,
     backlog: &tocsin_engine::Backlog,
     slow: Slow,
 ) -> Result<(), Stop> {
-    let send = socket.ws.send(msg);
+    let ws = &mut socket.ws;
+    let send = async move {
+        for f in frames {
+            ws.feed(WsMessage::text(f)).await?;
+        }
+        ws.flush().await
+    };
     tokio::pin!(send);
     loop {
         tokio::select! {
@@ -689,12 +701,12 @@ async fn follow(
         tokio::select! {
             event = sub.next() => {
                 let Some(event) = event else { break };
-                let frames: Vec<Value> = match event {
+                let frames: Vec<String> = match event {
                     SubscribeEvent::Changes { time, updates } => updates
                         .iter()
-                        .map(|(row, diff)| json!({"time": time, "diff": diff, "row": crate::json::row_object(&schema, row)}))
+                        .map(|(row, diff)| crate::json::change_frame(&schema, time, *diff, row))
                         .collect(),
-                    SubscribeEvent::Progress(t) => vec![json!({"time": t, "progress": true})],
+                    SubscribeEvent::Progress(t) => vec![json!({"time": t, "progress": true}).to_string()],
                     SubscribeEvent::Lagged { behind } if slow == Slow::Snapshot => {
                         app.metrics.subscribers_resynced.fetch_add(1, Ordering::Relaxed);
                         tracing::info!("subscriber resynced: {behind} change(s) behind its buffer");
@@ -702,7 +714,7 @@ async fn follow(
                             Ok(s) => {
                                 sub = s;
                                 schema = sub.schema().clone();
-                                vec![json!({"resync": true})]
+                                vec![json!({"resync": true}).to_string()]
                             }
                             Err(e) => {
                                 socket.close(1011, e.to_string()).await;
@@ -715,13 +727,11 @@ async fn follow(
                     }
                 };
                 let backlog = sub.backlog().clone();
-                for f in frames {
-                    match send_watching(&mut socket, WsMessage::text(f.to_string()), &backlog, slow).await {
-                        Ok(()) => {}
-                        Err(Stop::Gone) => return,
-                        Err(Stop::Lagged) => {
-                            return close_slow(&app, &mut socket, backlog.behind()).await;
-                        }
+                match send_watching(&mut socket, frames, &backlog, slow).await {
+                    Ok(()) => {}
+                    Err(Stop::Gone) => return,
+                    Err(Stop::Lagged) => {
+                        return close_slow(&app, &mut socket, backlog.behind()).await;
                     }
                 }
             }

@@ -168,6 +168,36 @@ pub fn row_object(schema: &SchemaRef, row: &[Datum]) -> Value {
     Value::Object(m)
 }
 
+/// One subscription change as its WebSocket frame, `{"time": T, "diff": D, "row": {...}}`, the
+/// row's columns in schema order, written straight to text.
+pub fn change_frame(schema: &SchemaRef, time: u64, diff: isize, row: &[Datum]) -> String {
+    let mut out = Vec::with_capacity(64 + 24 * row.len());
+    out.extend_from_slice(b"{\"time\":");
+    put_int(&mut out, time);
+    out.extend_from_slice(b",\"diff\":");
+    put_int(&mut out, diff);
+    out.extend_from_slice(b",\"row\":{");
+    for (i, (f, d)) in schema.fields().iter().zip(row).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        put_str(&mut out, f.name());
+        out.push(b':');
+        match d {
+            Datum::Null => out.extend_from_slice(b"null"),
+            Datum::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+            Datum::Int(i) => match f.data_type() {
+                DataType::Timestamp(TimeUnit::Millisecond, _) => put_ms(&mut out, *i),
+                _ => put_int(&mut out, *i),
+            },
+            Datum::Float(x) => put_float(&mut out, x.get()),
+            Datum::Str(s) => put_str(&mut out, s.as_str()),
+        }
+    }
+    out.extend_from_slice(b"}}");
+    String::from_utf8(out).expect("JSON written from UTF-8 text is UTF-8")
+}
+
 /// An error answer: `{"error": {"message": "..."}}` with `status`.
 pub fn error(
     status: axum::http::StatusCode,
@@ -276,6 +306,42 @@ mod tests {
                 String::from_utf8(ours).unwrap(),
                 serde_json::to_string(&f).unwrap(),
                 "{f:?}"
+            );
+        }
+    }
+
+    /// A change frame written straight to text is the object the row's JSON value gives.
+    #[test]
+    fn change_frames_hold_the_row_as_json() {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("host", DataType::Utf8, true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("up", DataType::Boolean, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+        ]));
+        for row in [
+            vec![
+                Datum::Str("we\"b\n1".into()),
+                Datum::Float(tocsin_engine::row::F64::new(97.25)),
+                Datum::Int(-3),
+                Datum::Bool(false),
+                Datum::Int(1_796_547_600_123),
+            ],
+            vec![
+                Datum::Null,
+                Datum::Float(tocsin_engine::row::F64::new(f64::NAN)),
+                Datum::Null,
+                Datum::Null,
+                Datum::Null,
+            ],
+        ] {
+            let text = change_frame(&schema, 17, -1, &row);
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                v,
+                json!({"time": 17, "diff": -1, "row": row_object(&schema, &row)})
             );
         }
     }

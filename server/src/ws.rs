@@ -175,11 +175,13 @@ impl Socket {
     }
 }
 
-/// The configuration of a server socket taking messages up to `max_message` bytes.
-fn config(max_message: usize) -> WebSocketConfig {
+/// The configuration of a server socket taking messages up to `max_message` bytes and gathering
+/// up to `write_buffer` bytes of frames before it writes them to the connection (0: each frame is
+/// written as it is sent).
+fn config(max_message: usize, write_buffer: usize) -> WebSocketConfig {
     let mut c = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0);
+        .write_buffer_size(write_buffer);
     c.max_message_size = Some(max_message);
     c.max_frame_size = Some(max_message);
     c
@@ -212,12 +214,14 @@ fn refusal(headers: &HeaderMap) -> Option<&'static str> {
 
 /// Answers a WebSocket handshake: the `101 Switching Protocols` response, and the socket once
 /// the client has it. A request that is not a handshake is refused with 400 (426 for another
-/// protocol version) and the reason.
+/// protocol version) and the reason. Frames sent are gathered up to `write_buffer` bytes until a
+/// flush (see [`config`]).
 // The refusal is the answer the handler returns as it is: boxing it would buy nothing.
 #[allow(clippy::result_large_err)]
 pub fn upgrade(
     req: &mut axum::extract::Request,
     max_message: usize,
+    write_buffer: usize,
 ) -> Result<(Response, impl Future<Output = Option<Socket>> + Send), Response> {
     if let Some(reason) = refusal(req.headers()) {
         let status = if reason.starts_with("unsupported") {
@@ -246,7 +250,7 @@ pub fn upgrade(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
-    let config = config(max_message);
+    let config = config(max_message, write_buffer);
     let socket = async move {
         let io = match on_upgrade.await {
             Ok(io) => io,

@@ -73,8 +73,9 @@ async fn contents(s: &Server) -> HashMap<String, i64> {
     rows
 }
 
-/// Pushes 500 rows over 2,000 hosts every 100 ms for `secs`, and reads `reader` meanwhile;
-/// returns the peak resident memory of the server.
+/// Pushes 500 rows over 2,000 hosts every 100 ms for `secs`, and reads `reader` all the while,
+/// also while a push waits for its acknowledgement, as a client that keeps up does; returns the
+/// peak resident memory of the server.
 async fn load(s: &Server, secs: u64, reader: &mut Ws, mirror: &mut Mirror) -> u64 {
     let start = Instant::now();
     let mut tick = 0u64;
@@ -86,22 +87,35 @@ async fn load(s: &Server, secs: u64, reader: &mut Ws, mirror: &mut Mirror) -> u6
                 format!("{{\"host\":\"h{h}\",\"v\":{}}}\n", (tick * 7 + i) % 1000)
             })
             .collect();
-        let (st, ack) = s
-            .ingest("m", "application/x-ndjson", body.into_bytes())
-            .await;
+        let push = s.ingest("m", "application/x-ndjson", body.into_bytes());
+        tokio::pin!(push);
+        let (st, ack) = loop {
+            tokio::select! {
+                answer = &mut push => break answer,
+                frame = reader.next() => read(frame, mirror),
+            }
+        };
         assert_eq!(st, 200, "{ack}");
         tick += 1;
         peak = peak.max(s.rss());
         let next = start + Duration::from_millis(100 * tick);
-        while Instant::now() < next {
-            match tokio::time::timeout_at(next.into(), reader.next()).await {
-                Ok(Some(Ok(Message::Text(t)))) => mirror.apply(&serde_json::from_str(&t).unwrap()),
-                Ok(_) => {}
-                Err(_) => break,
-            }
+        while let Ok(frame) = tokio::time::timeout_at(next.into(), reader.next()).await {
+            read(frame, mirror);
         }
     }
     peak
+}
+
+/// Applies one frame read from a subscriber that is meant to keep up.
+fn read(
+    frame: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    mirror: &mut Mirror,
+) {
+    match frame {
+        Some(Ok(Message::Text(t))) => mirror.apply(&serde_json::from_str(&t).unwrap()),
+        Some(Ok(_)) => {}
+        other => panic!("the reading subscriber ended: {other:?}"),
+    }
 }
 
 /// Reads a subscriber until the mirror equals the view's contents. The two are compared when a
