@@ -3,8 +3,8 @@
 # of docs/sql.md), the subscription tests, the incremental-vs-batch oracle and the end-to-end tests
 # against the tocsin binary. First installs the test peers the end-to-end tests talk to when they
 # are missing: Python's aiosmtpd (a real SMTP server) and psycopg (a PostgreSQL client) with pip,
-# Prometheus Alertmanager, psql and net-snmp (snmpd, snmpbulkwalk, snmptrap, snmpinform) with
-# apt-get. Ends with one line that adds up every test
+# Prometheus Alertmanager, psql, net-snmp (snmpd, snmpbulkwalk, snmptrap, snmpinform) and
+# Chromium (the console's browser tests) with apt-get. Ends with one line that adds up every test
 # binary's results.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +20,7 @@ command -v prometheus-alertmanager >/dev/null || packages+=(prometheus-alertmana
 command -v psql >/dev/null || packages+=(postgresql-client)
 command -v snmpd >/dev/null || packages+=(snmpd)
 command -v snmpbulkwalk >/dev/null || packages+=(snmp)
+command -v chromium >/dev/null || packages+=(chromium chromium-driver)
 if [ ${#packages[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null

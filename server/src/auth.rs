@@ -255,9 +255,21 @@ impl BrowserPolicy {
 }
 
 /// The token a request carries: `Authorization: Bearer TOKEN`, or Basic with the token as the
-/// password (what Grafana's and Prometheus's basic-auth settings send).
+/// password (what Grafana's and Prometheus's basic-auth settings send), or, on a WebSocket
+/// handshake, which a browser cannot give headers, a `Sec-WebSocket-Protocol` value
+/// `bearer.BASE64URL(TOKEN)` (see [`crate::ws::PROTOCOL`]).
 fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix("bearer."))
+            .and_then(base64_decode)
+            .and_then(|t| String::from_utf8(t).ok());
+    };
+    let value = value.to_str().ok()?.trim();
     let (kind, rest) = value.split_once(' ')?;
     if kind.eq_ignore_ascii_case("bearer") {
         return Some(rest.trim().to_string());
@@ -273,7 +285,7 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     None
 }
 
-/// Standard base64 (with or without padding).
+/// Base64, standard or URL-safe (with or without padding).
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(text.len() * 3 / 4);
     let (mut acc, mut bits) = (0u32, 0u32);
@@ -282,8 +294,8 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
             b'A'..=b'Z' => c - b'A',
             b'a'..=b'z' => c - b'a' + 26,
             b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
             _ => return None,
         } as u32;
         acc = (acc << 6) | v;
@@ -390,7 +402,7 @@ pub async fn guard(State(app): State<AppRef>, mut req: Request, next: Next) -> R
             }),
         };
     let path = req.uri().path();
-    if path != "/healthz" {
+    if path != "/healthz" && !crate::console::is_console(path) {
         let need = endpoint_scope(req.method(), path);
         match caller {
             Some(c) if need.is_none_or(|n| c.scope.allows(n)) => {}

@@ -37,6 +37,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .merge(crate::amapi::routes())
+        .merge(crate::console::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: see docs/http.md") })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(

@@ -12,6 +12,7 @@
 //! | [`memory`] | the memory budget ingest is checked against |
 //! | [`http`] | the HTTP and WebSocket API |
 //! | [`pg`] | the PostgreSQL wire protocol: authentication and roles, errors, encoding, COPY, the extended protocol |
+//! | [`console`] | the web console's embedded files |
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
@@ -28,6 +29,7 @@ pub mod amapi;
 pub mod auth;
 pub mod catalog_log;
 pub mod client;
+pub mod console;
 pub mod http;
 pub mod ingest;
 pub mod json;

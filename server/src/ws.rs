@@ -36,6 +36,11 @@ use tokio_tungstenite::WebSocketStream;
 /// has been handled.
 pub const READ_BUFFER: usize = 4 << 10;
 
+/// The subprotocol a browser offers with its token (`new WebSocket(url, ["tocsin",
+/// "bearer.BASE64URL(TOKEN)"])`, as a browser cannot set `Authorization` on a WebSocket); the
+/// handshake answers with it, and the token goes where an `Authorization` header would.
+pub const PROTOCOL: &str = "tocsin";
+
 /// The largest frame header: two bytes, eight of extended length, four of mask.
 const MAX_HEADER: usize = 14;
 
@@ -240,6 +245,13 @@ pub fn upgrade(
     }
     let key = req.headers()[header::SEC_WEBSOCKET_KEY].as_bytes();
     let accept = derive_accept_key(key);
+    let offered = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PROTOCOL);
     let on_upgrade = hyper::upgrade::on(req);
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -250,6 +262,12 @@ pub fn upgrade(
         header::SEC_WEBSOCKET_ACCEPT,
         HeaderValue::from_str(&accept).expect("base64 is a header value"),
     );
+    if offered {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(PROTOCOL),
+        );
+    }
     let config = config(max_message, write_buffer);
     let socket = async move {
         let io = match on_upgrade.await {
