@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+pub mod browser;
+
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use rand::rngs::StdRng;

@@ -81,6 +81,9 @@ pub fn merge(
         .execute(0, Arc::new(TaskContext::default()))
         .map_err(io::Error::other)?;
     let c = files::write_file(&dir, &name, layout, rel.spec.ts, rel.series(), || {
+        if rel.is_removed() {
+            return Err(io::Error::other("the relation was dropped"));
+        }
         rt.block_on(stream.next())
             .transpose()
             .map_err(io::Error::other)

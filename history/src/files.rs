@@ -214,8 +214,9 @@ pub fn read_order(dir: &Path, schema: &SchemaRef) -> Option<Vec<usize>> {
         .collect()
 }
 
+/// Writes the order file into the relation's directory, which must exist: a relation dropped
+/// meanwhile is not brought back.
 pub fn write_order(dir: &Path, schema: &SchemaRef, order: &[usize]) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
     let text: String = order
         .iter()
         .map(|&i| format!("{}\n", schema.field(i).name()))
@@ -329,7 +330,12 @@ pub fn write_file(
     series: Vec<usize>,
     mut next: impl FnMut() -> io::Result<Option<RecordBatch>>,
 ) -> io::Result<Contents> {
-    fs::create_dir_all(dir)?;
+    // The partition's directory, inside the relation's, which must exist: a write racing the
+    // relation's DROP fails rather than bring its directory back.
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
         let file = File::create(&tmp)?;

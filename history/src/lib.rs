@@ -122,11 +122,25 @@ impl History {
             .expect("history relations")
             .remove(name);
         if let Some(rel) = rel {
+            rel.mark_removed();
             for f in rel.state().partitions.values().flatten() {
                 f.retire();
             }
-            if let Err(e) = fs::remove_dir_all(&rel.dir) {
-                tracing::warn!("history: cannot delete {}: {e}", rel.dir.display());
+            // A flush or merge that began before the drop may still add a file while the
+            // directory is deleted; it stops at its next batch, so a few tries suffice.
+            for attempt in 1.. {
+                match fs::remove_dir_all(&rel.dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e) if attempt < 100 => {
+                        tracing::debug!("history: deleting {} again: {e}", rel.dir.display());
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        tracing::warn!("history: cannot delete {}: {e}", rel.dir.display());
+                        break;
+                    }
+                }
             }
         }
     }
@@ -200,6 +214,7 @@ impl History {
                             .flushed_rows
                             .fetch_add(rows, Ordering::Relaxed);
                     }
+                    Err(_) if rel.is_removed() => {}
                     Err(e) => {
                         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                         rel.set_failing(Some(e.to_string()));
@@ -228,6 +243,7 @@ impl History {
                         self.counters.compactions.fetch_add(1, Ordering::Relaxed);
                         more = true;
                     }
+                    Err(_) if rel.is_removed() => {}
                     Err(e) => {
                         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
                         rel.set_failing(Some(e.to_string()));

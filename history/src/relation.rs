@@ -169,6 +169,8 @@ pub struct Relation {
     /// The sort order of its files: chosen at the first flush, then kept.
     sort: std::sync::OnceLock<Vec<usize>>,
     state: Mutex<State>,
+    /// Set once the relation is dropped: writes stop, and a failure is no longer an error.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Relation {
@@ -225,7 +227,18 @@ impl Relation {
                 partitions,
                 ..State::default()
             }),
+            removed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether the relation was dropped (its directory is being or has been deleted).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -384,6 +397,9 @@ impl Relation {
     /// Writes every pending row to one new file per partition. On failure nothing is installed,
     /// the files already written by this flush are deleted, and the rows stay pending.
     pub fn flush(&self) -> io::Result<u64> {
+        if self.is_removed() {
+            return Ok(0);
+        }
         let (batches, upto) = {
             let s = self.state();
             let Some(last) = s.pending.back() else {

@@ -51,9 +51,10 @@ export function align(series) {
 /**
  * A time-series chart in `el`: `series` are `{label, points, dash, color}`; the chart fits the
  * element's width, and with `span` (seconds) its x axis is the last `span` seconds up to now.
+ * `fmt` formats values in the legend, `axisFmt` (default: uPlot's own) on the y axis.
  * Returns `{update(series), destroy()}`.
  */
-export function timeChart(el, title, series, fmt = (v) => v, span = null) {
+export function timeChart(el, title, series, fmt = (v) => v, span = null, axisFmt = null) {
   const x = span ? { time: true, range: () => { const now = Date.now() / 1000; return [now - span, now]; } } : { time: true };
   const opts = (ss) => ({
     title,
@@ -68,7 +69,7 @@ export function timeChart(el, title, series, fmt = (v) => v, span = null) {
       spanGaps: true,
       value: (u, v) => (v === null ? '–' : fmt(v)),
     }))],
-    axes: [{}, { values: (u, vals) => vals.map(fmt), size: 60 }],
+    axes: [{}, axisFmt ? { values: (u, vals) => vals.map(axisFmt), size: 60 } : { size: 60 }],
   });
   let plot = new window.uPlot(opts(series), align(series), el);
   let labels = series.map((s) => s.label).join('\n');

@@ -63,8 +63,11 @@ export async function mount(el, rest, params, { status }) {
   );
   const alertBox = h('div', { class: 'host-alerts' });
   el.append(h('h2', {}, 'Alerts'), alertBox);
+  const procBox = h('div', { id: 'processes' });
+  const procRelation = source && cat.sources.some((s) => s.name === `${source}_processes`) ? `${source}_processes` : null;
   const grid = h('div', { class: 'charts' });
   el.append(grid);
+  if (procRelation) el.append(h('h2', {}, 'Processes'), procBox);
   if (!source) {
     grid.append(h('p', {}, 'No host source.'));
     return () => {};
@@ -88,7 +91,7 @@ export async function mount(el, rest, params, { status }) {
     if (!series.length) return;
     const box = h('div', { class: 'chart', 'data-chart': CHARTS[i].title });
     grid.append(box);
-    charts.push([i, timeChart(box, CHARTS[i].title, series, CHARTS[i].fmt, RANGES[range])]);
+    charts.push([i, timeChart(box, CHARTS[i].title, series, CHARTS[i].fmt, RANGES[range], CHARTS[i].counter ? CHARTS[i].fmt : null)]);
   });
   if (!charts.length) grid.append(h('p', { class: 'muted' }, `No samples of ${name} in the last ${range}.`));
   window.tocsinConsole.stats = { charts: charts.length, rows: rows.length, yesterdayRows: old.length };
@@ -107,6 +110,7 @@ export async function mount(el, rest, params, { status }) {
       h('span', { class: `state ${a.state}` }, a.state), ' ', h('b', {}, a.rule), ' ', labels(JSON.parse(a.labels)), ' ', a.summary || '', ' ',
       h('span', { class: 'muted' }, `since ${ago(a.firing_since || a.active_since)}`))) : [h('p', { class: 'muted' }, 'None.')]));
   }));
+  if (procRelation) subs.push(processTable(procRelation, name, procBox));
   if (range === '5m') {
     let redraw = 0;
     subs.push(api.subscribe(`SELECT metric, device, value, ts FROM ${api.ident(source)} WHERE host = ${api.lit(name)} AND metric IN (${ALL.map(api.lit).join(', ')}) AND ts > now() - INTERVAL '10 seconds'`, (changes) => {
@@ -125,4 +129,28 @@ export async function mount(el, rest, params, { status }) {
     }, status));
   }
   return () => { subs.forEach((s) => s.close()); charts.forEach(([, c]) => c.destroy()); };
+}
+
+/** A live table of the host's processes at its latest sample, busiest first, like `top`. */
+function processTable(relation, hostName, box) {
+  const rows = new Map();
+  let sortKey = 'cpu_percent';
+  const render = () => {
+    const latest = Math.max(0, ...[...rows.values()].map((r) => new Date(r.ts).getTime()));
+    const now = [...rows.values()].filter((r) => new Date(r.ts).getTime() === latest)
+      .sort((a, b) => (b[sortKey] ?? 0) - (a[sortKey] ?? 0));
+    const th = (key, label) => h('th', { class: key === sortKey ? 'sorted' : '', onclick: key ? () => { sortKey = key; render(); } : undefined }, label);
+    box.replaceChildren(now.length ? h('table', { class: 'grid processes' },
+      h('thead', {}, h('tr', {}, th(null, 'pid'), th(null, 'name'), th('cpu_percent', 'CPU %'), th('mem_bytes', 'memory'), th(null, 'state'), th(null, 'command'))),
+      h('tbody', {}, now.map((p) => h('tr', { 'data-pid': p.pid }, h('td', { class: 'n' }, p.pid), h('td', {}, p.name), h('td', { class: 'n' }, num(p.cpu_percent)),
+        h('td', { class: 'n' }, bytes(p.mem_bytes)), h('td', {}, p.state), h('td', { class: 'cmd' }, p.cmd))))) : h('p', { class: 'muted' }, 'No process sample in the last 15 seconds.'));
+  };
+  return api.subscribe(`SELECT pid, name, cmd, cpu_percent, mem_bytes, state, ts FROM ${api.ident(relation)} WHERE host = ${api.lit(hostName)} AND ts > now() - INTERVAL '15 seconds'`, (changes, reset) => {
+    if (reset) rows.clear();
+    for (const { row, diff } of changes) {
+      const key = `${row.pid} ${row.ts}`;
+      if (diff > 0) rows.set(key, row); else rows.delete(key);
+    }
+    render();
+  });
 }

@@ -31,8 +31,10 @@ FROM ${api.ident(source)} WHERE ${where} GROUP BY host, ts`;
 }
 
 export async function mount(el, _rest, _params, { status }) {
-  const started = performance.now();
-  const stats = { hosts: 0, rows: 0, maxLagMs: 0, lagMs: 0, firstRenderMs: null };
+  // What the tests and the benchmark read: rows applied, the most a sample waited from its
+  // timestamp to being applied (maxLagMs) and painted (paintLagMs), draws and their time, and
+  // when the first cards were painted (ms since the page's navigation began).
+  const stats = { hosts: 0, rows: 0, maxLagMs: 0, paintLagMs: 0, draws: 0, drawMs: 0, firstRenderMs: null };
   window.tocsinConsole.stats = stats;
   const cat = await api.catalog();
   const sources = api.hostSources(cat);
@@ -121,6 +123,7 @@ export async function mount(el, _rest, _params, { status }) {
   function schedule() { if (!frame) frame = requestAnimationFrame(draw); }
   function draw() {
     frame = 0;
+    const began = performance.now();
     sort();
     const now = Date.now();
     for (const name of dirty) {
@@ -129,20 +132,21 @@ export async function mount(el, _rest, _params, { status }) {
       const lastPoint = c.points[c.points.length - 1] || {};
       for (const r of c.rows) {
         const s = series(c, r.m.key);
-        r.value.textContent = r.m.fmt(s.length ? s[s.length - 1] : null);
+        const v = s.length ? s[s.length - 1] : null;
+        r.value.textContent = v === null || v === undefined ? '–' : r.m.fmt(v);
         if (visible.has(name)) sparkline(r.canvas, s, r.m.max);
       }
       const n = firing.get(name) || 0;
       c.badge.hidden = n === 0;
       c.badge.textContent = `${n} firing`;
       c.node.classList.toggle('alerting', n > 0);
-      if (lastPoint.t) {
-        stats.lagMs = now - c.last;
-      }
+      if (lastPoint.t && stats.firstRenderMs !== null) stats.paintLagMs = Math.max(stats.paintLagMs, now - c.last);
     }
     dirty.clear();
     checkReach(now);
-    if (stats.firstRenderMs === null && hosts.size) stats.firstRenderMs = Math.round(performance.now() - started);
+    stats.draws += 1;
+    stats.drawMs += performance.now() - began;
+    if (stats.firstRenderMs === null && hosts.size) stats.firstRenderMs = Math.round(performance.now());
   }
 
   function checkReach(now) {

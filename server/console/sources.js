@@ -29,7 +29,12 @@ export async function mount(el) {
       rate(s.name) === null ? '…' : num(rate(s.name)), accepted.get(s.name) ?? 0, rejected.get(s.name) ?? 0,
       retained.get(s.name) ?? 0, bytes(retainedBytes.get(s.name)),
       s.history ? `${bytes(s.history.bytes)} in ${s.history.files} files, ${s.history.oldest || '–'} to ${s.history.newest || '–'}` : 'none']);
-    box.replaceChildren(table(['source', 'kind', 'rows/s', 'accepted', 'rejected', 'rows kept', 'memory', 'history'], rows));
+    const wal = (name) => Number(text.match(new RegExp(`^${name} ([0-9.eE+-]+)$`, 'm'))?.[1] ?? NaN);
+    const errors = cat.sources.filter((s) => s.ingest && s.ingest.last_errors.length);
+    box.replaceChildren(table(['source', 'kind', 'rows/s', 'accepted', 'rejected', 'rows kept', 'memory', 'history'], rows),
+      h('p', { class: 'muted', id: 'wal' }, `Write-ahead log: ${wal('tocsin_wal_segments')} segment(s), ${bytes(wal('tocsin_wal_bytes_total'))} written since start, ${wal('tocsin_wal_syncs_total')} syncs.`),
+      errors.length ? h('div', { id: 'rejections' }, h('h2', {}, 'Last rejected rows'),
+        table(['source', 'at', 'why'], errors.flatMap((s) => s.ingest.last_errors.slice().reverse().map((e) => [s.name, e.at, e.message])))) : null);
     before = { at: now, accepted };
     const polled = cat.sources.filter((s) => /FROM\s+SNMP(\s+WITH|\s*$)/i.test(s.sql) && cat.sources.some((c) => c.name === `${s.name}_status`));
     const parts = [];

@@ -1,7 +1,8 @@
-//! `tocsin agent`: collects this host's metrics and pushes them to a tocsin server over the
-//! WebSocket ingest endpoint as Arrow IPC frames, reconnecting with capped exponential backoff.
-//! Samples taken while disconnected are kept (up to a limit, oldest dropped with a warning) and
-//! sent after reconnecting.
+//! `tocsin agent`: collects this host's metrics and its busiest processes and pushes them to a
+//! tocsin server over the WebSocket ingest endpoint as Arrow IPC frames (metrics to the source,
+//! processes to `<source>_processes`, each over its own connection), reconnecting with capped
+//! exponential backoff. Samples taken while disconnected are kept (up to a limit, oldest dropped
+//! with a warning) and sent after reconnecting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::RecordBatch;
 use futures_util::{SinkExt, StreamExt};
-use tocsin_connectors::host::HostCollector;
+use tocsin_connectors::host::{HostCollector, PROCESSES_SUFFIX};
 use tocsin_connectors::push::write_arrow_stream;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,6 +23,8 @@ pub struct AgentConfig {
     pub server: String,
     pub source: String,
     pub interval: Duration,
+    /// Processes named besides the busiest (`None`: send no processes).
+    pub processes: Option<Vec<String>>,
     /// Bearer token (scope write) for a server with credentials.
     pub token: Option<String>,
     /// A CA certificate (PEM) to trust for `wss://`, instead of the public web roots.
@@ -44,11 +47,33 @@ fn ws_url(server: &str, source: &str) -> String {
     format!("{s}/v1/ingest/{source}")
 }
 
-/// Samples every `interval` into the backlog, whether or not the server is reachable.
+/// Batches waiting for one ingest endpoint, and a wake-up for its sender.
+#[derive(Clone, Default)]
+struct Queue {
+    batches: Arc<Mutex<VecDeque<RecordBatch>>>,
+    ready: Arc<Notify>,
+}
+
+impl Queue {
+    fn push(&self, batch: RecordBatch) {
+        {
+            let mut b = self.batches.lock().expect("backlog");
+            b.push_back(batch);
+            if b.len() > MAX_BACKLOG {
+                b.pop_front();
+                tracing::warn!("agent: {MAX_BACKLOG} samples waiting; dropped the oldest");
+            }
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// Samples every `interval` into the queues (processes only with `processes`), whether or not
+/// the server is reachable.
 fn start_sampler(
     interval: Duration,
-    backlog: Arc<Mutex<VecDeque<RecordBatch>>>,
-    ready: Arc<Notify>,
+    metrics: Queue,
+    processes: Option<(Vec<String>, Queue)>,
 ) -> String {
     let mut collector = HostCollector::new();
     let host = collector.host().to_string();
@@ -61,16 +86,10 @@ fn start_sampler(
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64);
-            let batch = collector.collect(now);
-            {
-                let mut b = backlog.lock().expect("backlog");
-                b.push_back(batch);
-                if b.len() > MAX_BACKLOG {
-                    b.pop_front();
-                    tracing::warn!("agent: {MAX_BACKLOG} samples waiting; dropped the oldest");
-                }
+            metrics.push(collector.collect(now));
+            if let Some((names, queue)) = &processes {
+                queue.push(collector.processes(names, now));
             }
-            ready.notify_one();
         }
     });
     host
@@ -81,13 +100,12 @@ async fn drain(
     ws: &mut tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
-    backlog: &Mutex<VecDeque<RecordBatch>>,
-    ready: &Notify,
+    queue: &Queue,
 ) -> String {
     loop {
-        let next = backlog.lock().expect("backlog").front().cloned();
+        let next = queue.batches.lock().expect("backlog").front().cloned();
         let Some(batch) = next else {
-            ready.notified().await;
+            queue.ready.notified().await;
             continue;
         };
         let frame = match ipc(&batch) {
@@ -113,7 +131,7 @@ async fn drain(
         if v["rejected"].as_u64().unwrap_or(0) > 0 {
             tracing::warn!("agent: rows rejected: {}", v["errors"]);
         }
-        backlog.lock().expect("backlog").pop_front();
+        queue.batches.lock().expect("backlog").pop_front();
     }
 }
 
@@ -135,17 +153,44 @@ fn request(
 
 pub async fn run(config: AgentConfig) -> Result<(), String> {
     let url = ws_url(&config.server, &config.source);
-    let backlog = Arc::new(Mutex::new(VecDeque::new()));
-    let ready = Arc::new(Notify::new());
-    let host = start_sampler(config.interval, backlog.clone(), ready.clone());
+    let metrics = Queue::default();
+    let processes = config
+        .processes
+        .clone()
+        .map(|names| (names, Queue::default()));
+    let host = start_sampler(config.interval, metrics.clone(), processes.clone());
     tracing::info!(
         "agent: pushing metrics of {host} to {url} every {:?}",
         config.interval
     );
     let tls = crate::client::tls_config(config.ca_cert.as_deref())?;
+    let token = config.token.as_deref();
+    match processes {
+        Some((_, queue)) => {
+            let url_p = ws_url(
+                &config.server,
+                &format!("{}{PROCESSES_SUFFIX}", config.source),
+            );
+            let (a, b) = tokio::join!(
+                send(&url, token, &tls, &metrics),
+                send(&url_p, token, &tls, &queue)
+            );
+            a.and(b)
+        }
+        None => send(&url, token, &tls, &metrics).await,
+    }
+}
+
+/// Sends a queue to `url` for as long as the agent runs, reconnecting with backoff.
+async fn send(
+    url: &str,
+    token: Option<&str>,
+    tls: &Arc<rustls::ClientConfig>,
+    queue: &Queue,
+) -> Result<(), String> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        let request = match request(&url, config.token.as_deref()) {
+        let request = match request(url, token) {
             Ok(r) => r,
             Err(e) => return Err(format!("agent: bad server address {url}: {e}")),
         };
@@ -156,8 +201,8 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
             Ok((mut ws, _)) => {
                 tracing::info!("agent: connected to {url}");
                 backoff = Duration::from_millis(500);
-                let why = drain(&mut ws, &backlog, &ready).await;
-                tracing::warn!("agent: {why}; reconnecting in {backoff:?}");
+                let why = drain(&mut ws, queue).await;
+                tracing::warn!("agent: {url}: {why}; reconnecting in {backoff:?}");
             }
             Err(e) => {
                 tracing::warn!("agent: cannot connect to {url}: {e}; retrying in {backoff:?}")

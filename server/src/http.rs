@@ -383,7 +383,10 @@ async fn push_payload(
     let decoded = tokio::task::spawn_blocking(move || decode(format, &payload, &schema, now))
         .await
         .map_err(|e| Refusal::Unavailable(e.to_string()))?
-        .map_err(|e| Refusal::BadPayload(e.0))?;
+        .map_err(|e| {
+            app.metrics.error(source, &e.0);
+            Refusal::BadPayload(e.0)
+        })?;
     let Decoded {
         batch,
         rows,
@@ -392,6 +395,9 @@ async fn push_payload(
     let mut errors: Vec<(usize, String)> = errors.into_iter().map(|e| (e.row, e.message)).collect();
     if !errors.is_empty() {
         app.metrics.rejected(source, errors.len());
+        for (row, why) in errors.iter().take(crate::metrics::LAST_ERRORS) {
+            app.metrics.error(source, &format!("row {row}: {why}"));
+        }
     }
     if batch.num_rows() == 0 {
         return Ok(ack(0, errors));
@@ -800,6 +806,14 @@ async fn catalog(State(app): State<AppRef>) -> Response {
             "system": e.system,
             "columns": e.schema.fields().iter().map(|f| json!({"name": f.name(), "type": sql_type_name(f.data_type())})).collect::<Vec<_>>(),
             "history": kept,
+            "ingest": (key == "sources").then(|| {
+                let (accepted, rejected, errors) = app.metrics.source_ingest(&e.name);
+                json!({
+                    "rows_accepted": accepted,
+                    "rows_rejected": rejected,
+                    "last_errors": errors.iter().map(|(at, m)| json!({"at": tocsin_engine::fmt_ms(*at), "message": m})).collect::<Vec<_>>(),
+                })
+            }),
         }));
     }
     let mut out = serde_json::Map::new();

@@ -407,6 +407,10 @@ impl Writer {
                 }
             }
         }
+        for (row, why) in outcome.rejected.iter().take(crate::metrics::LAST_ERRORS) {
+            self.metrics
+                .error(&job.source, &format!("row {row}: {why}"));
+        }
         self.metrics.ingested(
             &job.source,
             outcome.accepted,

@@ -178,6 +178,10 @@ enum Command {
         /// How often to sample (e.g. 5s).
         #[arg(long, default_value = "5s")]
         interval: String,
+        /// Processes to send to `<source>_processes` besides the 20 busiest by CPU and by
+        /// memory (`nginx,postgres`), or `none` to send none, as the source's `processes` option.
+        #[arg(long, default_value = "")]
+        processes: String,
         /// Bearer token (scope write) for a server with credentials.
         #[arg(long, env = "TOCSIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -338,6 +342,7 @@ fn main() {
                 server,
                 source,
                 interval,
+                processes,
                 token,
                 ca_cert,
             } => {
@@ -345,6 +350,7 @@ fn main() {
                     server,
                     source,
                     interval: duration(&interval)?,
+                    processes: tocsin_connectors::host::process_names(Some(&processes)),
                     token,
                     ca_cert,
                 })

@@ -13,6 +13,9 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// How many refusals of each source [`Metrics::source_ingest`] keeps.
+pub const LAST_ERRORS: usize = 5;
+
 #[derive(Default, Clone, Copy)]
 struct SourceCounts {
     accepted: u64,
@@ -94,6 +97,8 @@ impl Refusal {
 pub struct Metrics {
     refusals: [AtomicU64; Refusal::ALL.len()],
     sources: Mutex<BTreeMap<String, SourceCounts>>,
+    /// The last reasons rows of each source were refused: when (epoch ms) and why.
+    errors: Mutex<BTreeMap<String, std::collections::VecDeque<(i64, String)>>>,
     snmp: Mutex<BTreeMap<String, Arc<Counters>>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -193,6 +198,39 @@ impl Metrics {
     pub fn rejected(&self, source: &str, rows: usize) {
         let mut s = self.sources.lock().expect("metrics");
         s.entry(source.to_string()).or_default().rejected += rows as u64;
+    }
+
+    /// Keeps why rows of `source` were refused, among its last [`LAST_ERRORS`].
+    pub fn error(&self, source: &str, message: &str) {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut e = self.errors.lock().expect("metrics");
+        let list = e.entry(source.to_string()).or_default();
+        if list.len() == LAST_ERRORS {
+            list.pop_front();
+        }
+        list.push_back((at, message.to_string()));
+    }
+
+    /// A source's rows accepted and refused since the start, and its last refusals (oldest
+    /// first).
+    pub fn source_ingest(&self, source: &str) -> (u64, u64, Vec<(i64, String)>) {
+        let c = self
+            .sources
+            .lock()
+            .expect("metrics")
+            .get(source)
+            .copied()
+            .unwrap_or_default();
+        let errors = self
+            .errors
+            .lock()
+            .expect("metrics")
+            .get(source)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default();
+        (c.accepted, c.rejected, errors)
     }
 
     pub fn render(&self, g: &Gauges) -> String {

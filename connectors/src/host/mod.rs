@@ -11,15 +11,64 @@
 //! | `disk_total_bytes`, `disk_free_bytes`, `disk_used_percent` | mount point | per mounted file system |
 //! | `net_rx_bytes`, `net_tx_bytes`, `net_rx_errors`, `net_tx_errors` | interface | counters since boot |
 //! | `temperature_celsius` | sensor label | where the machine has sensors |
+//!
+//! With processes (the default), each sample also gives rows of `<source>_processes`
+//! ([`processes_schema`]): the 20 processes using the most CPU, the 20 using the most memory, and
+//! every process whose name the `processes` option lists.
 
 pub mod connector;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use sysinfo::{Components, Disks, Networks, System};
+use sysinfo::{
+    Components, Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind,
+};
+
+/// The suffix of a host source's process relation: `host` comes with `host_processes`.
+pub const PROCESSES_SUFFIX: &str = "_processes";
+
+/// How many of the busiest processes, by CPU and by memory, each sample keeps.
+pub const TOP_PROCESSES: usize = 20;
+
+/// A process's command line is cut to this many bytes.
+const MAX_CMD: usize = 512;
+
+/// The schema of `<source>_processes`.
+pub fn processes_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("host", DataType::Utf8, true),
+        Field::new("pid", DataType::Int64, true),
+        Field::new("name", DataType::Utf8, true),
+        Field::new("cmd", DataType::Utf8, true),
+        Field::new("cpu_percent", DataType::Float64, true),
+        Field::new("mem_bytes", DataType::Int64, true),
+        Field::new("state", DataType::Utf8, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+    ]))
+}
+
+/// Which processes a sample keeps: the `processes` option. `None` for `processes = 'none'`
+/// (no process rows, no `_processes` relation); otherwise the names always kept besides the
+/// busiest ([`TOP_PROCESSES`] by CPU and by memory).
+pub fn process_names(option: Option<&str>) -> Option<Vec<String>> {
+    match option.map(str::trim) {
+        Some(o) if o.eq_ignore_ascii_case("none") => None,
+        Some(o) => Some(
+            o.split(',')
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        ),
+        None => Some(Vec::new()),
+    }
+}
 
 /// The schema of a `FROM HOST` source.
 pub fn host_schema() -> SchemaRef {
@@ -56,6 +105,7 @@ impl HostCollector {
     pub fn new() -> Self {
         let mut system = System::new();
         system.refresh_cpu_usage();
+        system.refresh_processes_specifics(ProcessesToUpdate::All, true, process_kind());
         HostCollector {
             host: System::host_name().unwrap_or_else(|| "localhost".into()),
             system,
@@ -162,6 +212,82 @@ impl HostCollector {
         )
         .expect("host rows match the host schema")
     }
+
+    /// One sample of the processes: the busiest [`TOP_PROCESSES`] by CPU and by memory, and those
+    /// named in `names`, stamped `now_ms`. CPU is a percentage of one CPU, as `top` shows it,
+    /// measured since the previous sample. Threads are not listed apart from their process.
+    pub fn processes(&mut self, names: &[String], now_ms: i64) -> RecordBatch {
+        self.system
+            .refresh_processes_specifics(ProcessesToUpdate::All, true, process_kind());
+        let all: Vec<&sysinfo::Process> = self
+            .system
+            .processes()
+            .values()
+            .filter(|p| p.thread_kind().is_none())
+            .collect();
+        let mut keep: BTreeSet<usize> = BTreeSet::new();
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by(|a, b| all[*b].cpu_usage().total_cmp(&all[*a].cpu_usage()));
+        keep.extend(order.iter().take(TOP_PROCESSES));
+        order.sort_by_key(|i| std::cmp::Reverse(all[*i].memory()));
+        keep.extend(order.iter().take(TOP_PROCESSES));
+        keep.extend((0..all.len()).filter(|i| {
+            let name = all[*i].name().to_string_lossy();
+            names.iter().any(|n| *n == name)
+        }));
+        let rows: Vec<&sysinfo::Process> = keep.into_iter().map(|i| all[i]).collect();
+        let n = rows.len();
+        let cmd = |p: &sysinfo::Process| {
+            let mut c = p
+                .cmd()
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ");
+            if c.len() > MAX_CMD {
+                let mut end = MAX_CMD;
+                while !c.is_char_boundary(end) {
+                    end -= 1;
+                }
+                c.truncate(end);
+            }
+            c
+        };
+        RecordBatch::try_new(
+            processes_schema(),
+            vec![
+                Arc::new(StringArray::from(vec![self.host.as_str(); n])),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|p| i64::from(p.pid().as_u32())),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|p| p.name().to_string_lossy()),
+                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|p| cmd(p)))),
+                Arc::new(Float64Array::from_iter_values(
+                    rows.iter().map(|p| f64::from(p.cpu_usage())),
+                )),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter()
+                        .map(|p| i64::try_from(p.memory()).unwrap_or(i64::MAX)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter()
+                        .map(|p| p.status().to_string().to_ascii_lowercase()),
+                )),
+                Arc::new(TimestampMillisecondArray::from(vec![now_ms; n]).with_timezone("UTC")),
+            ],
+        )
+        .expect("process rows match the processes schema")
+    }
+}
+
+/// What a process sample reads of each process.
+fn process_kind() -> ProcessRefreshKind {
+    ProcessRefreshKind::nothing()
+        .with_cpu()
+        .with_memory()
+        .with_cmd(UpdateKind::OnlyIfNotSet)
 }
 
 fn percent(part: u64, total: u64) -> f64 {
@@ -205,5 +331,40 @@ mod tests {
             .as_string::<i32>()
             .iter()
             .all(|h| h == Some(c.host())));
+    }
+
+    /// The process sample keeps the busiest processes and the named ones, this test's own
+    /// process among them, with its pid, name, memory and a state.
+    #[test]
+    fn processes_keep_the_busiest_and_the_named() {
+        let mut c = HostCollector::new();
+        std::thread::sleep(sysinfo::MINIMUM_CPU_UPDATE_INTERVAL);
+        let me = std::process::id() as i64;
+        let my_name = sysinfo::System::new_all()
+            .process(sysinfo::Pid::from_u32(me as u32))
+            .map(|p| p.name().to_string_lossy().into_owned())
+            .unwrap();
+        let b = c.processes(std::slice::from_ref(&my_name), 7);
+        assert_eq!(b.schema(), processes_schema());
+        assert!(b.num_rows() >= 1 && b.num_rows() <= 2 * TOP_PROCESSES + 50);
+        let pids = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        let i = (0..b.num_rows())
+            .find(|i| pids.value(*i) == me)
+            .expect("this process is listed");
+        assert_eq!(b.column(2).as_string::<i32>().value(i), my_name);
+        assert!(
+            b.column(5)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(i)
+                > 0
+        );
+        assert!(!b.column(6).as_string::<i32>().value(i).is_empty());
+        assert!(b.column(4).as_primitive::<Float64Type>().value(i) >= 0.0);
+        assert_eq!(process_names(Some("none")), None);
+        assert_eq!(
+            process_names(Some(" nginx, postgres ,")),
+            Some(vec!["nginx".to_string(), "postgres".to_string()])
+        );
+        assert_eq!(process_names(None), Some(Vec::new()));
     }
 }

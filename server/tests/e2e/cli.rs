@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::common::{free_port, run_piped, Server};
+use crate::common::{eventually, free_port, run_piped, Server};
 
 fn tocsin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tocsin"));
@@ -45,7 +45,8 @@ async fn tocsin_sql_prints_tables_and_errors_with_position() {
 }
 
 /// The agent samples while the server is down, connects when it comes up, and delivers what it
-/// collected meanwhile.
+/// collected meanwhile: metrics, and processes into `<source>_processes` (itself among them, as
+/// it names itself in `--processes`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_reconnects_and_delivers_its_backlog() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,6 +60,8 @@ async fn agent_reconnects_and_delivers_its_backlog() {
             "remote",
             "--interval",
             "300ms",
+            "--processes",
+            "tocsin",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -83,6 +86,17 @@ async fn agent_reconnects_and_delivers_its_backlog() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    let pid = agent.id();
+    let procs = eventually(30, "the agent's processes", || async {
+        let rows = s
+            .rows(&format!(
+                "SELECT name, mem_bytes > 0 FROM remote_processes WHERE pid = {pid} LIMIT 1"
+            ))
+            .await;
+        rows.first().cloned()
+    })
+    .await;
+    assert_eq!(procs, json!(["tocsin", true]));
     agent.kill().unwrap();
     agent.wait().unwrap();
     // Samples from before the server was up arrived (stamped when they were taken).

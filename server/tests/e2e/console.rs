@@ -323,3 +323,124 @@ async fn console_files_are_public_and_the_api_is_not() {
         }
     }
 }
+
+/// The SQL editor shows a result as a table and, with a timestamp and numbers, as a chart; its
+/// live mode follows new rows; its history survives a reload. The sources page shows a source's
+/// rows and why its last rows were rejected. Host detail lists the host's processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_editor_sources_and_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]).await;
+    // Processes named in `processes` are listed whether or not they are among the busiest.
+    s.rows(
+        "CREATE SOURCE host FROM HOST WITH (interval = '1s', processes = 'tocsin');
+         CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP",
+    )
+    .await;
+    let (st, _) = s
+        .ingest(
+            "cpu",
+            "application/x-ndjson",
+            b"{\"host\":\"a\",\"cpu\":12.5}\n{\"host\":\"b\",\"cpu\":20}\n".to_vec(),
+        )
+        .await;
+    assert_eq!(st, 200);
+    let mut b = Browser::start(1400, 1000).await;
+    b.goto(&format!("http://{}/#/sql", s.addr)).await;
+    b.type_into("#sql", "SELECT ts, host, cpu FROM cpu ORDER BY host")
+        .await;
+    b.click("#run").await;
+    b.wait(
+        "the result table",
+        "document.querySelectorAll('#result table.grid tbody tr').length === 2",
+    )
+    .await;
+    b.wait(
+        "the chart",
+        "document.querySelector('#result .chart .uplot')",
+    )
+    .await;
+    let series = b
+        .eval("[...document.querySelectorAll('#result .u-legend .u-series th')].map(t => t.textContent.trim()).filter(t => t)")
+        .await;
+    assert!(
+        series.to_string().contains("a cpu") && series.to_string().contains("b cpu"),
+        "{series}"
+    );
+    b.screenshot("sql").await;
+    // Live: a row pushed now shows up without running the query again.
+    b.click("#live").await;
+    b.click("#run").await;
+    b.wait(
+        "the live result",
+        "document.querySelector('#result p')?.textContent.startsWith('live')",
+    )
+    .await;
+    let (st, _) = s
+        .ingest(
+            "cpu",
+            "application/x-ndjson",
+            b"{\"host\":\"c\",\"cpu\":99}\n".to_vec(),
+        )
+        .await;
+    assert_eq!(st, 200);
+    b.wait(
+        "the pushed row",
+        "document.querySelectorAll('#result table.grid tbody tr').length === 3",
+    )
+    .await;
+    // The history is kept across a reload.
+    b.goto(&format!("http://{}/#/sql", s.addr)).await;
+    let history = b
+        .eval("document.querySelector('ul.history li')?.textContent")
+        .await;
+    assert_eq!(
+        history,
+        json!("SELECT ts, host, cpu FROM cpu ORDER BY host")
+    );
+
+    // A row the source refuses, and why, on the sources page.
+    let (st, ack) = s
+        .ingest(
+            "cpu",
+            "application/x-ndjson",
+            b"{\"host\":\"d\",\"cpu\":1,\"ts\":\"2020-01-01T00:00:00Z\"}\n".to_vec(),
+        )
+        .await;
+    assert_eq!(st, 200, "{ack}");
+    assert_eq!(ack["rejected"], json!(1));
+    b.goto(&format!("http://{}/#/sources", s.addr)).await;
+    let why = b
+        .wait(
+            "the rejection",
+            "document.querySelector('#rejections')?.textContent",
+        )
+        .await;
+    assert!(why.as_str().unwrap().contains("late"), "{why}");
+    assert!(b
+        .eval("document.querySelector('#wal').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .contains("segment"),);
+    b.screenshot("sources").await;
+
+    // This machine's processes, this server among them (listed by name).
+    let host = this_host(&s).await;
+    b.goto(&format!("http://{}/#/host/{}", s.addr, host)).await;
+    b.wait_for(
+        40,
+        "the process table",
+        "document.querySelectorAll('#processes tbody tr').length > 0",
+    )
+    .await;
+    let pid = s.pid();
+    let names = b
+        .eval("[...document.querySelectorAll('#processes tbody tr')].map(r => r.dataset.pid)")
+        .await;
+    assert!(
+        names.as_array().unwrap().contains(&json!(pid.to_string())),
+        "tocsin (pid {pid}) is not among {names}"
+    );
+    b.screenshot("host-processes").await;
+}

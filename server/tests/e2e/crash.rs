@@ -6,9 +6,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::common::{cpu_batch, ipc, Server};
 
+/// The catalog (without each source's ingest counters, which count since the process started),
+/// a view's contents and row counts.
 async fn state(s: &Server) -> (Value, Vec<Value>, Vec<Value>) {
     let (_, catalog) = s.get("/v1/catalog").await.unwrap();
-    let catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    let mut catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    for source in catalog["sources"].as_array_mut().unwrap() {
+        source.as_object_mut().unwrap().remove("ingest");
+    }
     let view = s.rows("SELECT * FROM per_host ORDER BY host").await;
     let counts = s
         .rows("SELECT (SELECT count(*) FROM cpu) AS cpu, (SELECT count(*) FROM mem) AS mem, (SELECT count(*) FROM hot) AS hot")

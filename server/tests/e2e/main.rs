@@ -6,6 +6,9 @@ mod agents;
 mod alerts;
 mod amapi;
 mod backpressure;
+// Shared with the console benchmark, which uses parts the tests do not.
+#[allow(dead_code)]
+#[path = "../../../benches/src/browser.rs"]
 mod browser;
 mod cli;
 mod connectors;

@@ -1,6 +1,7 @@
-//! Headless Chromium driven over the DevTools protocol, for the console's tests: it loads pages,
-//! evaluates JavaScript in them, waits for what a person would see and writes screenshots under
-//! `target/console-screenshots/`.
+//! Headless Chromium driven over the DevTools protocol, for the console's tests and its
+//! benchmark: it loads pages, evaluates JavaScript in them, waits for what a person would see and
+//! writes screenshots under `target/console-screenshots/`. The end-to-end tests include this file
+//! as their `browser` module.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -25,7 +26,8 @@ pub struct Browser {
     pub log: Vec<String>,
 }
 
-/// Where screenshots go: `target/console-screenshots/` of the workspace.
+/// Where screenshots go: `target/console-screenshots/` of the workspace (both crates that use
+/// this file sit one level below it).
 pub fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots")
 }
@@ -209,6 +211,28 @@ impl Browser {
             sel = json!(selector)
         );
         self.eval(&expr).await;
+    }
+
+    /// The page's performance metrics (`JSHeapUsedSize`, `Nodes`, `TaskDuration`, ...).
+    pub async fn metrics(&mut self) -> std::collections::HashMap<String, f64> {
+        self.call("Performance.enable", json!({})).await;
+        let m = self.call("Performance.getMetrics", json!({})).await;
+        m["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// The process id of the browser.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Writes a PNG of the whole page to `target/console-screenshots/<name>.png`.
