@@ -48,7 +48,8 @@ export async function mount(el, _rest, _params, { status }) {
   const dirty = new Set();
   const visible = new Set();
   const firing = new Map();
-  let order = '';
+  // Set when a host appears or a host's firing count changes: only then are the cards sorted.
+  let reorder = true;
   const seen = new IntersectionObserver((entries) => {
     for (const e of entries) {
       const name = e.target.dataset.host;
@@ -71,6 +72,7 @@ export async function mount(el, _rest, _params, { status }) {
       h('div', { class: 'head' }, dot, h('b', {}, name), badge), rows.map((r) => r.row));
     c = { name, points: [], node, rows, dot, badge, last: 0, up: null };
     hosts.set(name, c);
+    reorder = true;
     seen.observe(node);
     stats.hosts = hosts.size;
     return c;
@@ -80,11 +82,12 @@ export async function mount(el, _rest, _params, { status }) {
   function put(row) {
     const c = card(row.host);
     const t = new Date(row.ts).getTime();
+    const point = { t, cpu: row.cpu, mem: row.mem, disk: row.disk, net: row.net, temp: row.temp };
     const p = c.points;
     let i = p.length;
     while (i > 0 && p[i - 1].t > t) i -= 1;
-    if (i > 0 && p[i - 1].t === t) p[i - 1] = { t, ...row };
-    else p.splice(i, 0, { t, ...row });
+    if (i > 0 && p[i - 1].t === t) p[i - 1] = point;
+    else p.splice(i, 0, point);
     while (p.length && p[0].t < t - SPAN) p.shift();
     c.last = Math.max(c.last, t);
     dirty.add(row.host);
@@ -101,6 +104,17 @@ export async function mount(el, _rest, _params, { status }) {
     });
   }
 
+  /** The newest figure only, as a one-element series. */
+  function latest(c, key) {
+    const n = c.points.length;
+    if (!n) return [];
+    if (key !== 'netRate') return [c.points[n - 1][key]];
+    if (n < 2) return [null];
+    const [q, p] = [c.points[n - 2], c.points[n - 1]];
+    const dt = (p.t - q.t) / 1000;
+    return [dt > 0 && p.net >= q.net ? (p.net - q.net) / dt : null];
+  }
+
   /** Down when no sample came within 3 of the host's intervals (their median, 5 s until known). */
   function reachable(c, now) {
     const gaps = [];
@@ -111,10 +125,9 @@ export async function mount(el, _rest, _params, { status }) {
   }
 
   function sort() {
-    const names = [...hosts.keys()].sort((a, b) => (firing.get(b) || 0) - (firing.get(a) || 0) || a.localeCompare(b));
-    const key = names.join('\n');
-    if (key === order) return;
-    order = key;
+    if (!reorder) return;
+    reorder = false;
+    const names = [...hosts.keys()].sort((a, b) => (firing.get(b) || 0) - (firing.get(a) || 0) || (a < b ? -1 : a > b ? 1 : 0));
     grid.replaceChildren(...names.map((n) => hosts.get(n).node));
     el.querySelector('#host-count').textContent = `(${names.length})`;
   }
@@ -130,11 +143,14 @@ export async function mount(el, _rest, _params, { status }) {
       const c = hosts.get(name);
       if (!c) continue;
       const lastPoint = c.points[c.points.length - 1] || {};
+      const shown = visible.has(name);
       for (const r of c.rows) {
-        const s = series(c, r.m.key);
+        // A card out of view updates its figures only; its sparklines when it comes into view.
+        const s = shown ? series(c, r.m.key) : latest(c, r.m.key);
         const v = s.length ? s[s.length - 1] : null;
-        r.value.textContent = v === null || v === undefined ? '–' : r.m.fmt(v);
-        if (visible.has(name)) sparkline(r.canvas, s, r.m.max);
+        const text = v === null || v === undefined ? '–' : r.m.fmt(v);
+        if (r.value.textContent !== text) r.value.textContent = text;
+        if (shown) sparkline(r.canvas, s, r.m.max);
       }
       const n = firing.get(name) || 0;
       c.badge.hidden = n === 0;
@@ -183,7 +199,7 @@ FROM (${pivot(source, "ts > now() - INTERVAL '5 minutes'")}) AS p GROUP BY host,
       .catch(() => {});
   }
   subs.push(api.subscribe('SELECT rule, labels, state FROM tocsin_alerts', (changes, reset) => {
-    if (reset) firing.clear();
+    if (reset) { firing.clear(); reorder = true; }
     for (const { row, diff } of changes) {
       if (row.state !== 'firing') continue;
       let labels = {};
@@ -191,6 +207,7 @@ FROM (${pivot(source, "ts > now() - INTERVAL '5 minutes'")}) AS p GROUP BY host,
       if (!labels.host) continue;
       firing.set(labels.host, (firing.get(labels.host) || 0) + diff);
       dirty.add(labels.host);
+      reorder = true;
     }
     schedule();
   }));

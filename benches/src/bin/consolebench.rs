@@ -105,14 +105,14 @@ async fn main() {
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
     let server_pid: u32 = {
         let out = std::process::Command::new("pgrep")
-            .args(["-f", &format!("tocsin serve.*{addr}")])
+            .args(["-f", &format!("tocsin[^ ]* serve .*{addr}")])
             .output()
             .expect("pgrep");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()
             .and_then(|l| l.trim().parse().ok())
-            .unwrap_or(0)
+            .expect("the tocsin serve process listening on --server, on this machine")
     };
 
     // Samples of every host once a second, from now to the end.
@@ -201,6 +201,37 @@ async fn main() {
         heap0 / 1e6,
         heap1 / 1e6
     );
+    // Where the page's time goes: 10 s of the V8 sampling profiler, self time per function.
+    b.call("Profiler.enable", serde_json::json!({})).await;
+    b.call("Profiler.start", serde_json::json!({})).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let profile = b.call("Profiler.stop", serde_json::json!({})).await;
+    let nodes = profile["profile"]["nodes"].as_array().unwrap();
+    let total: f64 = nodes
+        .iter()
+        .map(|n| n["hitCount"].as_f64().unwrap_or(0.0))
+        .sum();
+    let mut by_fn: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    for n in nodes {
+        let f = &n["callFrame"];
+        let url = f["url"].as_str().unwrap_or("");
+        let name = format!(
+            "{} {}:{}",
+            f["functionName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("(anonymous)"),
+            url.rsplit('/').next().unwrap_or(""),
+            f["lineNumber"].as_i64().unwrap_or(0) + 1
+        );
+        *by_fn.entry(name).or_default() += n["hitCount"].as_f64().unwrap_or(0.0);
+    }
+    let mut top: Vec<_> = by_fn.into_iter().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    println!("page time by function (self, 10 s sampled):");
+    for (name, hits) in top.iter().take(12) {
+        println!("  {:>5.1}%  {name}", hits * 100.0 / total);
+    }
     b.screenshot(&format!("overview-{hosts}")).await;
     pusher.abort();
 }
