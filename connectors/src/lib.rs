@@ -3,6 +3,10 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`compression`] | request bodies in gzip, deflate, zstd and snappy, decompressed up to a limit |
+//! | [`metrics`] | the metrics shape of Prometheus and OpenTelemetry sources: `(metric, labels, value, ts)` |
+//! | [`otlp`] | OTLP/HTTP metrics (`FROM OTLP`) |
+//! | [`prometheus`] | Prometheus remote write (`FROM PROMETHEUS`) |
 //! | [`error`] | the crate's error: options, payloads, deliveries |
 //! | [`duration`] | the one duration parser of options and flags |
 //! | [`push`] | decoding pushed payloads (JSON, NDJSON, Influx line protocol, Arrow IPC) into batches |
@@ -13,9 +17,13 @@
 //! | [`snmp`] | SNMP polling (`FROM SNMP`) and trap reception (`FROM SNMP TRAP`), the built-in MIB names |
 //! | [`source`] | the [`source::SourceConnector`] trait and the registry of every source kind |
 
+pub mod compression;
 pub mod duration;
 pub mod error;
 pub mod host;
+pub mod metrics;
+pub mod otlp;
+pub mod prometheus;
 pub mod push;
 pub mod registry;
 pub mod secrets;

@@ -18,6 +18,9 @@ pub fn sources() -> &'static [Arc<dyn SourceConnector>] {
             Arc::new(crate::host::connector::Host),
             Arc::new(crate::snmp::connector::Snmp),
             Arc::new(crate::snmp::connector::SnmpTrap),
+            Arc::new(crate::prometheus::Prometheus),
+            Arc::new(crate::prometheus::PrometheusScrape),
+            Arc::new(crate::otlp::Otlp),
         ]
     })
 }
@@ -86,12 +89,15 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), n, "a kind is registered twice");
         assert!(source("snmp trap").is_some());
-        assert_eq!(source_names(), "WEBSOCKET, HTTP, HOST, SNMP or SNMP TRAP");
+        assert_eq!(
+            source_names(),
+            "WEBSOCKET, HTTP, HOST, SNMP, SNMP TRAP, PROMETHEUS, PROMETHEUS SCRAPE or OTLP"
+        );
         assert_eq!(sink_names(), "EMAIL, WEBHOOK or LOG");
         for c in sources() {
             // A connector that derives its schema needs options that at least parse; one that
             // declares columns ignores them.
-            if c.declared() {
+            if c.columns() == crate::source::Columns::Declared {
                 assert!(c.derive(&[]).is_ok(), "{}", c.name());
             }
         }

@@ -5,6 +5,7 @@
 /// Options whose whole value is a secret.
 const SECRET: &[&str] = &[
     "password",
+    "bearer_token",
     "headers",
     "community",
     "auth_password",

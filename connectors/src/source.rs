@@ -10,6 +10,9 @@
 //! | `HOST` | this machine, sampled every `interval` ([`crate::host`]) | fixed |
 //! | `SNMP` | devices polled every `interval` ([`crate::snmp`]) | from the polled objects; companion `<name>_status` |
 //! | `SNMP TRAP` | traps and informs received on a UDP port ([`crate::snmp::trap`]) | fixed |
+//! | `PROMETHEUS` | remote write, pushed ([`crate::prometheus`]) | metrics shape, declared label columns first |
+//! | `PROMETHEUS SCRAPE` | exporters scraped every `interval` ([`crate::prometheus::scrape`]) | metrics shape; companion `<name>_status` |
+//! | `OTLP` | OTLP/HTTP metrics, pushed ([`crate::otlp`]) | metrics shape, declared label columns first |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,16 +47,16 @@ pub trait SourceConnector: Send + Sync {
     fn options(&self) -> &'static [&'static str] {
         &[]
     }
-    /// Whether its sources declare their columns (`CREATE SOURCE s (host TEXT, ...) FROM HTTP`);
-    /// otherwise the connector derives them and a column list is refused.
-    fn declared(&self) -> bool {
-        false
+    /// Where its sources' columns come from.
+    fn columns(&self) -> Columns {
+        Columns::Derived
     }
     /// Whether it samples every `interval` (default 10s).
     fn collecting(&self) -> bool {
         false
     }
-    /// Checks the connector's own options; answers the schema (ignored for declared columns)
+    /// Checks the connector's own options; answers the schema (ignored for
+    /// [`Columns::Declared`], appended to the declared label columns for [`Columns::Labels`])
     /// and companion relations, or an error shown to the user as it is.
     fn derive(&self, options: &Options) -> crate::Result<Derived>;
     /// A `CREATE SOURCE example ...` statement of this kind, run by the registry test and shown
@@ -64,6 +67,46 @@ pub trait SourceConnector: Send + Sync {
     fn run(&self, _source: Running) -> Option<Task> {
         None
     }
+    /// The protocol its pushed payloads are in, for kinds that speak one (remote write, OTLP);
+    /// `None` for those that take the generic formats (JSON, NDJSON, line protocol, Arrow).
+    fn protocol(&self) -> Option<&'static dyn Protocol> {
+        None
+    }
+}
+
+/// Where a source's columns come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    /// The statement declares them (`CREATE SOURCE s (host TEXT, ...) FROM HTTP`).
+    Declared,
+    /// The connector derives them from its options; a column list is refused.
+    Derived,
+    /// The metrics shape ([`crate::metrics`]): declared TEXT columns, each filled from the label
+    /// of its name, then the derived columns.
+    Labels,
+}
+
+/// A payload pushed to a protocol source, decompressed.
+pub struct Payload<'a> {
+    /// The request's `Content-Type`, lower case, parameters included.
+    pub content_type: &'a str,
+    pub body: bytes::Bytes,
+    pub limits: crate::metrics::Limits,
+    /// The time rows without one get, epoch milliseconds.
+    pub now_ms: i64,
+}
+
+/// A wire protocol a source kind takes at `POST /v1/ingest/<source>`.
+pub trait Protocol: Send + Sync {
+    /// Decodes a payload into the source's schema. A payload that is wrong as a whole (not the
+    /// protocol, not UTF-8, a series over the limits) is an error and nothing of it is stored;
+    /// [`Decoded::errors`](crate::push::Decoded) lists parts that were left out while the rest
+    /// is stored.
+    fn decode(
+        &self,
+        payload: &Payload<'_>,
+        schema: &SchemaRef,
+    ) -> Result<crate::push::Decoded, crate::push::PayloadError>;
 }
 
 /// Why rows were not stored.
@@ -110,12 +153,16 @@ pub struct Counters {
 /// A source to run: its name, options, where its rows go and what it counts.
 pub struct Running {
     pub name: String,
+    /// The source's schema, as its statement made it (declared columns included).
+    pub schema: SchemaRef,
     /// How often to sample, for collecting connectors.
     pub interval: Duration,
     /// The connector's own options (see [`SourceConnector::options`]).
     pub options: Vec<(String, String)>,
     pub output: Arc<dyn Output>,
     pub counters: Arc<Counters>,
+    /// The label limits of metrics sources (`--max-labels`, `--max-label-length`).
+    pub limits: crate::metrics::Limits,
 }
 
 impl Running {
@@ -132,6 +179,23 @@ impl Running {
         }
         r
     }
+}
+
+/// Runs `run(target, offset)` for every target, each on its own task, their offsets spread over
+/// `interval` (so a slow or dead target delays only itself, and the targets' work does not all
+/// fall on one instant); returns when every task has, and stops them all when dropped (when the
+/// source is dropped).
+pub async fn each_target<T, F, Fut>(interval: Duration, targets: Vec<T>, run: F)
+where
+    F: Fn(T, Duration) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let n = targets.len().max(1) as u32;
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, target) in targets.into_iter().enumerate() {
+        tasks.spawn(run(target, interval * i as u32 / n));
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Marks a source as listening ([`Counters::listening`]) for as long as it lives.

@@ -159,7 +159,7 @@ fn endpoint_scope(method: &Method, path: &str) -> Option<Access> {
         // Each statement's scope is checked by the handler.
         return None;
     }
-    if path.starts_with("/v1/ingest/") {
+    if path.starts_with("/v1/ingest/") || crate::writes::PATHS.contains(&path) {
         return Some(Access::Write);
     }
     if matches!(*method, Method::GET | Method::HEAD) {
@@ -271,7 +271,8 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     };
     let value = value.to_str().ok()?.trim();
     let (kind, rest) = value.split_once(' ')?;
-    if kind.eq_ignore_ascii_case("bearer") {
+    // `Token` is how InfluxDB clients and Telegraf send theirs.
+    if kind.eq_ignore_ascii_case("bearer") || kind.eq_ignore_ascii_case("token") {
         return Some(rest.trim().to_string());
     }
     if kind.eq_ignore_ascii_case("basic") {
@@ -381,8 +382,11 @@ pub async fn guard(State(app): State<AppRef>, mut req: Request, next: Next) -> R
             return r;
         }
     }
+    // With no credential configured everyone is admin, and a token is not checked: InfluxDB
+    // and OpenTelemetry clients send one they were configured with whatever the server.
+    let presented = presented_token(headers).filter(|_| app.credentials.any());
     let caller =
-        match presented_token(headers) {
+        match presented {
             Some(t) => match app.credentials.token(&t) {
                 Some(scope) => Some(Caller {
                     scope,

@@ -53,3 +53,9 @@ CREATE RULE memory_pressure AS
   WHERE metric = 'mem_used_percent' AND ts > now() - INTERVAL '1 minute'
   GROUP BY host HAVING avg(value) > 90
   WITH (for = '2m', severity = 'critical', summary = 'memory {{mem_used_percent}}% used on {{host}}', sink = 'log');
+
+-- Metrics from the tools operators already run (docs/ingest.md): Prometheus and Grafana Alloy
+-- remote write to POST /api/v1/write, OpenTelemetry SDKs and the Collector export to
+-- POST /v1/metrics. Kept in memory 15 minutes and on disk 24 hours.
+CREATE SOURCE prometheus FROM PROMETHEUS WITH (retain = '15 minutes', history = '24 hours');
+CREATE SOURCE otlp FROM OTLP WITH (retain = '15 minutes', history = '24 hours');

@@ -6,22 +6,19 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Extension;
 use axum::{Json, Router};
-use datafusion::arrow::datatypes::SchemaRef;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tocsin_connectors::push::{decode, Decoded, Format, Precision};
 use tocsin_engine::SubscribeEvent;
-use tocsin_sql::{sql_type_name, ErrorKind, ObjectDef, ObjectKind, SqlError, StatementResult};
+use tocsin_sql::{sql_type_name, ErrorKind, ObjectKind, SqlError, StatementResult};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 use crate::auth::Caller;
-use crate::ingest::IngestError;
 use crate::limits::Conn;
 use crate::metrics::Refusal as Refused;
 use crate::state::AppRef;
@@ -30,7 +27,11 @@ pub fn router(app: AppRef) -> Router {
     let max_body = app.limits.max_body;
     Router::new()
         .route("/v1/sql", post(sql))
-        .route("/v1/ingest/{source}", post(ingest_http).get(ingest_ws))
+        .route(
+            "/v1/ingest/{source}",
+            post(crate::push::ingest_http).get(crate::push::ingest_ws),
+        )
+        .merge(crate::writes::routes())
         .route("/v1/subscribe", get(subscribe))
         .route("/v1/catalog", get(catalog))
         .route("/v1/alerts", get(alerts))
@@ -82,7 +83,10 @@ async fn count_requests(
 
 /// Whether a request is an agent's: ingest, or a WebSocket (held open for as long as it lives).
 fn is_agent(req: &axum::extract::Request) -> bool {
-    req.uri().path().starts_with("/v1/ingest/") || req.headers().contains_key(header::UPGRADE)
+    let path = req.uri().path();
+    path.starts_with("/v1/ingest/")
+        || crate::writes::PATHS.contains(&path)
+        || req.headers().contains_key(header::UPGRADE)
 }
 
 /// Bodies over `--max-body` are answered 413 with the limit, whether their `Content-Length`
@@ -282,294 +286,6 @@ async fn sql(
         body,
     )
         .into_response()
-}
-
-/// The ack of one pushed payload.
-fn ack(accepted: usize, mut errors: Vec<(usize, String)>) -> Value {
-    errors.sort_by_key(|(r, _)| *r);
-    json!({
-        "accepted": accepted,
-        "rejected": errors.len(),
-        "errors": errors.into_iter().map(|(row, message)| json!({"row": row, "message": message})).collect::<Vec<_>>(),
-    })
-}
-
-/// Why a payload got no ack.
-enum Refusal {
-    NotFound(String),
-    BadPayload(String),
-    Full,
-    Memory(String),
-    Unavailable(String),
-    Failed(String),
-}
-
-impl Refusal {
-    fn response(self) -> Response {
-        match self {
-            Refusal::NotFound(m) => error(StatusCode::NOT_FOUND, m),
-            Refusal::BadPayload(m) => error(StatusCode::BAD_REQUEST, m),
-            Refusal::Full => {
-                let mut r = error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    IngestError::Full.to_string(),
-                );
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                r
-            }
-            Refusal::Memory(m) => error(StatusCode::INSUFFICIENT_STORAGE, m),
-            Refusal::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, m),
-            Refusal::Failed(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
-        }
-    }
-    fn message(&self) -> String {
-        match self {
-            Refusal::NotFound(m)
-            | Refusal::BadPayload(m)
-            | Refusal::Memory(m)
-            | Refusal::Unavailable(m)
-            | Refusal::Failed(m) => m.clone(),
-            Refusal::Full => IngestError::Full.to_string(),
-        }
-    }
-}
-
-/// The source's schema and default format, or 404.
-async fn source_of(app: &AppRef, source: &str) -> Result<(SchemaRef, String), Refusal> {
-    match app.tocsin.entry(source).await {
-        Some(e) => match &e.def {
-            ObjectDef::Source { .. } if e.system => Err(Refusal::NotFound(format!(
-                "\"{source}\" is written by tocsin itself and takes no rows"
-            ))),
-            ObjectDef::Source { options, .. } => Ok((e.schema.clone(), options.format.clone())),
-            _ => Err(Refusal::NotFound(format!(
-                "\"{source}\" is a {}, not a source: only sources take rows",
-                e.kind().as_str().to_lowercase()
-            ))),
-        },
-        None => Err(Refusal::NotFound(format!(
-            "source \"{source}\" does not exist"
-        ))),
-    }
-}
-
-fn precision(params: &HashMap<String, String>) -> Result<Precision, Refusal> {
-    match params.get("precision") {
-        None => Ok(Precision::default()),
-        Some(p) => Precision::parse(p).ok_or_else(|| {
-            Refusal::BadPayload(format!("unknown precision '{p}': use ns, us, ms or s"))
-        }),
-    }
-}
-
-fn with_precision(f: Format, p: Precision) -> Format {
-    match f {
-        Format::Influx(_) => Format::Influx(p),
-        other => other,
-    }
-}
-
-/// Decodes a payload against the source's schema and pushes its good rows; answers the ack.
-async fn push_payload(
-    app: &AppRef,
-    source: &str,
-    schema: SchemaRef,
-    format: Format,
-    payload: Bytes,
-    patient: bool,
-) -> Result<Value, Refusal> {
-    let now = app.tocsin.engine().clock().now() as i64;
-    let decoded = tokio::task::spawn_blocking(move || decode(format, &payload, &schema, now))
-        .await
-        .map_err(|e| Refusal::Unavailable(e.to_string()))?
-        .map_err(|e| {
-            app.metrics.error(source, &e.0);
-            Refusal::BadPayload(e.0)
-        })?;
-    let Decoded {
-        batch,
-        rows,
-        errors,
-    } = decoded;
-    let mut errors: Vec<(usize, String)> = errors.into_iter().map(|e| (e.row, e.message)).collect();
-    if !errors.is_empty() {
-        app.metrics.rejected(source, errors.len());
-        for (row, why) in errors.iter().take(crate::metrics::LAST_ERRORS) {
-            app.metrics.error(source, &format!("row {row}: {why}"));
-        }
-    }
-    if batch.num_rows() == 0 {
-        return Ok(ack(0, errors));
-    }
-    match app.ingest.push(source, batch, rows, patient).await {
-        Ok(o) => {
-            errors.extend(o.rejected);
-            Ok(ack(o.accepted, errors))
-        }
-        Err(IngestError::Full) => {
-            app.metrics
-                .ingest_refused_full
-                .fetch_add(1, Ordering::Relaxed);
-            Err(Refusal::Full)
-        }
-        Err(IngestError::Memory(m)) => Err(Refusal::Memory(m)),
-        Err(IngestError::Refused(m)) if m.contains("does not exist") => Err(Refusal::NotFound(m)),
-        Err(IngestError::Refused(m)) => Err(Refusal::BadPayload(m)),
-        Err(IngestError::Failed(m)) => Err(Refusal::Failed(m)),
-        Err(e @ IngestError::Stopped) => Err(Refusal::Unavailable(e.to_string())),
-    }
-}
-
-/// `POST /v1/ingest/{source}`.
-async fn ingest_http(
-    State(app): State<AppRef>,
-    Path(source): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let run = async {
-        let (schema, default) = source_of(&app, &source).await?;
-        let p = precision(&params)?;
-        let format = match (params.get("format"), headers.get(header::CONTENT_TYPE)) {
-            (Some(f), _) => Format::from_name(f).ok_or_else(|| {
-                Refusal::BadPayload(format!(
-                    "unknown format '{f}': use json, ndjson, influx or arrow"
-                ))
-            })?,
-            (None, Some(ct)) => {
-                let ct = ct.to_str().unwrap_or("");
-                match Format::from_content_type(ct) {
-                    Some(f) => f,
-                    // curl's default for -d; fall back to the source's format.
-                    None if ct.starts_with("application/x-www-form-urlencoded") => {
-                        Format::from_name(&default).unwrap_or(Format::Json)
-                    }
-                    None => return Err(Refusal::BadPayload(format!(
-                        "unsupported Content-Type '{ct}': use application/json, application/x-ndjson, text/plain (Influx line protocol) or application/vnd.apache.arrow.stream"
-                    ))),
-                }
-            }
-            (None, None) => Format::from_name(&default).unwrap_or(Format::Json),
-        };
-        push_payload(
-            &app,
-            &source,
-            schema,
-            with_precision(format, p),
-            body,
-            false,
-        )
-        .await
-    };
-    match run.await {
-        Ok(v) => Json(v).into_response(),
-        Err(r) => r.response(),
-    }
-}
-
-/// `GET /v1/ingest/{source}` (WebSocket): one payload per frame, one ack per frame. Text frames
-/// are JSON/NDJSON (or line protocol when the source's format is `influx`), binary frames Arrow
-/// IPC; `?format=` overrides both.
-async fn ingest_ws(
-    State(app): State<AppRef>,
-    Path(source): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-    conn: Option<Extension<Conn>>,
-    mut req: axum::extract::Request,
-) -> Response {
-    let (_, default) = match source_of(&app, &source).await {
-        Ok(s) => s,
-        Err(r) => return r.response(),
-    };
-    let p = match precision(&params) {
-        Ok(p) => p,
-        Err(r) => return r.response(),
-    };
-    let forced = match params.get("format").map(|f| (f, Format::from_name(f))) {
-        Some((_, Some(f))) => Some(with_precision(f, p)),
-        Some((f, None)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown format '{f}': use json, ndjson, influx or arrow"),
-            )
-        }
-        None => None,
-    };
-    let text_format = match Format::from_name(&default) {
-        Some(f @ (Format::Json | Format::Ndjson | Format::Influx(_))) => with_precision(f, p),
-        _ => Format::Json,
-    };
-    let (response, socket) = match crate::ws::upgrade(&mut req, app.limits.max_frame, 0) {
-        Ok(u) => u,
-        Err(r) => return r,
-    };
-    tokio::spawn(async move {
-        // The connection's slot stays taken for as long as the socket lives.
-        let _conn = conn;
-        if let Some(socket) = socket.await {
-            ingest_socket(app, source, socket, forced, text_format).await
-        }
-    });
-    response
-}
-
-async fn ingest_socket(
-    app: AppRef,
-    source: String,
-    mut socket: crate::ws::Socket,
-    forced: Option<Format>,
-    text_format: Format,
-) {
-    while let Some(msg) = socket.ws.next().await {
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                if matches!(e, WsError::Capacity(_)) {
-                    app.metrics.refused(Refused::FrameTooLarge);
-                    let reason = format!(
-                        "message larger than {} bytes (--max-frame)",
-                        app.limits.max_frame
-                    );
-                    socket.close(1009, reason).await;
-                }
-                break;
-            }
-        };
-        let size = msg.len();
-        let (format, payload) = match msg {
-            WsMessage::Text(t) => (forced.unwrap_or(text_format), Bytes::from(t)),
-            WsMessage::Binary(b) => (forced.unwrap_or(Format::Arrow), b),
-            WsMessage::Close(_) => break,
-            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => continue,
-        };
-        // Looked up per frame: the source may be dropped or re-created while the socket is open.
-        let pushed = match source_of(&app, &source).await {
-            Ok((schema, _)) => push_payload(&app, &source, schema, format, payload, true).await,
-            Err(r) => Err(r),
-        };
-        let reply = match pushed {
-            Ok(v) => v,
-            Err(r) => {
-                let mut v = ack(0, Vec::new());
-                v["error"] = json!(r.message());
-                v
-            }
-        };
-        if socket
-            .ws
-            .send(WsMessage::text(reply.to_string()))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        // A message larger than the read buffer grew it: give that back before waiting.
-        if size > crate::ws::READ_BUFFER {
-            socket = socket.renew().await;
-        }
-    }
 }
 
 /// A subscriber sends nothing but control frames: a larger message is refused (1009) rather

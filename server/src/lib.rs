@@ -11,6 +11,8 @@
 //! | [`limits`] | request limits and their defaults |
 //! | [`memory`] | the memory budget ingest is checked against |
 //! | [`http`] | the HTTP and WebSocket API |
+//! | [`push`] | the ingest endpoints: `/v1/ingest/<source>` over HTTP and WebSocket, decompression, protocol sources |
+//! | [`writes`] | the paths other tools write to: Prometheus remote write, OTLP, InfluxDB v1/v2/v3 |
 //! | [`pg`] | the PostgreSQL wire protocol: authentication and roles, errors, encoding, COPY, the extended protocol |
 //! | [`console`] | the web console's embedded files |
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
@@ -38,10 +40,12 @@ pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod pg;
+pub mod push;
 pub mod records;
 pub mod sources;
 pub mod start;
 pub mod state;
 pub mod tasks;
 pub mod wal;
+pub mod writes;
 pub mod ws;

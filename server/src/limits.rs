@@ -136,6 +136,9 @@ pub struct Limits {
     pub max_sql: usize,
     /// Largest WebSocket message, bytes (`--max-frame`): the socket is closed with code 1009.
     pub max_frame: usize,
+    /// Labels of one series and their length in remote write, OTLP and scrapes
+    /// (`--max-labels`, `--max-label-length`).
+    pub labels: tocsin_connectors::metrics::Limits,
     /// Open connections on the port (`--max-connections`); past it only SQL, health and
     /// metrics get in ([`CONTROL_RESERVE`]), past that all are answered 503 / 53300.
     pub max_connections: usize,
@@ -155,6 +158,7 @@ impl Default for Limits {
             max_body: 64 << 20,
             max_sql: 1 << 20,
             max_frame: 64 << 20,
+            labels: tocsin_connectors::metrics::Limits::default(),
             max_connections: 16_384,
             header_timeout: Duration::from_secs(10),
             subscriber_changes: 100_000,
@@ -170,6 +174,8 @@ impl Limits {
             ("max_body_bytes", self.max_body as u64),
             ("max_sql_bytes", self.max_sql as u64),
             ("max_frame_bytes", self.max_frame as u64),
+            ("max_labels", self.labels.max_labels as u64),
+            ("max_label_length_bytes", self.labels.max_label_bytes as u64),
             ("max_connections", self.max_connections as u64),
             ("header_timeout_seconds", self.header_timeout.as_secs()),
             ("subscriber_buffer_changes", self.subscriber_changes as u64),

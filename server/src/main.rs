@@ -125,6 +125,13 @@ enum Command {
         /// Largest WebSocket message (e.g. 64MiB).
         #[arg(long, default_value = "64MiB")]
         max_frame: String,
+        /// Most labels one series may have in remote write, OTLP and scrapes (`__name__`
+        /// included); a request with more is refused whole.
+        #[arg(long, default_value_t = 128)]
+        max_labels: usize,
+        /// Longest label name or value, bytes, in remote write, OTLP and scrapes.
+        #[arg(long, default_value_t = 4096)]
+        max_label_length: usize,
         /// Open connections the port accepts at once for anything; past it a reserve of 64 (96
         /// from loopback) takes SQL, /healthz and /metrics but refuses agents. Lowered to fit
         /// the open-file limit.
@@ -232,6 +239,8 @@ fn main() {
                 max_body,
                 max_sql,
                 max_frame,
+                max_labels,
+                max_label_length,
                 max_connections,
                 header_timeout,
                 memory_limit,
@@ -299,6 +308,10 @@ fn main() {
                         max_body: size("max-body", &max_body)?,
                         max_sql: size("max-sql", &max_sql)?,
                         max_frame: size("max-frame", &max_frame)?,
+                        labels: tocsin_connectors::metrics::Limits {
+                            max_labels: max_labels.max(1),
+                            max_label_bytes: max_label_length.max(1),
+                        },
                         max_connections: max_connections.max(1),
                         header_timeout: duration(&header_timeout)?,
                         subscriber_changes: subscriber_buffer_changes.max(1),

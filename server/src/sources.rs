@@ -61,6 +61,7 @@ pub fn task(
     app: &AppRef,
     kind: &dyn SourceConnector,
     name: &str,
+    schema: datafusion::arrow::datatypes::SchemaRef,
     companions: Vec<String>,
     interval: Option<Duration>,
     options: Vec<(String, String)>,
@@ -72,6 +73,7 @@ pub fn task(
     }
     kind.run(Running {
         name: name.to_string(),
+        schema,
         interval: interval.unwrap_or(Duration::from_secs(10)),
         options,
         output: Arc::new(IngestOutput {
@@ -79,5 +81,6 @@ pub fn task(
             generations,
         }),
         counters: app.metrics.source(name),
+        limits: app.limits.labels,
     })
 }

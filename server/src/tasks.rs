@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use tocsin_engine::SubscribeEvent;
 use tocsin_sql::{DdlChange, ObjectDef, ObjectKind};
 use tokio::task::JoinHandle;
@@ -70,7 +71,7 @@ pub async fn apply(app: &AppRef, change: &DdlChange) {
 /// Starts and stops tasks so that they match the catalog.
 pub async fn reconcile(app: &AppRef) {
     let catalog = app.tocsin.catalog().await;
-    let mut wanted: HashMap<String, (String, ObjectDef)> = HashMap::new();
+    let mut wanted: HashMap<String, (String, ObjectDef, SchemaRef)> = HashMap::new();
     let (mut rules, mut sinks, mut silences) = (HashSet::new(), HashSet::new(), Vec::new());
     let mut companions: HashMap<String, Vec<String>> = HashMap::new();
     for e in &catalog {
@@ -99,7 +100,10 @@ pub async fn reconcile(app: &AppRef) {
             ObjectDef::View { .. } | ObjectDef::Table { .. } => false,
         };
         if needs_task {
-            wanted.insert(e.name.clone(), (e.sql.clone(), e.def.clone()));
+            wanted.insert(
+                e.name.clone(),
+                (e.sql.clone(), e.def.clone(), e.schema.clone()),
+            );
         }
     }
     app.alerts.set_silences(silences);
@@ -107,13 +111,13 @@ pub async fn reconcile(app: &AppRef) {
     app.alerts.retain_sinks(&sinks);
     let mut running = app.tasks.running.lock().expect("tasks");
     running.retain(|name, (sql, handle)| {
-        let keep = wanted.get(name).is_some_and(|(s, _)| s == sql) && !handle.is_finished();
+        let keep = wanted.get(name).is_some_and(|(s, ..)| s == sql) && !handle.is_finished();
         if !keep {
             handle.abort();
         }
         keep
     });
-    for (name, (sql, def)) in wanted {
+    for (name, (sql, def, schema)) in wanted {
         if running.contains_key(&name) {
             continue;
         }
@@ -128,6 +132,7 @@ pub async fn reconcile(app: &AppRef) {
                     app,
                     kind.as_ref(),
                     &name,
+                    schema,
                     companions.get(&name).cloned().unwrap_or_default(),
                     options.interval,
                     options.connector,

@@ -1,5 +1,6 @@
-//! Runs the `.slt` files in `tests/slt/`, and the examples of `docs/sql.md` and `docs/rules.md`
-//! (each document's ```slt blocks, in order, as one file), against tocsin at 1 and at 3 workers.
+//! Runs the `.slt` files in `tests/slt/`, and the examples of `docs/sql.md`, `docs/rules.md` and
+//! `docs/ingest.md` (each document's ```slt blocks, in order, as one file), against tocsin at 1
+//! and at 3 workers.
 //!
 //! Besides SQL, the files use one test-only statement to move the manual clock:
 //! `ADVANCE TIME BY '30s'` or `ADVANCE TIME TO '2026-11-21T10:05:00Z'`. Every file starts at
@@ -116,6 +117,7 @@ fn main() {
     files.sort();
     files.push(docs_examples("sql.md", 10));
     files.push(docs_examples("rules.md", 30));
+    files.push(docs_examples("ingest.md", 6));
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

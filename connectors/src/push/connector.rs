@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema;
 
-use crate::source::{Derived, Options, SourceConnector};
+use crate::source::{Columns, Derived, Options, SourceConnector};
 
 /// A push source kind, by the name written after `FROM`.
 pub struct Push(pub &'static str);
@@ -14,8 +14,8 @@ impl SourceConnector for Push {
     fn name(&self) -> &'static str {
         self.0
     }
-    fn declared(&self) -> bool {
-        true
+    fn columns(&self) -> Columns {
+        Columns::Declared
     }
     fn example(&self) -> &'static str {
         match self.0 {

@@ -160,6 +160,19 @@ pub(super) fn decode(
 ) -> Result<Decoded, PayloadError> {
     let text = std::str::from_utf8(payload)
         .map_err(|e| PayloadError(format!("line protocol must be UTF-8: {e}")))?;
+    decode_lines(
+        split_lines(text).enumerate().map(|(i, l)| (i + 1, l)),
+        schema,
+        precision,
+    )
+}
+
+/// Decodes lines, each with its 1-based line number in the payload.
+pub(super) fn decode_lines<'a>(
+    lines: impl Iterator<Item = (usize, &'a str)>,
+    schema: &SchemaRef,
+    precision: Precision,
+) -> Result<Decoded, PayloadError> {
     let mut columns = schema
         .fields()
         .iter()
@@ -167,7 +180,7 @@ pub(super) fn decode(
         .collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::new();
     let mut errors = Vec::new();
-    for (i, raw) in split_lines(text).enumerate() {
+    for (n, raw) in lines {
         let Some(parsed) = parse_lines(raw).next() else {
             continue;
         };
@@ -179,12 +192,9 @@ pub(super) fn decode(
                 for (c, v) in columns.iter_mut().zip(values) {
                     c.append(v);
                 }
-                rows.push(i + 1);
+                rows.push(n);
             }
-            Err(message) => errors.push(RowError {
-                row: i + 1,
-                message,
-            }),
+            Err(message) => errors.push(RowError { row: n, message }),
         }
     }
     let arrays = columns.into_iter().map(Column::finish).collect();
@@ -195,4 +205,69 @@ pub(super) fn decode(
         rows,
         errors,
     })
+}
+
+/// The measurement of a line (escapes undone), or `None` for a blank line or a comment.
+fn measurement(line: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let line = line.trim_start();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let bytes = line.as_bytes();
+    let mut end = bytes.len();
+    let mut escaped = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                escaped = true;
+                i += 2;
+                continue;
+            }
+            b',' | b' ' => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let name = &line[..end.min(line.len())];
+    Some(if escaped {
+        std::borrow::Cow::Owned(name.replace("\\,", ",").replace("\\ ", " "))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    })
+}
+
+/// The lines of a payload by measurement, in the order measurements first appear, each line
+/// with its 1-based number.
+pub(super) fn by_measurement(text: &str) -> Vec<(String, Vec<(usize, &str)>)> {
+    let mut groups: Vec<(String, Vec<(usize, &str)>)> = Vec::new();
+    for (i, line) in split_lines(text).enumerate() {
+        let Some(m) = measurement(line) else {
+            continue;
+        };
+        match groups.iter_mut().rev().find(|(g, _)| *g == m) {
+            Some((_, lines)) => lines.push((i + 1, line)),
+            None => groups.push((m.into_owned(), vec![(i + 1, line)])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_grouped_by_measurement() {
+        let text = "cpu,host=a v=1 1\n\n# note\nmem v=2 2\ncpu v=3 3\nmy\\ disk\\,x,t=1 v=4\n";
+        let groups = by_measurement(text);
+        let names: Vec<&str> = groups.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(names, ["cpu", "mem", "my disk,x"]);
+        let cpu: Vec<usize> = groups[0].1.iter().map(|(n, _)| *n).collect();
+        assert_eq!(cpu, [1, 5]);
+        assert_eq!(groups[1].1[0].0, 4);
+    }
 }

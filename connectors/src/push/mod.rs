@@ -39,15 +39,24 @@ pub enum Precision {
     Microseconds,
     Milliseconds,
     Seconds,
+    /// InfluxDB v1's `m` and `h`.
+    Minutes,
+    Hours,
+    /// InfluxDB 3's `auto`: the unit is guessed from the magnitude (a time after 1970 + 5e9 s
+    /// in seconds is read as milliseconds, and so on).
+    Auto,
 }
 
 impl Precision {
     pub fn parse(text: &str) -> Option<Precision> {
         Some(match text {
-            "ns" | "n" => Precision::Nanoseconds,
-            "us" | "u" | "µs" => Precision::Microseconds,
-            "ms" => Precision::Milliseconds,
-            "s" => Precision::Seconds,
+            "ns" | "n" | "nanosecond" => Precision::Nanoseconds,
+            "us" | "u" | "µs" | "microsecond" => Precision::Microseconds,
+            "ms" | "millisecond" => Precision::Milliseconds,
+            "s" | "second" => Precision::Seconds,
+            "m" | "minute" => Precision::Minutes,
+            "h" | "hour" => Precision::Hours,
+            "auto" => Precision::Auto,
             _ => return None,
         })
     }
@@ -58,6 +67,14 @@ impl Precision {
             Precision::Microseconds => t.div_euclid(1_000),
             Precision::Milliseconds => t,
             Precision::Seconds => t.saturating_mul(1_000),
+            Precision::Minutes => t.saturating_mul(60_000),
+            Precision::Hours => t.saturating_mul(3_600_000),
+            Precision::Auto => match t.unsigned_abs() {
+                0..5_000_000_000 => t.saturating_mul(1_000),
+                5_000_000_000..5_000_000_000_000 => t,
+                5_000_000_000_000..5_000_000_000_000_000 => t.div_euclid(1_000),
+                _ => t.div_euclid(1_000_000),
+            },
         }
     }
 }
@@ -90,6 +107,30 @@ impl Format {
             _ => return None,
         })
     }
+}
+
+/// A measurement's name and its lines, each with its 1-based line number.
+pub type Measurement<'a> = (String, Vec<(usize, &'a str)>);
+
+/// Line protocol written to several sources, one per measurement (InfluxDB's write APIs): the
+/// lines of each measurement with their 1-based line numbers, in the order measurements first
+/// appear. Payloads that are not UTF-8 are refused.
+pub fn influx_by_measurement(payload: &[u8]) -> Result<Vec<Measurement<'_>>, PayloadError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| PayloadError(format!("line protocol must be UTF-8: {e}")))?;
+    Ok(influx::by_measurement(text))
+}
+
+/// Decodes lines of one measurement (see [`influx_by_measurement`]) into a source's schema.
+pub fn decode_influx_lines(
+    lines: &[(usize, &str)],
+    schema: &SchemaRef,
+    precision: Precision,
+    now_ms: i64,
+) -> Result<Decoded, PayloadError> {
+    let working = offset_zones(schema);
+    let decoded = influx::decode_lines(lines.iter().copied(), &working, precision)?;
+    finish(decoded, schema, now_ms)
 }
 
 /// A row refused while decoding.

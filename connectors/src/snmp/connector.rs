@@ -8,7 +8,9 @@ use std::time::Duration;
 use crate::snmp::poll::Poller;
 use crate::snmp::trap::{trap_batch, trap_schema, TrapReceiver};
 use crate::snmp::{self, PollConfig, Target};
-use crate::source::{Derived, Listening, Options, PushError, Running, SourceConnector, Task};
+use crate::source::{
+    each_target, Derived, Listening, Options, PushError, Running, SourceConnector, Task,
+};
 
 pub struct Snmp;
 
@@ -77,19 +79,11 @@ async fn poll(source: Arc<Running>) {
         config.targets.len(),
         source.interval
     );
-    let n = config.targets.len() as u32;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, target) in config.targets.iter().enumerate() {
-        let offset = source.interval * i as u32 / n.max(1);
-        tasks.spawn(poll_target(
-            source.clone(),
-            config.clone(),
-            target.clone(),
-            offset,
-        ));
-    }
-    // Dropping the set (when the source is dropped) stops every target's task.
-    while tasks.join_next().await.is_some() {}
+    let targets = config.targets.clone();
+    each_target(source.interval, targets, |target, offset| {
+        poll_target(source.clone(), config.clone(), target, offset)
+    })
+    .await;
 }
 
 async fn poll_target(

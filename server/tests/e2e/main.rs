@@ -14,6 +14,7 @@ mod cli;
 mod connectors;
 mod console;
 mod crash;
+mod ecosystem;
 mod garbage;
 mod history;
 mod http;

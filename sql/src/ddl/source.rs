@@ -1,6 +1,7 @@
 //! `CREATE SOURCE`.
 
 use crate::*;
+use tocsin_connectors::source::Columns;
 
 impl Tocsin {
     /// `CREATE SOURCE`: checks the connector and its options, creates the source and its companions.
@@ -26,16 +27,22 @@ impl Tocsin {
                 "history needs a data dir to keep its files in: run `tocsin serve`",
             ));
         }
-        let (schema, companions) = if kind.declared() {
-            (source_schema(&columns)?, Vec::new())
-        } else {
-            if !columns.is_empty() {
+        let (schema, companions) = match kind.columns() {
+            Columns::Declared => (source_schema(&columns)?, Vec::new()),
+            Columns::Derived if !columns.is_empty() => {
                 return Err(SqlError::plan(format!(
                     "a {connector} source derives its columns from its options: leave out the column list"
-                )));
+                )))
             }
-            let d = kind.derive(&opts.connector)?;
-            (d.schema, d.companions)
+            Columns::Derived => {
+                let d = kind.derive(&opts.connector)?;
+                (d.schema, d.companions)
+            }
+            Columns::Labels => {
+                let d = kind.derive(&opts.connector)?;
+                let declared = label_columns(&columns)?;
+                (tocsin_connectors::metrics::with_labels(&declared)?, d.companions)
+            }
         };
         let companions: Vec<(String, SchemaRef)> = companions
             .into_iter()
@@ -82,4 +89,24 @@ impl Tocsin {
             system: false,
         }))
     }
+}
+
+/// The declared columns of a metrics source, before the four every one has: without the `ts`
+/// that [`source_schema`] adds when it is missing.
+fn label_columns(columns: &[ColumnDef]) -> Result<Vec<datafusion::arrow::datatypes::Field>> {
+    if columns
+        .iter()
+        .any(|c| crate::parser::normalize(&c.name) == "ts")
+    {
+        return Err(SqlError::plan(
+            "column \"ts\" is one of the metrics columns every such source has (metric, labels, value, ts): leave it out of the list",
+        ));
+    }
+    let schema = source_schema(columns)?;
+    Ok(schema
+        .fields()
+        .iter()
+        .filter(|f| f.name() != "ts")
+        .map(|f| f.as_ref().clone())
+        .collect())
 }
