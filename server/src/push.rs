@@ -396,7 +396,7 @@ async fn ingest_protocol(
         push_decoded(app, source, decoded, false).await
     };
     match run.await {
-        Ok((accepted, errors)) if otlp => {
+        Ok((_, errors)) if otlp => {
             let message = errors
                 .iter()
                 .take(3)
@@ -404,7 +404,6 @@ async fn ingest_protocol(
                 .collect::<Vec<_>>()
                 .join("; ");
             let body = tocsin_connectors::otlp::answer(json, errors.len(), &message);
-            let _ = accepted;
             ([(header::CONTENT_TYPE, answer_type)], body).into_response()
         }
         Ok((accepted, errors)) => {

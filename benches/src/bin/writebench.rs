@@ -71,15 +71,17 @@ fn label(k: &str, v: &str) -> Label {
     }
 }
 
-/// Request `r`: every series once, at a time of its own (a scrape of 10,000 series, as a
-/// Prometheus shard sends it).
-fn remote_write(r: usize, series: usize, base_ms: i64) -> Vec<u8> {
+/// Request `r` of connection `shard`: every series of that shard once, at a time of its own (a
+/// scrape of 10,000 series, as one of Prometheus' shards sends it). Each connection sends the
+/// requests of its shard in order, so every series' samples arrive in time order, as a
+/// receiver that refuses out-of-order samples (Prometheus) needs.
+fn remote_write(r: usize, shard: usize, series: usize, base_ms: i64) -> Vec<u8> {
     let request = WriteRequest {
         timeseries: (0..series)
             .map(|i| TimeSeries {
                 labels: vec![
                     label("__name__", &format!("rwb_metric_{}", i % 100)),
-                    label("instance", &format!("host{}:9100", i / 100)),
+                    label("instance", &format!("host{}-{shard}:9100", i / 100)),
                     label("job", "node"),
                     label("region", ["eu", "us", "ap"][i % 3]),
                 ],
@@ -170,7 +172,7 @@ async fn main() {
         (0..a.requests)
             .map(|r| {
                 Bytes::from(if remote {
-                    remote_write(r, a.series, base_ms)
+                    remote_write(r, r % a.connections, a.series, base_ms)
                 } else {
                     influx(r, a.series, base_ms)
                 })
@@ -195,16 +197,14 @@ async fn main() {
             "/api/v2/write?org=o&bucket=b&precision=ms".into()
         }
     });
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..a.connections {
-        let (bodies, next, client) = (bodies.clone(), next.clone(), client.clone());
+    for c in 0..a.connections {
+        let (bodies, client) = (bodies.clone(), client.clone());
         let url = format!("http://{}{path}", a.server);
+        let connections = a.connections;
         tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(body) = bodies.get(i) else { return };
+            for body in bodies.iter().skip(c).step_by(connections) {
                 loop {
                     let mut req = hyper::Request::post(&url);
                     req = if remote {

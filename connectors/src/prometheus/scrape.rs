@@ -7,7 +7,8 @@
 //! sample's own `job` or `instance` becomes `exported_job` / `exported_instance`, as Prometheus
 //! does without `honor_labels`). Timestamps in the exposition are kept; samples without one get
 //! the scrape's time. Like Prometheus, every scrape also writes `up` (1 or 0),
-//! `scrape_duration_seconds` and `scrape_samples_scraped`.
+//! `scrape_duration_seconds` and `scrape_samples_scraped`. What the targets scraped within
+//! [`GATHER`] is written together, one sync of the write-ahead log for all of them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -352,16 +353,60 @@ async fn scrape(source: Arc<Running>) {
         source.interval
     );
     let targets = config.targets.clone();
-    each_target(source.interval, targets, |target, offset| {
+    let (tx, rx) = tokio::sync::mpsc::channel(targets.len().clamp(16, 4096));
+    let scrapes = each_target(source.interval, targets, |target, offset| {
         scrape_target(
             source.clone(),
             config.clone(),
             client.clone(),
+            tx.clone(),
             target,
             offset,
         )
-    })
-    .await;
+    });
+    // The writer ends when the source is gone; the scrapes then end with it.
+    tokio::select! {
+        _ = scrapes => {}
+        _ = write(source.clone(), rx) => {}
+    }
+}
+
+/// How long the writer gathers scraped rows before it writes them: the scrapes of many targets
+/// go to disk together, one sync for all of them rather than one each.
+const GATHER: Duration = Duration::from_millis(250);
+
+/// Writes what the targets scraped: what arrives within [`GATHER`] of the first, as one batch
+/// per relation (`false`: the source, `true`: its status). Ends when the source is gone.
+async fn write(source: Arc<Running>, mut rx: tokio::sync::mpsc::Receiver<(bool, RecordBatch)>) {
+    let status = format!("{}{STATUS_SUFFIX}", source.name);
+    loop {
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut gathered: [Vec<RecordBatch>; 2] = [Vec::new(), Vec::new()];
+        let (is_status, batch) = first;
+        gathered[usize::from(is_status)].push(batch);
+        let deadline = tokio::time::Instant::now() + GATHER;
+        while let Ok(Some((is_status, batch))) = tokio::time::timeout_at(deadline, rx.recv()).await
+        {
+            gathered[usize::from(is_status)].push(batch);
+        }
+        for (relation, batches) in [(&source.name, &gathered[0]), (&status, &gathered[1])] {
+            let Some(first) = batches.first() else {
+                continue;
+            };
+            let batch = match arrow::compute::concat_batches(&first.schema(), batches) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("source {}: {e}", source.name);
+                    continue;
+                }
+            };
+            if let Err(PushError::Gone(_)) = source.push(relation, batch).await {
+                return;
+            }
+        }
+    }
 }
 
 /// Scrapes one target every `interval`, from `offset` on.
@@ -369,10 +414,10 @@ async fn scrape_target(
     source: Arc<Running>,
     config: Arc<Config>,
     client: HttpClient,
+    out: tokio::sync::mpsc::Sender<(bool, RecordBatch)>,
     target: String,
     offset: Duration,
 ) {
-    let status = format!("{}{STATUS_SUFFIX}", source.name);
     let schema = source.schema.clone();
     tokio::time::sleep(offset).await;
     let mut every = tokio::time::interval(source.interval);
@@ -422,16 +467,16 @@ async fn scrape_target(
             failing = error.clone();
         }
         let (batch, _) = rows.finish();
-        if let Err(PushError::Gone(_)) = source.push(&source.name, batch).await {
-            return;
-        }
         let s = Scraped {
             target: target.clone(),
             error,
             duration_ms: duration.as_secs_f64() * 1000.0,
             samples,
         };
-        if let Err(PushError::Gone(_)) = source.push(&status, status_batch(&s, now)).await {
+        // The writer is gone with the source.
+        if out.send((false, batch)).await.is_err()
+            || out.send((true, status_batch(&s, now))).await.is_err()
+        {
             return;
         }
     }

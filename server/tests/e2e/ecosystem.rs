@@ -838,4 +838,28 @@ async fn node_exporter_is_scraped_and_its_death_is_shown() {
         .rows("SELECT count(*) > 0 FROM node WHERE metric = 'up' AND value = 0")
         .await;
     assert_eq!(rows, [json!([true])]);
+    // Scrape credentials are secrets: shown masked, never in the log.
+    s.rows(&format!(
+        "CREATE SOURCE guarded FROM PROMETHEUS SCRAPE WITH (targets = '127.0.0.1:{port}', interval = '1s', bearer_token = 'tok-s3cret'); \
+         CREATE SOURCE basic FROM PROMETHEUS SCRAPE WITH (targets = '127.0.0.1:{port}', interval = '1s', username = 'u', password = 'pw-s3cret')"
+    ))
+    .await;
+    eventually(30, "failed scrapes of the guarded sources", || {
+        let s = &s;
+        async move {
+            let n = count(s, "SELECT count(*) FROM guarded_status").await
+                + count(s, "SELECT count(*) FROM basic_status").await;
+            (n >= 4).then_some(())
+        }
+    })
+    .await;
+    let (_, b) = s.get("/v1/catalog").await.unwrap();
+    let shown =
+        String::from_utf8_lossy(&b).to_string() + &format!("{:?}", s.rows("SHOW SOURCES").await);
+    assert!(shown.contains("bearer_token = '********'"), "{shown}");
+    assert!(
+        !shown.contains("s3cret") && !s.log().contains("s3cret"),
+        "{shown}\n{}",
+        s.log()
+    );
 }
