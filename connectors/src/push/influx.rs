@@ -123,7 +123,9 @@ fn line_values(
 ) -> Result<Vec<Option<Value>>, String> {
     let mut values: Vec<Option<Value>> = vec![None; columns.len()];
     let mut set = |name: &str, v: Value, what: &str| -> Result<(), String> {
-        if let Ok(i) = schema.index_of(name) {
+        // Not `index_of`, whose miss (a line's `measurement`, an unknown tag) formats an error
+        // naming every column.
+        if let Some((i, _)) = schema.column_with_name(name) {
             let v = columns[i]
                 .convert(v)
                 .map_err(|e| format!("{what} \"{name}\": {e}"))?;
