@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::source::ts_type;
 use arrow::record_batch::RecordBatch;
 
 /// The columns every metrics source ends with.
@@ -17,11 +19,6 @@ pub const COLUMNS: [&str; 4] = ["metric", "labels", "value", "ts"];
 
 /// The label that holds a Prometheus series' metric name.
 pub const NAME_LABEL: &str = "__name__";
-
-/// The timestamp type of `ts`, as the SQL front end declares it.
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
-}
 
 /// The four columns of the metrics shape.
 pub fn fields() -> Vec<Field> {

@@ -25,6 +25,14 @@ use arrow::record_batch::RecordBatch;
 
 use crate::snmp::trap::TrapStats;
 
+/// The type of every source's `ts` column: milliseconds, UTC (as the SQL front end declares it).
+pub fn ts_type() -> arrow::datatypes::DataType {
+    arrow::datatypes::DataType::Timestamp(
+        arrow::datatypes::TimeUnit::Millisecond,
+        Some("UTC".into()),
+    )
+}
+
 /// `key = 'value'` options of a source, keys lowercased.
 pub type Options = [(String, String)];
 

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sysinfo::{
     Components, Disks, Networks, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind,
 };
@@ -46,11 +46,7 @@ pub fn processes_schema() -> SchemaRef {
         Field::new("cpu_percent", DataType::Float64, true),
         Field::new("mem_bytes", DataType::Int64, true),
         Field::new("state", DataType::Utf8, true),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new("ts", crate::source::ts_type(), true),
     ]))
 }
 
@@ -77,11 +73,7 @@ pub fn host_schema() -> SchemaRef {
         Field::new("metric", DataType::Utf8, true),
         Field::new("device", DataType::Utf8, true),
         Field::new("value", DataType::Float64, true),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new("ts", crate::source::ts_type(), true),
     ]))
 }
 

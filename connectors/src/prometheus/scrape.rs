@@ -17,7 +17,8 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use base64::Engine;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -95,28 +96,6 @@ fn get<'a>(options: &'a Options, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Base64 of `user:password`, for basic authentication.
-fn base64(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// Parses and checks a scrape source's options; `name` is the source's (the default `job`).
 pub fn config(options: &Options, name: &str, interval: Duration) -> Result<Config, String> {
     let targets: Vec<String> = get(options, "targets")
@@ -165,7 +144,7 @@ pub fn config(options: &Options, name: &str, interval: Duration) -> Result<Confi
         (Some(t), None, None) => Some(format!("Bearer {t}")),
         (None, Some(u), p) => Some(format!(
             "Basic {}",
-            base64(format!("{u}:{}", p.unwrap_or("")).as_bytes())
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{}", p.unwrap_or("")))
         )),
         (None, None, Some(_)) => return Err("password needs a username".into()),
         (None, None, None) => None,
@@ -188,11 +167,7 @@ pub fn status_schema() -> SchemaRef {
         Field::new("error", DataType::Utf8, true),
         Field::new("duration_ms", DataType::Float64, true),
         Field::new("samples", DataType::Int64, true),
-        Field::new(
-            "ts",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new("ts", crate::source::ts_type(), true),
     ]))
 }
 
@@ -291,15 +266,10 @@ async fn fetch(
     let req = req
         .body(Empty::new())
         .map_err(|e| format!("bad request for {url}: {e}"))?;
-    let resp = client.request(req).await.map_err(|e| {
-        let mut m = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            m = format!("{m}: {s}");
-            source = s.source();
-        }
-        m
-    })?;
+    let resp = client
+        .request(req)
+        .await
+        .map_err(|e| crate::sink::webhook::error_chain(&e))?;
     let status = resp.status();
     if status != hyper::StatusCode::OK {
         return Err(format!("server returned HTTP status {status}"));
@@ -558,14 +528,5 @@ mod tests {
             .column(3)
             .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
         assert_eq!((ts.value(0), ts.value(1)), (5, 1_700_000_000_000));
-    }
-
-    #[test]
-    fn basic_credentials_are_base64() {
-        assert_eq!(
-            base64(b"Aladdin:open sesame"),
-            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-        assert_eq!(base64(b"ab"), "YWI=");
     }
 }

@@ -18,17 +18,15 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMillisecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+
+use crate::source::ts_type;
 use snmp2::v3;
 
 use mib::{dotted, mib, snake_case, Syntax};
 
 /// Connector options as given in `WITH (...)`: key, value.
 pub type Options = [(String, String)];
-
-fn ts_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
-}
 
 /// Option names of a `FROM SNMP` source (besides `format`, `retain` and `interval`).
 pub const POLL_OPTIONS: &[&str] = &[

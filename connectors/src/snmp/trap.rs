@@ -14,7 +14,8 @@ use snmp2::{MessageType, Pdu};
 use tokio::net::UdpSocket;
 
 use super::mib::{dotted, mib};
-use super::{arcs, ts_type, Value};
+use super::{arcs, Value};
+use crate::source::ts_type;
 
 /// Where a trap source listens and which community it accepts (any when `None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
