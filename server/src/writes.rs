@@ -188,13 +188,13 @@ async fn influx(request: Request, api: Api) -> Response {
         Ok(b) => b,
         Err(r) => return refused(r),
     };
-    let groups = match influx_by_measurement(&body) {
+    let (groups, unread) = match influx_by_measurement(&body) {
         Ok(g) => g,
         Err(e) => return api.error(StatusCode::BAD_REQUEST, "invalid", &e.0),
     };
     let now = app.tocsin.engine().clock().now() as i64;
     let mut written = 0usize;
-    let mut errors: Vec<(usize, String)> = Vec::new();
+    let mut errors: Vec<(usize, String)> = unread.into_iter().map(|e| (e.row, e.message)).collect();
     for (measurement, lines) in &groups {
         let target = match crate::push::source_of(&app, measurement).await {
             Ok(t) if t.protocol.is_none() => t,

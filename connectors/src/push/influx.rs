@@ -4,6 +4,7 @@
 //! the columns of the same name; the timestamp (in the request's precision, nanoseconds by
 //! default) goes to `ts`. Tags and fields the source has no column for are ignored.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -11,13 +12,13 @@ use arrow::array::{
     TimestampMillisecondBuilder,
 };
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
-use influxdb_line_protocol::{parse_lines, split_lines, FieldValue, ParsedLine};
 
-use super::{Decoded, PayloadError, Precision, RowError};
+use super::lineproto::{measurement, split, FieldValue, Line};
+use super::{ByMeasurement, Decoded, Measurement, PayloadError, Precision, RowError};
 
 #[derive(Clone, Debug)]
-enum Value {
-    Str(String),
+enum Value<'a> {
+    Str(Cow<'a, str>),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -50,12 +51,12 @@ impl Column {
     }
 
     /// Converts a value to this column's type.
-    fn convert(&self, v: Value) -> Result<Value, String> {
+    fn convert<'a>(&self, v: Value<'a>) -> Result<Value<'a>, String> {
         Ok(match (self, v) {
             (Column::Str(_), Value::Str(s)) => Value::Str(s),
-            (Column::Str(_), Value::Int(i)) => Value::Str(i.to_string()),
-            (Column::Str(_), Value::Float(f)) => Value::Str(f.to_string()),
-            (Column::Str(_), Value::Bool(b)) => Value::Str(b.to_string()),
+            (Column::Str(_), Value::Int(i)) => Value::Str(i.to_string().into()),
+            (Column::Str(_), Value::Float(f)) => Value::Str(f.to_string().into()),
+            (Column::Str(_), Value::Bool(b)) => Value::Str(b.to_string().into()),
             (Column::Int(_) | Column::Ts(..), Value::Int(i)) => Value::Int(i),
             (Column::Int(_) | Column::Ts(..), Value::Float(f))
                 if f.fract() == 0.0 && f.abs() < 9.2e18 =>
@@ -78,7 +79,7 @@ impl Column {
         })
     }
 
-    fn append(&mut self, v: Option<Value>) {
+    fn append(&mut self, v: Option<Value<'_>>) {
         match (self, v) {
             (Column::Str(b), Some(Value::Str(s))) => b.append_value(s),
             (Column::Int(b), Some(Value::Int(i))) => b.append_value(i),
@@ -104,25 +105,27 @@ impl Column {
     }
 }
 
-fn field_value(v: &FieldValue<'_>) -> Value {
+fn field_value<'a>(v: &FieldValue<'a>) -> Value<'a> {
     match v {
-        FieldValue::I64(i) => Value::Int(*i),
-        FieldValue::U64(u) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
-        FieldValue::F64(f) => Value::Float(*f),
-        FieldValue::String(s) => Value::Str(s.as_str().to_string()),
-        FieldValue::Boolean(b) => Value::Bool(*b),
+        FieldValue::Int(i) => Value::Int(*i),
+        FieldValue::UInt(u) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
+        FieldValue::Float(f) => Value::Float(*f),
+        FieldValue::Str(s) => Value::Str(s.clone()),
+        FieldValue::Bool(b) => Value::Bool(*b),
     }
 }
 
-/// The values of one line, per column of the schema; an error names the field at fault.
-fn line_values(
-    line: &ParsedLine<'_>,
+/// Puts the values of one line in `values`, one per column of the schema; an error names the
+/// field at fault.
+fn line_values<'a>(
+    line: &Line<'a>,
     schema: &SchemaRef,
     columns: &[Column],
     precision: Precision,
-) -> Result<Vec<Option<Value>>, String> {
-    let mut values: Vec<Option<Value>> = vec![None; columns.len()];
-    let mut set = |name: &str, v: Value, what: &str| -> Result<(), String> {
+    values: &mut [Option<Value<'a>>],
+) -> Result<(), String> {
+    values.iter_mut().for_each(|v| *v = None);
+    let mut set = |name: &str, v: Value<'a>, what: &str| -> Result<(), String> {
         // Not `index_of`, whose miss (a line's `measurement`, an unknown tag) formats an error
         // naming every column.
         if let Some((i, _)) = schema.column_with_name(name) {
@@ -135,24 +138,22 @@ fn line_values(
     };
     set(
         "measurement",
-        Value::Str(line.series.measurement.as_str().to_string()),
+        Value::Str(line.measurement.clone()),
         "measurement",
     )?;
-    if let Some(tags) = &line.series.tag_set {
-        for (k, v) in tags {
-            set(k.as_str(), Value::Str(v.as_str().to_string()), "tag")?;
-        }
+    for (k, v) in &line.tags {
+        set(k, Value::Str(v.clone()), "tag")?;
     }
-    for (k, v) in &line.field_set {
-        if k.as_str() == "ts" {
+    for (k, v) in &line.fields {
+        if k == "ts" {
             return Err("field \"ts\": give the time as the line's timestamp".into());
         }
-        set(k.as_str(), field_value(v), "field")?;
+        set(k, field_value(v), "field")?;
     }
     if let Some(t) = line.timestamp {
         set("ts", Value::Int(precision.to_ms(t)), "timestamp")?;
     }
-    Ok(values)
+    Ok(())
 }
 
 pub(super) fn decode(
@@ -163,7 +164,7 @@ pub(super) fn decode(
     let text = std::str::from_utf8(payload)
         .map_err(|e| PayloadError(format!("line protocol must be UTF-8: {e}")))?;
     decode_lines(
-        split_lines(text).enumerate().map(|(i, l)| (i + 1, l)),
+        split(text).enumerate().map(|(i, l)| (i + 1, l)),
         schema,
         precision,
     )
@@ -182,17 +183,18 @@ pub(super) fn decode_lines<'a>(
         .collect::<Result<Vec<_>, _>>()?;
     let mut rows = Vec::new();
     let mut errors = Vec::new();
+    let mut line = Line::default();
+    let mut values: Vec<Option<Value<'a>>> = vec![None; columns.len()];
     for (n, raw) in lines {
-        let Some(parsed) = parse_lines(raw).next() else {
-            continue;
+        let read = match line.parse(raw) {
+            Ok(true) => line_values(&line, schema, &columns, precision, &mut values).map(|()| true),
+            other => other,
         };
-        let values = parsed
-            .map_err(|e| e.to_string())
-            .and_then(|line| line_values(&line, schema, &columns, precision));
-        match values {
-            Ok(values) => {
-                for (c, v) in columns.iter_mut().zip(values) {
-                    c.append(v);
+        match read {
+            Ok(false) => {}
+            Ok(true) => {
+                for (c, v) in columns.iter_mut().zip(values.iter_mut()) {
+                    c.append(v.take());
                 }
                 rows.push(n);
             }
@@ -209,53 +211,29 @@ pub(super) fn decode_lines<'a>(
     })
 }
 
-/// The measurement of a line (escapes undone), or `None` for a blank line or a comment.
-fn measurement(line: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let line = line.trim_start();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let bytes = line.as_bytes();
-    let mut end = bytes.len();
-    let mut escaped = false;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => {
-                escaped = true;
-                i += 2;
+/// The lines of a payload by measurement, in the order measurements first appear, each line
+/// with its 1-based number; and the lines without a measurement that can be read.
+pub(super) fn by_measurement(text: &str) -> ByMeasurement<'_> {
+    let mut groups: Vec<Measurement<'_>> = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in split(text).enumerate() {
+        let m = match measurement(line) {
+            Ok(Some(m)) => m,
+            Ok(None) => continue,
+            Err(message) => {
+                errors.push(RowError {
+                    row: i + 1,
+                    message,
+                });
                 continue;
             }
-            b',' | b' ' => {
-                end = i;
-                break;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    let name = &line[..end.min(line.len())];
-    Some(if escaped {
-        std::borrow::Cow::Owned(name.replace("\\,", ",").replace("\\ ", " "))
-    } else {
-        std::borrow::Cow::Borrowed(name)
-    })
-}
-
-/// The lines of a payload by measurement, in the order measurements first appear, each line
-/// with its 1-based number.
-pub(super) fn by_measurement(text: &str) -> Vec<(String, Vec<(usize, &str)>)> {
-    let mut groups: Vec<(String, Vec<(usize, &str)>)> = Vec::new();
-    for (i, line) in split_lines(text).enumerate() {
-        let Some(m) = measurement(line) else {
-            continue;
         };
         match groups.iter_mut().rev().find(|(g, _)| *g == m) {
             Some((_, lines)) => lines.push((i + 1, line)),
             None => groups.push((m.into_owned(), vec![(i + 1, line)])),
         }
     }
-    groups
+    (groups, errors)
 }
 
 #[cfg(test)]
@@ -265,7 +243,8 @@ mod tests {
     #[test]
     fn lines_are_grouped_by_measurement() {
         let text = "cpu,host=a v=1 1\n\n# note\nmem v=2 2\ncpu v=3 3\nmy\\ disk\\,x,t=1 v=4\n";
-        let groups = by_measurement(text);
+        let (groups, errors) = by_measurement(text);
+        assert!(errors.is_empty());
         let names: Vec<&str> = groups.iter().map(|(m, _)| m.as_str()).collect();
         assert_eq!(names, ["cpu", "mem", "my disk,x"]);
         let cpu: Vec<usize> = groups[0].1.iter().map(|(n, _)| *n).collect();

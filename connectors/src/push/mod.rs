@@ -10,6 +10,7 @@ pub mod connector;
 mod influx;
 mod ipc;
 mod json;
+mod lineproto;
 
 pub use ipc::write_stream as write_arrow_stream;
 
@@ -112,10 +113,13 @@ impl Format {
 /// A measurement's name and its lines, each with its 1-based line number.
 pub type Measurement<'a> = (String, Vec<(usize, &'a str)>);
 
+/// A payload's lines by measurement, and the lines whose measurement cannot be read.
+pub type ByMeasurement<'a> = (Vec<Measurement<'a>>, Vec<RowError>);
+
 /// Line protocol written to several sources, one per measurement (InfluxDB's write APIs): the
 /// lines of each measurement with their 1-based line numbers, in the order measurements first
 /// appear. Payloads that are not UTF-8 are refused.
-pub fn influx_by_measurement(payload: &[u8]) -> Result<Vec<Measurement<'_>>, PayloadError> {
+pub fn influx_by_measurement(payload: &[u8]) -> Result<ByMeasurement<'_>, PayloadError> {
     let text = std::str::from_utf8(payload)
         .map_err(|e| PayloadError(format!("line protocol must be UTF-8: {e}")))?;
     Ok(influx::by_measurement(text))
