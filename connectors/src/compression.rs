@@ -19,9 +19,15 @@ pub enum DecompressError {
     Corrupt(&'static str, String),
 }
 
-/// Reads a decoder to its end, or until it produced more than `limit` bytes.
-fn bounded(mut r: impl Read, limit: usize, what: &'static str) -> Result<Bytes, DecompressError> {
-    let mut out = Vec::new();
+/// Reads a decoder to its end, or until it produced more than `limit` bytes; `expected` is
+/// how much it is likely to produce, so that the output need not grow by copying as it goes.
+fn bounded(
+    mut r: impl Read,
+    limit: usize,
+    expected: usize,
+    what: &'static str,
+) -> Result<Bytes, DecompressError> {
+    let mut out = Vec::with_capacity(expected.min(limit) + 1);
     let n = (&mut r)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
@@ -43,12 +49,23 @@ pub fn decompress(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, De
             }
             Ok(body)
         }
-        "gzip" | "x-gzip" => bounded(flate2::read::MultiGzDecoder::new(&body[..]), limit, "gzip"),
-        "deflate" => bounded(flate2::read::ZlibDecoder::new(&body[..]), limit, "deflate"),
+        "gzip" | "x-gzip" => {
+            // A gzip member ends with its uncompressed size (modulo 2^32): exact for one
+            // member, only a hint (capped by the limit) for a body that lies.
+            let size = body.len().checked_sub(4).map_or(0, |at| {
+                u32::from_le_bytes(body[at..].try_into().expect("4 bytes"))
+            });
+            let d = flate2::read::MultiGzDecoder::new(&body[..]);
+            bounded(d, limit, size as usize, "gzip")
+        }
+        "deflate" => {
+            let d = flate2::read::ZlibDecoder::new(&body[..]);
+            bounded(d, limit, body.len().saturating_mul(4), "deflate")
+        }
         "zstd" => {
             let d = zstd::stream::read::Decoder::with_buffer(&body[..])
                 .map_err(|e| DecompressError::Corrupt("zstd", e.to_string()))?;
-            bounded(d, limit, "zstd")
+            bounded(d, limit, body.len().saturating_mul(4), "zstd")
         }
         "snappy" => {
             let len = snap::raw::decompress_len(&body)

@@ -156,6 +156,15 @@ pub fn sort_labels<T, F: Fn(&T) -> &str>(labels: &mut [T], name: F) {
 pub fn json_string(s: &str, out: &mut String) {
     out.push('"');
     let bytes = s.as_bytes();
+    // Most label names and values need no escape: one pass without branches says so.
+    let plain = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (b >= 0x20) & (b != b'"') & (b != b'\\'));
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let escape = match b {
@@ -201,21 +210,32 @@ pub struct Rows {
 impl Rows {
     /// Rows in `schema`: declared TEXT columns, then the four.
     pub fn new(schema: &SchemaRef) -> Rows {
+        Rows::with_capacity(schema, 0)
+    }
+
+    /// Rows with room for about `rows` rows, so that a batch of a known size is built without
+    /// growing (and copying) its columns as it goes.
+    pub fn with_capacity(schema: &SchemaRef, rows: usize) -> Rows {
         let n = schema.fields().len().saturating_sub(COLUMNS.len());
         Rows {
             schema: schema.clone(),
             declared: schema.fields()[..n]
                 .iter()
-                .map(|f| (f.name().clone(), StringBuilder::new()))
+                .map(|f| {
+                    (
+                        f.name().clone(),
+                        StringBuilder::with_capacity(rows, rows * 16),
+                    )
+                })
                 .collect(),
-            metric: StringBuilder::new(),
-            labels: StringBuilder::new(),
-            value: Float64Builder::new(),
-            ts: TimestampMillisecondBuilder::new(),
+            metric: StringBuilder::with_capacity(rows, rows * 24),
+            labels: StringBuilder::with_capacity(rows, rows * 64),
+            value: Float64Builder::with_capacity(rows),
+            ts: TimestampMillisecondBuilder::with_capacity(rows),
             json: String::new(),
             values: vec![None; n],
             name: String::new(),
-            origins: Vec::new(),
+            origins: Vec::with_capacity(rows),
         }
     }
 

@@ -105,6 +105,11 @@ pub(crate) struct Numbering {
     ids: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
     /// For each series, the sequence number of the last batch that had it.
     last_seen: Vec<u64>,
+    /// For each series, the series that followed it in the last batch that had it (`u32::MAX`:
+    /// none). Scrapes, polls and agents send their series in the same order each time, so a row
+    /// is first compared with the series its predecessor's successor was: one comparison with
+    /// the next key in the list, not a hash and a probe of a table of every series.
+    next: Vec<u32>,
 }
 
 impl Numbering {
@@ -141,6 +146,7 @@ impl Numbering {
             }),
             ids: HashMap::default(),
             last_seen: Vec::new(),
+            next: Vec::new(),
         }))
     }
 
@@ -155,25 +161,32 @@ impl Numbering {
         let rows = dict.converter.convert_columns(&columns)?;
         let mut ids = Vec::with_capacity(batch.num_rows());
         let mut added = 0u64;
-        let mut keys = None;
+        let mut keys = dict.keys.lock().expect("series keys");
+        let mut prev: Option<u32> = None;
         for row in rows.iter() {
-            let id = match self.ids.get(row.as_ref()) {
-                Some(&id) => id,
+            let guess = prev
+                .map(|p| self.next[p as usize])
+                .filter(|&n| n != u32::MAX && keys.rows.row(n as usize) == row);
+            let id = match guess.or_else(|| self.ids.get(row.as_ref()).copied()) {
+                Some(id) => id,
                 None => {
                     let id = u32::try_from(self.last_seen.len()).map_err(|_| {
                         EngineError::Internal("more than 2^32 series on one worker".into())
                     })?;
                     self.ids.insert(row.as_ref().into(), id);
                     self.last_seen.push(seq);
-                    keys.get_or_insert_with(|| dict.keys.lock().expect("series keys"))
-                        .rows
-                        .push(row);
-                    // The key in the map and in the list, and the map's slot.
-                    added += 2 * row.as_ref().len() as u64 + 32;
+                    self.next.push(u32::MAX);
+                    keys.rows.push(row);
+                    // The key in the map and in the list, the map's slot and the successor.
+                    added += 2 * row.as_ref().len() as u64 + 36;
                     id
                 }
             };
             self.last_seen[id as usize] = seq;
+            if let Some(p) = prev {
+                self.next[p as usize] = id;
+            }
+            prev = Some(id);
             ids.push(id);
         }
         drop(keys);
@@ -802,6 +815,48 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    /// A series keeps its number whatever the order its rows come in: the same order as before
+    /// (where the successor of the row before is tried first), another order, new series among
+    /// known ones, a series repeated in a row.
+    #[test]
+    fn a_series_keeps_its_number_in_any_order() {
+        let retained = Arc::new(Retained::new(Arc::new(AtomicU64::new(0))));
+        let mut numbering = Numbering::new(schema(), retained).unwrap().unwrap();
+        let rows = |hosts: &[&str]| {
+            let n = hosts.len();
+            RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(StringArray::from(hosts.to_vec())),
+                    Arc::new(StringArray::from(vec!["m"; n])),
+                    Arc::new(Float64Array::from(vec![1.0; n])),
+                    Arc::new(TimestampMillisecondArray::from(vec![0; n]).with_timezone("UTC")),
+                ],
+            )
+            .unwrap()
+        };
+        let mut known: HashMap<String, u32> = HashMap::new();
+        for (seq, hosts) in [
+            &["a", "b", "c", "d"][..],
+            &["a", "b", "c", "d"],
+            &["a", "c", "b", "d"],
+            &["a", "x", "b", "c", "y", "d"],
+            &["d", "d", "a", "b", "c", "a"],
+            &["a", "x", "b", "c", "y", "d"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ids = numbering.number(&rows(hosts), seq as u64).unwrap().ids();
+            for (h, id) in hosts.iter().zip(ids) {
+                let before = *known.entry(h.to_string()).or_insert(id);
+                assert_eq!(before, id, "{h} in {hosts:?}");
+            }
+            let distinct: std::collections::HashSet<u32> = known.values().copied().collect();
+            assert_eq!(distinct.len(), known.len(), "one number a series");
+        }
     }
 
     async fn answer(table: Arc<dyn TableProvider>, q: &str) -> String {

@@ -57,7 +57,8 @@ impl std::fmt::Display for ParseError {
 /// Reads every sample of an exposition; the first line that is not one is an error (as
 /// Prometheus fails a scrape whose body it cannot read).
 pub fn parse(text: &str, flavor: Flavor) -> Result<Vec<Sample<'_>>, ParseError> {
-    let mut out = Vec::new();
+    // A sample a line, less the comments.
+    let mut out = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
         if line.is_empty() || line.starts_with('#') {

@@ -97,17 +97,20 @@ impl Protocol for RemoteWrite {
                 "remote write is sent as application/x-protobuf (snappy-compressed), not '{mime}'"
             )));
         }
-        let mut rows = Rows::new(schema);
         let mut left_out = Vec::new();
-        if is_v2(payload.content_type) {
+        let rows = if is_v2(payload.content_type) {
             let request = RequestV2::decode(payload.body.clone())
                 .map_err(|e| PayloadError(format!("not a remote write 2.0 request: {e}")))?;
+            let n = request.timeseries.iter().map(|t| t.samples.len()).sum();
+            let mut rows = Rows::with_capacity(schema, n);
             decode_v2(&request, &payload.limits, &mut rows, &mut left_out)?;
+            rows
         } else {
-            let request = WriteRequest::decode(payload.body.clone())
-                .map_err(|e| PayloadError(format!("not a remote write request: {e}")))?;
-            decode_v1(&request, &payload.limits, &mut rows, &mut left_out)?;
-        }
+            // About one sample a series, and a series takes 60 bytes or more.
+            let mut rows = Rows::with_capacity(schema, payload.body.len() / 60);
+            walk_v1(&payload.body, &payload.limits, &mut rows, &mut left_out)?;
+            rows
+        };
         let (batch, origins) = rows.finish();
         Ok(Decoded {
             batch,
@@ -117,7 +120,7 @@ impl Protocol for RemoteWrite {
     }
 }
 
-fn utf8<'a>(b: &'a Bytes, series: usize, what: &str) -> Result<&'a str, PayloadError> {
+fn utf8<'a>(b: &'a [u8], series: usize, what: &str) -> Result<&'a str, PayloadError> {
     std::str::from_utf8(b)
         .map_err(|_| PayloadError(format!("series {series}: a label {what} is not UTF-8")))
 }
@@ -163,6 +166,221 @@ fn series(
     Ok(())
 }
 
+/// Protobuf's wire format, read over a slice: what remote write 1.0 needs of it.
+struct Wire<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+/// Wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+impl<'a> Wire<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Wire { b, i: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.i >= self.b.len()
+    }
+
+    fn varint(&mut self) -> Result<u64, &'static str> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let Some(&byte) = self.b.get(self.i) else {
+                return Err("truncated varint");
+            };
+            self.i += 1;
+            if shift == 63 && byte > 1 {
+                return Err("varint overflows 64 bits");
+            }
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes")
+    }
+
+    /// A field's number and wire type.
+    fn key(&mut self) -> Result<(u32, u8), &'static str> {
+        let k = self.varint()?;
+        if k > u64::from(u32::MAX) {
+            return Err("key out of range");
+        }
+        let field = (k >> 3) as u32;
+        if field == 0 {
+            return Err("field number 0");
+        }
+        match (k & 7) as u8 {
+            w @ 0..=5 => Ok((field, w)),
+            _ => Err("invalid wire type"),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.i.checked_add(n).filter(|&e| e <= self.b.len());
+        let end = end.ok_or("a length past the end of the message")?;
+        let out = &self.b[self.i..end];
+        self.i = end;
+        Ok(out)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], &'static str> {
+        let n = self.varint()?;
+        self.take(usize::try_from(n).map_err(|_| "length out of range")?)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, &'static str> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    /// Skips a field of wire type `wire` whose key was read (a group to its end).
+    fn skip(&mut self, field: u32, wire: u8, depth: u32) -> Result<(), &'static str> {
+        match wire {
+            VARINT => self.varint().map(drop),
+            FIXED64 => self.take(8).map(drop),
+            LEN => self.bytes().map(drop),
+            FIXED32 => self.take(4).map(drop),
+            START_GROUP => {
+                if depth > 100 {
+                    return Err("groups nested too deep");
+                }
+                loop {
+                    let (f, w) = self.key()?;
+                    if w == END_GROUP {
+                        return if f == field {
+                            Ok(())
+                        } else {
+                            Err("unexpected end group tag")
+                        };
+                    }
+                    self.skip(f, w, depth + 1)?;
+                }
+            }
+            _ => Err("unexpected end group tag"),
+        }
+    }
+
+    /// A field known to be `want`: its wire type checked.
+    fn expect(&self, wire: u8, want: u8) -> Result<(), &'static str> {
+        if wire == want {
+            Ok(())
+        } else {
+            Err("invalid wire type for a known field")
+        }
+    }
+}
+
+/// A `Label` message: name and value.
+fn wire_label(b: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+    let mut w = Wire::new(b);
+    let (mut name, mut value): (&[u8], &[u8]) = (&[], &[]);
+    while !w.done() {
+        match w.key()? {
+            (1, t) => {
+                w.expect(t, LEN)?;
+                name = w.bytes()?;
+            }
+            (2, t) => {
+                w.expect(t, LEN)?;
+                value = w.bytes()?;
+            }
+            (f, t) => w.skip(f, t, 0)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// A `Sample` message.
+fn wire_sample(b: &[u8]) -> Result<Sample, &'static str> {
+    let mut w = Wire::new(b);
+    let mut s = Sample::default();
+    while !w.done() {
+        match w.key()? {
+            (1, t) => {
+                w.expect(t, FIXED64)?;
+                s.value = f64::from_bits(w.fixed64()?);
+            }
+            (2, t) => {
+                w.expect(t, VARINT)?;
+                s.timestamp = w.varint()? as i64;
+            }
+            (f, t) => w.skip(f, t, 0)?,
+        }
+    }
+    Ok(s)
+}
+
+/// Reads a remote write 1.0 `WriteRequest` straight from its bytes into the rows: labels are
+/// slices of the body, and nothing is built per series but the rows (decoding it with prost
+/// made each label two reference-counted handles on the body). prost's decoding of the same
+/// message is the reference the tests hold this to.
+fn walk_v1(
+    body: &[u8],
+    limits: &Limits,
+    rows: &mut Rows,
+    left_out: &mut Vec<RowError>,
+) -> Result<(), PayloadError> {
+    let mut w = Wire::new(body);
+    let bad = |at: usize, e: &str| {
+        PayloadError(format!(
+            "not a remote write request: {e} (in the message at byte {at})"
+        ))
+    };
+    let mut labels: Vec<(&str, &str)> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut n = 0;
+    while !w.done() {
+        let at = w.i;
+        let (field, wire) = w.key().map_err(|e| bad(at, e))?;
+        if field != 1 {
+            w.skip(field, wire, 0).map_err(|e| bad(at, e))?;
+            continue;
+        }
+        w.expect(wire, LEN).map_err(|e| bad(at, e))?;
+        let series_at = w.i;
+        let ts = w.bytes().map_err(|e| bad(at, e))?;
+        n += 1;
+        labels.clear();
+        samples.clear();
+        let mut histograms = 0;
+        let mut t = Wire::new(ts);
+        while !t.done() {
+            let at = series_at + t.i;
+            let (f, wire) = t.key().map_err(|e| bad(at, e))?;
+            match f {
+                1 => {
+                    t.expect(wire, LEN).map_err(|e| bad(at, e))?;
+                    let (k, v) = t.bytes().and_then(wire_label).map_err(|e| bad(at, e))?;
+                    labels.push((utf8(k, n, "name")?, utf8(v, n, "value")?));
+                }
+                2 => {
+                    t.expect(wire, LEN).map_err(|e| bad(at, e))?;
+                    samples.push(t.bytes().and_then(wire_sample).map_err(|e| bad(at, e))?);
+                }
+                4 => {
+                    t.expect(wire, LEN).map_err(|e| bad(at, e))?;
+                    t.bytes().map_err(|e| bad(at, e))?;
+                    histograms += 1;
+                }
+                f => t.skip(f, wire, 0).map_err(|e| bad(at, e))?,
+            }
+        }
+        series(n, &mut labels, &samples, histograms, limits, rows, left_out)?;
+    }
+    Ok(())
+}
+
+/// remote write 1.0 decoded with prost: the reference [`walk_v1`] is held to.
+#[cfg(test)]
 fn decode_v1(
     request: &WriteRequest,
     limits: &Limits,
@@ -265,6 +483,80 @@ mod tests {
             },
             &crate::metrics::schema(),
         )
+    }
+
+    /// Random requests, whole, cut short or with a byte changed: read straight from their bytes
+    /// they give what prost's decoding gives, or both are refused.
+    #[test]
+    fn reading_the_bytes_agrees_with_prost() {
+        use rand::{Rng, SeedableRng};
+        type Read = Result<(arrow::array::RecordBatch, Vec<usize>, Vec<RowError>), String>;
+        let schema = crate::metrics::schema();
+        let limits = Limits::default();
+        let by_prost = |body: &[u8]| -> Read {
+            let request = WriteRequest::decode(body).map_err(|e| e.to_string())?;
+            let (mut rows, mut left) = (Rows::new(&schema), Vec::new());
+            decode_v1(&request, &limits, &mut rows, &mut left).map_err(|e| e.0)?;
+            let (batch, origins) = rows.finish();
+            Ok((batch, origins, left))
+        };
+        let by_bytes = |body: &[u8]| -> Read {
+            let (mut rows, mut left) = (Rows::new(&schema), Vec::new());
+            walk_v1(body, &limits, &mut rows, &mut left).map_err(|e| e.0)?;
+            let (batch, origins) = rows.finish();
+            Ok((batch, origins, left))
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let (mut same, mut refused) = (0, 0);
+        for round in 0..6000 {
+            let request = WriteRequest {
+                timeseries: (0..rng.gen_range(0..4))
+                    .map(|_| TimeSeries {
+                        labels: (0..rng.gen_range(0..4))
+                            .map(|_| {
+                                let k = ["__name__", "job", "a", "zz"][rng.gen_range(0..4)];
+                                let v: Vec<u8> = (0..rng.gen_range(0..6))
+                                    .map(|_| [b'x', b'y', b'1', 0xff][rng.gen_range(0..4)])
+                                    .collect();
+                                Label {
+                                    name: Bytes::from_static(k.as_bytes()),
+                                    value: Bytes::from(v),
+                                }
+                            })
+                            .collect(),
+                        samples: (0..rng.gen_range(0..3))
+                            .map(|_| Sample {
+                                value: [1.5, -0.0, f64::INFINITY, f64::from_bits(STALE_NAN)]
+                                    [rng.gen_range(0..4)],
+                                timestamp: rng.gen_range(-5..2_000_000_000_000),
+                            })
+                            .collect(),
+                        histograms: (0..rng.gen_range(0..2))
+                            .map(|_| Bytes::from_static(b"\x08\x01"))
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            let mut body = request.encode_to_vec();
+            match round % 3 {
+                0 => {}
+                1 => body.truncate(rng.gen_range(0..=body.len())),
+                _ if !body.is_empty() => {
+                    let i = rng.gen_range(0..body.len());
+                    body[i] = rng.gen();
+                }
+                _ => {}
+            }
+            match (by_prost(&body), by_bytes(&body)) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "{body:?}");
+                    same += 1;
+                }
+                (Err(_), Err(_)) => refused += 1,
+                (a, b) => panic!("{body:?}: prost {a:?}, from the bytes {b:?}"),
+            }
+        }
+        assert!(same > 1000 && refused > 1000, "{same} {refused}");
     }
 
     #[test]

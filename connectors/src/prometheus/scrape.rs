@@ -213,7 +213,8 @@ pub fn rows(
     limits: &Limits,
 ) -> Result<Rows, String> {
     let samples = exposition::parse(body, flavor).map_err(|e| e.to_string())?;
-    let mut rows = Rows::new(schema);
+    // Room for Prometheus' three series about the scrape too.
+    let mut rows = Rows::with_capacity(schema, samples.len() + 3);
     let mut labels: Vec<(&str, &str)> = Vec::new();
     for (n, s) in samples.iter().enumerate() {
         labels.clear();
