@@ -57,20 +57,40 @@ impl std::fmt::Display for ParseError {
 /// Reads every sample of an exposition; the first line that is not one is an error (as
 /// Prometheus fails a scrape whose body it cannot read).
 pub fn parse(text: &str, flavor: Flavor) -> Result<Vec<Sample<'_>>, ParseError> {
-    // A sample a line, less the comments.
-    let mut out = Vec::with_capacity(text.bytes().filter(|&b| b == b'\n').count() + 1);
+    let mut out = Vec::new();
+    each(text, flavor, |s| {
+        out.push(s.clone());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` with every sample of an exposition in turn, reusing one sample's memory for all;
+/// the first line that is not a sample, or that `f` refuses, is the error.
+pub fn each<'a>(
+    text: &'a str,
+    flavor: Flavor,
+    mut f: impl FnMut(&Sample<'a>) -> Result<(), String>,
+) -> Result<(), ParseError> {
+    let mut s = Sample {
+        name: Cow::Borrowed(""),
+        labels: Vec::new(),
+        value: 0.0,
+        ts_ms: None,
+    };
     for (i, line) in text.lines().enumerate() {
         let line = line.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let s = sample(line, flavor).map_err(|message| ParseError {
-            line: i + 1,
-            message,
-        })?;
-        out.push(s);
+        sample(line, flavor, &mut s)
+            .and_then(|()| f(&s))
+            .map_err(|message| ParseError {
+                line: i + 1,
+                message,
+            })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn is_name_start(c: u8) -> bool {
@@ -176,13 +196,15 @@ pub fn float(t: &str) -> Option<f64> {
     }
 }
 
-fn sample(line: &str, flavor: Flavor) -> Result<Sample<'_>, String> {
+/// Reads one line into `out`.
+fn sample<'a>(line: &'a str, flavor: Flavor, out: &mut Sample<'a>) -> Result<(), String> {
     let mut c = Cursor { s: line, i: 0 };
     let mut name: Option<Cow<'_, str>> = None;
     if c.peek() != Some(b'{') {
         name = Some(Cow::Borrowed(c.name("metric name")?));
     }
-    let mut labels = Vec::new();
+    let labels = &mut out.labels;
+    labels.clear();
     c.spaces();
     if c.peek() == Some(b'{') {
         c.i += 1;
@@ -252,12 +274,10 @@ fn sample(line: &str, flavor: Flavor) -> Result<Sample<'_>, String> {
     if c.peek().is_some_and(|b| b != b'#') {
         return Err(format!("unexpected '{}' after the sample", &line[c.i..]));
     }
-    Ok(Sample {
-        name,
-        labels,
-        value,
-        ts_ms,
-    })
+    out.name = name;
+    out.value = value;
+    out.ts_ms = ts_ms;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,7 +285,9 @@ mod tests {
     use super::*;
 
     fn one(line: &str, flavor: Flavor) -> Sample<'_> {
-        sample(line, flavor).unwrap()
+        let mut s = parse(line, flavor).unwrap();
+        assert_eq!(s.len(), 1, "{line:?}");
+        s.remove(0)
     }
 
     #[test]

@@ -212,12 +212,15 @@ pub fn rows(
     now_ms: i64,
     limits: &Limits,
 ) -> Result<Rows, String> {
-    let samples = exposition::parse(body, flavor).map_err(|e| e.to_string())?;
-    // Room for Prometheus' three series about the scrape too.
-    let mut rows = Rows::with_capacity(schema, samples.len() + 3);
-    let mut labels: Vec<(&str, &str)> = Vec::new();
-    for (n, s) in samples.iter().enumerate() {
-        labels.clear();
+    // About a sample a line, and room for Prometheus' three series about the scrape.
+    let lines = body.bytes().filter(|&b| b == b'\n').count();
+    let mut rows = Rows::with_capacity(schema, lines + 4);
+    let mut spare: Vec<(&str, &str)> = Vec::new();
+    let mut n = 0;
+    exposition::each(body, flavor, |s| {
+        n += 1;
+        // The labels borrow from this sample alone; the vector's memory serves them all.
+        let mut labels = reuse(std::mem::take(&mut spare));
         for (k, v) in &s.labels {
             let k: &str = match k.as_ref() {
                 "job" => "exported_job",
@@ -233,9 +236,19 @@ pub fn rows(
             .map_err(|e| format!("sample {}: {e}", s.name))?;
         crate::metrics::sort_labels(&mut labels, |l| l.0);
         rows.series(&s.name, labels.iter().copied());
-        rows.sample(s.value, s.ts_ms.unwrap_or(now_ms), n + 1);
-    }
+        rows.sample(s.value, s.ts_ms.unwrap_or(now_ms), n);
+        spare = reuse(labels);
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
     Ok(rows)
+}
+
+/// An empty vector of pairs of borrowed strings on the memory of another, whatever the lifetimes
+/// (collecting in place keeps the allocation).
+fn reuse<'b>(mut v: Vec<(&str, &str)>) -> Vec<(&'b str, &'b str)> {
+    v.clear();
+    v.into_iter().map(|_| ("", "")).collect()
 }
 
 type HttpClient = Client<

@@ -156,6 +156,18 @@ impl<'a> Parser<'a> {
         self.i - start
     }
 
+    /// The text from `start` to here: borrowed when nothing was unescaped, else what was
+    /// unescaped up to `from` (in `owned`) and the rest.
+    fn unescaped(&self, owned: Option<String>, start: usize, from: usize) -> Cow<'a, str> {
+        match owned {
+            Some(mut s) => {
+                s.push_str(&self.text[from..self.i]);
+                Cow::Owned(s)
+            }
+            None => Cow::Borrowed(&self.text[start..self.i]),
+        }
+    }
+
     fn error(&self, what: String) -> String {
         format!("{what} (column {})", self.i + 1)
     }
@@ -197,13 +209,7 @@ impl<'a> Parser<'a> {
         if self.i == start {
             return Err(self.error(format!("expected {what}")));
         }
-        let value = match owned {
-            Some(mut s) => {
-                s.push_str(&self.text[from..self.i]);
-                Cow::Owned(s)
-            }
-            None => Cow::Borrowed(&self.text[start..self.i]),
-        };
+        let value = self.unescaped(owned, start, from);
         if value.ends_with('\\') {
             return Err(self.error(format!("{what} ends with a backslash")));
         }
@@ -297,13 +303,7 @@ impl<'a> Parser<'a> {
         while !self.at_end() {
             match self.peek() {
                 b'"' => {
-                    let value = match owned {
-                        Some(mut s) => {
-                            s.push_str(&self.text[from..self.i]);
-                            Cow::Owned(s)
-                        }
-                        None => Cow::Borrowed(&self.text[start..self.i]),
-                    };
+                    let value = self.unescaped(owned, start, from);
                     self.i += 1;
                     return Ok(FieldValue::Str(value));
                 }
