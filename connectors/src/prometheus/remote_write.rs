@@ -1,5 +1,7 @@
 //! Prometheus remote write, 1.0 (`prometheus.WriteRequest`) and 2.0
-//! (`io.prometheus.write.v2.Request`), decoded with prost into the metrics shape.
+//! (`io.prometheus.write.v2.Request`), decoded into the metrics shape: 1.0 read straight from
+//! the request's bytes (its prost messages are the reference the tests hold that reading to, and
+//! what the load generator encodes with), 2.0 with prost.
 //!
 //! Every float sample becomes a row: `metric` from `__name__`, `labels` the other labels, `ts`
 //! the sample's millisecond timestamp. A staleness marker (the NaN Prometheus writes when a
