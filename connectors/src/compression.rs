@@ -51,12 +51,14 @@ pub fn decompress(encoding: &str, body: Bytes, limit: usize) -> Result<Bytes, De
         }
         "gzip" | "x-gzip" => {
             // A gzip member ends with its uncompressed size (modulo 2^32): exact for one
-            // member, only a hint (capped by the limit) for a body that lies.
+            // member, only a hint for a body that lies, so it is capped by the limit and by
+            // deflate's largest ratio (1032:1).
             let size = body.len().checked_sub(4).map_or(0, |at| {
                 u32::from_le_bytes(body[at..].try_into().expect("4 bytes"))
             });
+            let hint = (size as usize).min(body.len().saturating_mul(1032));
             let d = flate2::read::MultiGzDecoder::new(&body[..]);
-            bounded(d, limit, size as usize, "gzip")
+            bounded(d, limit, hint, "gzip")
         }
         "deflate" => {
             let d = flate2::read::ZlibDecoder::new(&body[..]);
@@ -112,6 +114,22 @@ mod tests {
             let out = decompress(enc, Bytes::from(body), 1 << 20).unwrap();
             assert_eq!(&out[..], &data[..], "{enc}");
         }
+    }
+
+    /// The size a gzip body ends with only sizes the buffer: several members (whose last says
+    /// less than the whole) and a trailer that lies are read as they are.
+    #[test]
+    fn the_gzip_trailer_is_only_a_hint() {
+        let big = b"a long first member ".repeat(5000);
+        let mut two = gzip(&big);
+        two.extend(gzip(b"short"));
+        let out = decompress("gzip", Bytes::from(two), 1 << 20).unwrap();
+        assert_eq!(out.len(), big.len() + 5);
+        let mut lying = gzip(b"tiny");
+        let n = lying.len();
+        lying[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = decompress("gzip", Bytes::from(lying), 1 << 20).unwrap_err();
+        assert!(matches!(e, DecompressError::Corrupt("gzip", _)), "{e:?}");
     }
 
     #[test]
