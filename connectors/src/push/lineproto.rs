@@ -55,20 +55,11 @@ impl<'a> Line<'a> {
         self.tags.clear();
         self.fields.clear();
         self.timestamp = None;
-        let mut p = Parser {
-            text,
-            b: text.as_bytes(),
-            i: 0,
-        };
-        p.skip(|c| is_space(c) || c == b'\r');
-        if p.at_end() || p.peek() == b'#' {
+        let mut p = Parser::new(text);
+        let Some(measurement) = p.measurement()? else {
             return Ok(false);
-        }
-        self.measurement = p.token(
-            |c| is_space(c) || c == b',' || c == 0,
-            MEASUREMENT_ESCAPES,
-            "a measurement",
-        )?;
+        };
+        self.measurement = measurement;
         if p.eat(b',') {
             loop {
                 let key = p.token(|c| is_space(c) || c == b'=', KEY_ESCAPES, "a tag key")?;
@@ -129,6 +120,29 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    fn new(text: &'a str) -> Self {
+        Parser {
+            text,
+            b: text.as_bytes(),
+            i: 0,
+        }
+    }
+
+    /// The measurement a line starts with, after any leading whitespace; `None` for a blank
+    /// line or a comment.
+    fn measurement(&mut self) -> Result<Option<Cow<'a, str>>, String> {
+        self.skip(|c| is_space(c) || c == b'\r');
+        if self.at_end() || self.peek() == b'#' {
+            return Ok(None);
+        }
+        self.token(
+            |c| is_space(c) || c == b',' || c == 0,
+            MEASUREMENT_ESCAPES,
+            "a measurement",
+        )
+        .map(Some)
+    }
+
     fn at_end(&self) -> bool {
         self.i >= self.b.len()
     }
@@ -258,20 +272,10 @@ impl<'a> Parser<'a> {
             return Err("expected a number after '-'".into());
         }
         if !self.at_end() && self.peek() == b'i' {
-            let t = &self.text[start..self.i];
-            self.i += 1;
-            return t
-                .parse()
-                .map(FieldValue::Int)
-                .map_err(|_| format!("integer {t} is out of range"));
+            return self.suffixed(start, FieldValue::Int, "integer");
         }
         if !negative && !self.at_end() && self.peek() == b'u' {
-            let t = &self.text[start..self.i];
-            self.i += 1;
-            return t
-                .parse()
-                .map(FieldValue::UInt)
-                .map_err(|_| format!("unsigned integer {t} is out of range"));
+            return self.suffixed(start, FieldValue::UInt, "unsigned integer");
         }
         // A fraction needs a digit after the point; an exponent needs digits after its sign.
         let before_fraction = self.i;
@@ -292,6 +296,21 @@ impl<'a> Parser<'a> {
         t.parse()
             .map(FieldValue::Float)
             .map_err(|_| format!("{t} is not a number"))
+    }
+
+    /// The digits from `start` to here as an integer of the type its suffix (here, skipped)
+    /// names.
+    fn suffixed<T: std::str::FromStr>(
+        &mut self,
+        start: usize,
+        value: fn(T) -> FieldValue<'a>,
+        what: &str,
+    ) -> Result<FieldValue<'a>, String> {
+        let t = &self.text[start..self.i];
+        self.i += 1;
+        t.parse()
+            .map(value)
+            .map_err(|_| format!("{what} {t} is out of range"))
     }
 
     /// A quoted string; `\"` and `\\` are escapes, any other backslash is itself.
@@ -360,21 +379,7 @@ pub(super) fn split(text: &str) -> impl Iterator<Item = &str> {
 
 /// The measurement of a line, escapes undone: `Ok(None)` for a blank line or a comment.
 pub(super) fn measurement(line: &str) -> Result<Option<Cow<'_, str>>, String> {
-    let mut p = Parser {
-        text: line,
-        b: line.as_bytes(),
-        i: 0,
-    };
-    p.skip(|c| is_space(c) || c == b'\r');
-    if p.at_end() || p.peek() == b'#' {
-        return Ok(None);
-    }
-    p.token(
-        |c| is_space(c) || c == b',' || c == 0,
-        MEASUREMENT_ESCAPES,
-        "a measurement",
-    )
-    .map(Some)
+    Parser::new(line).measurement()
 }
 
 #[cfg(test)]
