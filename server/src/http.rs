@@ -36,6 +36,10 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/catalog", get(catalog))
         .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            crate::cluster::link::PATH,
+            get(crate::cluster::link::accept),
+        )
         .route("/metrics", get(metrics))
         .merge(crate::amapi::routes())
         .merge(crate::console::routes())
@@ -538,6 +542,9 @@ async fn catalog(State(app): State<AppRef>) -> Response {
             key.into(),
             Value::Array(groups.remove(key).unwrap_or_default()),
         );
+    }
+    if let Some(c) = &app.cluster {
+        out.insert("cluster".into(), c.describe(&app));
     }
     Json(Value::Object(out)).into_response()
 }

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::catalog_log::Generations;
 use crate::memory::Budget;
 use crate::metrics::{Metrics, Refusal};
-use crate::wal::Wal;
+use crate::replicate::Replication;
+use crate::wal::{Stamp, Wal};
 
 /// The engine may hold this many pushed rows not yet taken by a worker before the writer waits.
 const MAX_ENGINE_PENDING: usize = 4_000_000;
@@ -32,6 +33,8 @@ const GROUP_ROWS: usize = 4_000_000;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcome {
     pub accepted: usize,
+    /// A forwarded batch this replica already held (see [`Provenance::Peer`]): nothing was done.
+    pub duplicate: bool,
     /// Refused rows by payload row number, with the reason.
     pub rejected: Vec<(usize, String)>,
 }
@@ -53,8 +56,20 @@ pub enum IngestError {
     Memory(String),
 }
 
+/// Where a batch comes from.
+#[derive(Clone, Debug)]
+pub enum Provenance {
+    /// Accepted by this replica: from a client (`replicated`: shared with the other replicas)
+    /// or from a collector every replica runs, or for tocsin's own relations (not shared).
+    Local { replicated: bool },
+    /// Accepted by the replica `origin` as its record `seq` at `at` (epoch ms), and forwarded
+    /// here. A `seq` this replica already holds is not taken again.
+    Peer { origin: Arc<str>, seq: u64, at: i64 },
+}
+
 struct Job {
     source: String,
+    provenance: Provenance,
     batch: RecordBatch,
     /// Payload row number of each row of `batch`.
     rows: Vec<usize>,
@@ -80,6 +95,8 @@ pub struct Ingest {
     capacity: usize,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    /// Set when this server is one of several replicas.
+    replication: Option<Arc<Replication>>,
 }
 
 impl Ingest {
@@ -94,8 +111,11 @@ impl Ingest {
         queue: usize,
         wait: Duration,
         budget: Arc<Budget>,
+        replicas: bool,
     ) -> Ingest {
         let capacity = queue.max(1);
+        let replication = replicas.then(|| Arc::new(Replication::new(wal.marks.clone())));
+        let shared = replication.clone();
         let lookup = generations.clone();
         let (tx, rx) = mpsc::channel(capacity);
         let ticker = tx.clone();
@@ -114,11 +134,13 @@ impl Ingest {
             .name("tocsin-wal".into())
             .spawn(move || {
                 Writer {
+                    marks: wal.marks.clone(),
                     engine,
                     wal,
                     history,
                     generations,
                     metrics,
+                    replication: shared,
                 }
                 .run(rx)
             })
@@ -130,7 +152,13 @@ impl Ingest {
             capacity,
             budget,
             metrics: counted,
+            replication,
         }
+    }
+
+    /// What the writer shares with the links to other replicas (when there are any).
+    pub fn replication(&self) -> Option<&Arc<Replication>> {
+        self.replication.as_ref()
     }
 
     /// The memory budget batches are checked against.
@@ -157,7 +185,39 @@ impl Ingest {
         rows: Vec<usize>,
         patient: bool,
     ) -> Result<Outcome, IngestError> {
-        self.push_to(source, None, batch, rows, patient).await
+        let replicated = !source.starts_with(tocsin_sql::SYSTEM_PREFIX);
+        self.push_to(
+            source,
+            None,
+            batch,
+            rows,
+            patient,
+            Provenance::Local { replicated },
+        )
+        .await
+    }
+
+    /// Queues a batch another replica accepted (its record `seq`, accepted at `at`), waiting
+    /// for room as long as it takes, and waits for its outcome: a batch already held is
+    /// answered as a duplicate.
+    pub async fn push_forwarded(
+        &self,
+        origin: Arc<str>,
+        seq: u64,
+        at: i64,
+        source: &str,
+        batch: RecordBatch,
+    ) -> Result<Outcome, IngestError> {
+        let rows = (0..batch.num_rows()).collect();
+        self.push_to(
+            source,
+            None,
+            batch,
+            rows,
+            true,
+            Provenance::Peer { origin, seq, at },
+        )
+        .await
     }
 
     /// The current generation of a source (`None` if it does not exist).
@@ -171,7 +231,8 @@ impl Ingest {
 
     /// [`Ingest::push`] for a producer tied to one generation of the source (see
     /// [`Ingest::generation`]): refused once the source has been dropped, also if it was
-    /// re-created under the same name.
+    /// re-created under the same name. The provenance says whether the rows go to the other
+    /// replicas too (collectors every replica runs say no).
     pub async fn push_to(
         &self,
         source: &str,
@@ -179,7 +240,11 @@ impl Ingest {
         batch: RecordBatch,
         rows: Vec<usize>,
         patient: bool,
+        mut provenance: Provenance,
     ) -> Result<Outcome, IngestError> {
+        if let Provenance::Local { replicated } = &mut provenance {
+            *replicated &= self.replication.is_some();
+        }
         // tocsin's own relations (alert state and events) are bounded by the live alerts and
         // must keep working when users' data fills the budget.
         let _reservation = if source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
@@ -199,6 +264,7 @@ impl Ingest {
         let (reply, answer) = oneshot::channel();
         let msg = Msg::Batch(Job {
             source: source.to_string(),
+            provenance,
             batch,
             rows,
             generation,
@@ -231,10 +297,17 @@ struct Writer {
     history: Arc<History>,
     generations: Generations,
     metrics: Arc<Metrics>,
+    replication: Option<Arc<Replication>>,
+    /// The newest `seq` of each other replica taken, durable or about to be (the replication's
+    /// marks are those durable).
+    marks: std::collections::HashMap<String, u64>,
 }
 
 struct Staged {
     job: Job,
+    /// The record's stamp and, for a record to send the other replicas, its payload.
+    stamp: Stamp,
+    forward: Option<Vec<u8>>,
     /// The source's generation and the batch's position in the WAL (when it has rows).
     generation: u64,
     pos: Option<u64>,
@@ -262,6 +335,7 @@ impl Writer {
             }
             let mut maintain = false;
             let mut staged = Vec::new();
+            let marks_before = self.replication.as_ref().map(|_| self.marks.clone());
             for m in group {
                 match m {
                     Msg::Maintain => maintain = true,
@@ -274,6 +348,9 @@ impl Writer {
             }
             if let Err(e) = self.wal.sync() {
                 tracing::error!("write-ahead log sync failed: {e}");
+                if let Some(m) = marks_before {
+                    self.marks = m;
+                }
                 for s in staged {
                     let _ = s
                         .job
@@ -281,6 +358,21 @@ impl Writer {
                         .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
                 }
                 continue;
+            }
+            if let Some(r) = &self.replication {
+                let records = staged
+                    .iter_mut()
+                    .filter_map(|s| {
+                        let payload = s.forward.take()?;
+                        Some((
+                            s.stamp.lsn,
+                            s.admitted.num_rows() as u64,
+                            s.stamp.at,
+                            payload,
+                        ))
+                    })
+                    .collect();
+                r.synced_through(self.wal.last_lsn(), &self.marks, records);
             }
             for s in staged {
                 self.apply(s);
@@ -299,6 +391,31 @@ impl Writer {
 
     /// Checks a batch against its source and appends the rows it takes to the WAL.
     fn stage(&mut self, job: Job) -> Option<Staged> {
+        let mut stamp = match &job.provenance {
+            Provenance::Local { replicated } => Stamp {
+                at: self.engine.clock().now() as i64,
+                replicated: *replicated,
+                ..Stamp::default()
+            },
+            Provenance::Peer { origin, seq, at } => {
+                let mark = self.marks.entry(origin.to_string()).or_insert(0);
+                if *seq <= *mark {
+                    let _ = job.reply.send(Ok(Outcome {
+                        duplicate: true,
+                        ..Outcome::default()
+                    }));
+                    return None;
+                }
+                *mark = *seq;
+                Stamp {
+                    origin: Some(origin.to_string()),
+                    seq: *seq,
+                    at: *at,
+                    replicated: true,
+                    ..Stamp::default()
+                }
+            }
+        };
         let generation = self
             .generations
             .read()
@@ -327,13 +444,22 @@ impl Writer {
             }
         };
         let mut pos = None;
+        let mut forward = None;
         if admitted.num_rows() > 0 {
             let retain = self
                 .engine
                 .retention(&job.source)
                 .map_or(i64::MAX, |d| d.as_millis() as i64);
-            match self.wal.append(&job.source, generation, retain, &admitted) {
-                Ok(p) => pos = Some(p),
+            match self
+                .wal
+                .append(&job.source, generation, retain, &admitted, &mut stamp)
+            {
+                Ok(a) => {
+                    pos = Some(a.pos);
+                    if stamp.replicated && stamp.origin.is_none() {
+                        forward = Some(a.payload);
+                    }
+                }
                 Err(e) => {
                     tracing::error!("write-ahead log append failed: {e}");
                     let _ = job
@@ -349,6 +475,8 @@ impl Writer {
             .collect();
         Some(Staged {
             job,
+            stamp,
+            forward,
             generation,
             pos,
             admitted,
@@ -362,6 +490,8 @@ impl Writer {
         let Staged {
             job,
             generation,
+            stamp: _,
+            forward: _,
             pos,
             admitted,
             kept,
@@ -369,6 +499,7 @@ impl Writer {
         } = s;
         let mut outcome = Outcome {
             accepted: 0,
+            duplicate: false,
             rejected: rejected
                 .into_iter()
                 .map(|(i, m)| (job.rows[i], m))

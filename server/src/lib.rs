@@ -18,6 +18,7 @@
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
+//! | [`cluster`], [`replicate`] | replicas: the links between them, what the ingest writer shares with them |
 //! | [`sources`] | the connectors tocsin runs itself: `FROM HOST`, `FROM SNMP`, `FROM SNMP TRAP` |
 //! | [`alerts`] | the alert manager: the pure lifecycle, the durable store and outbox, grouped delivery, `tocsin_alerts` and `tocsin_alert_events` |
 //! | [`json`] | results as JSON |
@@ -31,6 +32,7 @@ pub mod amapi;
 pub mod auth;
 pub mod catalog_log;
 pub mod client;
+pub mod cluster;
 pub mod console;
 pub mod http;
 pub mod ingest;
@@ -42,6 +44,7 @@ pub mod metrics;
 pub mod pg;
 pub mod push;
 pub mod records;
+pub mod replicate;
 pub mod sources;
 pub mod start;
 pub mod state;

@@ -162,6 +162,27 @@ enum Command {
         /// About the bytes those changes may take (e.g. 16MiB).
         #[arg(long, default_value = "16MiB")]
         subscriber_buffer: String,
+        /// This server's id among its replicas (with --peers; see docs/ha.md).
+        #[arg(long, requires = "peers")]
+        replica_id: Option<String>,
+        /// The other replicas, ID=ws://HOST:PORT (wss:// with TLS), comma-separated: a set of
+        /// replicas is 2 or 3 servers.
+        #[arg(long, value_delimiter = ',', requires = "replica_id")]
+        peers: Vec<String>,
+        /// The secret replicas present to each other (at least 16 characters, the same on
+        /// every replica); a link without it is refused.
+        #[arg(long, env = "TOCSIN_CLUSTER_SECRET", hide_env_values = true)]
+        cluster_secret: Option<String>,
+        /// How long a peer may be silent before its link is dropped and dialed again.
+        #[arg(long, default_value = "5s")]
+        peer_timeout: String,
+        /// When a client's batch is acknowledged: once durable on this replica (local) or on a
+        /// majority of replicas (quorum).
+        #[arg(long, default_value = "local")]
+        ack: String,
+        /// CA certificate (PEM) to trust for wss:// peers instead of the public roots.
+        #[arg(long, env = "TOCSIN_CLUSTER_CA_CERT")]
+        cluster_ca_cert: Option<PathBuf>,
     },
     /// Run SQL on a server and print the results (reads stdin when no SQL is given).
     Sql {
@@ -251,7 +272,24 @@ fn main() {
                 history_flush,
                 subscriber_buffer_changes,
                 subscriber_buffer,
+                replica_id,
+                peers,
+                cluster_secret,
+                peer_timeout,
+                ack,
+                cluster_ca_cert,
             } => {
+                let cluster = match replica_id {
+                    Some(id) => Some(tocsin_server::cluster::ClusterConfig::new(
+                        &id,
+                        &peers,
+                        cluster_secret.as_deref(),
+                        duration(&peer_timeout)?,
+                        tocsin_server::cluster::Ack::parse(&ack)?,
+                        cluster_ca_cert,
+                    )?),
+                    None => None,
+                };
                 let mut tokens = Vec::new();
                 // TOCSIN_HTTP_TOKEN is what --http-token (now --admin-token) was read from.
                 let admin_token = if admin_token.is_empty() {
@@ -326,6 +364,7 @@ fn main() {
                     },
                     alert_value_interval: duration(&alert_value_interval)?,
                     history_flush: duration(&history_flush)?,
+                    cluster,
                     ..Config::default()
                 };
                 if let Some(w) = workers {

@@ -5,7 +5,7 @@
 //! back to the last whole record so that later appends follow good data.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 const HEADER: usize = 8;
@@ -119,6 +119,54 @@ pub fn read_records(path: &Path) -> io::Result<Records> {
         f.sync_all()?;
     }
     Ok(Records { payloads, torn })
+}
+
+/// Walks the whole records of a file that may be being appended to, without changing it: for
+/// each, its offset, payload length and up to `prefix` first bytes of its payload. Stops at the
+/// first record that is not whole (yet). Checksums are checked by [`read_at`].
+pub fn scan(path: &Path, prefix: usize, mut each: impl FnMut(u64, u32, &[u8])) -> io::Result<()> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut r = io::BufReader::with_capacity(64 << 10, file);
+    let mut at = 0u64;
+    let mut head = [0u8; HEADER];
+    let mut buf = vec![0u8; prefix];
+    while at + HEADER as u64 <= size {
+        r.read_exact(&mut head)?;
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
+        if len as usize > MAX_RECORD || at + (HEADER as u64) + u64::from(len) > size {
+            break;
+        }
+        let n = prefix.min(len as usize);
+        r.read_exact(&mut buf[..n])?;
+        each(at, len, &buf[..n]);
+        let skip = len as usize - n;
+        if skip <= r.buffer().len() {
+            r.consume(skip);
+        } else {
+            r.seek_relative(skip as i64)?;
+        }
+        at += HEADER as u64 + u64::from(len);
+    }
+    Ok(())
+}
+
+/// Reads the record at `offset` (as [`scan`] found it) and checks its checksum.
+pub fn read_at(path: &Path, offset: u64, len: u32) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path)?;
+    let mut data = vec![0u8; HEADER + len as usize];
+    file.read_exact_at(&mut data, offset)?;
+    let stored = u32::from_le_bytes(data[..4].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
+    if stored != len || crc32fast::hash(&data[HEADER..]) != crc {
+        return Err(io::Error::other(format!(
+            "{}: the record at offset {offset} fails its checksum",
+            path.display()
+        )));
+    }
+    data.drain(..HEADER);
+    Ok(data)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use datafusion::arrow::record_batch::RecordBatch;
 use tocsin_connectors::source::{Output, PushError, Running, SourceConnector, Task};
 
-use crate::ingest::IngestError;
+use crate::ingest::{IngestError, Provenance};
 use crate::state::AppRef;
 
 /// A source's rows into the ingest path.
@@ -21,6 +21,9 @@ struct IngestOutput {
     app: AppRef,
     /// The generation of the source and of each companion when the task started.
     generations: HashMap<String, Option<u64>>,
+    /// Whether the rows go to the other replicas: not for a collector, which every replica
+    /// runs itself.
+    replicated: bool,
 }
 
 #[async_trait::async_trait]
@@ -31,7 +34,16 @@ impl Output for IngestOutput {
         match self
             .app
             .ingest
-            .push_to(relation, generation, batch, rows, true)
+            .push_to(
+                relation,
+                generation,
+                batch,
+                rows,
+                true,
+                Provenance::Local {
+                    replicated: self.replicated,
+                },
+            )
             .await
         {
             Ok(o) => {
@@ -79,6 +91,7 @@ pub fn task(
         output: Arc::new(IngestOutput {
             app: app.clone(),
             generations,
+            replicated: !kind.collecting(),
         }),
         counters: app.metrics.source(name),
         limits: app.limits.labels,

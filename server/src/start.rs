@@ -114,6 +114,9 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     relations::create(&tocsin)
         .await
         .map_err(|e| format!("cannot create the alert relations: {e}"))?;
+    crate::cluster::create_relation(&tocsin)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", crate::cluster::REPLICAS))?;
     let (publish, published) = tokio::sync::mpsc::unbounded_channel();
     let alerts_dir = config.data_dir.join("alerts");
     let alerts = Arc::new(
@@ -267,6 +270,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             config.memory_limit,
             engine.clone(),
         )),
+        config.cluster.is_some(),
     );
     let durability = Arc::new(ServerDurability {
         log,
@@ -291,6 +295,11 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         limits: config.limits.clone(),
         connection_warning: crate::limits::Throttled::new(std::time::Duration::from_secs(10)),
         started_ms: chrono::Utc::now().timestamp_millis(),
+        data_dir: config.data_dir.clone(),
+        cluster: config
+            .cluster
+            .clone()
+            .map(|c| Arc::new(crate::cluster::Cluster::new(c))),
         _lock: lock,
     });
     let _ = durability.app.set(Arc::downgrade(&app));
@@ -335,6 +344,23 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         tracing::info!("new data dir: created the embedded default (source `host` with 24 h of history, views `host_1m` (7 days of history), `host_1h` (90 days), `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure` notifying sink `log`)");
     }
     crate::tasks::reconcile(&app).await;
+    if let Some(cluster) = &app.cluster {
+        crate::cluster::start(&app, cluster)?;
+        tracing::info!(
+            "replica {}: peers {}; acknowledging ingest {}",
+            cluster.config.id,
+            cluster
+                .peers
+                .iter()
+                .map(|p| format!("{} at {}", p.config.id, p.config.url))
+                .collect::<Vec<_>>()
+                .join(", "),
+            match cluster.config.ack {
+                crate::cluster::Ack::Local => "once durable here (--ack local)",
+                crate::cluster::Ack::Quorum => "once durable on a majority (--ack quorum)",
+            }
+        );
+    }
     Ok(app)
 }
 

@@ -51,6 +51,8 @@ pub struct Config {
     pub history_flush: Duration,
     /// Where time comes from: the system clock, or a manual one for tests that embed the server.
     pub clock: tocsin_engine::Clock,
+    /// Set when this server is one of several replicas (`--replica-id`, `--peers`).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for Config {
@@ -72,6 +74,7 @@ impl Default for Config {
             alert_value_interval: Duration::from_secs(1),
             history_flush: Duration::from_secs(5),
             clock: tocsin_engine::Clock::system(),
+            cluster: None,
         }
     }
 }
@@ -93,6 +96,9 @@ pub struct App {
     pub connection_warning: crate::limits::Throttled,
     /// When the server started, epoch ms.
     pub started_ms: i64,
+    pub data_dir: std::path::PathBuf,
+    /// This replica and its peers, when it is one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Held (locked) for as long as the server runs, so that two servers never share a data dir.
     pub(crate) _lock: std::fs::File,
 }

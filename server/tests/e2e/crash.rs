@@ -81,6 +81,7 @@ async fn kill_9_and_restart_keep_everything() {
     let newest_segment = std::fs::read_dir(data.join("wal"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
         .max()
         .unwrap();
     for f in [data.join("catalog.log"), newest_segment] {

@@ -19,6 +19,7 @@ mod garbage;
 mod history;
 mod http;
 mod pg;
+mod replicas;
 mod security;
 mod slow;
 mod snmp;

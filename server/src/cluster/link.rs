@@ -1,0 +1,533 @@
+//! The links between replicas. Each replica dials every peer ([`dial`]) and sends it its own
+//! records over that link: first those the peer does not hold, read back from the log, then each
+//! new one as it becomes durable, falling back to the log whenever the link falls behind. Each
+//! replica takes the links its peers dial ([`accept`]) and writes what comes over them through
+//! its ingest path, answering each record once it is durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use bytes::Bytes;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::proto::{Frame, VERSION};
+use super::{now_ms, Cluster, LinkState, Peer};
+use crate::ingest::IngestError;
+use crate::limits::Conn;
+use crate::replicate::Replication;
+use crate::state::AppRef;
+
+/// The path of the link endpoint.
+pub const PATH: &str = "/v1/cluster";
+/// How often each side of a link says it is there.
+const BEAT: Duration = Duration::from_secs(1);
+/// Records a replica takes from a link before it waits for the oldest to be durable.
+const IN_FLIGHT: usize = 64;
+/// Records read back from the log at a time while a peer catches up.
+const CATCH_UP_CHUNK: usize = 256;
+/// A record is at most this large (a log record's limit, with room for the frame).
+const MAX_FRAME: usize = crate::records::MAX_RECORD + 4096;
+
+fn binary(f: &Frame) -> Message {
+    Message::Binary(f.encode())
+}
+
+/// Sends this replica's records to `peer` for as long as the server runs, dialing again with
+/// backoff whenever the link fails.
+pub async fn dial(
+    cluster: Arc<Cluster>,
+    peer: Arc<Peer>,
+    replication: Arc<Replication>,
+    wal: PathBuf,
+    tls: Arc<rustls::ClientConfig>,
+) {
+    let url = format!("{}{PATH}", peer.config.url);
+    let mut backoff = Duration::from_millis(100);
+    let mut logged: Option<String> = None;
+    loop {
+        peer.set(LinkState::Connecting);
+        let why = match connect(&cluster, &url, &tls).await {
+            Ok(ws) => {
+                backoff = Duration::from_millis(100);
+                send_records(&cluster, &peer, &replication, &wal, ws).await
+            }
+            Err(e) => e,
+        };
+        // A peer that stays away is logged once until its link changes.
+        if logged.as_deref() != Some(&why) {
+            tracing::warn!(
+                "replica {}: link to {url}: {why}; dialing again",
+                peer.config.id
+            );
+            logged = Some(why.clone());
+        }
+        peer.set(LinkState::Down(why));
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(
+    cluster: &Cluster,
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Client, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| format!("bad address: {e}"))?;
+    let value = format!("Bearer {}", cluster.config.secret)
+        .parse()
+        .map_err(|_| "the cluster secret is not a valid header value".to_string())?;
+    req.headers_mut().insert(header::AUTHORIZATION, value);
+    let mut config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().write_buffer_size(0);
+    config.max_message_size = Some(MAX_FRAME);
+    config.max_frame_size = Some(MAX_FRAME);
+    let connector = tokio_tungstenite::Connector::Rustls(tls.clone());
+    let dial =
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, Some(connector));
+    match tokio::time::timeout(cluster.config.peer_timeout, dial).await {
+        Err(_) => Err("no answer to the WebSocket handshake".into()),
+        Ok(Err(WsError::Http(r))) => {
+            let body = r
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Err(format!("refused with {}: {}", r.status(), body.trim()))
+        }
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+/// Waits for the next frame, at most the peer timeout; what ends the link is answered as why.
+async fn next_frame<S>(stream: &mut S, timeout: Duration, peer: &Peer) -> Result<Frame, String>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    match tokio::time::timeout(timeout, read_frame(stream, peer)).await {
+        Err(_) => Err(format!("silent for {timeout:?} (--peer-timeout)")),
+        Ok(r) => r,
+    }
+}
+
+/// The next frame (cancel-safe: nothing is lost when the future is dropped before it is ready).
+async fn read_frame<S>(stream: &mut S, peer: &Peer) -> Result<Frame, String>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        let msg = match stream.next().await {
+            None => return Err("the connection closed".into()),
+            Some(Err(e)) => return Err(format!("the connection failed: {e}")),
+            Some(Ok(m)) => m,
+        };
+        peer.heard();
+        match msg {
+            Message::Binary(b) => return Frame::decode(b).map_err(|e| format!("it sent {e}")),
+            Message::Close(c) => {
+                return Err(match c {
+                    Some(c) => format!("it closed the link: {}", c.reason),
+                    None => "it closed the link".into(),
+                })
+            }
+            Message::Text(_) => return Err("it sent text, not a frame of the protocol".into()),
+            _ => continue,
+        }
+    }
+}
+
+/// One link's life on the dialing side: the greeting, then records until it fails.
+async fn send_records(
+    cluster: &Cluster,
+    peer: &Peer,
+    replication: &Replication,
+    wal: &std::path::Path,
+    mut ws: Client,
+) -> String {
+    let timeout = cluster.config.peer_timeout;
+    let hello = Frame::Hello {
+        version: VERSION,
+        id: cluster.config.id.clone(),
+    };
+    if let Err(e) = ws.send(binary(&hello)).await {
+        return format!("send failed: {e}");
+    }
+    let mark = match next_frame(&mut ws, timeout, peer).await {
+        Ok(Frame::Welcome { version, id, mark }) => {
+            if version != VERSION {
+                return format!(
+                    "it speaks version {version} of the protocol, this replica {VERSION}"
+                );
+            }
+            if id != peer.config.id {
+                return format!(
+                    "the replica there is '{id}', not '{}' as --peers says",
+                    peer.config.id
+                );
+            }
+            mark
+        }
+        Ok(other) => return format!("it answered the greeting with {other:?}"),
+        Err(e) => return e,
+    };
+    peer.ack(mark);
+    peer.set(LinkState::Up);
+    tracing::info!(
+        "replica {}: link up ({} of this replica's records held there)",
+        peer.config.id,
+        if mark == 0 {
+            "none".to_string()
+        } else {
+            format!("through #{mark}")
+        }
+    );
+    let (mut sink, mut stream) = ws.split();
+    let acks = take_answers(&mut stream, timeout, peer);
+    let records = send_from(&mut sink, replication, wal, mark);
+    tokio::select! {
+        e = acks => e,
+        e = records => e,
+    }
+}
+
+/// Takes the peer's answers to the records sent until the link fails; answers why.
+async fn take_answers<S>(stream: &mut S, timeout: Duration, peer: &Peer) -> String
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    loop {
+        match next_frame(stream, timeout, peer).await {
+            Ok(Frame::Ack(seq)) => peer.ack(seq),
+            Ok(Frame::Nack { seq, reason }) => {
+                tracing::warn!(
+                    "replica {}: refused record #{seq}: {reason}",
+                    peer.config.id
+                );
+                peer.ack(seq);
+            }
+            Ok(Frame::Beat(_)) => {}
+            Ok(other) => return format!("it sent {other:?} on a link it did not dial"),
+            Err(e) => return e,
+        }
+    }
+}
+
+/// Sends this replica's records after `mark`, then each new one, with a beat every second.
+async fn send_from<S>(
+    sink: &mut S,
+    replication: &Replication,
+    wal: &std::path::Path,
+    mark: u64,
+) -> String
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let mut live = replication.subscribe();
+    let mut sent = mark;
+    let mut beat = tokio::time::interval(BEAT);
+    loop {
+        // What the log holds after `sent`: all of it at first, what was missed after a lag.
+        let through = replication.synced();
+        let dir = wal.to_path_buf();
+        let found =
+            match tokio::task::spawn_blocking(move || crate::wal::own_after(&dir, sent, through))
+                .await
+            {
+                Ok(Ok(f)) => f,
+                Ok(Err(e)) => return format!("cannot read the write-ahead log: {e}"),
+                Err(e) => return format!("reading the write-ahead log failed: {e}"),
+            };
+        for chunk in found.chunks(CATCH_UP_CHUNK) {
+            let located = chunk.to_vec();
+            let read = tokio::task::spawn_blocking(move || {
+                located
+                    .into_iter()
+                    .map(|l| (l.lsn, l.read()))
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            let Ok(read) = read else {
+                return "reading the write-ahead log failed".into();
+            };
+            for (lsn, payload) in read {
+                match payload {
+                    Ok(Some(p)) => {
+                        if let Err(e) = sink.send(Message::Binary(Bytes::from(p))).await {
+                            return format!("send failed: {e}");
+                        }
+                    }
+                    // Its segment went with its rows' retention.
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("write-ahead log: record #{lsn} not sent: {e}"),
+                }
+                sent = lsn;
+            }
+        }
+        sent = sent.max(through);
+        loop {
+            tokio::select! {
+                r = live.recv() => match r {
+                    Ok(f) if f.lsn > sent => {
+                        if let Err(e) = sink.send(Message::Binary(f.payload.clone())).await {
+                            return format!("send failed: {e}");
+                        }
+                        sent = f.lsn;
+                    }
+                    Ok(_) => {}
+                    // Fell behind the writer: what was missed is read from the log.
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => return "tocsin is shutting down".into(),
+                },
+                _ = beat.tick() => {
+                    if let Err(e) = sink.send(binary(&Frame::Beat(now_ms()))).await {
+                        return format!("send failed: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v1/cluster`: a peer's link, for a server that is a replica, with the cluster secret.
+pub async fn accept(
+    State(app): State<AppRef>,
+    conn: Option<Extension<Conn>>,
+    mut req: axum::extract::Request,
+) -> Response {
+    let from = conn
+        .as_ref()
+        .map_or_else(|| "?".to_string(), |c| c.peer.to_string());
+    let Some(cluster) = app.cluster.clone() else {
+        return crate::json::error(
+            StatusCode::NOT_FOUND,
+            "this server is not a replica (see --replica-id and --peers in docs/ha.md)",
+        );
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let secret_ok = presented.is_some_and(|p| {
+        crate::auth::constant_time_eq(p.as_bytes(), cluster.config.secret.as_bytes())
+    });
+    if !secret_ok {
+        let why = if presented.is_some() {
+            "a wrong cluster secret"
+        } else {
+            "no cluster secret"
+        };
+        cluster
+            .unauthenticated
+            .warn(|| format!("refused a replica link from {from}: {why}"));
+        app.metrics
+            .refused(crate::metrics::Refusal::Unauthenticated);
+        let mut r = crate::json::error(
+            StatusCode::UNAUTHORIZED,
+            "a replica link needs the cluster secret (--cluster-secret) as Authorization: Bearer",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let (response, socket) = match crate::ws::upgrade(&mut req, MAX_FRAME, 0) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    tokio::spawn(async move {
+        let _conn = conn;
+        if let Some(socket) = socket.await {
+            take_records(app, cluster, socket, from).await
+        }
+    });
+    response
+}
+
+/// One link's life on the taking side: the greeting, then records until it fails.
+async fn take_records(
+    app: AppRef,
+    cluster: Arc<Cluster>,
+    mut socket: crate::ws::Socket,
+    from: String,
+) {
+    let timeout = cluster.config.peer_timeout;
+    let first = tokio::time::timeout(timeout, socket.ws.next()).await;
+    let (peer, origin) = match first {
+        Ok(Some(Ok(Message::Binary(b)))) => match Frame::decode(b) {
+            Ok(Frame::Hello { version, .. }) if version != VERSION => {
+                let why =
+                    format!("it speaks version {version} of the protocol, this replica {VERSION}");
+                return refuse_link(&cluster, &mut socket, &from, why).await;
+            }
+            Ok(Frame::Hello { id, .. }) => match cluster.peer(&id) {
+                Some(p) => (p.clone(), Arc::<str>::from(id.as_str())),
+                None => {
+                    let why = format!("'{id}' is not among this replica's --peers");
+                    return refuse_link(&cluster, &mut socket, &from, why).await;
+                }
+            },
+            Ok(other) => {
+                let why = format!("it began with {other:?} instead of a greeting");
+                return refuse_link(&cluster, &mut socket, &from, why).await;
+            }
+            Err(e) => {
+                return refuse_link(&cluster, &mut socket, &from, format!("it sent {e}")).await
+            }
+        },
+        Ok(Some(Ok(_))) => {
+            let why = "it sent text, not a frame of the protocol".to_string();
+            return refuse_link(&cluster, &mut socket, &from, why).await;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            let why = format!("no greeting within {timeout:?}");
+            return refuse_link(&cluster, &mut socket, &from, why).await;
+        }
+    };
+    peer.heard();
+    let Some(replication) = app.ingest.replication() else {
+        return;
+    };
+    let welcome = Frame::Welcome {
+        version: VERSION,
+        id: cluster.config.id.clone(),
+        mark: replication.mark(&origin),
+    };
+    if socket.ws.send(binary(&welcome)).await.is_err() {
+        return;
+    }
+    tracing::info!("replica {origin}: taking its records from {from}");
+    let why = take(&app, &peer, &origin, &mut socket, timeout).await;
+    tracing::warn!("replica {origin}: link from {from} ended: {why}");
+    socket.close(1011, why).await;
+}
+
+async fn refuse_link(cluster: &Cluster, socket: &mut crate::ws::Socket, from: &str, why: String) {
+    cluster
+        .refusals
+        .warn(|| format!("refused a replica link from {from}: {why}"));
+    socket.close(1008, why).await;
+}
+
+/// What a record taken from a peer came to: an `Ack`, or a `Nack` (logged) for a record that
+/// can never be taken; an error that may pass (the disk, the memory budget) ends the link so
+/// that the peer sends the record again.
+fn answer(
+    cluster: &Cluster,
+    origin: &str,
+    seq: u64,
+    r: Result<crate::ingest::Outcome, IngestError>,
+) -> Result<Frame, String> {
+    match r {
+        Ok(_) => Ok(Frame::Ack(seq)),
+        Err(IngestError::Refused(reason)) => {
+            cluster
+                .refused_records
+                .warn(|| format!("replica {origin}: refused its record #{seq}: {reason}"));
+            Ok(Frame::Nack { seq, reason })
+        }
+        Err(e) => Err(format!("record #{seq} could not be taken: {e}")),
+    }
+}
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Frame, String>> + Send>>;
+
+async fn take(
+    app: &AppRef,
+    peer: &Peer,
+    origin: &Arc<str>,
+    socket: &mut crate::ws::Socket,
+    timeout: Duration,
+) -> String {
+    let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut beat = tokio::time::interval(BEAT);
+    let (mut sink, mut stream) = (&mut socket.ws).split();
+    // The peer must say something within the timeout whenever this side is reading.
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reading = in_flight.len() < IN_FLIGHT;
+        tokio::select! {
+            f = read_frame(&mut stream, peer), if reading => {
+                deadline = tokio::time::Instant::now() + timeout;
+                let payload = match f {
+                    Ok(Frame::Record(p)) => p,
+                    Ok(Frame::Beat(_)) => continue,
+                    Ok(other) => return format!("it sent {other:?} on the link it dialed"),
+                    Err(e) => return e,
+                };
+                match forwarded(app, origin, payload) {
+                    Ok(f) => in_flight.push_back(f),
+                    Err(e) => return e,
+                }
+            }
+            Some(done) = in_flight.next() => {
+                deadline = deadline.max(tokio::time::Instant::now() + timeout);
+                match done {
+                    Ok(frame) => {
+                        if let Err(e) = sink.send(binary(&frame)).await {
+                            return format!("send failed: {e}");
+                        }
+                    }
+                    Err(e) => return e,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline), if reading => {
+                return format!("silent for {timeout:?} (--peer-timeout)");
+            }
+            _ = beat.tick() => {
+                if let Err(e) = sink.send(binary(&Frame::Beat(now_ms()))).await {
+                    return format!("send failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A record from a peer, queued on the ingest path: its answer once it is durable here.
+fn forwarded(app: &AppRef, origin: &Arc<str>, payload: Bytes) -> Result<Pending, String> {
+    let h = crate::wal::header(&payload)
+        .map_err(|e| format!("it sent a record that cannot be read: {e}"))?;
+    let seq = h.stamp.lsn;
+    if h.stamp.origin.is_some() || !h.stamp.replicated || seq == 0 {
+        return Err(format!(
+            "record #{seq} is not one of its own replicated records"
+        ));
+    }
+    let mut batches = crate::wal::batches(&payload[h.body..])
+        .map_err(|e| format!("record #{seq}'s rows cannot be read: {e}"))?;
+    if batches.len() != 1 {
+        return Err(format!(
+            "record #{seq} holds {} batches, not one",
+            batches.len()
+        ));
+    }
+    let batch = batches.pop().expect("one batch");
+    let (app, origin) = (app.clone(), origin.clone());
+    Ok(Box::pin(async move {
+        let out = app
+            .ingest
+            .push_forwarded(origin.clone(), seq, h.stamp.at, &h.source, batch)
+            .await;
+        let Some(cluster) = &app.cluster else {
+            return Err("this server is no longer a replica".into());
+        };
+        answer(cluster, &origin, seq, out)
+    }))
+}

@@ -1,0 +1,421 @@
+//! Replicas (docs/ha.md): two or three tocsin servers that hold the same rows. Each batch a
+//! replica accepts from a client is written to its log with the time it accepted it, then sent
+//! to every peer over a WebSocket on the main port (`GET /v1/cluster`, authenticated with the
+//! cluster secret), which writes it to its own log and engine. Rows of collectors every replica
+//! runs (`FROM HOST`, `FROM SNMP`) are not sent. A peer that was away is sent what it missed,
+//! read back from the log, when it returns; forwarded records are de-duplicated by their origin
+//! and sequence number, so a resent record never doubles a row.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`proto`] | the frames on a link |
+//! | [`link`] | the links: dialing each peer and sending it this replica's records, taking a peer's |
+//!
+//! The other replicas are shown in `tocsin_replicas` and under `cluster` in `/v1/catalog`.
+
+pub mod link;
+pub mod proto;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use tocsin_engine::{Datum, Row, TableWrite};
+
+use crate::state::AppRef;
+
+/// The system table of replicas.
+pub const REPLICAS: &str = "tocsin_replicas";
+
+/// When a client's batch is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Ack {
+    /// Once it is durable on the replica that took it.
+    #[default]
+    Local,
+    /// Once it is durable on a majority of the replicas.
+    Quorum,
+}
+
+impl Ack {
+    pub fn parse(text: &str) -> Result<Ack, String> {
+        match text {
+            "local" => Ok(Ack::Local),
+            "quorum" => Ok(Ack::Quorum),
+            other => Err(format!("--ack {other}: use local or quorum")),
+        }
+    }
+}
+
+/// Another replica as configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerConfig {
+    pub id: String,
+    /// `ws://host:port` or `wss://host:port`.
+    pub url: String,
+}
+
+/// How this server takes part in a set of replicas.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This replica's id.
+    pub id: String,
+    pub peers: Vec<PeerConfig>,
+    /// What peers present to each other.
+    pub secret: String,
+    /// How long a peer may be silent before its link is given up and dialed again.
+    pub peer_timeout: Duration,
+    pub ack: Ack,
+    /// A CA certificate (PEM) to trust for `wss://` peers instead of the public roots.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Whether `id` can name a replica: 1 to 64 letters, digits, `-` and `_`.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ClusterConfig {
+    /// Checks the flags of `tocsin serve` that make it a replica.
+    pub fn new(
+        id: &str,
+        peers: &[String],
+        secret: Option<&str>,
+        peer_timeout: Duration,
+        ack: Ack,
+        ca_cert: Option<PathBuf>,
+    ) -> Result<ClusterConfig, String> {
+        if !valid_id(id) {
+            return Err(format!(
+                "--replica-id '{id}': use 1 to 64 letters, digits, '-' and '_'"
+            ));
+        }
+        let mut list: Vec<PeerConfig> = Vec::new();
+        for p in peers.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+            let (pid, url) = p
+                .split_once('=')
+                .ok_or_else(|| format!("--peers '{p}': write ID=ws://HOST:PORT"))?;
+            let (pid, url) = (pid.trim(), url.trim().trim_end_matches('/'));
+            if !valid_id(pid) {
+                return Err(format!(
+                    "--peers: replica id '{pid}': use 1 to 64 letters, digits, '-' and '_'"
+                ));
+            }
+            if pid == id {
+                return Err(format!(
+                    "--peers names this replica's own id '{id}': list the other replicas"
+                ));
+            }
+            if list.iter().any(|q| q.id == pid) {
+                return Err(format!("--peers names replica '{pid}' twice"));
+            }
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) || url.len() < 8 {
+                return Err(format!(
+                    "--peers: replica '{pid}' at '{url}': the address is ws://HOST:PORT or wss://HOST:PORT"
+                ));
+            }
+            list.push(PeerConfig {
+                id: pid.to_string(),
+                url: url.to_string(),
+            });
+        }
+        if list.is_empty() || list.len() > 2 {
+            return Err(format!(
+                "--peers lists {} replica(s): a set of replicas is 2 or 3 servers, so list 1 or 2 others",
+                list.len()
+            ));
+        }
+        let secret = secret.map(str::trim).unwrap_or_default();
+        if secret.len() < 16 {
+            return Err(
+                "replicas need --cluster-secret (or TOCSIN_CLUSTER_SECRET) of at least 16 characters, the same on every replica".into(),
+            );
+        }
+        Ok(ClusterConfig {
+            id: id.to_string(),
+            peers: list,
+            secret: secret.to_string(),
+            peer_timeout: peer_timeout.max(Duration::from_millis(100)),
+            ack,
+            ca_cert,
+        })
+    }
+}
+
+/// The state of the link this replica dials to a peer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LinkState {
+    Connecting,
+    Up,
+    /// Down, with why.
+    Down(String),
+}
+
+/// What this replica knows of a peer.
+pub struct Peer {
+    pub config: PeerConfig,
+    link: Mutex<LinkState>,
+    /// The newest of this replica's records the peer has acknowledged.
+    acked: std::sync::atomic::AtomicU64,
+    /// When a frame last came from the peer, either way, epoch ms (0: never).
+    contact: AtomicI64,
+}
+
+impl Peer {
+    pub fn state(&self) -> LinkState {
+        self.link.lock().expect("link").clone()
+    }
+
+    fn set(&self, s: LinkState) {
+        *self.link.lock().expect("link") = s;
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Acquire)
+    }
+
+    fn ack(&self, seq: u64) {
+        self.acked.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn heard(&self) {
+        self.contact.fetch_max(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_contact(&self) -> Option<i64> {
+        Some(self.contact.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+}
+
+/// This replica and what it knows of the others.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub peers: Vec<Arc<Peer>>,
+    /// Logs links refused for their secret at most every 10 s ...
+    pub(crate) unauthenticated: crate::limits::Throttled,
+    /// ... links refused for what they said ...
+    pub(crate) refusals: crate::limits::Throttled,
+    /// ... and records refused.
+    pub(crate) refused_records: crate::limits::Throttled,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                Arc::new(Peer {
+                    config: p.clone(),
+                    link: Mutex::new(LinkState::Connecting),
+                    acked: Default::default(),
+                    contact: Default::default(),
+                })
+            })
+            .collect();
+        Cluster {
+            config,
+            peers,
+            unauthenticated: crate::limits::Throttled::new(Duration::from_secs(10)),
+            refusals: crate::limits::Throttled::new(Duration::from_secs(10)),
+            refused_records: crate::limits::Throttled::new(Duration::from_secs(10)),
+        }
+    }
+
+    pub fn peer(&self, id: &str) -> Option<&Arc<Peer>> {
+        self.peers.iter().find(|p| p.config.id == id)
+    }
+
+    /// One row per replica, this one first, as `tocsin_replicas` holds them.
+    pub fn rows(&self, app: &AppRef) -> Vec<Row> {
+        let now = now_ms();
+        let mut rows = vec![Box::from([
+            Datum::text(&self.config.id),
+            Datum::Null,
+            Datum::text("self"),
+            Datum::Int(0),
+            Datum::Int(0),
+            Datum::Null,
+            Datum::Null,
+        ]) as Row];
+        let replication = app.ingest.replication();
+        for p in &self.peers {
+            let lag = replication
+                .map(|r| r.lag(p.acked(), now))
+                .unwrap_or_default();
+            let (state, detail) = match p.state() {
+                LinkState::Connecting => ("connecting", None),
+                LinkState::Up => ("up", None),
+                LinkState::Down(why) => ("down", Some(why)),
+            };
+            rows.push(Box::from([
+                Datum::text(&p.config.id),
+                Datum::text(&p.config.url),
+                Datum::text(state),
+                Datum::Int(lag.rows as i64),
+                Datum::Int(lag.ms),
+                p.last_contact().map_or(Datum::Null, Datum::Int),
+                detail.map_or(Datum::Null, |d| Datum::text(&d)),
+            ]));
+        }
+        rows
+    }
+
+    /// The cluster as `/v1/catalog` shows it.
+    pub fn describe(&self, app: &AppRef) -> serde_json::Value {
+        let now = now_ms();
+        let replication = app.ingest.replication();
+        serde_json::json!({
+            "replica_id": self.config.id,
+            "ack": match self.config.ack { Ack::Local => "local", Ack::Quorum => "quorum" },
+            "peer_timeout_ms": self.config.peer_timeout.as_millis() as u64,
+            "peers": self.peers.iter().map(|p| {
+                let lag = replication.map(|r| r.lag(p.acked(), now)).unwrap_or_default();
+                let (state, detail) = match p.state() {
+                    LinkState::Connecting => ("connecting", None),
+                    LinkState::Up => ("up", None),
+                    LinkState::Down(why) => ("down", Some(why)),
+                };
+                serde_json::json!({
+                    "id": p.config.id,
+                    "address": p.config.url,
+                    "state": state,
+                    "detail": detail,
+                    "lag_rows": lag.rows,
+                    "lag_ms": lag.ms,
+                    "last_contact": p.last_contact().map(tocsin_engine::fmt_ms),
+                })
+            }).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `tocsin_replicas`'s columns; `id` is its key.
+pub const REPLICAS_COLUMNS: &str = "id TEXT, address TEXT, state TEXT, lag_rows BIGINT, \
+lag_ms BIGINT, last_contact TIMESTAMP, detail TEXT";
+
+/// Creates `tocsin_replicas` (on every server: empty but for itself when it is no replica).
+pub async fn create_relation(tocsin: &tocsin_sql::Tocsin) -> tocsin_sql::Result<()> {
+    let text = |n: &str| Field::new(n, DataType::Utf8, true);
+    let int = |n: &str| Field::new(n, DataType::Int64, true);
+    let schema = Arc::new(Schema::new(vec![
+        text("id"),
+        text("address"),
+        text("state"),
+        int("lag_rows"),
+        int("lag_ms"),
+        Field::new("last_contact", tocsin_sql::planner::ts_type(), true),
+        text("detail"),
+    ]));
+    tocsin
+        .create_system_table(
+            REPLICAS,
+            schema,
+            &["id"],
+            &format!(
+                "CREATE TABLE {REPLICAS} ({REPLICAS_COLUMNS}) -- maintained by tocsin: this \
+                 replica and its peers (--replica-id, --peers), refreshed every second"
+            ),
+        )
+        .await
+}
+
+/// Starts the links to every peer and the refresh of `tocsin_replicas`.
+pub fn start(app: &AppRef, cluster: &Arc<Cluster>) -> Result<(), String> {
+    let tls = crate::client::tls_config(cluster.config.ca_cert.as_deref())?;
+    let Some(replication) = app.ingest.replication().cloned() else {
+        return Err("replicas need the ingest path's replication".into());
+    };
+    for peer in &cluster.peers {
+        app.tasks.background(tokio::spawn(link::dial(
+            cluster.clone(),
+            peer.clone(),
+            replication.clone(),
+            app.data_dir.join("wal"),
+            tls.clone(),
+        )));
+    }
+    let (app2, cluster2) = (app.clone(), cluster.clone());
+    app.tasks.background(tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut last: Vec<Row> = Vec::new();
+        loop {
+            every.tick().await;
+            let rows = cluster2.rows(&app2);
+            if rows != last {
+                let write = TableWrite {
+                    put: rows.clone(),
+                    delete: Vec::new(),
+                };
+                if let Err(e) = app2.tocsin.engine().write_table(REPLICAS, write) {
+                    tracing::error!("{REPLICAS}: {e}");
+                }
+                last = rows;
+            }
+            if let Some(min) = cluster2.peers.iter().map(|p| p.acked()).min() {
+                replication.forget_through(min);
+            }
+        }
+    }));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, peers: &[&str], secret: Option<&str>) -> Result<ClusterConfig, String> {
+        let peers: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+        ClusterConfig::new(id, &peers, secret, Duration::from_secs(5), Ack::Local, None)
+    }
+
+    #[test]
+    fn replica_flags_are_checked_with_clear_errors() {
+        let s = Some("0123456789abcdef");
+        let c = config("a", &["b=ws://10.0.0.2:7654/", " c = wss://h:1"], s).unwrap();
+        assert_eq!(
+            c.peers,
+            [
+                PeerConfig {
+                    id: "b".into(),
+                    url: "ws://10.0.0.2:7654".into()
+                },
+                PeerConfig {
+                    id: "c".into(),
+                    url: "wss://h:1".into()
+                }
+            ]
+        );
+        for (id, peers, secret, why) in [
+            ("a b", &["b=ws://h:1"][..], s, "--replica-id"),
+            ("a", &["ws://h:1"], s, "ID=ws://"),
+            ("a", &["a=ws://h:1"], s, "own id"),
+            ("a", &["b=ws://h:1", "b=ws://h:2"], s, "twice"),
+            ("a", &["b=http://h:1"], s, "ws://HOST:PORT"),
+            ("a", &[], s, "1 or 2 others"),
+            (
+                "a",
+                &["b=ws://h:1", "c=ws://h:2", "d=ws://h:3"],
+                s,
+                "1 or 2",
+            ),
+            ("a", &["b=ws://h:1"], None, "--cluster-secret"),
+            ("a", &["b=ws://h:1"], Some("short"), "at least 16"),
+        ] {
+            let e = config(id, peers, secret).unwrap_err();
+            assert!(e.contains(why), "{id} {peers:?}: {e}");
+        }
+        assert_eq!(Ack::parse("quorum"), Ok(Ack::Quorum));
+        assert!(Ack::parse("all").unwrap_err().contains("local or quorum"));
+    }
+}

@@ -1,0 +1,179 @@
+//! What the ingest writer shares with the links to other replicas (see `cluster`): the records
+//! this replica accepted from clients, published once they are durable; how far its log is
+//! durable; how far each peer has acknowledged, from which its lag is told; and the newest record
+//! of each other replica this one holds (its marks), against which forwarded records are
+//! de-duplicated.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+/// Records a link may fall behind the writer before it reads them back from the log instead.
+const LIVE: usize = 256;
+/// Records of this replica whose acknowledgement is tracked for the lag; past it the oldest are
+/// forgotten (a peer down that long is behind by at least that much).
+const TRACKED: usize = 1 << 20;
+
+/// A record of this replica, durable, to be sent to every peer.
+#[derive(Debug)]
+pub struct Forward {
+    pub lsn: u64,
+    /// The record as the log holds it (see `wal::header`): what a peer is sent.
+    pub payload: Bytes,
+}
+
+/// One tracked record: its `lsn`, the rows of this replica's records before it, and when it was
+/// accepted.
+struct Tracked {
+    lsn: u64,
+    before: u64,
+    at: i64,
+}
+
+/// How far behind a peer is.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Lag {
+    pub rows: u64,
+    /// Age of the oldest record it has not acknowledged, ms.
+    pub ms: i64,
+}
+
+/// The shared side of replication. Cheap to share behind an `Arc`.
+pub struct Replication {
+    live: broadcast::Sender<Arc<Forward>>,
+    synced: AtomicU64,
+    tracked: Mutex<(VecDeque<Tracked>, u64)>,
+    /// The newest `seq` of each other replica that this one holds durably.
+    marks: Mutex<HashMap<String, u64>>,
+}
+
+impl Replication {
+    pub fn new(marks: HashMap<String, u64>) -> Replication {
+        Replication {
+            live: broadcast::channel(LIVE).0,
+            synced: AtomicU64::new(0),
+            tracked: Mutex::new((VecDeque::new(), 0)),
+            marks: Mutex::new(marks),
+        }
+    }
+
+    /// The records published from now on (a receiver that falls [`LIVE`] behind is told it
+    /// lagged, and reads the log instead).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Forward>> {
+        self.live.subscribe()
+    }
+
+    /// The `lsn` through which the log is durable.
+    pub fn synced(&self) -> u64 {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// The newest `seq` of `origin` held here durably (0: none).
+    pub fn mark(&self, origin: &str) -> u64 {
+        self.marks
+            .lock()
+            .expect("marks")
+            .get(origin)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// After a sync: the log is durable through `synced`, the marks are `marks`, and `records`
+    /// (this replica's replicated records of the group, in order: `lsn`, rows, accepted at, the
+    /// record) go to the peers.
+    pub(crate) fn synced_through(
+        &self,
+        synced: u64,
+        marks: &HashMap<String, u64>,
+        records: Vec<(u64, u64, i64, Vec<u8>)>,
+    ) {
+        {
+            let mut m = self.marks.lock().expect("marks");
+            for (o, s) in marks {
+                m.insert(o.clone(), *s);
+            }
+        }
+        if !records.is_empty() {
+            let mut t = self.tracked.lock().expect("tracked");
+            let (list, total) = &mut *t;
+            for (lsn, rows, at, _) in &records {
+                list.push_back(Tracked {
+                    lsn: *lsn,
+                    before: *total,
+                    at: *at,
+                });
+                *total += rows;
+            }
+            while list.len() > TRACKED {
+                list.pop_front();
+            }
+        }
+        self.synced.store(synced, Ordering::Release);
+        for (lsn, _, _, payload) in records {
+            // No receiver: no link is up; they read the log when one is.
+            let _ = self.live.send(Arc::new(Forward {
+                lsn,
+                payload: Bytes::from(payload),
+            }));
+        }
+    }
+
+    /// How far behind a peer that acknowledged through `acked` is, at `now` (epoch ms).
+    pub fn lag(&self, acked: u64, now: i64) -> Lag {
+        let t = self.tracked.lock().expect("tracked");
+        let (list, total) = &*t;
+        let first = list.partition_point(|r| r.lsn <= acked);
+        match list.get(first) {
+            Some(r) => Lag {
+                rows: total - r.before,
+                ms: (now - r.at).max(0),
+            },
+            None => Lag::default(),
+        }
+    }
+
+    /// Forgets the tracked records every peer has acknowledged (`acked`: the lowest).
+    pub fn forget_through(&self, acked: u64) {
+        let mut t = self.tracked.lock().expect("tracked");
+        while t.0.front().is_some_and(|r| r.lsn <= acked) {
+            t.0.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_the_rows_and_age_of_what_a_peer_has_not_acknowledged() {
+        let r = Replication::new(HashMap::from([("b".to_string(), 4)]));
+        assert_eq!(r.mark("b"), 4);
+        assert_eq!(r.mark("c"), 0);
+        let mut rx = r.subscribe();
+        r.synced_through(
+            12,
+            &HashMap::from([("c".to_string(), 9)]),
+            vec![(10, 5, 1_000, vec![1]), (12, 7, 2_000, vec![2])],
+        );
+        assert_eq!(r.synced(), 12);
+        assert_eq!((r.mark("b"), r.mark("c")), (4, 9));
+        assert_eq!(rx.try_recv().unwrap().lsn, 10);
+        assert_eq!(&rx.try_recv().unwrap().payload[..], [2]);
+        assert_eq!(
+            r.lag(0, 3_000),
+            Lag {
+                rows: 12,
+                ms: 2_000
+            }
+        );
+        assert_eq!(r.lag(10, 3_000), Lag { rows: 7, ms: 1_000 });
+        assert_eq!(r.lag(11, 3_000), Lag { rows: 7, ms: 1_000 });
+        assert_eq!(r.lag(12, 3_000), Lag::default());
+        r.forget_through(10);
+        assert_eq!(r.lag(10, 3_000), Lag { rows: 7, ms: 1_000 });
+    }
+}

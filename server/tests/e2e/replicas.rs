@@ -1,0 +1,307 @@
+//! Replicas (docs/ha.md): real `tocsin serve` processes on loopback that share every pushed row.
+
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tocsin_server::cluster::proto::{Frame, VERSION};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{eventually, free_port, Server};
+
+const SECRET: &str = "replica-secret-0123456789";
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Starts replica `me` on `port` with its peers as (id, port).
+async fn replica(me: &str, port: u16, peers: &[(&str, u16)], data: &Path) -> Server {
+    let peers = peers
+        .iter()
+        .map(|(id, p)| format!("{id}=ws://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Server::start_on(
+        port,
+        data,
+        &[
+            "--replica-id",
+            me,
+            "--peers",
+            &peers,
+            "--cluster-secret",
+            SECRET,
+            "--peer-timeout",
+            "2s",
+        ],
+    )
+    .await
+}
+
+const CATALOG: &str = "CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP WITH (retain = '1h');
+CREATE VIEW per_host AS SELECT host, count(*) AS n, sum(cpu) AS total FROM cpu GROUP BY host";
+
+/// A batch of NDJSON rows, some with their own `ts` and most stamped by the replica that takes
+/// them.
+fn rows(batch: usize, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|j| {
+            let i = batch * n + j;
+            if i.is_multiple_of(5) {
+                format!(
+                    "{{\"host\": \"h{}\", \"cpu\": {}, \"ts\": {}}}\n",
+                    i % 7,
+                    i % 97,
+                    chrono_now() - 1_800_000 - i as i64
+                )
+            } else {
+                format!("{{\"host\": \"h{}\", \"cpu\": {}}}\n", i % 7, i % 97)
+            }
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+async fn push(s: &Server, batch: usize) {
+    let (st, ack) = s
+        .ingest("cpu", "application/x-ndjson", rows(batch, 50))
+        .await;
+    assert_eq!((st, ack["accepted"].as_u64()), (200, Some(50)), "{ack}");
+}
+
+/// Every row of `cpu` (with the `ts` it was given) and the view, in a fixed order.
+async fn contents(s: &Server) -> (Vec<Value>, Vec<Value>) {
+    (
+        s.rows("SELECT host, cpu, ts FROM cpu ORDER BY ts, host, cpu")
+            .await,
+        s.rows("SELECT * FROM per_host ORDER BY host").await,
+    )
+}
+
+/// Waits until both replicas hold `n` rows and the same rows and view contents.
+async fn converged(a: &Server, b: &Server, n: usize, what: &str) {
+    eventually(20, what, || async {
+        let (ca, cb) = (contents(a).await, contents(b).await);
+        (ca.0.len() == n && ca == cb).then_some(())
+    })
+    .await;
+}
+
+/// The other replica as `tocsin_replicas` shows it: state and lag in rows.
+async fn peer_row(s: &Server, id: &str) -> (String, i64) {
+    let r = s
+        .rows(&format!(
+            "SELECT state, lag_rows FROM tocsin_replicas WHERE id = '{id}'"
+        ))
+        .await;
+    (
+        r[0][0].as_str().unwrap().to_string(),
+        r[0][1].as_i64().unwrap(),
+    )
+}
+
+/// Rows pushed to either replica reach the other with the time their origin gave them; a
+/// replica killed with -9 is sent what it missed when it returns, and a record sent again is
+/// never taken twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let a = replica("a", pa, &[("b", pb)], &da).await;
+    let b = replica("b", pb, &[("a", pa)], &db).await;
+    for s in [&a, &b] {
+        s.rows(CATALOG).await;
+    }
+    for i in 0..40usize {
+        push(if i.is_multiple_of(3) { &b } else { &a }, i).await;
+    }
+    converged(&a, &b, 2_000, "both replicas to hold the 2,000 rows").await;
+    eventually(10, "b to be up with no lag", || async {
+        (peer_row(&a, "b").await == ("up".to_string(), 0)).then_some(())
+    })
+    .await;
+    let own = a
+        .rows("SELECT id, state FROM tocsin_replicas WHERE id = 'a'")
+        .await;
+    assert_eq!(own[0][1], "self");
+
+    // b dies; a takes more rows, and shows b behind by them.
+    b.kill();
+    for i in 40..50 {
+        push(&a, i).await;
+    }
+    eventually(10, "a to show b down and 500 rows behind", || async {
+        let (state, lag) = peer_row(&a, "b").await;
+        (state != "up" && lag == 500).then_some(())
+    })
+    .await;
+    let (_, catalog) = a.get("/v1/catalog").await.unwrap();
+    let catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    assert_eq!(catalog["cluster"]["replica_id"], "a");
+    assert_eq!(catalog["cluster"]["peers"][0]["id"], "b");
+    assert_eq!(catalog["cluster"]["peers"][0]["lag_rows"], 500);
+
+    // b returns and catches up; then a dies and returns, and b's records are sent again from
+    // what a's log holds: none is taken twice.
+    let b = replica("b", pb, &[("a", pa)], &db).await;
+    converged(&a, &b, 2_500, "b to catch up to 2,500 rows").await;
+    a.kill();
+    push(&b, 50).await;
+    let a = replica("a", pa, &[("b", pb)], &da).await;
+    push(&a, 51).await;
+    converged(
+        &a,
+        &b,
+        2_600,
+        "both replicas to hold 2,600 rows after a's restart",
+    )
+    .await;
+    assert!(
+        a.log().contains("replica b: link up"),
+        "a's log:\n{}",
+        a.log()
+    );
+}
+
+/// A link without the secret, with the wrong one, speaking garbage, from an unknown replica or
+/// with rows for a source that does not exist is refused with a logged reason; the replica goes
+/// on taking good records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_peers_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
+    a.rows("CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP")
+        .await;
+    let url = format!("ws://127.0.0.1:{pa}/v1/cluster");
+    let dial = |secret: Option<&str>| {
+        let mut req = url.as_str().into_client_request().unwrap();
+        if let Some(s) = secret {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {s}").parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+    };
+    for (secret, why) in [
+        (None, "no cluster secret"),
+        (Some("not-the-secret-at-all"), "a wrong cluster secret"),
+    ] {
+        match dial(secret).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 401);
+                let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default());
+                assert!(body.contains("cluster secret"), "{body}");
+            }
+            other => panic!("a link with {secret:?} was not refused: {other:?}"),
+        }
+        if secret.is_none() {
+            assert!(
+                eventually(5, "the refusal to be logged", || async {
+                    a.log().contains(why).then_some(true)
+                })
+                .await
+            );
+        }
+    }
+
+    // Garbage, and a replica a does not know: closed with the reason, which is logged.
+    let (mut ws, _) = dial(Some(SECRET)).await.unwrap();
+    ws.send(Message::Binary(b"GET / HTTP/1.1".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(crate::common::close_code(&mut ws).await, Some(1008));
+    let (mut ws, _) = dial(Some(SECRET)).await.unwrap();
+    let hello = |id: &str| Frame::Hello {
+        version: VERSION,
+        id: id.into(),
+    };
+    ws.send(Message::Binary(hello("z").encode())).await.unwrap();
+    assert_eq!(crate::common::close_code(&mut ws).await, Some(1008));
+    eventually(5, "the garbage to be logged", || async {
+        let log = a.log();
+        log.contains("refused a replica link")
+            .then_some(())
+            .filter(|_| log.contains("unknown frame kind 71"))
+    })
+    .await;
+
+    // As replica b: a record for a source a does not have is refused, the next one is taken.
+    let (mut ws, _) = dial(Some(SECRET)).await.unwrap();
+    ws.send(Message::Binary(hello("b").encode())).await.unwrap();
+    let welcome = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => break Frame::decode(b).unwrap(),
+            _ => continue,
+        }
+    };
+    assert!(
+        matches!(&welcome, Frame::Welcome { id, mark: 0, .. } if id == "a"),
+        "{welcome:?}"
+    );
+    let record = |source: &str, lsn: u64| {
+        use datafusion::arrow::array::{Float64Array, StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("host", DataType::Utf8, true),
+            Field::new("cpu", DataType::Float64, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+        ]));
+        let now = chrono_now();
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(StringArray::from(vec!["x", "y"])),
+                std::sync::Arc::new(Float64Array::from(vec![1.0, 2.0])),
+                std::sync::Arc::new(
+                    TimestampMillisecondArray::from(vec![now, now]).with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap();
+        let stamp = tocsin_server::wal::Stamp {
+            lsn,
+            seq: lsn,
+            at: now,
+            replicated: true,
+            origin: None,
+        };
+        tocsin_server::wal::encode(source, 1, &stamp, &batch).unwrap()
+    };
+    for (source, lsn) in [("nope", 5), ("cpu", 6), ("cpu", 6)] {
+        ws.send(Message::Binary(record(source, lsn).into()))
+            .await
+            .unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 3 {
+        if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
+            match Frame::decode(b).unwrap() {
+                Frame::Beat(_) => {}
+                f => answers.push(f),
+            }
+        }
+    }
+    assert!(
+        matches!(&answers[0], Frame::Nack { seq: 5, reason } if reason.contains("\"nope\" does not exist")),
+        "{answers:?}"
+    );
+    assert_eq!(answers[1..], [Frame::Ack(6), Frame::Ack(6)]);
+    let n = a.rows("SELECT count(*) AS n FROM cpu").await;
+    assert_eq!(n[0][0], 2, "the record sent twice is taken once: {n:?}");
+    eventually(5, "the refused record to be logged", || async {
+        a.log()
+            .contains("replica b: refused its record #5")
+            .then_some(())
+    })
+    .await;
+}
