@@ -23,7 +23,30 @@ pub struct CatalogRecord {
 }
 
 pub struct CatalogLog {
-    writer: Mutex<(RecordWriter, u64)>,
+    state: Mutex<Logged>,
+    last: tokio::sync::watch::Sender<u64>,
+}
+
+struct Logged {
+    writer: RecordWriter,
+    /// Every record, in order, with the chained checksum of the log through it.
+    records: Vec<(CatalogRecord, u32)>,
+}
+
+tokio::task_local! {
+    /// Set while a catalog change is applied here without being routed (see
+    /// `sql::Durability::route`): `Some(seq)` for a change another replica recorded at `seq`,
+    /// `None` for the embedded default a new data dir starts with.
+    pub static UNROUTED: Option<u64>;
+}
+
+/// The checksum of a log through a record: of the checksum through the one before, and the
+/// record as it is written.
+fn chain(before: u32, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&before.to_le_bytes());
+    h.update(payload);
+    h.finalize()
 }
 
 impl CatalogLog {
@@ -31,6 +54,7 @@ impl CatalogLog {
     pub fn open(dir: &Path) -> io::Result<(CatalogLog, Vec<CatalogRecord>)> {
         let path = dir.join("catalog.log");
         let mut records = Vec::new();
+        let mut sum = 0;
         if path.exists() {
             let r = read_records(&path)?;
             if let Some(torn) = r.torn {
@@ -43,26 +67,46 @@ impl CatalogLog {
                 let rec: CatalogRecord = serde_json::from_slice(&p).map_err(|e| {
                     io::Error::other(format!("catalog log {}: bad record: {e}", path.display()))
                 })?;
-                records.push(rec);
+                sum = chain(sum, &p);
+                records.push((rec, sum));
             }
         }
-        let next = records.last().map_or(1, |r| r.seq + 1);
         let writer = RecordWriter::append_to(&path)?;
+        let last = records.last().map_or(0, |r| r.0.seq);
+        let list = records.iter().map(|r| r.0.clone()).collect();
         Ok((
             CatalogLog {
-                writer: Mutex::new((writer, next)),
+                state: Mutex::new(Logged { writer, records }),
+                last: tokio::sync::watch::channel(last).0,
             },
-            records,
+            list,
         ))
     }
 
-    /// Appends a change and waits until it is on disk; returns its `seq`.
-    pub fn append(&self, statement: &str, name: &str, sql: &str) -> io::Result<u64> {
-        let mut w = self
-            .writer
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, Logged>> {
+        self.state
             .lock()
-            .map_err(|_| io::Error::other("catalog log poisoned"))?;
-        let seq = w.1;
+            .map_err(|_| io::Error::other("catalog log poisoned"))
+    }
+
+    /// Appends a change and waits until it is on disk; returns its `seq`: the next one, or `at`
+    /// for a change another replica recorded (which must be the next one).
+    pub fn append(
+        &self,
+        statement: &str,
+        name: &str,
+        sql: &str,
+        at: Option<u64>,
+    ) -> io::Result<u64> {
+        let mut w = self.lock()?;
+        let next = w.records.last().map_or(1, |r| r.0.seq + 1);
+        let seq = at.unwrap_or(next);
+        if seq != next {
+            return Err(io::Error::other(format!(
+                "change #{seq} does not follow the catalog log's last, #{}",
+                next - 1
+            )));
+        }
         let rec = CatalogRecord {
             seq,
             statement: statement.to_string(),
@@ -70,10 +114,45 @@ impl CatalogLog {
             sql: sql.to_string(),
         };
         let payload = serde_json::to_vec(&rec).map_err(io::Error::other)?;
-        w.0.append(&payload)?;
-        w.0.sync()?;
-        w.1 += 1;
+        w.writer.append(&payload)?;
+        w.writer.sync()?;
+        let sum = chain(w.records.last().map_or(0, |r| r.1), &payload);
+        w.records.push((rec, sum));
+        drop(w);
+        self.last.send_replace(seq);
         Ok(seq)
+    }
+
+    /// The `seq` of the last change (0: none).
+    pub fn last(&self) -> u64 {
+        *self.last.borrow()
+    }
+
+    /// Told of every change appended.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.last.subscribe()
+    }
+
+    /// The checksum of the log through change `seq` (0 through none), if it has that change.
+    pub fn checksum(&self, seq: u64) -> Option<u32> {
+        let w = self.lock().ok()?;
+        if seq == 0 {
+            return Some(0);
+        }
+        w.records.iter().find(|r| r.0.seq == seq).map(|r| r.1)
+    }
+
+    /// The changes after `seq`, in order.
+    pub fn after(&self, seq: u64) -> Vec<CatalogRecord> {
+        self.lock()
+            .map(|w| {
+                w.records
+                    .iter()
+                    .filter(|r| r.0.seq > seq)
+                    .map(|r| r.0.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -366,6 +366,7 @@ async fn open_subscription(
             target: target.clone(),
         },
         start: datafusion::sql::sqlparser::tokenizer::Location::new(1, 1),
+        text: String::new(),
     };
     match app.tocsin.execute_parsed(vec![statement]).await?.pop() {
         Some(StatementResult::Subscribe(s)) => {

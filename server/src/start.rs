@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
 use tocsin_engine::{Engine, EngineConfig, PushOutcome};
-use tocsin_sql::{Access, DdlChange, Durability, Tocsin};
+use tocsin_sql::{Access, DdlChange, Durability, Route, Tocsin};
 
 use crate::alerts::deliver::Sinks;
 use crate::alerts::{relations, AlertManager};
 use crate::auth::BrowserPolicy;
-use crate::catalog_log::{track, CatalogLog, Generations};
+use crate::catalog_log::{track, CatalogLog, Generations, UNROUTED};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::state::{App, AppRef, Config};
@@ -22,7 +22,7 @@ use tocsin_history::History;
 /// server runs, every change also brings the running tasks in line with the catalog, whichever
 /// front end (HTTP, pg) made it.
 struct ServerDurability {
-    log: CatalogLog,
+    log: Arc<CatalogLog>,
     generations: Generations,
     history: Arc<History>,
     ingest: Ingest,
@@ -31,10 +31,31 @@ struct ServerDurability {
 
 #[async_trait::async_trait]
 impl Durability for ServerDurability {
+    /// Replicas make catalog changes at their leader (see `cluster`), but for those relayed
+    /// from it and the embedded default.
+    async fn route(&self, sql: &str) -> Route {
+        if UNROUTED.try_with(|_| ()).is_ok() {
+            return Route::Here;
+        }
+        match self.app.get().and_then(std::sync::Weak::upgrade) {
+            Some(app) => match &app.cluster {
+                Some(c) => c.route(sql).await,
+                None => Route::Here,
+            },
+            None => Route::Here,
+        }
+    }
+
     async fn ddl(&self, change: &DdlChange) -> Result<(), String> {
+        let relayed = UNROUTED.try_with(|at| *at);
         let seq = self
             .log
-            .append(&change.statement, &change.name, &change.sql)
+            .append(
+                &change.statement,
+                &change.name,
+                &change.sql,
+                relayed.ok().flatten(),
+            )
             .map_err(|e| e.to_string())?;
         // History starts before the source takes rows (it takes none until `track`).
         if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
@@ -62,6 +83,10 @@ impl Durability for ServerDurability {
         );
         if let Some(app) = self.app.get().and_then(std::sync::Weak::upgrade) {
             crate::tasks::apply(&app, change).await;
+            // The leader answers once a majority of the replicas has the change.
+            if let (Some(c), Err(_)) = (&app.cluster, relayed) {
+                c.confirmed(seq).await?;
+            }
         }
         Ok(())
     }
@@ -138,6 +163,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     // The catalog, as the log recorded it.
     let (log, records) = CatalogLog::open(&config.data_dir)
         .map_err(|e| format!("cannot open the catalog log: {e}"))?;
+    let log = Arc::new(log);
     let fresh = records.is_empty();
     let generations: Generations = Default::default();
     for s in relations::SOURCES {
@@ -273,7 +299,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         config.cluster.is_some(),
     );
     let durability = Arc::new(ServerDurability {
-        log,
+        log: log.clone(),
         generations,
         history,
         ingest: ingest.clone(),
@@ -299,7 +325,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         cluster: config
             .cluster
             .clone()
-            .map(|c| Arc::new(crate::cluster::Cluster::new(c))),
+            .map(|c| Arc::new(crate::cluster::Cluster::new(c, log.clone()))),
         _lock: lock,
     });
     let _ = durability.app.set(Arc::downgrade(&app));
@@ -337,8 +363,10 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     app.tasks
         .background(tokio::spawn(async move { timers.run_timers().await }));
     if fresh && config.defaults {
-        app.tocsin
-            .execute(DEFAULT_SQL)
+        // Each replica starts its new data dir with the same default, so their catalog logs
+        // begin alike.
+        UNROUTED
+            .scope(None, app.tocsin.execute(DEFAULT_SQL))
             .await
             .map_err(|e| format!("the embedded default failed: {e}"))?;
         tracing::info!("new data dir: created the embedded default (source `host` with 24 h of history, views `host_1m` (7 days of history), `host_1h` (90 days), `host_latest`, `host_cpu`, rules `high_cpu`, `low_disk_free`, `memory_pressure` notifying sink `log`)");

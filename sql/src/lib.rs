@@ -115,12 +115,27 @@ pub struct DdlChange {
 /// instead of straight into the engine.
 #[async_trait::async_trait]
 pub trait Durability: Send + Sync {
+    /// Where a catalog change (its SQL text) is to be made, asked before it is applied: here,
+    /// or elsewhere (by another replica, which orders the catalog), or nowhere.
+    async fn route(&self, _sql: &str) -> Route {
+        Route::Here
+    }
     async fn ddl(&self, change: &DdlChange) -> std::result::Result<(), String>;
     async fn insert(
         &self,
         source: &str,
         batch: RecordBatch,
     ) -> std::result::Result<PushOutcome, String>;
+}
+
+/// The answer of [`Durability::route`].
+pub enum Route {
+    /// Apply the change here.
+    Here,
+    /// The change was made elsewhere, and has been applied here too: its result.
+    Done(StatementResult),
+    /// The change was not made: why.
+    Refused(SqlError),
 }
 
 /// Delivery state of one sink, for `SHOW SINKS`.
@@ -277,7 +292,10 @@ impl Tocsin {
     /// Creates objects tocsin itself provides (`tocsin_alerts`, ...): not handed to the
     /// durability hook, listed as system objects, refused by `DROP`.
     pub async fn create_system(&self, sql: &str) -> Result<()> {
-        for Located { statement, start } in parser::parse(sql)? {
+        for Located {
+            statement, start, ..
+        } in parser::parse(sql)?
+        {
             let r = self
                 .execute_statement(statement)
                 .await
@@ -358,9 +376,17 @@ impl Tocsin {
     /// look at the statements first.
     pub async fn execute_parsed(&self, statements: Vec<Located>) -> Result<Vec<StatementResult>> {
         let mut out = Vec::with_capacity(statements.len());
-        for (i, Located { statement, start }) in statements.into_iter().enumerate() {
+        for (
+            i,
+            Located {
+                statement,
+                start,
+                text,
+            },
+        ) in statements.into_iter().enumerate()
+        {
             let r = self
-                .execute_logged(statement)
+                .execute_logged(statement, &text)
                 .await
                 .map_err(|e| e.at(start.line, start.column).in_statement(i))?;
             out.push(r);
@@ -368,8 +394,10 @@ impl Tocsin {
         Ok(out)
     }
 
-    /// Executes a statement; a catalog change is handed to the durability hook before returning.
-    async fn execute_logged(&self, statement: Statement) -> Result<StatementResult> {
+    /// Executes a statement (`text`: as it was written); a catalog change is offered to the
+    /// durability hook's [`Durability::route`] first, and once applied here handed to its
+    /// [`Durability::ddl`] before returning.
+    async fn execute_logged(&self, statement: Statement, text: &str) -> Result<StatementResult> {
         let drop_target = match &statement {
             Statement::Drop { name, kind, .. } => Some((name.clone(), *kind)),
             Statement::CreateSource { name, .. }
@@ -386,6 +414,13 @@ impl Tocsin {
             }
             _ => return self.execute_statement(statement).await,
         };
+        if let Some(durability) = self.durability() {
+            match durability.route(text).await {
+                Route::Here => {}
+                Route::Done(r) => return Ok(r),
+                Route::Refused(e) => return Err(e),
+            }
+        }
         let _order = self.ddl.lock().await;
         let mut dropped_companions = Vec::new();
         if let Some((name, _)) = &drop_target {

@@ -215,6 +215,26 @@ fn values_only(query: &Query) -> bool {
 pub struct Located {
     pub statement: Statement,
     pub start: Location,
+    /// The statement's text as it was written (without the `;` after it).
+    pub text: String,
+}
+
+/// The byte offset of a token's location in `sql` (the end for a location past it).
+fn offset(sql: &str, at: Location) -> usize {
+    if at.line == 0 {
+        return sql.len();
+    }
+    let line_start = sql
+        .split_inclusive('\n')
+        .take(at.line as usize - 1)
+        .map(str::len)
+        .sum::<usize>();
+    let rest = &sql[line_start.min(sql.len())..];
+    line_start
+        + rest
+            .char_indices()
+            .nth(at.column.saturating_sub(1) as usize)
+            .map_or(rest.len(), |(i, _)| i)
 }
 
 /// An identifier as SQL names it: unquoted names are case-insensitive (lowercased).
@@ -629,7 +649,15 @@ pub fn parse(sql: &str) -> Result<Vec<Located>> {
         }
         let start = p.p.peek_token().span.start;
         let statement = p.statement().map_err(|e| e.in_statement(out.len()))?;
-        out.push(Located { statement, start });
+        let end = p.p.peek_token().span.start;
+        let text = sql[offset(sql, start)..offset(sql, end).max(offset(sql, start))]
+            .trim()
+            .to_string();
+        out.push(Located {
+            statement,
+            start,
+            text,
+        });
         if !p.p.consume_token(&Token::SemiColon) && p.p.peek_token().token != Token::EOF {
             let e: SqlError = ParserError::ParserError(format!(
                 "Expected: end of statement, found: {} at Line: {}, Column: {}",
@@ -647,6 +675,20 @@ pub fn parse(sql: &str) -> Result<Vec<Located>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_statement_keeps_its_text() {
+        let sql = "CREATE SOURCE a (x BIGINT) FROM HTTP;\n  DROP SOURCE a ;SELECT 'é;', 1\n";
+        let texts: Vec<String> = parse(sql).unwrap().into_iter().map(|l| l.text).collect();
+        assert_eq!(
+            texts,
+            [
+                "CREATE SOURCE a (x BIGINT) FROM HTTP",
+                "DROP SOURCE a",
+                "SELECT 'é;', 1"
+            ]
+        );
+    }
 
     #[test]
     fn parses_the_design_examples() {

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::proto::{Frame, VERSION};
@@ -24,6 +25,7 @@ use crate::ingest::IngestError;
 use crate::limits::Conn;
 use crate::replicate::Replication;
 use crate::state::AppRef;
+use tocsin_sql::StatementResult;
 
 /// The path of the link endpoint.
 pub const PATH: &str = "/v1/cluster";
@@ -150,7 +152,8 @@ where
     }
 }
 
-/// One link's life on the dialing side: the greeting, then records until it fails.
+/// One link's life on the dialing side: the greeting, then catalog changes, records and
+/// catalog changes for the leader until it fails.
 async fn send_records(
     cluster: &Cluster,
     peer: &Peer,
@@ -166,8 +169,14 @@ async fn send_records(
     if let Err(e) = ws.send(binary(&hello)).await {
         return format!("send failed: {e}");
     }
-    let mark = match next_frame(&mut ws, timeout, peer).await {
-        Ok(Frame::Welcome { version, id, mark }) => {
+    let (mark, catalog, checksum) = match next_frame(&mut ws, timeout, peer).await {
+        Ok(Frame::Welcome {
+            version,
+            id,
+            mark,
+            catalog,
+            checksum,
+        }) => {
             if version != VERSION {
                 return format!(
                     "it speaks version {version} of the protocol, this replica {VERSION}"
@@ -179,15 +188,31 @@ async fn send_records(
                     peer.config.id
                 );
             }
-            mark
+            (mark, catalog, checksum)
         }
         Ok(other) => return format!("it answered the greeting with {other:?}"),
         Err(e) => return e,
     };
     peer.ack(mark);
+    cluster.peer_applied(peer, catalog);
+    // The catalog changes it lacks are relayed, when its log is a prefix of this one's (or
+    // this one's of its: it relays then).
+    let relay_from = match cluster.catalog.checksum(catalog) {
+        Some(c) if c != checksum => {
+            tracing::error!(
+                "replica {}: its catalog log differs from this replica's through change #{catalog}: no catalog change is sent to it; start it with an empty data dir to give it the catalog of the others (docs/ha.md)",
+                peer.config.id
+            );
+            None
+        }
+        _ => Some(catalog),
+    };
+    let Ok(mut statements) = peer.outbox.try_lock() else {
+        return "another link to it is up".into();
+    };
     peer.set(LinkState::Up);
     tracing::info!(
-        "replica {}: link up ({} of this replica's records held there)",
+        "replica {}: link up ({} of this replica's records and catalog changes through #{catalog} held there)",
         peer.config.id,
         if mark == 0 {
             "none".to_string()
@@ -196,16 +221,28 @@ async fn send_records(
         }
     );
     let (mut sink, mut stream) = ws.split();
-    let acks = take_answers(&mut stream, timeout, peer);
-    let records = send_from(&mut sink, replication, wal, mark);
+    let answers = take_answers(cluster, &mut stream, timeout, peer);
+    let out = Outgoing {
+        cluster,
+        replication,
+        wal,
+        catalog: relay_from,
+        statements: &mut statements,
+    };
+    let records = out.send(&mut sink, mark);
     tokio::select! {
-        e = acks => e,
+        e = answers => e,
         e = records => e,
     }
 }
 
-/// Takes the peer's answers to the records sent until the link fails; answers why.
-async fn take_answers<S>(stream: &mut S, timeout: Duration, peer: &Peer) -> String
+/// Takes the peer's answers to what was sent until the link fails; answers why.
+async fn take_answers<S>(
+    cluster: &Cluster,
+    stream: &mut S,
+    timeout: Duration,
+    peer: &Peer,
+) -> String
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -219,82 +256,129 @@ where
                 );
                 peer.ack(seq);
             }
-            Ok(Frame::Beat(_)) => {}
+            Ok(Frame::CatalogAck(seq)) => cluster.peer_applied(peer, seq),
+            Ok(Frame::Done { id, outcome }) => cluster.answered(id, outcome),
+            Ok(Frame::Beat { leader, .. }) => peer.saw_leader(leader),
             Ok(other) => return format!("it sent {other:?} on a link it did not dial"),
             Err(e) => return e,
         }
     }
 }
 
-/// Sends this replica's records after `mark`, then each new one, with a beat every second.
-async fn send_from<S>(
-    sink: &mut S,
-    replication: &Replication,
-    wal: &std::path::Path,
-    mark: u64,
-) -> String
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    let mut live = replication.subscribe();
-    let mut sent = mark;
-    let mut beat = tokio::time::interval(BEAT);
-    loop {
-        // What the log holds after `sent`: all of it at first, what was missed after a lag.
-        let through = replication.synced();
-        let dir = wal.to_path_buf();
-        let found =
-            match tokio::task::spawn_blocking(move || crate::wal::own_after(&dir, sent, through))
-                .await
-            {
-                Ok(Ok(f)) => f,
-                Ok(Err(e)) => return format!("cannot read the write-ahead log: {e}"),
-                Err(e) => return format!("reading the write-ahead log failed: {e}"),
-            };
-        for chunk in found.chunks(CATCH_UP_CHUNK) {
-            let located = chunk.to_vec();
-            let read = tokio::task::spawn_blocking(move || {
-                located
-                    .into_iter()
-                    .map(|l| (l.lsn, l.read()))
-                    .collect::<Vec<_>>()
-            })
-            .await;
-            let Ok(read) = read else {
-                return "reading the write-ahead log failed".into();
-            };
-            for (lsn, payload) in read {
-                match payload {
-                    Ok(Some(p)) => {
-                        if let Err(e) = sink.send(Message::Binary(Bytes::from(p))).await {
-                            return format!("send failed: {e}");
-                        }
-                    }
-                    // Its segment went with its rows' retention.
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!("write-ahead log: record #{lsn} not sent: {e}"),
-                }
-                sent = lsn;
-            }
+/// What a dialed link sends.
+struct Outgoing<'a> {
+    cluster: &'a Cluster,
+    replication: &'a Replication,
+    wal: &'a std::path::Path,
+    /// The newest catalog change the peer holds, as far as this link knows (`None`: its
+    /// catalog differs, nothing is relayed).
+    catalog: Option<u64>,
+    statements: &'a mut mpsc::Receiver<(u64, String)>,
+}
+
+impl Outgoing<'_> {
+    /// Sends the catalog changes the peer lacks.
+    async fn relay_catalog<S>(&mut self, sink: &mut S) -> Result<(), String>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let Some(held) = self.catalog else {
+            return Ok(());
+        };
+        if self.cluster.catalog.last() <= held {
+            return Ok(());
         }
-        sent = sent.max(through);
+        for r in self.cluster.catalog.after(held) {
+            let json = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+            sink.send(binary(&Frame::Catalog(json)))
+                .await
+                .map_err(|e| format!("send failed: {e}"))?;
+            self.catalog = Some(r.seq);
+        }
+        Ok(())
+    }
+
+    /// Sends this replica's records after `mark`, then each new one, each after the catalog
+    /// changes before it; catalog changes for the leader; a beat every second.
+    async fn send<S>(mut self, sink: &mut S, mark: u64) -> String
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        match self.run(sink, mark).await {
+            Ok(()) => "tocsin is shutting down".into(),
+            Err(e) => e,
+        }
+    }
+
+    async fn run<S>(&mut self, sink: &mut S, mark: u64) -> Result<(), String>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let failed = |e: WsError| format!("send failed: {e}");
+        let mut live = self.replication.subscribe();
+        let mut catalog = self.cluster.catalog.watch();
+        let mut sent = mark;
+        let mut beat = tokio::time::interval(BEAT);
+        self.relay_catalog(sink).await?;
         loop {
-            tokio::select! {
-                r = live.recv() => match r {
-                    Ok(f) if f.lsn > sent => {
-                        if let Err(e) = sink.send(Message::Binary(f.payload.clone())).await {
-                            return format!("send failed: {e}");
-                        }
-                        sent = f.lsn;
+            // What the log holds after `sent`: all of it at first, what was missed after a lag.
+            let through = self.replication.synced();
+            let dir = self.wal.to_path_buf();
+            let found =
+                tokio::task::spawn_blocking(move || crate::wal::own_after(&dir, sent, through))
+                    .await
+                    .map_err(|e| format!("reading the write-ahead log failed: {e}"))?
+                    .map_err(|e| format!("cannot read the write-ahead log: {e}"))?;
+            for chunk in found.chunks(CATCH_UP_CHUNK) {
+                let located = chunk.to_vec();
+                let read = tokio::task::spawn_blocking(move || {
+                    located
+                        .into_iter()
+                        .map(|l| (l.lsn, l.read()))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| format!("reading the write-ahead log failed: {e}"))?;
+                self.relay_catalog(sink).await?;
+                for (lsn, payload) in read {
+                    match payload {
+                        Ok(Some(p)) => sink
+                            .send(Message::Binary(Bytes::from(p)))
+                            .await
+                            .map_err(failed)?,
+                        // Its segment went with its rows' retention.
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!("write-ahead log: record #{lsn} not sent: {e}"),
                     }
-                    Ok(_) => {}
-                    // Fell behind the writer: what was missed is read from the log.
-                    Err(RecvError::Lagged(_)) => break,
-                    Err(RecvError::Closed) => return "tocsin is shutting down".into(),
-                },
-                _ = beat.tick() => {
-                    if let Err(e) = sink.send(binary(&Frame::Beat(now_ms()))).await {
-                        return format!("send failed: {e}");
+                    sent = lsn;
+                }
+            }
+            sent = sent.max(through);
+            loop {
+                tokio::select! {
+                    r = live.recv() => match r {
+                        Ok(f) if f.lsn > sent => {
+                            self.relay_catalog(sink).await?;
+                            sink.send(Message::Binary(f.payload.clone())).await.map_err(failed)?;
+                            sent = f.lsn;
+                        }
+                        Ok(_) => {}
+                        // Fell behind the writer: what was missed is read from the log.
+                        Err(RecvError::Lagged(_)) => break,
+                        Err(RecvError::Closed) => return Ok(()),
+                    },
+                    changed = catalog.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        self.relay_catalog(sink).await?;
+                    }
+                    Some((id, sql)) = self.statements.recv() => {
+                        sink.send(binary(&Frame::Statement { id, sql })).await.map_err(failed)?;
+                    }
+                    _ = beat.tick() => {
+                        let leader = self.cluster.leader().unwrap_or_default();
+                        sink.send(binary(&Frame::Beat { at: now_ms(), leader })).await.map_err(failed)?;
                     }
                 }
             }
@@ -405,16 +489,19 @@ async fn take_records(
     let Some(replication) = app.ingest.replication() else {
         return;
     };
+    let catalog = cluster.catalog.last();
     let welcome = Frame::Welcome {
         version: VERSION,
         id: cluster.config.id.clone(),
         mark: replication.mark(&origin),
+        catalog,
+        checksum: cluster.catalog.checksum(catalog).unwrap_or_default(),
     };
     if socket.ws.send(binary(&welcome)).await.is_err() {
         return;
     }
     tracing::info!("replica {origin}: taking its records from {from}");
-    let why = take(&app, &peer, &origin, &mut socket, timeout).await;
+    let why = take(&app, &cluster, &peer, &origin, &mut socket).await;
     tracing::warn!("replica {origin}: link from {from} ended: {why}");
     socket.close(1011, why).await;
 }
@@ -451,29 +538,64 @@ type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Frame, 
 
 async fn take(
     app: &AppRef,
+    cluster: &Arc<Cluster>,
     peer: &Peer,
     origin: &Arc<str>,
     socket: &mut crate::ws::Socket,
-    timeout: Duration,
 ) -> String {
+    let timeout = cluster.config.peer_timeout;
     let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut beat = tokio::time::interval(BEAT);
     let (mut sink, mut stream) = (&mut socket.ws).split();
+    // Answers to the catalog changes the peer asked this replica (as the leader) to make.
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Frame>();
     // The peer must say something within the timeout whenever this side is reading.
     let mut deadline = tokio::time::Instant::now() + timeout;
+    let failed = |e: WsError| format!("send failed: {e}");
     loop {
         let reading = in_flight.len() < IN_FLIGHT;
         tokio::select! {
             f = read_frame(&mut stream, peer), if reading => {
                 deadline = tokio::time::Instant::now() + timeout;
-                let payload = match f {
-                    Ok(Frame::Record(p)) => p,
-                    Ok(Frame::Beat(_)) => continue,
+                match f {
+                    Ok(Frame::Record(payload)) => match forwarded(app, cluster, origin, payload) {
+                        Ok(f) => in_flight.push_back(f),
+                        Err(e) => return e,
+                    },
+                    Ok(Frame::Beat { leader, .. }) => peer.saw_leader(leader),
+                    Ok(Frame::Catalog(json)) => {
+                        // The rows before a catalog change are taken before it.
+                        while let Some(done) = in_flight.next().await {
+                            match done {
+                                Ok(frame) => {
+                                    if let Err(e) = sink.send(binary(&frame)).await {
+                                        return failed(e);
+                                    }
+                                }
+                                Err(e) => return e,
+                            }
+                        }
+                        match apply_catalog(app, cluster, &json).await {
+                            Ok(Some(seq)) => {
+                                if let Err(e) = sink.send(binary(&Frame::CatalogAck(seq))).await {
+                                    return failed(e);
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!("replica {origin}: {e}");
+                                return e;
+                            }
+                        }
+                    }
+                    Ok(Frame::Statement { id, sql }) => {
+                        let (app, done) = (app.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            let outcome = lead(&app, &sql).await;
+                            let _ = done.send(Frame::Done { id, outcome });
+                        });
+                    }
                     Ok(other) => return format!("it sent {other:?} on the link it dialed"),
-                    Err(e) => return e,
-                };
-                match forwarded(app, origin, payload) {
-                    Ok(f) => in_flight.push_back(f),
                     Err(e) => return e,
                 }
             }
@@ -482,26 +604,93 @@ async fn take(
                 match done {
                     Ok(frame) => {
                         if let Err(e) = sink.send(binary(&frame)).await {
-                            return format!("send failed: {e}");
+                            return failed(e);
                         }
                     }
                     Err(e) => return e,
+                }
+            }
+            Some(done) = done_rx.recv() => {
+                if let Err(e) = sink.send(binary(&done)).await {
+                    return failed(e);
                 }
             }
             _ = tokio::time::sleep_until(deadline), if reading => {
                 return format!("silent for {timeout:?} (--peer-timeout)");
             }
             _ = beat.tick() => {
-                if let Err(e) = sink.send(binary(&Frame::Beat(now_ms()))).await {
-                    return format!("send failed: {e}");
+                let leader = cluster.leader().unwrap_or_default();
+                if let Err(e) = sink.send(binary(&Frame::Beat { at: now_ms(), leader })).await {
+                    return failed(e);
                 }
             }
         }
     }
 }
 
+/// Applies a catalog change a peer relayed, if it is the next one this replica lacks: the seq
+/// to acknowledge (`None`: a change past the next, which comes again in order).
+async fn apply_catalog(app: &AppRef, cluster: &Cluster, json: &str) -> Result<Option<u64>, String> {
+    let r: crate::catalog_log::CatalogRecord = serde_json::from_str(json)
+        .map_err(|e| format!("it sent a catalog change that cannot be read: {e}"))?;
+    let _one_at_a_time = cluster.applying.lock().await;
+    let last = cluster.catalog.last();
+    if r.seq <= last {
+        return Ok(Some(r.seq));
+    }
+    if r.seq > last + 1 {
+        return Ok(None);
+    }
+    crate::catalog_log::UNROUTED
+        .scope(Some(r.seq), app.tocsin.execute(&r.sql))
+        .await
+        .map_err(|e| {
+            format!(
+                "catalog change #{} (`{}`) cannot be applied here: {}; this replica's catalog no longer follows the others' (docs/ha.md: replacing a replica)",
+                r.seq,
+                tocsin_sql::catalog::masked_sql(&r.sql),
+                e.message
+            )
+        })?;
+    Ok(Some(r.seq))
+}
+
+/// Makes a catalog change a peer sent this replica as the leader: the outcome as `Done`
+/// carries it.
+async fn lead(app: &AppRef, sql: &str) -> String {
+    let error = |kind: &str, message: String| {
+        serde_json::json!({"error": {"kind": kind, "message": message}}).to_string()
+    };
+    if let Some(c) = &app.cluster {
+        if c.leader().as_deref() != Some(c.config.id.as_str()) {
+            return error(
+                "unavailable",
+                format!("replica {} is not the leader (any more)", c.config.id),
+            );
+        }
+    }
+    match app.tocsin.execute(sql).await {
+        Ok(mut results) => match results.pop() {
+            Some(StatementResult::Ddl { statement, name }) => {
+                let seq = app.cluster.as_ref().map_or(0, |c| c.catalog.last());
+                serde_json::json!({"statement": statement, "name": name, "seq": seq}).to_string()
+            }
+            _ => error(
+                "internal",
+                "the leader was sent a statement that is not a catalog change".into(),
+            ),
+        },
+        Err(e) => error(&format!("{:?}", e.kind).to_lowercase(), e.message),
+    }
+}
+
 /// A record from a peer, queued on the ingest path: its answer once it is durable here.
-fn forwarded(app: &AppRef, origin: &Arc<str>, payload: Bytes) -> Result<Pending, String> {
+fn forwarded(
+    app: &AppRef,
+    cluster: &Arc<Cluster>,
+    origin: &Arc<str>,
+    payload: Bytes,
+) -> Result<Pending, String> {
     let h = crate::wal::header(&payload)
         .map_err(|e| format!("it sent a record that cannot be read: {e}"))?;
     let seq = h.stamp.lsn;
@@ -519,15 +708,17 @@ fn forwarded(app: &AppRef, origin: &Arc<str>, payload: Bytes) -> Result<Pending,
         ));
     }
     let batch = batches.pop().expect("one batch");
-    let (app, origin) = (app.clone(), origin.clone());
+    let (app, cluster, origin) = (app.clone(), cluster.clone(), origin.clone());
     Ok(Box::pin(async move {
+        // The source's catalog change reaches this replica before its rows (each link sends it
+        // first); rows of a change still on its way over another link wait for it.
+        let mut catalog = cluster.catalog.watch();
+        let wait = cluster.config.peer_timeout * 2;
+        let _ = tokio::time::timeout(wait, catalog.wait_for(|last| *last >= h.generation)).await;
         let out = app
             .ingest
             .push_forwarded(origin.clone(), seq, h.stamp.at, &h.source, batch)
             .await;
-        let Some(cluster) = &app.cluster else {
-            return Err("this server is no longer a replica".into());
-        };
-        answer(cluster, &origin, seq, out)
+        answer(&cluster, &origin, seq, out)
     }))
 }

@@ -11,15 +11,28 @@
 //! | [`proto`] | the frames on a link |
 //! | [`link`] | the links: dialing each peer and sending it this replica's records, taking a peer's |
 //!
+//! The catalog is ordered by a leader: the replica of lowest id among those a majority of the
+//! replicas can reach (see [`Cluster::leader`]). A catalog change asked of another replica is
+//! sent to the leader, which applies and records it, then has a majority apply it before it
+//! answers; every replica relays its catalog log to the others, so one that was away is sent the
+//! changes it missed before any row that needs them. Without a majority, catalog changes are
+//! refused with the reason.
+//!
 //! The other replicas are shown in `tocsin_replicas` and under `cluster` in `/v1/catalog`.
 
 pub mod link;
 pub mod proto;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tocsin_sql::{ErrorKind, Route, SqlError, StatementResult};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::catalog_log::CatalogLog;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use tocsin_engine::{Datum, Row, TableWrite};
@@ -165,6 +178,14 @@ pub struct Peer {
     acked: std::sync::atomic::AtomicU64,
     /// When a frame last came from the peer, either way, epoch ms (0: never).
     contact: AtomicI64,
+    /// The newest catalog change the peer has applied, as it said.
+    catalog_acked: AtomicU64,
+    /// The replica the peer takes for the leader, as it last said ("": none).
+    sees: Mutex<String>,
+    /// Catalog changes (request id, SQL) to send the peer as the leader; taken by the link
+    /// that is up.
+    statements: mpsc::Sender<(u64, String)>,
+    pub(crate) outbox: tokio::sync::Mutex<mpsc::Receiver<(u64, String)>>,
 }
 
 impl Peer {
@@ -191,6 +212,14 @@ impl Peer {
     pub fn last_contact(&self) -> Option<i64> {
         Some(self.contact.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
+
+    fn catalog_ack(&self, seq: u64) {
+        self.catalog_acked.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    fn saw_leader(&self, leader: String) {
+        *self.sees.lock().expect("leader") = leader;
+    }
 }
 
 /// This replica and what it knows of the others.
@@ -203,6 +232,15 @@ pub struct Cluster {
     pub(crate) refusals: crate::limits::Throttled,
     /// ... and records refused.
     pub(crate) refused_records: crate::limits::Throttled,
+    /// The catalog log every replica holds the same.
+    pub catalog: Arc<CatalogLog>,
+    /// Catalog changes sent to the leader, waiting for its answer, by request id.
+    requests: Mutex<HashMap<u64, oneshot::Sender<String>>>,
+    next_request: AtomicU64,
+    /// Told when a peer applies a catalog change.
+    catalog_acks: tokio::sync::Notify,
+    /// Held while a relayed catalog change is applied: changes come over every link.
+    pub(crate) applying: tokio::sync::Mutex<()>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -210,22 +248,32 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig) -> Cluster {
+    pub fn new(config: ClusterConfig, catalog: Arc<CatalogLog>) -> Cluster {
         let peers = config
             .peers
             .iter()
             .map(|p| {
+                let (statements, outbox) = mpsc::channel(64);
                 Arc::new(Peer {
                     config: p.clone(),
                     link: Mutex::new(LinkState::Connecting),
                     acked: Default::default(),
                     contact: Default::default(),
+                    catalog_acked: Default::default(),
+                    sees: Mutex::new(String::new()),
+                    statements,
+                    outbox: tokio::sync::Mutex::new(outbox),
                 })
             })
             .collect();
         Cluster {
             config,
             peers,
+            catalog,
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            catalog_acks: tokio::sync::Notify::new(),
+            applying: tokio::sync::Mutex::new(()),
             unauthenticated: crate::limits::Throttled::new(Duration::from_secs(10)),
             refusals: crate::limits::Throttled::new(Duration::from_secs(10)),
             refused_records: crate::limits::Throttled::new(Duration::from_secs(10)),
@@ -236,13 +284,183 @@ impl Cluster {
         self.peers.iter().find(|p| p.config.id == id)
     }
 
+    /// Whether this replica hears `peer` and can send to it: its link is up and it said
+    /// something within the peer timeout.
+    fn reachable(&self, peer: &Peer) -> bool {
+        peer.state() == LinkState::Up
+            && peer
+                .last_contact()
+                .is_some_and(|t| now_ms() - t <= self.config.peer_timeout.as_millis() as i64)
+    }
+
+    /// The replica that orders the catalog, as this one sees it: the lowest id among this one
+    /// and the peers it reaches, when those are a majority of the replicas. This replica takes
+    /// itself for the leader only when no peer it reaches takes another for it, so that two
+    /// replicas that cannot reach each other never both lead.
+    pub fn leader(&self) -> Option<String> {
+        let reached: Vec<&Arc<Peer>> = self.peers.iter().filter(|p| self.reachable(p)).collect();
+        if (reached.len() + 1) * 2 <= self.peers.len() + 1 {
+            return None;
+        }
+        let lowest = reached
+            .iter()
+            .map(|p| p.config.id.as_str())
+            .chain(std::iter::once(self.config.id.as_str()))
+            .min()
+            .expect("this replica");
+        if lowest != self.config.id {
+            return Some(lowest.to_string());
+        }
+        let disputed = reached.iter().any(|p| {
+            let sees = p.sees.lock().expect("leader");
+            !sees.is_empty() && *sees != self.config.id
+        });
+        (!disputed).then(|| self.config.id.clone())
+    }
+
+    /// Where a catalog change asked of this replica is made (see `sql::Durability::route`):
+    /// here when this replica leads; at the leader, which answers once the change has been
+    /// applied here too; refused without a leader.
+    pub async fn route(&self, sql: &str) -> Route {
+        let leader = match self.leader() {
+            Some(l) if l == self.config.id => return Route::Here,
+            Some(l) => l,
+            None => {
+                return Route::Refused(SqlError {
+                    kind: ErrorKind::Unavailable,
+                    ..SqlError::plan(format!(
+                        "catalog changes need a majority of the replicas, and replica {} reaches {} of {}: the change was not made (see docs/ha.md, partitions)",
+                        self.config.id,
+                        1 + self.peers.iter().filter(|p| self.reachable(p)).count(),
+                        self.peers.len() + 1
+                    ))
+                })
+            }
+        };
+        let Some(peer) = self.peer(&leader) else {
+            return Route::Refused(SqlError::plan(format!("no replica {leader}")));
+        };
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests.lock().expect("requests").insert(id, tx);
+        let wait = self.config.peer_timeout * 2;
+        let unavailable = |why: String| {
+            Route::Refused(SqlError {
+                kind: ErrorKind::Unavailable,
+                ..SqlError::plan(format!(
+                    "the catalog change was sent to the leader, replica {leader}, and {why}: it may or may not have been made; see SHOW and tocsin_replicas"
+                ))
+            })
+        };
+        let answer = async {
+            peer.statements
+                .send((id, sql.to_string()))
+                .await
+                .map_err(|_| "the link is gone".to_string())?;
+            rx.await.map_err(|_| "the link failed".to_string())
+        };
+        let answer = match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(why)) => {
+                self.requests.lock().expect("requests").remove(&id);
+                return unavailable(why);
+            }
+            Err(_) => {
+                self.requests.lock().expect("requests").remove(&id);
+                return unavailable(format!("no answer came within {wait:?}"));
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        if let Some(e) = v.get("error") {
+            let kind = match e["kind"].as_str() {
+                Some("parse") => ErrorKind::Parse,
+                Some("unsupported") => ErrorKind::Unsupported,
+                Some("execution") => ErrorKind::Execution,
+                Some("unavailable") => ErrorKind::Unavailable,
+                Some("internal") => ErrorKind::Internal,
+                _ => ErrorKind::Plan,
+            };
+            let message = e["message"].as_str().unwrap_or("the leader refused it");
+            return Route::Refused(SqlError {
+                kind,
+                ..SqlError::plan(message)
+            });
+        }
+        let (Some(statement), Some(name), Some(seq)) = (
+            v["statement"].as_str(),
+            v["name"].as_str(),
+            v["seq"].as_u64(),
+        ) else {
+            return unavailable(format!("answered {answer}"));
+        };
+        // The client sees its change here once it returns.
+        let mut applied = self.catalog.watch();
+        let here = applied.wait_for(|last| *last >= seq);
+        if tokio::time::timeout(wait, here).await.is_err() {
+            return unavailable(format!(
+                "made it as change #{seq}, which has not reached this replica within {wait:?}"
+            ));
+        }
+        Route::Done(StatementResult::Ddl {
+            statement: statement.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The leader's answer to a catalog change this replica sent it.
+    pub(crate) fn answered(&self, id: u64, outcome: String) {
+        if let Some(tx) = self.requests.lock().expect("requests").remove(&id) {
+            let _ = tx.send(outcome);
+        }
+    }
+
+    /// Waits until a majority of the replicas (this one among them) has applied catalog
+    /// change `seq`, at most the peer timeout.
+    pub async fn confirmed(&self, seq: u64) -> Result<(), String> {
+        let replicas = self.peers.len() + 1;
+        let majority = replicas / 2 + 1;
+        let enough = || {
+            1 + self
+                .peers
+                .iter()
+                .filter(|p| p.catalog_acked.load(Ordering::Acquire) >= seq)
+                .count()
+                >= majority
+        };
+        let wait = async {
+            loop {
+                let notified = self.catalog_acks.notified();
+                if enough() {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(self.config.peer_timeout, wait)
+            .await
+            .map_err(|_| {
+                format!(
+                    "change #{seq} is recorded on this replica but a majority of the replicas did not apply it within {:?}",
+                    self.config.peer_timeout
+                )
+            })
+    }
+
+    pub(crate) fn peer_applied(&self, peer: &Peer, seq: u64) {
+        peer.catalog_ack(seq);
+        self.catalog_acks.notify_waiters();
+    }
+
     /// One row per replica, this one first, as `tocsin_replicas` holds them.
     pub fn rows(&self, app: &AppRef) -> Vec<Row> {
         let now = now_ms();
+        let leader = self.leader();
+        let leads = |id: &str| Datum::Bool(leader.as_deref() == Some(id));
         let mut rows = vec![Box::from([
             Datum::text(&self.config.id),
             Datum::Null,
             Datum::text("self"),
+            leads(&self.config.id),
             Datum::Int(0),
             Datum::Int(0),
             Datum::Null,
@@ -262,6 +480,7 @@ impl Cluster {
                 Datum::text(&p.config.id),
                 Datum::text(&p.config.url),
                 Datum::text(state),
+                leads(&p.config.id),
                 Datum::Int(lag.rows as i64),
                 Datum::Int(lag.ms),
                 p.last_contact().map_or(Datum::Null, Datum::Int),
@@ -277,6 +496,7 @@ impl Cluster {
         let replication = app.ingest.replication();
         serde_json::json!({
             "replica_id": self.config.id,
+            "leader": self.leader(),
             "ack": match self.config.ack { Ack::Local => "local", Ack::Quorum => "quorum" },
             "peer_timeout_ms": self.config.peer_timeout.as_millis() as u64,
             "peers": self.peers.iter().map(|p| {
@@ -301,8 +521,8 @@ impl Cluster {
 }
 
 /// `tocsin_replicas`'s columns; `id` is its key.
-pub const REPLICAS_COLUMNS: &str = "id TEXT, address TEXT, state TEXT, lag_rows BIGINT, \
-lag_ms BIGINT, last_contact TIMESTAMP, detail TEXT";
+pub const REPLICAS_COLUMNS: &str = "id TEXT, address TEXT, state TEXT, leader BOOLEAN, \
+lag_rows BIGINT, lag_ms BIGINT, last_contact TIMESTAMP, detail TEXT";
 
 /// Creates `tocsin_replicas` (on every server: empty but for itself when it is no replica).
 pub async fn create_relation(tocsin: &tocsin_sql::Tocsin) -> tocsin_sql::Result<()> {
@@ -312,6 +532,7 @@ pub async fn create_relation(tocsin: &tocsin_sql::Tocsin) -> tocsin_sql::Result<
         text("id"),
         text("address"),
         text("state"),
+        Field::new("leader", DataType::Boolean, true),
         int("lag_rows"),
         int("lag_ms"),
         Field::new("last_contact", tocsin_sql::planner::ts_type(), true),

@@ -1,18 +1,25 @@
 //! The frames replicas exchange over `GET /v1/cluster`, each one binary WebSocket message.
 //!
 //! A link carries one replica's records to another: the dialing replica sends `Hello`, the
-//! other answers `Welcome` with the newest of the dialer's records it holds, and the dialer then
-//! sends its records after that one, in order; each is answered `Ack` once it is durable there
-//! (or `Nack` with the reason, when it can never be taken). Both sides send `Beat` every second,
-//! so that either notices a silent peer.
+//! other answers `Welcome` with the newest of the dialer's records it holds and how far its
+//! catalog log goes, and the dialer then sends the catalog changes it lacks and its records
+//! after that one, in order; each record is answered `Ack` once it is durable there (or `Nack`
+//! with the reason, when it can never be taken), each catalog change `CatalogAck` once it is
+//! applied. A replica that is not the leader sends a `Statement` (a catalog change a client asked
+//! of it) to the leader over its link, and is answered `Done`. Both sides send `Beat` every
+//! second with the replica they take for the leader, so that either notices a silent peer.
 //!
 //! | frame | bytes |
 //! |---|---|
 //! | `Hello` | `1`, version `u8`, id length `u8`, id |
-//! | `Welcome` | `2`, version `u8`, id length `u8`, id, mark `u64` |
+//! | `Welcome` | `2`, version `u8`, id length `u8`, id, mark `u64`, catalog seq `u64`, catalog checksum `u32` |
 //! | `Ack` | `4`, seq `u64` |
 //! | `Nack` | `5`, seq `u64`, reason (UTF-8) |
-//! | `Beat` | `6`, the sender's clock, epoch ms `i64` |
+//! | `Beat` | `6`, the sender's clock, epoch ms `i64`, the leader it sees (UTF-8, empty: none) |
+//! | `Statement` | `7`, request id `u64`, SQL (UTF-8) |
+//! | `Done` | `8`, request id `u64`, the outcome (JSON) |
+//! | `Catalog` | `9`, a catalog log record (JSON) |
+//! | `CatalogAck` | `10`, seq `u64` |
 //! | record | the record as the sender's write-ahead log holds it (see `wal::header`); it begins with eight `0xff` bytes |
 //!
 //! Integers are little-endian. A record is sent as its log holds it, without a copy.
@@ -27,17 +34,46 @@ const WELCOME: u8 = 2;
 const ACK: u8 = 4;
 const NACK: u8 = 5;
 const BEAT: u8 = 6;
+const STATEMENT: u8 = 7;
+const DONE: u8 = 8;
+const CATALOG: u8 = 9;
+const CATALOG_ACK: u8 = 10;
 /// The first byte of a record (the first of its eight `0xff`).
 const RECORD: u8 = 0xff;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
-    Hello { version: u8, id: String },
-    Welcome { version: u8, id: String, mark: u64 },
+    Hello {
+        version: u8,
+        id: String,
+    },
+    Welcome {
+        version: u8,
+        id: String,
+        mark: u64,
+        catalog: u64,
+        checksum: u32,
+    },
     Record(Bytes),
     Ack(u64),
-    Nack { seq: u64, reason: String },
-    Beat(i64),
+    Nack {
+        seq: u64,
+        reason: String,
+    },
+    Beat {
+        at: i64,
+        leader: String,
+    },
+    Statement {
+        id: u64,
+        sql: String,
+    },
+    Done {
+        id: u64,
+        outcome: String,
+    },
+    Catalog(String),
+    CatalogAck(u64),
 }
 
 impl Frame {
@@ -57,10 +93,14 @@ impl Frame {
                 version,
                 id: i,
                 mark,
+                catalog,
+                checksum,
             } => {
                 out.push(WELCOME);
                 id(&mut out, *version, i);
                 out.extend_from_slice(&mark.to_le_bytes());
+                out.extend_from_slice(&catalog.to_le_bytes());
+                out.extend_from_slice(&checksum.to_le_bytes());
             }
             Frame::Record(payload) => return payload.clone(),
             Frame::Ack(seq) => {
@@ -72,9 +112,27 @@ impl Frame {
                 out.extend_from_slice(&seq.to_le_bytes());
                 out.extend_from_slice(reason.as_bytes());
             }
-            Frame::Beat(at) => {
+            Frame::Beat { at, leader } => {
                 out.push(BEAT);
                 out.extend_from_slice(&at.to_le_bytes());
+                out.extend_from_slice(leader.as_bytes());
+            }
+            Frame::Statement { id, sql: text } | Frame::Done { id, outcome: text } => {
+                out.push(if matches!(self, Frame::Statement { .. }) {
+                    STATEMENT
+                } else {
+                    DONE
+                });
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Frame::Catalog(json) => {
+                out.push(CATALOG);
+                out.extend_from_slice(json.as_bytes());
+            }
+            Frame::CatalogAck(seq) => {
+                out.push(CATALOG_ACK);
+                out.extend_from_slice(&seq.to_le_bytes());
             }
         }
         Bytes::from(out)
@@ -99,6 +157,11 @@ impl Frame {
                 .map_err(|_| "a replica id that is not UTF-8".to_string())?;
             Ok((version, id.to_string(), at + 2 + n))
         };
+        let text_from = |at: usize| -> Result<String, String> {
+            std::str::from_utf8(data.get(at..).ok_or_else(short)?)
+                .map(str::to_string)
+                .map_err(|_| format!("a frame of kind {kind} whose text is not UTF-8"))
+        };
         let exact = |end: usize, f: Frame| {
             if end == data.len() {
                 Ok(f)
@@ -117,7 +180,21 @@ impl Frame {
             WELCOME => {
                 let (version, id, end) = id_at(1)?;
                 let mark = u64_at(end)?;
-                exact(end + 8, Frame::Welcome { version, id, mark })
+                let catalog = u64_at(end + 8)?;
+                let checksum = data
+                    .get(end + 16..end + 20)
+                    .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    .ok_or_else(short)?;
+                exact(
+                    end + 20,
+                    Frame::Welcome {
+                        version,
+                        id,
+                        mark,
+                        catalog,
+                        checksum,
+                    },
+                )
             }
             ACK => exact(9, Frame::Ack(u64_at(1)?)),
             NACK => {
@@ -125,7 +202,20 @@ impl Frame {
                 let reason = String::from_utf8_lossy(&data[9..]).into_owned();
                 Ok(Frame::Nack { seq, reason })
             }
-            BEAT => exact(9, Frame::Beat(u64_at(1)? as i64)),
+            BEAT => Ok(Frame::Beat {
+                at: u64_at(1)? as i64,
+                leader: text_from(9)?,
+            }),
+            STATEMENT => Ok(Frame::Statement {
+                id: u64_at(1)?,
+                sql: text_from(9)?,
+            }),
+            DONE => Ok(Frame::Done {
+                id: u64_at(1)?,
+                outcome: text_from(9)?,
+            }),
+            CATALOG => Ok(Frame::Catalog(text_from(1)?)),
+            CATALOG_ACK => exact(9, Frame::CatalogAck(u64_at(1)?)),
             RECORD if data.len() >= 8 && data[..8] == [RECORD; 8] => Ok(Frame::Record(data)),
             other => Err(format!("an unknown frame kind {other}")),
         }
@@ -147,6 +237,8 @@ mod tests {
                 version: VERSION,
                 id: "replica-b".into(),
                 mark: u64::MAX - 3,
+                catalog: 12,
+                checksum: 0xdead_beef,
             },
             Frame::Record(Bytes::from(
                 [[0xffu8; 8].as_slice(), b"rest of a record"].concat(),
@@ -156,7 +248,24 @@ mod tests {
                 seq: 5,
                 reason: "source \"x\" does not exist".into(),
             },
-            Frame::Beat(1_700_000_000_000),
+            Frame::Beat {
+                at: 1_700_000_000_000,
+                leader: "a".into(),
+            },
+            Frame::Beat {
+                at: 5,
+                leader: String::new(),
+            },
+            Frame::Statement {
+                id: 3,
+                sql: "DROP VIEW v".into(),
+            },
+            Frame::Done {
+                id: 3,
+                outcome: "{}".into(),
+            },
+            Frame::Catalog("{\"seq\": 1}".into()),
+            Frame::CatalogAck(1),
         ];
         for f in frames {
             assert_eq!(Frame::decode(f.encode()).unwrap(), f);
@@ -166,7 +275,8 @@ mod tests {
             (b"GET / HTTP/1.1", "unknown frame kind 71"),
             (&[1, 1, 9, b'a'], "cut short"),
             (&[4, 1, 2, 3], "cut short"),
-            (&[6, 0, 0, 0, 0, 0, 0, 0, 0, 9], "1 bytes too many"),
+            (&[10, 0, 0, 0, 0, 0, 0, 0, 0, 9], "1 bytes too many"),
+            (&[9, 0xff], "not UTF-8"),
             (&[0xff, 0xff, 1], "unknown frame kind 255"),
             (&[1, 1, 2, 0xc3, 0x28], "not UTF-8"),
         ] {

@@ -167,6 +167,7 @@ impl Queries {
                     Located {
                         statement,
                         start: located.start,
+                        text: located.text.clone(),
                     },
                 )
                 .await?

@@ -92,6 +92,15 @@ async fn converged(a: &Server, b: &Server, n: usize, what: &str) {
     .await;
 }
 
+/// Waits until `s` takes `leader` for the leader.
+async fn leads(s: &Server, leader: &str) {
+    eventually(15, "a leader", || async {
+        let r = s.rows("SELECT id FROM tocsin_replicas WHERE leader").await;
+        (r.len() == 1 && r[0][0] == leader).then_some(())
+    })
+    .await;
+}
+
 /// The other replica as `tocsin_replicas` shows it: state and lag in rows.
 async fn peer_row(s: &Server, id: &str) -> (String, i64) {
     let r = s
@@ -115,8 +124,11 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let a = replica("a", pa, &[("b", pb)], &da).await;
     let b = replica("b", pb, &[("a", pa)], &db).await;
+    leads(&a, "a").await;
+    // Made at b, ordered by the leader a: both hold it when b answers.
+    b.rows(CATALOG).await;
     for s in [&a, &b] {
-        s.rows(CATALOG).await;
+        assert_eq!(s.rows("SHOW VIEWS").await.len(), 1);
     }
     for i in 0..40usize {
         push(if i.is_multiple_of(3) { &b } else { &a }, i).await;
@@ -141,6 +153,16 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
         (state != "up" && lag == 500).then_some(())
     })
     .await;
+    // Without b, a has no majority: catalog changes are refused with the reason.
+    let (st, e) = a
+        .sql("CREATE VIEW lonely AS SELECT count(*) AS n FROM cpu")
+        .await;
+    assert_eq!(st, 503, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("need a majority of the replicas"),
+        "{message}"
+    );
     let (_, catalog) = a.get("/v1/catalog").await.unwrap();
     let catalog: Value = serde_json::from_slice(&catalog).unwrap();
     assert_eq!(catalog["cluster"]["replica_id"], "a");
@@ -151,6 +173,13 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
     // what a's log holds: none is taken twice.
     let b = replica("b", pb, &[("a", pa)], &db).await;
     converged(&a, &b, 2_500, "b to catch up to 2,500 rows").await;
+    // A catalog change made at the leader reaches b too.
+    leads(&b, "a").await;
+    a.rows("CREATE VIEW busy AS SELECT host FROM cpu WHERE cpu > 90")
+        .await;
+    for s in [&a, &b] {
+        assert_eq!(s.rows("SHOW VIEWS").await.len(), 2);
+    }
     a.kill();
     push(&b, 50).await;
     let a = replica("a", pa, &[("b", pb)], &da).await;
@@ -177,6 +206,8 @@ async fn bad_peers_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb) = (free_port(), free_port());
     let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    leads(&a, "a").await;
     a.rows("CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP")
         .await;
     let url = format!("ws://127.0.0.1:{pa}/v1/cluster");
@@ -231,7 +262,8 @@ async fn bad_peers_are_refused_with_a_reason() {
     })
     .await;
 
-    // As replica b: a record for a source a does not have is refused, the next one is taken.
+    // As replica b (the real one is linked too): a record for a source a does not have is
+    // refused, the next one is taken, once.
     let (mut ws, _) = dial(Some(SECRET)).await.unwrap();
     ws.send(Message::Binary(hello("b").encode())).await.unwrap();
     let welcome = loop {
@@ -241,7 +273,7 @@ async fn bad_peers_are_refused_with_a_reason() {
         }
     };
     assert!(
-        matches!(&welcome, Frame::Welcome { id, mark: 0, .. } if id == "a"),
+        matches!(&welcome, Frame::Welcome { id, mark: 0, catalog: 1, .. } if id == "a"),
         "{welcome:?}"
     );
     let record = |source: &str, lsn: u64| {
@@ -286,7 +318,7 @@ async fn bad_peers_are_refused_with_a_reason() {
     while answers.len() < 3 {
         if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
             match Frame::decode(b).unwrap() {
-                Frame::Beat(_) => {}
+                Frame::Beat { .. } => {}
                 f => answers.push(f),
             }
         }
@@ -302,6 +334,20 @@ async fn bad_peers_are_refused_with_a_reason() {
         a.log()
             .contains("replica b: refused its record #5")
             .then_some(())
+    })
+    .await;
+    // The cluster keeps working: rows pushed to the real b reach a.
+    let (st, ack) = b
+        .ingest(
+            "cpu",
+            "application/x-ndjson",
+            b"{\"host\": \"b\", \"cpu\": 1}\n{\"host\": \"b\", \"cpu\": 2}\n".to_vec(),
+        )
+        .await;
+    assert_eq!((st, ack["accepted"].as_u64()), (200, Some(2)), "{ack}");
+    eventually(10, "b's rows to reach a", || async {
+        let n = a.rows("SELECT count(*) FROM cpu").await;
+        (n[0][0] == 4).then_some(())
     })
     .await;
 }
