@@ -1,8 +1,9 @@
 //! `tocsin agent`: collects this host's metrics and its busiest processes and pushes them to a
 //! tocsin server over the WebSocket ingest endpoint as Arrow IPC frames (metrics to the source,
 //! processes to `<source>_processes`, each over its own connection), reconnecting with capped
-//! exponential backoff. Samples taken while disconnected are kept (up to a limit, oldest dropped
-//! with a warning) and sent after reconnecting.
+//! exponential backoff. Given several servers (replicas, docs/ha.md), it pushes to the first it
+//! reaches and moves to the next when that one fails. Samples taken while disconnected are kept
+//! (up to a limit, oldest dropped with a warning) and sent after reconnecting.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use tokio_tungstenite::tungstenite::Message;
 const MAX_BACKLOG: usize = 10_000;
 
 pub struct AgentConfig {
-    /// `ws://host:port` of the server.
+    /// `ws://host:port` of the server, or of each replica, comma-separated.
     pub server: String,
     pub source: String,
     pub interval: Duration,
@@ -151,8 +152,21 @@ fn request(
     Ok(req)
 }
 
+/// The ingest URL of `source` on each server of a comma-separated list.
+fn ws_urls(servers: &str, source: &str) -> Vec<String> {
+    servers
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| ws_url(s, source))
+        .collect()
+}
+
 pub async fn run(config: AgentConfig) -> Result<(), String> {
-    let url = ws_url(&config.server, &config.source);
+    let urls = ws_urls(&config.server, &config.source);
+    if urls.is_empty() {
+        return Err("agent: --server names no server".into());
+    }
     let metrics = Queue::default();
     let processes = config
         .processes
@@ -160,36 +174,38 @@ pub async fn run(config: AgentConfig) -> Result<(), String> {
         .map(|names| (names, Queue::default()));
     let host = start_sampler(config.interval, metrics.clone(), processes.clone());
     tracing::info!(
-        "agent: pushing metrics of {host} to {url} every {:?}",
+        "agent: pushing metrics of {host} to {} every {:?}",
+        urls.join(" or "),
         config.interval
     );
     let tls = crate::client::tls_config(config.ca_cert.as_deref())?;
     let token = config.token.as_deref();
     match processes {
         Some((_, queue)) => {
-            let url_p = ws_url(
+            let urls_p = ws_urls(
                 &config.server,
                 &format!("{}{PROCESSES_SUFFIX}", config.source),
             );
             let (a, b) = tokio::join!(
-                send(&url, token, &tls, &metrics),
-                send(&url_p, token, &tls, &queue)
+                send(&urls, token, &tls, &metrics),
+                send(&urls_p, token, &tls, &queue)
             );
             a.and(b)
         }
-        None => send(&url, token, &tls, &metrics).await,
+        None => send(&urls, token, &tls, &metrics).await,
     }
 }
 
-/// Sends a queue to `url` for as long as the agent runs, reconnecting with backoff.
+/// Sends a queue to the first of `urls` that takes it for as long as the agent runs, moving to
+/// the next when one fails and waiting with backoff once every one has.
 async fn send(
-    url: &str,
+    urls: &[String],
     token: Option<&str>,
     tls: &Arc<rustls::ClientConfig>,
     queue: &Queue,
 ) -> Result<(), String> {
     let mut backoff = Duration::from_millis(500);
-    loop {
+    for (i, url) in urls.iter().enumerate().cycle() {
         let request = match request(url, token) {
             Ok(r) => r,
             Err(e) => return Err(format!("agent: bad server address {url}: {e}")),
@@ -202,13 +218,16 @@ async fn send(
                 tracing::info!("agent: connected to {url}");
                 backoff = Duration::from_millis(500);
                 let why = drain(&mut ws, queue).await;
-                tracing::warn!("agent: {url}: {why}; reconnecting in {backoff:?}");
+                tracing::warn!("agent: {url}: {why}");
             }
-            Err(e) => {
-                tracing::warn!("agent: cannot connect to {url}: {e}; retrying in {backoff:?}")
-            }
+            Err(e) => tracing::warn!("agent: cannot connect to {url}: {e}"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        // The next server at once; after the last, a pause that grows while none answers.
+        if i + 1 == urls.len() {
+            tracing::warn!("agent: trying again in {backoff:?}");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
     }
+    Ok(())
 }

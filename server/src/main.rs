@@ -200,7 +200,9 @@ enum Command {
     },
     /// Push this host's metrics to a server.
     Agent {
-        /// The server, e.g. ws://10.0.0.5:7654 or wss://tocsin.example:7654.
+        /// The server, e.g. ws://10.0.0.5:7654 or wss://tocsin.example:7654; for replicas each of
+        /// them, comma-separated (ws://a:7654,ws://b:7654): the agent pushes to the first it
+        /// reaches and moves on when it fails.
         #[arg(long)]
         server: String,
         /// The source to push to (it needs the host schema, e.g. `CREATE SOURCE host FROM HOST`).

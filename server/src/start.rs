@@ -139,9 +139,11 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     relations::create(&tocsin)
         .await
         .map_err(|e| format!("cannot create the alert relations: {e}"))?;
-    crate::cluster::create_relation(&tocsin)
-        .await
-        .map_err(|e| format!("cannot create {}: {e}", crate::cluster::REPLICAS))?;
+    if config.cluster.is_some() {
+        crate::cluster::create_relation(&tocsin)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", crate::cluster::REPLICAS))?;
+    }
     let (publish, published) = tokio::sync::mpsc::unbounded_channel();
     let alerts_dir = config.data_dir.join("alerts");
     let alerts = Arc::new(

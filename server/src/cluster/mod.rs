@@ -524,7 +524,7 @@ impl Cluster {
 pub const REPLICAS_COLUMNS: &str = "id TEXT, address TEXT, state TEXT, leader BOOLEAN, \
 lag_rows BIGINT, lag_ms BIGINT, last_contact TIMESTAMP, detail TEXT";
 
-/// Creates `tocsin_replicas` (on every server: empty but for itself when it is no replica).
+/// Creates `tocsin_replicas` (on replicas only).
 pub async fn create_relation(tocsin: &tocsin_sql::Tocsin) -> tocsin_sql::Result<()> {
     let text = |n: &str| Field::new(n, DataType::Utf8, true);
     let int = |n: &str| Field::new(n, DataType::Int64, true);

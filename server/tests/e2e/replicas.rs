@@ -351,3 +351,53 @@ async fn bad_peers_are_refused_with_a_reason() {
     })
     .await;
 }
+
+/// The agent's samples a replica holds.
+async fn samples(s: &Server) -> u64 {
+    s.rows("SELECT count(DISTINCT ts) FROM remote WHERE metric = 'cpu_percent' AND device = ''")
+        .await[0][0]
+        .as_u64()
+        .unwrap()
+}
+
+/// `tocsin agent --server ws://a,ws://b` pushes to the first replica and, when it dies, to the
+/// next; its samples reach both replicas while both run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_fails_over_between_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    leads(&b, "a").await;
+    // The replicas' own collector samples once an hour; the rest are the agent's.
+    a.rows("CREATE SOURCE remote FROM HOST WITH (interval = '1h')")
+        .await;
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
+        .args([
+            "agent",
+            "--server",
+            &format!("ws://127.0.0.1:{pa},ws://127.0.0.1:{pb}"),
+            "--source",
+            "remote",
+            "--interval",
+            "200ms",
+            "--processes",
+            "none",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually(30, "the agent's samples at b, through a", || async {
+        (samples(&b).await >= 5).then_some(())
+    })
+    .await;
+    a.kill();
+    let before = samples(&b).await;
+    eventually(30, "the agent's samples at b after a died", || async {
+        (samples(&b).await >= before + 5).then_some(())
+    })
+    .await;
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}
