@@ -54,6 +54,10 @@ pub enum IngestError {
     /// Taking the batch would pass the memory budget (`--memory-limit`); nothing was written.
     #[error("{0}")]
     Memory(String),
+    /// With `--ack quorum`: the batch is durable on this replica, but a majority of the replicas
+    /// did not confirm it in time (it reaches them when they can talk).
+    #[error("{0}")]
+    Unconfirmed(String),
 }
 
 /// Where a batch comes from.
@@ -86,6 +90,12 @@ enum Msg {
     Maintain,
 }
 
+/// How a replica's ingest path takes part in replication.
+pub struct Replicas {
+    /// With `--ack quorum`, how long a client waits for a majority (else `None`).
+    pub quorum: Option<Duration>,
+}
+
 /// The producer side of the ingest queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -111,10 +121,10 @@ impl Ingest {
         queue: usize,
         wait: Duration,
         budget: Arc<Budget>,
-        replicas: bool,
+        replicas: Option<Replicas>,
     ) -> Ingest {
         let capacity = queue.max(1);
-        let replication = replicas.then(|| Arc::new(Replication::new(wal.marks.clone())));
+        let replication = replicas.map(|r| Arc::new(Replication::new(wal.marks.clone(), r.quorum)));
         let shared = replication.clone();
         let lookup = generations.clone();
         let (tx, rx) = mpsc::channel(capacity);
@@ -245,6 +255,12 @@ impl Ingest {
         if let Provenance::Local { replicated } = &mut provenance {
             *replicated &= self.replication.is_some();
         }
+        let quorum = match provenance {
+            Provenance::Local { replicated: true } => {
+                self.replication.as_ref().and_then(|r| r.quorum)
+            }
+            _ => None,
+        };
         // tocsin's own relations (alert state and events) are bounded by the live alerts and
         // must keep working when users' data fills the budget.
         let _reservation = if source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
@@ -287,7 +303,15 @@ impl Ingest {
                     mpsc::error::SendTimeoutError::Closed(_) => IngestError::Stopped,
                 })?;
         }
-        answer.await.map_err(|_| IngestError::Stopped)?
+        match quorum {
+            None => answer.await.map_err(|_| IngestError::Stopped)?,
+            Some(wait) => match tokio::time::timeout(wait, answer).await {
+                Ok(a) => a.map_err(|_| IngestError::Stopped)?,
+                Err(_) => Err(IngestError::Unconfirmed(format!(
+                    "the rows are durable on this replica, but a majority of the replicas did not confirm them within {wait:?} (--ack quorum); they reach the others when the replicas can talk, and sending them again may store them twice"
+                ))),
+            },
+        }
     }
 }
 
@@ -490,7 +514,7 @@ impl Writer {
         let Staged {
             job,
             generation,
-            stamp: _,
+            stamp,
             forward: _,
             pos,
             admitted,
@@ -548,7 +572,19 @@ impl Writer {
             outcome.rejected.len(),
             job.queued.elapsed(),
         );
-        let _ = job.reply.send(Ok(outcome));
+        match &self.replication {
+            Some(r)
+                if r.quorum.is_some()
+                    && stamp.replicated
+                    && stamp.origin.is_none()
+                    && pos.is_some() =>
+            {
+                r.answer_at_quorum(stamp.lsn, (job.reply, outcome))
+            }
+            _ => {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
     }
 
     fn maintain(&mut self) {

@@ -252,6 +252,7 @@ pub async fn push_decoded(
         Err(IngestError::Refused(m)) if m.contains("does not exist") => Err(Refusal::NotFound(m)),
         Err(IngestError::Refused(m)) => Err(Refusal::BadPayload(m)),
         Err(IngestError::Failed(m)) => Err(Refusal::Failed(m)),
+        Err(IngestError::Unconfirmed(m)) => Err(Refusal::Unavailable(m)),
         Err(e @ IngestError::Stopped) => Err(Refusal::Unavailable(e.to_string())),
     }
 }

@@ -41,8 +41,19 @@ pub struct Lag {
     pub ms: i64,
 }
 
+/// A client's answer held until a majority of the replicas has its batch (`--ack quorum`).
+type Held = (
+    tokio::sync::oneshot::Sender<Result<crate::ingest::Outcome, crate::ingest::IngestError>>,
+    crate::ingest::Outcome,
+);
+
 /// The shared side of replication. Cheap to share behind an `Arc`.
 pub struct Replication {
+    /// With `--ack quorum`: how long a client waits for a majority before it is told no.
+    pub quorum: Option<std::time::Duration>,
+    /// Answers held for a majority, by the `lsn` of their batch, and the `lsn` through which a
+    /// majority has every batch.
+    held: Mutex<(std::collections::BTreeMap<u64, Vec<Held>>, u64)>,
     live: broadcast::Sender<Arc<Forward>>,
     synced: AtomicU64,
     tracked: Mutex<(VecDeque<Tracked>, u64)>,
@@ -51,8 +62,10 @@ pub struct Replication {
 }
 
 impl Replication {
-    pub fn new(marks: HashMap<String, u64>) -> Replication {
+    pub fn new(marks: HashMap<String, u64>, quorum: Option<std::time::Duration>) -> Replication {
         Replication {
+            quorum,
+            held: Mutex::new((Default::default(), 0)),
             live: broadcast::channel(LIVE).0,
             synced: AtomicU64::new(0),
             tracked: Mutex::new((VecDeque::new(), 0)),
@@ -135,6 +148,40 @@ impl Replication {
         }
     }
 
+    /// Answers `reply` with `outcome` once a majority holds the batch `lsn`.
+    pub(crate) fn answer_at_quorum(&self, lsn: u64, reply: Held) {
+        let mut h = self.held.lock().expect("held");
+        if lsn <= h.1 {
+            drop(h);
+            let _ = reply.0.send(Ok(reply.1));
+            return;
+        }
+        // Clients that gave up waiting (see `ingest`) leave their answers behind.
+        if h.0.len() >= 1024 && h.0.len().is_power_of_two() {
+            h.0.retain(|_, v| {
+                v.retain(|r| !r.0.is_closed());
+                !v.is_empty()
+            });
+        }
+        h.0.entry(lsn).or_default().push(reply);
+    }
+
+    /// A majority of the replicas has every batch of this one through `lsn`.
+    pub fn majority_through(&self, lsn: u64) {
+        let ready = {
+            let mut h = self.held.lock().expect("held");
+            if lsn <= h.1 {
+                return;
+            }
+            h.1 = lsn;
+            let later = h.0.split_off(&(lsn + 1));
+            std::mem::replace(&mut h.0, later)
+        };
+        for (tx, outcome) in ready.into_values().flatten() {
+            let _ = tx.send(Ok(outcome));
+        }
+    }
+
     /// Forgets the tracked records every peer has acknowledged (`acked`: the lowest).
     pub fn forget_through(&self, acked: u64) {
         let mut t = self.tracked.lock().expect("tracked");
@@ -150,7 +197,7 @@ mod tests {
 
     #[test]
     fn lag_counts_the_rows_and_age_of_what_a_peer_has_not_acknowledged() {
-        let r = Replication::new(HashMap::from([("b".to_string(), 4)]));
+        let r = Replication::new(HashMap::from([("b".to_string(), 4)]), None);
         assert_eq!(r.mark("b"), 4);
         assert_eq!(r.mark("c"), 0);
         let mut rx = r.subscribe();

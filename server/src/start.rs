@@ -298,7 +298,9 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             config.memory_limit,
             engine.clone(),
         )),
-        config.cluster.is_some(),
+        config.cluster.as_ref().map(|c| crate::ingest::Replicas {
+            quorum: (c.ack == crate::cluster::Ack::Quorum).then_some(c.peer_timeout),
+        }),
     );
     let durability = Arc::new(ServerDurability {
         log: log.clone(),

@@ -221,7 +221,7 @@ async fn send_records(
         }
     );
     let (mut sink, mut stream) = ws.split();
-    let answers = take_answers(cluster, &mut stream, timeout, peer);
+    let answers = take_answers(cluster, replication, &mut stream, timeout, peer);
     let out = Outgoing {
         cluster,
         replication,
@@ -239,6 +239,7 @@ async fn send_records(
 /// Takes the peer's answers to what was sent until the link fails; answers why.
 async fn take_answers<S>(
     cluster: &Cluster,
+    replication: &Replication,
     stream: &mut S,
     timeout: Duration,
     peer: &Peer,
@@ -248,13 +249,17 @@ where
 {
     loop {
         match next_frame(stream, timeout, peer).await {
-            Ok(Frame::Ack(seq)) => peer.ack(seq),
+            Ok(Frame::Ack(seq)) => {
+                peer.ack(seq);
+                replication.majority_through(cluster.majority_has());
+            }
             Ok(Frame::Nack { seq, reason }) => {
                 tracing::warn!(
                     "replica {}: refused record #{seq}: {reason}",
                     peer.config.id
                 );
                 peer.ack(seq);
+                replication.majority_through(cluster.majority_has());
             }
             Ok(Frame::CatalogAck(seq)) => cluster.peer_applied(peer, seq),
             Ok(Frame::Done { id, outcome }) => cluster.answered(id, outcome),

@@ -299,7 +299,7 @@ impl Cluster {
     /// replicas that cannot reach each other never both lead.
     pub fn leader(&self) -> Option<String> {
         let reached: Vec<&Arc<Peer>> = self.peers.iter().filter(|p| self.reachable(p)).collect();
-        if (reached.len() + 1) * 2 <= self.peers.len() + 1 {
+        if reached.len() + 1 < self.majority() {
             return None;
         }
         let lowest = reached
@@ -417,8 +417,7 @@ impl Cluster {
     /// Waits until a majority of the replicas (this one among them) has applied catalog
     /// change `seq`, at most the peer timeout.
     pub async fn confirmed(&self, seq: u64) -> Result<(), String> {
-        let replicas = self.peers.len() + 1;
-        let majority = replicas / 2 + 1;
+        let majority = self.majority();
         let enough = || {
             1 + self
                 .peers
@@ -444,6 +443,21 @@ impl Cluster {
                     self.config.peer_timeout
                 )
             })
+    }
+
+    /// The newest of this replica's records that a majority of the replicas (this one among
+    /// them) holds.
+    pub fn majority_has(&self) -> u64 {
+        let mut acked: Vec<u64> = self.peers.iter().map(|p| p.acked()).collect();
+        acked.sort_unstable_by(|a, b| b.cmp(a));
+        // This replica holds all of its records: a majority needs others besides it.
+        acked.get(self.majority() - 2).copied().unwrap_or(0)
+    }
+
+    /// How many replicas are a majority of them.
+    fn majority(&self) -> usize {
+        let replicas = self.peers.len() + 1;
+        replicas / 2 + 1
     }
 
     pub(crate) fn peer_applied(&self, peer: &Peer, seq: u64) {

@@ -21,26 +21,34 @@ fn chrono_now() -> i64 {
 
 /// Starts replica `me` on `port` with its peers as (id, port).
 async fn replica(me: &str, port: u16, peers: &[(&str, u16)], data: &Path) -> Server {
+    replica_with(me, port, peers, data, &[]).await
+}
+
+/// [`replica`] with more flags.
+async fn replica_with(
+    me: &str,
+    port: u16,
+    peers: &[(&str, u16)],
+    data: &Path,
+    extra: &[&str],
+) -> Server {
     let peers = peers
         .iter()
         .map(|(id, p)| format!("{id}=ws://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    Server::start_on(
-        port,
-        data,
-        &[
-            "--replica-id",
-            me,
-            "--peers",
-            &peers,
-            "--cluster-secret",
-            SECRET,
-            "--peer-timeout",
-            "2s",
-        ],
-    )
-    .await
+    let mut args = vec![
+        "--replica-id",
+        me,
+        "--peers",
+        &peers,
+        "--cluster-secret",
+        SECRET,
+        "--peer-timeout",
+        "2s",
+    ];
+    args.extend(extra);
+    Server::start_on(port, data, &args).await
 }
 
 const CATALOG: &str = "CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP WITH (retain = '1h');
@@ -400,4 +408,32 @@ async fn the_agent_fails_over_between_replicas() {
     .await;
     agent.kill().unwrap();
     agent.wait().unwrap();
+}
+
+/// With `--ack quorum` a batch is acknowledged once the other replica holds it too; without it,
+/// the client is told so after the peer timeout, and the rows reach the other replica when it
+/// returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_acknowledges_once_a_majority_holds_the_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let quorum = ["--ack", "quorum"];
+    let a = replica_with("a", pa, &[("b", pb)], &da, &quorum).await;
+    let b = replica_with("b", pb, &[("a", pa)], &db, &quorum).await;
+    leads(&b, "a").await;
+    b.rows(CATALOG).await;
+    for i in 0..5 {
+        push(&a, i).await;
+        // Acknowledged by a majority: b already holds the rows.
+        let n = b.rows("SELECT count(*) FROM cpu").await;
+        assert_eq!(n[0][0], 50 * (i + 1) as u64);
+    }
+    b.kill();
+    let (st, e) = a.ingest("cpu", "application/x-ndjson", rows(5, 50)).await;
+    assert_eq!(st, 503, "{e}");
+    assert!(e.to_string().contains("did not confirm"), "{e}");
+    let b = replica_with("b", pb, &[("a", pa)], &db, &quorum).await;
+    converged(&a, &b, 300, "the unconfirmed rows to reach b").await;
+    push(&a, 6).await;
 }
