@@ -151,6 +151,9 @@ pub async fn reconcile(app: &AppRef) {
                     name.clone(),
                     connector,
                     options,
+                    app.cluster
+                        .clone()
+                        .map(|c| c as std::sync::Arc<dyn crate::alerts::deliver::Gate>),
                 ))
             }
             ObjectDef::View { .. } | ObjectDef::Table { .. } | ObjectDef::Silence(_) => continue,

@@ -5,6 +5,9 @@
 //! an alert's transitions in order. A sink with `group_by` sends one message per group when the
 //! group is due (`group_wait`, `group_interval`); its notifications leave the outbox together,
 //! once the receiver took the message, so a restart neither loses nor repeats a group.
+//!
+//! On a replica a [`Gate`] decides before each send: the replicas share what they delivered, so
+//! that each notification reaches its receiver once (see `cluster::notices`).
 
 use std::time::Duration;
 
@@ -20,12 +23,37 @@ use crate::alerts::{AlertManager, NextGroup};
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 
+/// What a replica is to do with a queued notification.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Send it, with this id.
+    Send(String),
+    /// Another replica delivered it.
+    Skip,
+    /// Ask again at this time (epoch ms), unless [`Gate::changed`] says so first.
+    Wait(i64),
+}
+
+/// Decides, on a replica, whether and when this one sends a notification (see
+/// `cluster::notices`).
+#[async_trait::async_trait]
+pub trait Gate: Send + Sync {
+    /// Notifications queued for `sink` since the last call: the other replicas are told.
+    fn queued(&self, sink: &str, queued: &[Queued]);
+    fn decide(&self, sink: &str, q: &Queued, now: i64) -> Decision;
+    /// The receiver took `n` (with the id it was sent with).
+    fn delivered(&self, sink: &str, n: &Notification);
+    /// Returns when what the gate knows changed.
+    async fn changed(&self);
+}
+
 /// Delivers the notifications queued for sink `name` until the task is stopped.
 pub async fn deliver(
     manager: std::sync::Arc<AlertManager>,
     name: String,
     connector: String,
     options: Options,
+    gate: Option<std::sync::Arc<dyn Gate>>,
 ) {
     let built = match tocsin_connectors::registry::build_sink(&connector, &name, &options) {
         Ok(s) => s,
@@ -34,26 +62,79 @@ pub async fn deliver(
             return;
         }
     };
+    let gate = gate.as_deref();
     match &built.grouping {
-        None => one_by_one(&manager, &name, built.sink.as_ref()).await,
-        Some(g) => grouped(&manager, &name, built.sink.as_ref(), g).await,
+        None => one_by_one(&manager, &name, built.sink.as_ref(), gate).await,
+        Some(g) => grouped(&manager, &name, built.sink.as_ref(), g, gate).await,
+    }
+}
+
+/// Waits until `at` (epoch ms), the outbox or the gate changes; false when the outbox is gone.
+async fn wait_until(
+    manager: &AlertManager,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    gate: Option<&dyn Gate>,
+    at: i64,
+) -> bool {
+    let wait = Duration::from_millis((at - manager.now()).clamp(1, 60_000) as u64);
+    let gate_changed = async {
+        match gate {
+            Some(g) => g.changed().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => true,
+        c = changes.changed() => c.is_ok(),
+        _ = gate_changed => true,
+    }
+}
+
+/// Tells the gate of the notifications queued for the sink after `announced` (an outbox seq).
+fn announce(manager: &AlertManager, sink: &str, gate: Option<&dyn Gate>, announced: &mut u64) {
+    if let Some(g) = gate {
+        let new = manager.queued_after(sink, *announced);
+        if let Some(last) = new.last() {
+            *announced = last.seq;
+            g.queued(sink, &new);
+        }
     }
 }
 
 /// Each notification by itself, in outbox order.
-async fn one_by_one(manager: &AlertManager, name: &str, sink: &dyn Sink) {
+async fn one_by_one(manager: &AlertManager, name: &str, sink: &dyn Sink, gate: Option<&dyn Gate>) {
     let mut changes = manager.outbox_changes();
     let mut delay = FIRST_RETRY;
+    let mut announced = 0;
     loop {
+        announce(manager, name, gate, &mut announced);
         let Some(q) = manager.next_for(name) else {
             if changes.changed().await.is_err() {
                 return;
             }
             continue;
         };
-        match sink.send(&q.notification).await {
+        let mut n = q.notification.clone();
+        match gate.map(|g| g.decide(name, &q, manager.now())) {
+            None => {}
+            Some(Decision::Send(id)) => n.id = id,
+            Some(Decision::Skip) => {
+                manager.done_elsewhere(name, vec![q.seq]);
+                continue;
+            }
+            Some(Decision::Wait(at)) => {
+                if !wait_until(manager, &mut changes, gate, at).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        match sink.send(&n).await {
             Ok(()) => {
                 manager.delivered(name, q.seq);
+                if let Some(g) = gate {
+                    g.delivered(name, &n);
+                }
                 delay = FIRST_RETRY;
             }
             Err(e) => {
@@ -71,11 +152,21 @@ async fn one_by_one(manager: &AlertManager, name: &str, sink: &dyn Sink) {
     }
 }
 
-/// One message per group, when the group is due (see [`tocsin_connectors::sink::group`]).
-async fn grouped(manager: &AlertManager, name: &str, sink: &dyn Sink, grouping: &Grouping) {
+/// One message per group, when the group is due (see [`tocsin_connectors::sink::group`]). On a
+/// replica, the group waits for the latest of its notifications' turns, and leaves out those
+/// another replica delivered.
+async fn grouped(
+    manager: &AlertManager,
+    name: &str,
+    sink: &dyn Sink,
+    grouping: &Grouping,
+    gate: Option<&dyn Gate>,
+) {
     let mut changes = manager.outbox_changes();
     let mut delay = FIRST_RETRY;
+    let mut announced = 0;
     loop {
+        announce(manager, name, gate, &mut announced);
         let now = manager.now();
         let (key, queued) = match manager.next_group(name, grouping, now) {
             NextGroup::Due { key, queued } => (key, queued),
@@ -93,11 +184,45 @@ async fn grouped(manager: &AlertManager, name: &str, sink: &dyn Sink, grouping: 
                 continue;
             }
         };
+        let mut queued = queued;
+        if let Some(g) = gate {
+            let mut later = None;
+            let mut skipped = Vec::new();
+            let mut kept = Vec::new();
+            for mut q in queued {
+                match g.decide(name, &q, now) {
+                    Decision::Send(id) => {
+                        q.notification.id = id;
+                        kept.push(q);
+                    }
+                    Decision::Skip => skipped.push(q.seq),
+                    Decision::Wait(at) => later = Some(later.map_or(at, |l: i64| l.max(at))),
+                }
+            }
+            if !skipped.is_empty() {
+                manager.done_elsewhere(name, skipped);
+            }
+            if let Some(at) = later {
+                if !wait_until(manager, &mut changes, gate, at).await {
+                    return;
+                }
+                continue;
+            }
+            if kept.is_empty() {
+                continue;
+            }
+            queued = kept;
+        }
         let group = make_group(name, grouping, key, &queued);
         match sink.send_group(&group).await {
             Ok(()) => {
                 let seqs = queued.iter().map(|q| q.seq).collect();
                 manager.delivered_group(name, &group.key, seqs, manager.now());
+                if let Some(g) = gate {
+                    for q in &queued {
+                        g.delivered(name, &q.notification);
+                    }
+                }
                 delay = FIRST_RETRY;
             }
             Err(e) => {

@@ -97,6 +97,8 @@ struct SinkCounts {
     delivered: u64,
     /// Messages sent: one per notification, or one per group.
     messages: u64,
+    /// Notifications another replica delivered (see `deliver::Gate`).
+    delivered_elsewhere: u64,
     failures: u64,
     last_error: Option<String>,
 }

@@ -29,6 +29,17 @@ impl AlertManager {
         inner.store.outbox.get(seq).cloned()
     }
 
+    /// The notifications queued for a sink after outbox seq `after`, oldest first.
+    pub fn queued_after(&self, sink: &str, after: u64) -> Vec<Queued> {
+        let inner = self.lock();
+        let Some(seqs) = inner.store.by_sink.get(sink) else {
+            return Vec::new();
+        };
+        seqs.range(after + 1..)
+            .filter_map(|s| inner.store.outbox.get(s).cloned())
+            .collect()
+    }
+
     /// For a grouping sink: the group whose message is due first, if one is due at `now` (the
     /// group's queued notifications, oldest first), else when the next one will be.
     pub fn next_group(&self, sink: &str, grouping: &Grouping, now: i64) -> NextGroup {
@@ -102,6 +113,20 @@ impl AlertManager {
         c.last_error = None;
         let changes = Changes {
             done: vec![seq],
+            ..Default::default()
+        };
+        if let Err(e) = inner.store.apply(changes) {
+            tracing::error!("alert store: a delivery could not be recorded: {e}");
+        }
+    }
+
+    /// Notifications another replica delivered leave the outbox (see `deliver::Gate`).
+    pub fn done_elsewhere(&self, sink: &str, seqs: Vec<u64>) {
+        let mut inner = self.lock();
+        let c = inner.sinks.entry(sink.to_string()).or_default();
+        c.delivered_elsewhere += seqs.len() as u64;
+        let changes = Changes {
+            done: seqs,
             ..Default::default()
         };
         if let Err(e) = inner.store.apply(changes) {

@@ -303,6 +303,21 @@ impl Outgoing<'_> {
         Ok(())
     }
 
+    /// Sends entries of this replica's notification log.
+    async fn send_notices<S>(
+        &self,
+        sink: &mut S,
+        list: Vec<super::notices::Notice>,
+    ) -> Result<(), String>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let json = serde_json::to_string(&list).map_err(|e| e.to_string())?;
+        sink.send(binary(&Frame::Notices(json)))
+            .await
+            .map_err(|e| format!("send failed: {e}"))
+    }
+
     /// Sends this replica's records after `mark`, then each new one, each after the catalog
     /// changes before it; catalog changes for the leader; a beat every second.
     async fn send<S>(mut self, sink: &mut S, mark: u64) -> String
@@ -322,9 +337,12 @@ impl Outgoing<'_> {
         let failed = |e: WsError| format!("send failed: {e}");
         let mut live = self.replication.subscribe();
         let mut catalog = self.cluster.catalog.watch();
+        let mut notices = self.cluster.notice_tx.subscribe();
         let mut sent = mark;
         let mut beat = tokio::time::interval(BEAT);
         self.relay_catalog(sink).await?;
+        self.send_notices(sink, self.cluster.notices.snapshot())
+            .await?;
         loop {
             // What the log holds after `sent`: all of it at first, what was missed after a lag.
             let through = self.replication.synced();
@@ -378,6 +396,13 @@ impl Outgoing<'_> {
                         }
                         self.relay_catalog(sink).await?;
                     }
+                    n = notices.recv() => match n {
+                        Ok(n) => self.send_notices(sink, vec![n]).await?,
+                        Err(RecvError::Lagged(_)) => {
+                            self.send_notices(sink, self.cluster.notices.snapshot()).await?
+                        }
+                        Err(RecvError::Closed) => return Ok(()),
+                    },
                     Some((id, sql)) = self.statements.recv() => {
                         sink.send(binary(&Frame::Statement { id, sql })).await.map_err(failed)?;
                     }
@@ -568,6 +593,11 @@ async fn take(
                         Err(e) => return e,
                     },
                     Ok(Frame::Beat { leader, .. }) => peer.saw_leader(leader),
+                    Ok(Frame::Notices(json)) => {
+                        if let Err(e) = cluster.peer_notices(peer, &json) {
+                            return e;
+                        }
+                    }
                     Ok(Frame::Catalog(json)) => {
                         // The rows before a catalog change are taken before it.
                         while let Some(done) = in_flight.next().await {

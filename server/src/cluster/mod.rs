@@ -10,6 +10,7 @@
 //! |---|---|
 //! | [`proto`] | the frames on a link |
 //! | [`link`] | the links: dialing each peer and sending it this replica's records, taking a peer's |
+//! | [`notices`] | the notification log the replicas share, so that each notification is delivered once |
 //!
 //! The catalog is ordered by a leader: the replica of lowest id among those a majority of the
 //! replicas can reach (see [`Cluster::leader`]). A catalog change asked of another replica is
@@ -21,6 +22,7 @@
 //! The other replicas are shown in `tocsin_replicas` and under `cluster` in `/v1/catalog`.
 
 pub mod link;
+pub mod notices;
 pub mod proto;
 
 use std::collections::HashMap;
@@ -182,6 +184,10 @@ pub struct Peer {
     catalog_acked: AtomicU64,
     /// The replica the peer takes for the leader, as it last said ("": none).
     sees: Mutex<String>,
+    /// When this replica began to see the peer unreachable (by its own running clock).
+    down_since: Mutex<Option<std::time::Instant>>,
+    /// Whether the peer sent its notification log since this replica started (or resumed).
+    notices_synced: std::sync::atomic::AtomicBool,
     /// Catalog changes (request id, SQL) to send the peer as the leader; taken by the link
     /// that is up.
     statements: mpsc::Sender<(u64, String)>,
@@ -241,6 +247,9 @@ pub struct Cluster {
     catalog_acks: tokio::sync::Notify,
     /// Held while a relayed catalog change is applied: changes come over every link.
     pub(crate) applying: tokio::sync::Mutex<()>,
+    /// The notification log, and this replica's entries for the links to send.
+    pub notices: notices::Notices,
+    pub(crate) notice_tx: tokio::sync::broadcast::Sender<notices::Notice>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -261,6 +270,8 @@ impl Cluster {
                     contact: Default::default(),
                     catalog_acked: Default::default(),
                     sees: Mutex::new(String::new()),
+                    down_since: Mutex::new(None),
+                    notices_synced: Default::default(),
                     statements,
                     outbox: tokio::sync::Mutex::new(outbox),
                 })
@@ -274,6 +285,8 @@ impl Cluster {
             next_request: AtomicU64::new(1),
             catalog_acks: tokio::sync::Notify::new(),
             applying: tokio::sync::Mutex::new(()),
+            notices: Default::default(),
+            notice_tx: tokio::sync::broadcast::channel(1024).0,
             unauthenticated: crate::limits::Throttled::new(Duration::from_secs(10)),
             refusals: crate::limits::Throttled::new(Duration::from_secs(10)),
             refused_records: crate::limits::Throttled::new(Duration::from_secs(10)),
@@ -460,6 +473,51 @@ impl Cluster {
         replicas / 2 + 1
     }
 
+    /// Whether this replica has seen `peer` unreachable for the peer timeout, by its own running
+    /// clock (a replica that was stopped has not seen anything meanwhile).
+    fn away(&self, peer: &Peer) -> bool {
+        !self.reachable(peer)
+            && peer
+                .down_since
+                .lock()
+                .expect("down since")
+                .is_some_and(|d| d.elapsed() >= self.config.peer_timeout)
+    }
+
+    /// Notes which peers are reachable; after a gap longer than the peer timeout (this process
+    /// was stopped, or starved), what it knew of the peers is stale and is learnt again.
+    fn watch_peers(&self, gap: bool) {
+        let now = std::time::Instant::now();
+        for p in &self.peers {
+            let mut down = p.down_since.lock().expect("down since");
+            if gap {
+                p.notices_synced.store(false, Ordering::Release);
+                *down = None;
+            }
+            if self.reachable(p) {
+                *down = None;
+            } else if down.is_none() {
+                *down = Some(now);
+            }
+        }
+    }
+
+    pub(crate) fn peer_notices(&self, peer: &Peer, json: &str) -> Result<(), String> {
+        let list: Vec<notices::Notice> = serde_json::from_str(json)
+            .map_err(|e| format!("it sent notification log entries that cannot be read: {e}"))?;
+        for n in list {
+            if n.replica != peer.config.id {
+                return Err(format!(
+                    "it sent notification log entries of replica '{}'",
+                    n.replica
+                ));
+            }
+            self.notices.peer(n);
+        }
+        peer.notices_synced.store(true, Ordering::Release);
+        Ok(())
+    }
+
     pub(crate) fn peer_applied(&self, peer: &Peer, seq: u64) {
         peer.catalog_ack(seq);
         self.catalog_acks.notify_waiters();
@@ -534,6 +592,72 @@ impl Cluster {
     }
 }
 
+/// How many peer timeouts a replica waits for a live replica ahead of it that holds a
+/// notification (it is delivering it, perhaps behind many others) before it sends the
+/// notification itself.
+const HELD: i64 = 60;
+
+#[async_trait::async_trait]
+impl crate::alerts::deliver::Gate for Cluster {
+    fn decide(
+        &self,
+        sink: &str,
+        q: &crate::alerts::store::Queued,
+        now: i64,
+    ) -> crate::alerts::deliver::Decision {
+        let mine = notices::Notice::of(&self.config.id, sink, &q.notification, false);
+        if let Some(n) = self.notices.own(mine.clone()) {
+            let _ = self.notice_tx.send(n);
+        }
+        // Until every peer has sent its log, or been away for the peer timeout, this replica
+        // does not know what they delivered.
+        if !self
+            .peers
+            .iter()
+            .all(|p| p.notices_synced.load(Ordering::Acquire) || self.away(p))
+        {
+            return crate::alerts::deliver::Decision::Wait(now + 100);
+        }
+        let mut ahead: Vec<(String, bool)> = self
+            .peers
+            .iter()
+            .filter(|p| p.config.id < self.config.id)
+            .map(|p| (p.config.id.clone(), !self.away(p)))
+            .collect();
+        ahead.sort();
+        let wait = self.config.peer_timeout.as_millis() as i64;
+        let live = ahead.iter().filter(|(_, live)| *live).count() as i64;
+        let turn = notices::Turn {
+            ahead,
+            due: q.queued_at + live * wait,
+            held_until: q.queued_at + HELD * wait,
+        };
+        self.notices.decide(&mine, q.seq, now, &turn)
+    }
+
+    fn queued(&self, sink: &str, queued: &[crate::alerts::store::Queued]) {
+        for q in queued {
+            let n = notices::Notice::of(&self.config.id, sink, &q.notification, false);
+            if let Some(n) = self.notices.own(n) {
+                let _ = self.notice_tx.send(n);
+            }
+        }
+    }
+
+    fn delivered(&self, sink: &str, n: &tocsin_connectors::sink::Notification) {
+        if let Some(e) = self
+            .notices
+            .own(notices::Notice::of(&self.config.id, sink, n, true))
+        {
+            let _ = self.notice_tx.send(e);
+        }
+    }
+
+    async fn changed(&self) {
+        self.notices.changed.notified().await
+    }
+}
+
 /// `tocsin_replicas`'s columns; `id` is its key.
 pub const REPLICAS_COLUMNS: &str = "id TEXT, address TEXT, state TEXT, leader BOOLEAN, \
 lag_rows BIGINT, lag_ms BIGINT, last_contact TIMESTAMP, detail TEXT";
@@ -580,6 +704,24 @@ pub fn start(app: &AppRef, cluster: &Arc<Cluster>) -> Result<(), String> {
             tls.clone(),
         )));
     }
+    let watcher = cluster.clone();
+    app.tasks.background(tokio::spawn(async move {
+        let every = Duration::from_millis(100);
+        let mut last = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let gap = last.elapsed() > watcher.config.peer_timeout;
+            if gap {
+                tracing::warn!(
+                    "replica {}: this process did not run for {:?}: what it knew of its peers is learnt again before it delivers notifications",
+                    watcher.config.id,
+                    last.elapsed()
+                );
+            }
+            watcher.watch_peers(gap);
+            last = std::time::Instant::now();
+        }
+    }));
     let (app2, cluster2) = (app.clone(), cluster.clone());
     app.tasks.background(tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));

@@ -20,6 +20,7 @@
 //! | `Done` | `8`, request id `u64`, the outcome (JSON) |
 //! | `Catalog` | `9`, a catalog log record (JSON) |
 //! | `CatalogAck` | `10`, seq `u64` |
+//! | `Notices` | `11`, entries of the sender's notification log (JSON array, see `notices`); the first after `Welcome` holds all it keeps |
 //! | record | the record as the sender's write-ahead log holds it (see `wal::header`); it begins with eight `0xff` bytes |
 //!
 //! Integers are little-endian. A record is sent as its log holds it, without a copy.
@@ -38,6 +39,7 @@ const STATEMENT: u8 = 7;
 const DONE: u8 = 8;
 const CATALOG: u8 = 9;
 const CATALOG_ACK: u8 = 10;
+const NOTICES: u8 = 11;
 /// The first byte of a record (the first of its eight `0xff`).
 const RECORD: u8 = 0xff;
 
@@ -74,6 +76,7 @@ pub enum Frame {
     },
     Catalog(String),
     CatalogAck(u64),
+    Notices(String),
 }
 
 impl Frame {
@@ -126,8 +129,12 @@ impl Frame {
                 out.extend_from_slice(&id.to_le_bytes());
                 out.extend_from_slice(text.as_bytes());
             }
-            Frame::Catalog(json) => {
-                out.push(CATALOG);
+            Frame::Catalog(json) | Frame::Notices(json) => {
+                out.push(if matches!(self, Frame::Catalog(_)) {
+                    CATALOG
+                } else {
+                    NOTICES
+                });
                 out.extend_from_slice(json.as_bytes());
             }
             Frame::CatalogAck(seq) => {
@@ -215,6 +222,7 @@ impl Frame {
                 outcome: text_from(9)?,
             }),
             CATALOG => Ok(Frame::Catalog(text_from(1)?)),
+            NOTICES => Ok(Frame::Notices(text_from(1)?)),
             CATALOG_ACK => exact(9, Frame::CatalogAck(u64_at(1)?)),
             RECORD if data.len() >= 8 && data[..8] == [RECORD; 8] => Ok(Frame::Record(data)),
             other => Err(format!("an unknown frame kind {other}")),
@@ -266,6 +274,7 @@ mod tests {
             },
             Frame::Catalog("{\"seq\": 1}".into()),
             Frame::CatalogAck(1),
+            Frame::Notices("[]".into()),
         ];
         for f in frames {
             assert_eq!(Frame::decode(f.encode()).unwrap(), f);

@@ -1,5 +1,6 @@
 //! Replicas (docs/ha.md): real `tocsin serve` processes on loopback that share every pushed row.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
@@ -436,4 +437,125 @@ async fn quorum_acknowledges_once_a_majority_holds_the_rows() {
     let b = replica_with("b", pb, &[("a", pa)], &db, &quorum).await;
     converged(&a, &b, 300, "the unconfirmed rows to reach b").await;
     push(&a, 6).await;
+}
+
+/// The rule of the notification tests: an alert per host whose latest value is over 50, to a
+/// webhook and by email.
+fn alerting(hook: &str, smtp: u16) -> String {
+    format!(
+        "CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP;
+         CREATE VIEW latest AS SELECT DISTINCT ON (host) host, v FROM m ORDER BY host, ts DESC;
+         CREATE SINK hook TO WEBHOOK WITH (url = '{hook}');
+         CREATE SINK mail TO EMAIL WITH (server = 'smtp://127.0.0.1:{smtp}', from = 'tocsin@example.com', to = 'ops@example.com');
+         CREATE RULE hot AS SELECT host, v FROM latest WHERE v > 50 WITH (sink = 'hook, mail')"
+    )
+}
+
+/// Pushes `v` for `hosts`, each batch of 25 hosts to one replica or the other at random.
+async fn set_hosts(replicas: &[&Server], hosts: std::ops::Range<usize>, v: f64, seed: &mut u64) {
+    let hosts: Vec<usize> = hosts.collect();
+    for chunk in hosts.chunks(25) {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let s = replicas[(*seed >> 33) as usize % replicas.len()];
+        let body: String = chunk
+            .iter()
+            .map(|h| format!("{{\"host\": \"h{h:03}\", \"v\": {v}}}\n"))
+            .collect();
+        let (st, ack) = s
+            .ingest("m", "application/x-ndjson", body.into_bytes())
+            .await;
+        assert_eq!(st, 200, "{ack}");
+    }
+}
+
+/// Each webhook notification's (host, state) and id, and how often each id came.
+fn hook_notifications(
+    hook: &crate::common::Receiver,
+) -> (Vec<(String, String)>, HashMap<String, usize>) {
+    let mut transitions = Vec::new();
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for body in hook.accepted() {
+        transitions.push((
+            body["labels"]["host"].as_str().unwrap().to_string(),
+            body["state"].as_str().unwrap().to_string(),
+        ));
+        *ids.entry(body["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    (transitions, ids)
+}
+
+/// The ids in the mails aiosmtpd stored, and how often each came.
+fn mail_ids(maildir: &Path) -> HashMap<String, usize> {
+    let mut ids: HashMap<String, usize> = HashMap::new();
+    for (_, text) in crate::common::mails(maildir) {
+        let id = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("notification id: "))
+            .unwrap()
+            .to_string();
+        *ids.entry(id).or_default() += 1;
+    }
+    ids
+}
+
+/// What `tocsin_alerts` holds that every replica computes alike.
+async fn alert_states(s: &Server) -> Vec<Value> {
+    s.rows("SELECT rule, labels, state, values_json FROM tocsin_alerts ORDER BY labels")
+        .await
+}
+
+/// Two replicas, 1,000 alert transitions from rows pushed to either at random: each
+/// notification arrives once at the webhook and once at aiosmtpd, and the replicas agree on the
+/// alerts and the view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_notification_arrives_once_from_two_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = crate::common::Receiver::start(0).await;
+    let smtp = crate::common::Smtp::start(dir.path()).await;
+    let (pa, pb) = (free_port(), free_port());
+    let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    leads(&b, "a").await;
+    b.rows(&alerting(&hook.url, smtp.port)).await;
+    let mut seed = 7;
+    set_hosts(&[&a, &b], 0..500, 90.0, &mut seed).await;
+    eventually(60, "500 firing notifications", || async {
+        (hook.accepted().len() >= 500).then_some(())
+    })
+    .await;
+    set_hosts(&[&a, &b], 0..500, 10.0, &mut seed).await;
+    eventually(
+        60,
+        "1,000 notifications at the webhook and by mail",
+        || async {
+            (hook.accepted().len() >= 1_000 && mail_ids(&smtp.maildir).len() >= 1_000).then_some(())
+        },
+    )
+    .await;
+    // Longer than the second replica's turn: nothing more comes.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let (transitions, ids) = hook_notifications(&hook);
+    assert_eq!(
+        transitions.len(),
+        1_000,
+        "each transition once at the webhook"
+    );
+    assert_eq!(ids.len(), 1_000);
+    let distinct: std::collections::BTreeSet<_> = transitions.iter().collect();
+    assert_eq!(distinct.len(), 1_000, "500 hosts, firing and resolved");
+    let mails = mail_ids(&smtp.maildir);
+    assert_eq!(mails.len(), 1_000);
+    assert!(mails.values().all(|n| *n == 1), "a mail came twice");
+    assert!(
+        mails.keys().all(|id| ids.contains_key(id)),
+        "mail and webhook carry the same ids"
+    );
+    assert_eq!(alert_states(&a).await, alert_states(&b).await);
+    assert_eq!(
+        a.rows("SELECT * FROM latest ORDER BY host").await,
+        b.rows("SELECT * FROM latest ORDER BY host").await
+    );
 }
