@@ -485,8 +485,9 @@ impl Cluster {
     }
 
     /// Notes which peers are reachable; after a gap longer than the peer timeout (this process
-    /// was stopped, or starved), what it knew of the peers is stale and is learnt again.
-    fn watch_peers(&self, gap: bool) {
+    /// was stopped, or starved), what it knew of the peers is stale and is learnt again. Delivery
+    /// is told when a peer comes or goes: its turn may have come.
+    fn watch_peers(&self, gap: bool, away: &mut Vec<bool>) {
         let now = std::time::Instant::now();
         for p in &self.peers {
             let mut down = p.down_since.lock().expect("down since");
@@ -499,6 +500,11 @@ impl Cluster {
             } else if down.is_none() {
                 *down = Some(now);
             }
+        }
+        let now_away: Vec<bool> = self.peers.iter().map(|p| self.away(p)).collect();
+        if now_away != *away {
+            *away = now_away;
+            self.notices.changed.notify_waiters();
         }
     }
 
@@ -708,6 +714,7 @@ pub fn start(app: &AppRef, cluster: &Arc<Cluster>) -> Result<(), String> {
     app.tasks.background(tokio::spawn(async move {
         let every = Duration::from_millis(100);
         let mut last = std::time::Instant::now();
+        let mut away = Vec::new();
         loop {
             tokio::time::sleep(every).await;
             let gap = last.elapsed() > watcher.config.peer_timeout;
@@ -718,7 +725,7 @@ pub fn start(app: &AppRef, cluster: &Arc<Cluster>) -> Result<(), String> {
                     last.elapsed()
                 );
             }
-            watcher.watch_peers(gap);
+            watcher.watch_peers(gap, &mut away);
             last = std::time::Instant::now();
         }
     }));

@@ -295,6 +295,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(fail_first: usize) -> Receiver {
+        Self::start_with(fail_first, Duration::ZERO).await
+    }
+
+    /// [`Receiver::start`] answering each request only after `delay`.
+    pub async fn start_with(fail_first: usize, delay: Duration) -> Receiver {
         use axum::routing::post;
         let requests: Arc<std::sync::Mutex<Vec<(u16, Value)>>> = Default::default();
         let arrived_ms: Arc<std::sync::Mutex<Vec<i64>>> = Default::default();
@@ -306,6 +311,7 @@ impl Receiver {
                 let seen = seen.clone();
                 let arrived = arrived.clone();
                 async move {
+                    tokio::time::sleep(delay).await;
                     let mut seen = seen.lock().unwrap();
                     arrived
                         .lock()

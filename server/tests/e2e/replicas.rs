@@ -101,13 +101,15 @@ async fn converged(a: &Server, b: &Server, n: usize, what: &str) {
     .await;
 }
 
-/// Waits until `s` takes `leader` for the leader.
-async fn leads(s: &Server, leader: &str) {
-    eventually(15, "a leader", || async {
-        let r = s.rows("SELECT id FROM tocsin_replicas WHERE leader").await;
-        (r.len() == 1 && r[0][0] == leader).then_some(())
-    })
-    .await;
+/// Waits until every replica of `all` takes `leader` for the leader.
+async fn leads(all: &[&Server], leader: &str) {
+    for s in all {
+        eventually(15, "a leader", || async {
+            let r = s.rows("SELECT id FROM tocsin_replicas WHERE leader").await;
+            (r.len() == 1 && r[0][0] == leader).then_some(())
+        })
+        .await;
+    }
 }
 
 /// The other replica as `tocsin_replicas` shows it: state and lag in rows.
@@ -133,7 +135,7 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let a = replica("a", pa, &[("b", pb)], &da).await;
     let b = replica("b", pb, &[("a", pa)], &db).await;
-    leads(&a, "a").await;
+    leads(&[&a, &b], "a").await;
     // Made at b, ordered by the leader a: both hold it when b answers.
     b.rows(CATALOG).await;
     for s in [&a, &b] {
@@ -183,7 +185,7 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
     let b = replica("b", pb, &[("a", pa)], &db).await;
     converged(&a, &b, 2_500, "b to catch up to 2,500 rows").await;
     // A catalog change made at the leader reaches b too.
-    leads(&b, "a").await;
+    leads(&[&a, &b], "a").await;
     a.rows("CREATE VIEW busy AS SELECT host FROM cpu WHERE cpu > 90")
         .await;
     for s in [&a, &b] {
@@ -216,7 +218,7 @@ async fn bad_peers_are_refused_with_a_reason() {
     let (pa, pb) = (free_port(), free_port());
     let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
     let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
-    leads(&a, "a").await;
+    leads(&[&a, &b], "a").await;
     a.rows("CREATE SOURCE cpu (host TEXT, cpu DOUBLE) FROM HTTP")
         .await;
     let url = format!("ws://127.0.0.1:{pa}/v1/cluster");
@@ -377,7 +379,7 @@ async fn the_agent_fails_over_between_replicas() {
     let (pa, pb) = (free_port(), free_port());
     let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
     let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
-    leads(&b, "a").await;
+    leads(&[&a, &b], "a").await;
     // The replicas' own collector samples once an hour; the rest are the agent's.
     a.rows("CREATE SOURCE remote FROM HOST WITH (interval = '1h')")
         .await;
@@ -422,7 +424,7 @@ async fn quorum_acknowledges_once_a_majority_holds_the_rows() {
     let quorum = ["--ack", "quorum"];
     let a = replica_with("a", pa, &[("b", pb)], &da, &quorum).await;
     let b = replica_with("b", pb, &[("a", pa)], &db, &quorum).await;
-    leads(&b, "a").await;
+    leads(&[&a, &b], "a").await;
     b.rows(CATALOG).await;
     for i in 0..5 {
         push(&a, i).await;
@@ -518,7 +520,7 @@ async fn each_notification_arrives_once_from_two_replicas() {
     let (pa, pb) = (free_port(), free_port());
     let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
     let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
-    leads(&b, "a").await;
+    leads(&[&a, &b], "a").await;
     b.rows(&alerting(&hook.url, smtp.port)).await;
     let mut seed = 7;
     set_hosts(&[&a, &b], 0..500, 90.0, &mut seed).await;
@@ -558,4 +560,185 @@ async fn each_notification_arrives_once_from_two_replicas() {
         a.rows("SELECT * FROM latest ORDER BY host").await,
         b.rows("SELECT * FROM latest ORDER BY host").await
     );
+}
+
+/// `kill -9` of the delivering replica in the middle of a burst: every notification arrives,
+/// duplicates are at most those in flight at the kill (with the same id, so the receiver can drop
+/// them), and the killed replica catches up after a restart without sending any again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_delivering_replica_loses_no_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 ms a notification: the burst of 300 takes 6 s.
+    let hook = crate::common::Receiver::start_with(0, std::time::Duration::from_millis(20)).await;
+    let (pa, pb) = (free_port(), free_port());
+    let da = dir.path().join("a");
+    let a = replica("a", pa, &[("b", pb)], &da).await;
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    leads(&[&a, &b], "a").await;
+    a.rows(&format!(
+        "CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP;
+         CREATE VIEW latest AS SELECT DISTINCT ON (host) host, v FROM m ORDER BY host, ts DESC;
+         CREATE SINK hook TO WEBHOOK WITH (url = '{}');
+         CREATE RULE hot AS SELECT host, v FROM latest WHERE v > 50 WITH (sink = 'hook')",
+        hook.url
+    ))
+    .await;
+    let mut seed = 11;
+    set_hosts(&[&a, &b], 0..300, 90.0, &mut seed).await;
+    eventually(30, "a to be in the middle of the burst", || async {
+        (hook.accepted().len() >= 60).then_some(())
+    })
+    .await;
+    a.kill();
+    let at_kill = hook.accepted().len();
+    for i in 0..600 {
+        let (transitions, _) = hook_notifications(&hook);
+        let distinct: std::collections::BTreeSet<_> = transitions.iter().collect();
+        if distinct.len() == 300 {
+            break;
+        }
+        assert!(
+            i < 599,
+            "{} of 300 notifications, {at_kill} at the kill",
+            distinct.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (transitions, ids) = hook_notifications(&hook);
+    let twice: Vec<_> = ids.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        transitions.len() - 300 <= 2,
+        "{} duplicates: more than were in flight at the kill (after {at_kill}): {twice:?}",
+        transitions.len() - 300
+    );
+    assert_eq!(ids.len(), 300, "a duplicate has the id of the first");
+    // a returns: it catches up on what b took, and sends nothing b delivered.
+    set_hosts(&[&b], 300..310, 90.0, &mut seed).await;
+    let a = replica("a", pa, &[("b", pb)], &da).await;
+    eventually(10, "a's view to equal b's", || async {
+        let q = "SELECT * FROM latest ORDER BY host";
+        let (va, vb) = (a.rows(q).await, b.rows(q).await);
+        (va.len() == 310 && va == vb).then_some(())
+    })
+    .await;
+    eventually(30, "the 10 new notifications", || async {
+        (hook_notifications(&hook).1.len() == 310).then_some(())
+    })
+    .await;
+    let before = hook.accepted().len();
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(
+        hook.accepted().len(),
+        before,
+        "a sent again what b delivered"
+    );
+    assert_eq!(alert_states(&a).await, alert_states(&b).await);
+}
+
+/// A replica stopped (SIGSTOP) for 30 s: the other delivers on time meanwhile; when it resumes
+/// nothing is lost, it catches up, and it sends nothing the other delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_neither_delays_nor_repeats_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = crate::common::Receiver::start(0).await;
+    let (pa, pb) = (free_port(), free_port());
+    let a = replica("a", pa, &[("b", pb)], &dir.path().join("a")).await;
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    leads(&[&a, &b], "a").await;
+    a.rows(&format!(
+        "CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP;
+         CREATE VIEW latest AS SELECT DISTINCT ON (host) host, v FROM m ORDER BY host, ts DESC;
+         CREATE SINK hook TO WEBHOOK WITH (url = '{}');
+         CREATE RULE hot AS SELECT host, v FROM latest WHERE v > 50 WITH (sink = 'hook')",
+        hook.url
+    ))
+    .await;
+    let signal = |sig: &str, pid: u32| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    signal("-STOP", a.pid());
+    let stopped = std::time::Instant::now();
+    let mut seed = 3;
+    set_hosts(&[&b], 0..50, 90.0, &mut seed).await;
+    eventually(15, "b to deliver while a is stopped", || async {
+        (hook.accepted().len() == 50).then_some(())
+    })
+    .await;
+    // Time to resolve half of them too, all while a is stopped.
+    set_hosts(&[&b], 0..25, 10.0, &mut seed).await;
+    eventually(10, "b to deliver the resolutions", || async {
+        (hook.accepted().len() == 75).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
+    signal("-CONT", a.pid());
+    eventually(15, "a to catch up", || async {
+        let q = "SELECT * FROM latest ORDER BY host";
+        let (va, vb) = (a.rows(q).await, b.rows(q).await);
+        (va.len() == 50 && va == vb).then_some(())
+    })
+    .await;
+    eventually(10, "a's alerts to equal b's", || async {
+        (alert_states(&a).await == alert_states(&b).await).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let (transitions, ids) = hook_notifications(&hook);
+    assert_eq!(transitions.len(), 75, "a sent again what b delivered");
+    assert_eq!(ids.len(), 75);
+}
+
+/// The catalog as `/v1/catalog` shows it, without what differs between replicas (ingest counts,
+/// the cluster as each sees it).
+async fn catalog(s: &Server) -> Value {
+    let (_, body) = s.get("/v1/catalog").await.unwrap();
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    for source in v["sources"].as_array_mut().unwrap() {
+        source.as_object_mut().unwrap().remove("ingest");
+    }
+    v.as_object_mut().unwrap().remove("cluster");
+    v
+}
+
+/// A third replica started with an empty data dir reaches the catalog, the views and the alert
+/// state the other two hold, and sends no notification they delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_replica_joins() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = crate::common::Receiver::start(0).await;
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = replica("a", pa, &[("b", pb), ("c", pc)], &dir.path().join("a")).await;
+    let b = replica("b", pb, &[("a", pa), ("c", pc)], &dir.path().join("b")).await;
+    leads(&[&a, &b], "a").await;
+    b.rows(&format!(
+        "CREATE SOURCE m (host TEXT, v DOUBLE) FROM HTTP;
+         CREATE VIEW latest AS SELECT DISTINCT ON (host) host, v FROM m ORDER BY host, ts DESC;
+         CREATE SINK hook TO WEBHOOK WITH (url = '{}');
+         CREATE RULE hot AS SELECT host, v FROM latest WHERE v > 50 WITH (sink = 'hook')",
+        hook.url
+    ))
+    .await;
+    let mut seed = 5;
+    set_hosts(&[&a, &b], 0..100, 90.0, &mut seed).await;
+    set_hosts(&[&a, &b], 0..40, 10.0, &mut seed).await;
+    eventually(20, "140 notifications", || async {
+        (hook.accepted().len() >= 140).then_some(())
+    })
+    .await;
+    let c = replica("c", pc, &[("a", pa), ("b", pb)], &dir.path().join("c")).await;
+    eventually(20, "c to reach a's catalog, view and alerts", || async {
+        let q = "SELECT * FROM latest ORDER BY host";
+        (catalog(&c).await == catalog(&a).await
+            && c.rows(q).await == a.rows(q).await
+            && alert_states(&c).await == alert_states(&a).await)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(alert_states(&c).await.len(), 60);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(hook.accepted().len(), 140, "c sent again what a delivered");
 }
