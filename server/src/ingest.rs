@@ -124,7 +124,13 @@ impl Ingest {
         replicas: Option<Replicas>,
     ) -> Ingest {
         let capacity = queue.max(1);
-        let replication = replicas.map(|r| Arc::new(Replication::new(wal.marks.clone(), r.quorum)));
+        let replication = replicas.map(|r| {
+            Arc::new(Replication::new(
+                wal.last_lsn(),
+                wal.marks.clone(),
+                r.quorum,
+            ))
+        });
         let shared = replication.clone();
         let lookup = generations.clone();
         let (tx, rx) = mpsc::channel(capacity);
@@ -415,6 +421,9 @@ impl Writer {
 
     /// Checks a batch against its source and appends the rows it takes to the WAL.
     fn stage(&mut self, job: Job) -> Option<Staged> {
+        if let Some(r) = &self.replication {
+            self.wal.number_above(r.floor());
+        }
         let mut stamp = match &job.provenance {
             Provenance::Local { replicated } => Stamp {
                 at: self.engine.clock().now() as i64,

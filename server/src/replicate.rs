@@ -56,18 +56,26 @@ pub struct Replication {
     held: Mutex<(std::collections::BTreeMap<u64, Vec<Held>>, u64)>,
     live: broadcast::Sender<Arc<Forward>>,
     synced: AtomicU64,
+    /// The writer numbers records above this (see [`Replication::number_above`]).
+    floor: AtomicU64,
     tracked: Mutex<(VecDeque<Tracked>, u64)>,
     /// The newest `seq` of each other replica that this one holds durably.
     marks: Mutex<HashMap<String, u64>>,
 }
 
 impl Replication {
-    pub fn new(marks: HashMap<String, u64>, quorum: Option<std::time::Duration>) -> Replication {
+    /// `synced`: the last `lsn` of the log as it was opened.
+    pub fn new(
+        synced: u64,
+        marks: HashMap<String, u64>,
+        quorum: Option<std::time::Duration>,
+    ) -> Replication {
         Replication {
             quorum,
             held: Mutex::new((Default::default(), 0)),
             live: broadcast::channel(LIVE).0,
-            synced: AtomicU64::new(0),
+            synced: AtomicU64::new(synced),
+            floor: AtomicU64::new(0),
             tracked: Mutex::new((VecDeque::new(), 0)),
             marks: Mutex::new(marks),
         }
@@ -77,6 +85,18 @@ impl Replication {
     /// lagged, and reads the log instead).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Forward>> {
         self.live.subscribe()
+    }
+
+    /// A peer holds records of this replica's id up to `lsn`, more than this replica wrote: it
+    /// replaced another replica of its id. Its next records are numbered above them, so that the
+    /// peer does not take them for ones it has.
+    pub fn number_above(&self, lsn: u64) {
+        self.floor.fetch_max(lsn, Ordering::AcqRel);
+    }
+
+    /// See [`Replication::number_above`].
+    pub fn floor(&self) -> u64 {
+        self.floor.load(Ordering::Acquire)
     }
 
     /// The `lsn` through which the log is durable.
@@ -197,7 +217,7 @@ mod tests {
 
     #[test]
     fn lag_counts_the_rows_and_age_of_what_a_peer_has_not_acknowledged() {
-        let r = Replication::new(HashMap::from([("b".to_string(), 4)]), None);
+        let r = Replication::new(0, HashMap::from([("b".to_string(), 4)]), None);
         assert_eq!(r.mark("b"), 4);
         assert_eq!(r.mark("c"), 0);
         let mut rx = r.subscribe();

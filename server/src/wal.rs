@@ -438,6 +438,12 @@ impl Wal {
         Ok(())
     }
 
+    /// Numbers the next records above `lsn`: a replica that replaced another of its id (with
+    /// an empty data dir) continues above the records the others hold of the one it replaced.
+    pub fn number_above(&mut self, lsn: u64) {
+        self.next_lsn = self.next_lsn.max(lsn + 1);
+    }
+
     /// The `lsn` of the last record appended (below this start's first if none was).
     pub fn last_lsn(&self) -> u64 {
         self.next_lsn - 1
@@ -481,6 +487,18 @@ const HEADER_PREFIX: usize = 4096;
 /// replica that has the records through `after` is sent to catch up. Read while the log is
 /// written: records past `through` (not yet synced) are left out.
 pub fn own_after(dir: &Path, after: u64, through: u64) -> io::Result<Vec<Located>> {
+    records_after(dir, None, after, through)
+}
+
+/// The replicated records of `origin` (`None`: this replica) in the log in `dir` whose number
+/// (`seq`, which is the `lsn` of this replica's own) is above `after`, with `lsn <= through`, in
+/// `lsn` order.
+pub fn records_after(
+    dir: &Path,
+    origin: Option<&str>,
+    after: u64,
+    through: u64,
+) -> io::Result<Vec<Located>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -493,7 +511,7 @@ pub fn own_after(dir: &Path, after: u64, through: u64) -> io::Result<Vec<Located
         let scanned = crate::records::scan(&path, HEADER_PREFIX, |offset, len, prefix| {
             let Ok(h) = header(prefix) else { return };
             let s = &h.stamp;
-            if s.replicated && s.origin.is_none() && s.lsn > after && s.lsn <= through {
+            if s.replicated && s.origin.as_deref() == origin && s.seq > after && s.lsn <= through {
                 out.push(Located {
                     lsn: s.lsn,
                     path: path.clone(),

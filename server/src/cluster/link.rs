@@ -169,13 +169,16 @@ async fn send_records(
     if let Err(e) = ws.send(binary(&hello)).await {
         return format!("send failed: {e}");
     }
-    let (mark, catalog, checksum) = match next_frame(&mut ws, timeout, peer).await {
+    let welcome = next_frame(&mut ws, timeout, peer).await;
+    let (mark, catalog, checksum, own, returned) = match welcome {
         Ok(Frame::Welcome {
             version,
             id,
             mark,
             catalog,
             checksum,
+            own,
+            returned,
         }) => {
             if version != VERSION {
                 return format!(
@@ -188,11 +191,22 @@ async fn send_records(
                     peer.config.id
                 );
             }
-            (mark, catalog, checksum)
+            (mark, catalog, checksum, own, returned)
         }
         Ok(other) => return format!("it answered the greeting with {other:?}"),
         Err(e) => return e,
     };
+    if mark > replication.synced() {
+        tracing::warn!(
+            "replica {}: it holds records of replica id '{}' up to #{mark}, beyond this replica's log: this replica replaced one of its id, and numbers its records above those (rows it took before this link came up stay here)",
+            peer.config.id,
+            cluster.config.id
+        );
+        replication.number_above(mark);
+    }
+    // It lost its own records (it replaced a replica of its id with an empty data dir): those
+    // this replica holds are sent back to it.
+    let send_back = (replication.mark(&peer.config.id) > own).then_some(returned);
     peer.ack(mark);
     cluster.peer_applied(peer, catalog);
     // The catalog changes it lacks are relayed, when its log is a prefix of this one's (or
@@ -224,8 +238,10 @@ async fn send_records(
     let answers = take_answers(cluster, replication, &mut stream, timeout, peer);
     let out = Outgoing {
         cluster,
+        peer,
         replication,
         wal,
+        send_back,
         catalog: relay_from,
         statements: &mut statements,
     };
@@ -273,8 +289,11 @@ where
 /// What a dialed link sends.
 struct Outgoing<'a> {
     cluster: &'a Cluster,
+    peer: &'a Peer,
     replication: &'a Replication,
     wal: &'a std::path::Path,
+    /// The peer lost its own records: those after this one are sent back to it.
+    send_back: Option<u64>,
     /// The newest catalog change the peer holds, as far as this link knows (`None`: its
     /// catalog differs, nothing is relayed).
     catalog: Option<u64>,
@@ -301,6 +320,56 @@ impl Outgoing<'_> {
             self.catalog = Some(r.seq);
         }
         Ok(())
+    }
+
+    /// Sends the replicated records of `origin` (`None`: this replica's) numbered above `after`
+    /// with `lsn <= through`, read from the log a chunk at a time, in order, each after the
+    /// catalog changes before it; answers the `lsn` of the last one sent. Records whose segment
+    /// went with their rows' retention are left out.
+    async fn send_logged<S>(
+        &mut self,
+        sink: &mut S,
+        origin: Option<String>,
+        after: u64,
+        through: u64,
+    ) -> Result<Option<u64>, String>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let failed = |e: String| format!("reading the write-ahead log failed: {e}");
+        let dir = self.wal.to_path_buf();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::wal::records_after(&dir, origin.as_deref(), after, through)
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| format!("cannot read the write-ahead log: {e}"))?;
+        let mut last = None;
+        for chunk in found.chunks(CATCH_UP_CHUNK) {
+            let located = chunk.to_vec();
+            let read = tokio::task::spawn_blocking(move || {
+                located
+                    .into_iter()
+                    .map(|l| (l.lsn, l.read()))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            self.relay_catalog(sink).await?;
+            for (lsn, payload) in read {
+                match payload {
+                    Ok(Some(p)) => sink
+                        .send(Message::Binary(Bytes::from(p)))
+                        .await
+                        .map_err(|e| format!("send failed: {e}"))?,
+                    // Its segment went with its rows' retention.
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("write-ahead log: record #{lsn} not sent: {e}"),
+                }
+                last = Some(lsn);
+            }
+        }
+        Ok(last)
     }
 
     /// Sends entries of this replica's notification log.
@@ -343,39 +412,18 @@ impl Outgoing<'_> {
         self.relay_catalog(sink).await?;
         self.send_notices(sink, self.cluster.notices.snapshot())
             .await?;
+        if let Some(after) = self.send_back.take() {
+            tracing::info!(
+                "replica {}: sending back its own records it lost, those this replica holds",
+                self.peer.config.id
+            );
+            let origin = Some(self.peer.config.id.clone());
+            self.send_logged(sink, origin, after, u64::MAX).await?;
+        }
         loop {
             // What the log holds after `sent`: all of it at first, what was missed after a lag.
             let through = self.replication.synced();
-            let dir = self.wal.to_path_buf();
-            let found =
-                tokio::task::spawn_blocking(move || crate::wal::own_after(&dir, sent, through))
-                    .await
-                    .map_err(|e| format!("reading the write-ahead log failed: {e}"))?
-                    .map_err(|e| format!("cannot read the write-ahead log: {e}"))?;
-            for chunk in found.chunks(CATCH_UP_CHUNK) {
-                let located = chunk.to_vec();
-                let read = tokio::task::spawn_blocking(move || {
-                    located
-                        .into_iter()
-                        .map(|l| (l.lsn, l.read()))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .map_err(|e| format!("reading the write-ahead log failed: {e}"))?;
-                self.relay_catalog(sink).await?;
-                for (lsn, payload) in read {
-                    match payload {
-                        Ok(Some(p)) => sink
-                            .send(Message::Binary(Bytes::from(p)))
-                            .await
-                            .map_err(failed)?,
-                        // Its segment went with its rows' retention.
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!("write-ahead log: record #{lsn} not sent: {e}"),
-                    }
-                    sent = lsn;
-                }
-            }
+            self.send_logged(sink, None, sent, through).await?;
             sent = sent.max(through);
             loop {
                 tokio::select! {
@@ -526,6 +574,8 @@ async fn take_records(
         mark: replication.mark(&origin),
         catalog,
         checksum: cluster.catalog.checksum(catalog).unwrap_or_default(),
+        own: replication.synced(),
+        returned: replication.mark(&cluster.config.id),
     };
     if socket.ws.send(binary(&welcome)).await.is_err() {
         return;
@@ -564,7 +614,9 @@ fn answer(
     }
 }
 
-type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Frame, String>> + Send>>;
+/// A record being taken: its answer (none for a record sent back).
+type Pending =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Frame>, String>> + Send>>;
 
 async fn take(
     app: &AppRef,
@@ -602,11 +654,12 @@ async fn take(
                         // The rows before a catalog change are taken before it.
                         while let Some(done) = in_flight.next().await {
                             match done {
-                                Ok(frame) => {
+                                Ok(Some(frame)) => {
                                     if let Err(e) = sink.send(binary(&frame)).await {
                                         return failed(e);
                                     }
                                 }
+                                Ok(None) => {}
                                 Err(e) => return e,
                             }
                         }
@@ -637,11 +690,12 @@ async fn take(
             Some(done) = in_flight.next() => {
                 deadline = deadline.max(tokio::time::Instant::now() + timeout);
                 match done {
-                    Ok(frame) => {
+                    Ok(Some(frame)) => {
                         if let Err(e) = sink.send(binary(&frame)).await {
                             return failed(e);
                         }
                     }
+                    Ok(None) => {}
                     Err(e) => return e,
                 }
             }
@@ -728,12 +782,19 @@ fn forwarded(
 ) -> Result<Pending, String> {
     let h = crate::wal::header(&payload)
         .map_err(|e| format!("it sent a record that cannot be read: {e}"))?;
-    let seq = h.stamp.lsn;
-    if h.stamp.origin.is_some() || !h.stamp.replicated || seq == 0 {
+    let seq = h.stamp.seq;
+    // A peer sends its own records, and this replica's that it lost (sent back unanswered).
+    let returned = h.stamp.origin.as_deref() == Some(cluster.config.id.as_str());
+    if (h.stamp.origin.is_some() && !returned) || !h.stamp.replicated || seq == 0 {
         return Err(format!(
-            "record #{seq} is not one of its own replicated records"
+            "record #{seq} is neither one of its own replicated records nor one of this replica's"
         ));
     }
+    let origin: Arc<str> = if returned {
+        Arc::from(cluster.config.id.as_str())
+    } else {
+        origin.clone()
+    };
     let mut batches = crate::wal::batches(&payload[h.body..])
         .map_err(|e| format!("record #{seq}'s rows cannot be read: {e}"))?;
     if batches.len() != 1 {
@@ -743,7 +804,7 @@ fn forwarded(
         ));
     }
     let batch = batches.pop().expect("one batch");
-    let (app, cluster, origin) = (app.clone(), cluster.clone(), origin.clone());
+    let (app, cluster) = (app.clone(), cluster.clone());
     Ok(Box::pin(async move {
         // The source's catalog change reaches this replica before its rows (each link sends it
         // first); rows of a change still on its way over another link wait for it.
@@ -754,6 +815,9 @@ fn forwarded(
             .ingest
             .push_forwarded(origin.clone(), seq, h.stamp.at, &h.source, batch)
             .await;
-        answer(&cluster, &origin, seq, out)
+        match answer(&cluster, &origin, seq, out)? {
+            _ if returned => Ok(None),
+            frame => Ok(Some(frame)),
+        }
     }))
 }

@@ -12,7 +12,7 @@
 //! | frame | bytes |
 //! |---|---|
 //! | `Hello` | `1`, version `u8`, id length `u8`, id |
-//! | `Welcome` | `2`, version `u8`, id length `u8`, id, mark `u64`, catalog seq `u64`, catalog checksum `u32` |
+//! | `Welcome` | `2`, version `u8`, id length `u8`, id, mark `u64`, catalog seq `u64`, catalog checksum `u32`, its own log's last `lsn` `u64`, the newest of its own records sent back to it `u64` |
 //! | `Ack` | `4`, seq `u64` |
 //! | `Nack` | `5`, seq `u64`, reason (UTF-8) |
 //! | `Beat` | `6`, the sender's clock, epoch ms `i64`, the leader it sees (UTF-8, empty: none) |
@@ -55,6 +55,11 @@ pub enum Frame {
         mark: u64,
         catalog: u64,
         checksum: u32,
+        /// The last `lsn` of the welcoming replica's log ...
+        own: u64,
+        /// ... and the newest of its own records it was sent back (by a replica that held them
+        /// when it had lost them: it replaced a replica of its id).
+        returned: u64,
     },
     Record(Bytes),
     Ack(u64),
@@ -98,12 +103,16 @@ impl Frame {
                 mark,
                 catalog,
                 checksum,
+                own,
+                returned,
             } => {
                 out.push(WELCOME);
                 id(&mut out, *version, i);
                 out.extend_from_slice(&mark.to_le_bytes());
                 out.extend_from_slice(&catalog.to_le_bytes());
                 out.extend_from_slice(&checksum.to_le_bytes());
+                out.extend_from_slice(&own.to_le_bytes());
+                out.extend_from_slice(&returned.to_le_bytes());
             }
             Frame::Record(payload) => return payload.clone(),
             Frame::Ack(seq) => {
@@ -192,14 +201,18 @@ impl Frame {
                     .get(end + 16..end + 20)
                     .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
                     .ok_or_else(short)?;
+                let own = u64_at(end + 20)?;
+                let returned = u64_at(end + 28)?;
                 exact(
-                    end + 20,
+                    end + 36,
                     Frame::Welcome {
                         version,
                         id,
                         mark,
                         catalog,
                         checksum,
+                        own,
+                        returned,
                     },
                 )
             }
@@ -247,6 +260,8 @@ mod tests {
                 mark: u64::MAX - 3,
                 catalog: 12,
                 checksum: 0xdead_beef,
+                own: 99,
+                returned: 7,
             },
             Frame::Record(Bytes::from(
                 [[0xffu8; 8].as_slice(), b"rest of a record"].concat(),

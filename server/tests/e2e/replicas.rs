@@ -83,12 +83,22 @@ async fn push(s: &Server, batch: usize) {
     assert_eq!((st, ack["accepted"].as_u64()), (200, Some(50)), "{ack}");
 }
 
-/// Every row of `cpu` (with the `ts` it was given) and the view, in a fixed order.
+/// Every row of `cpu` (with the `ts` it was given) and the view, in a fixed order (nothing
+/// while the replica does not have them yet).
 async fn contents(s: &Server) -> (Vec<Value>, Vec<Value>) {
+    let rows = |q: &'static str| async move {
+        let (st, v) = s.sql(q).await;
+        if st != 200 {
+            return Vec::new();
+        }
+        v["results"][0]["rows"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     (
-        s.rows("SELECT host, cpu, ts FROM cpu ORDER BY ts, host, cpu")
-            .await,
-        s.rows("SELECT * FROM per_host ORDER BY host").await,
+        rows("SELECT host, cpu, ts FROM cpu ORDER BY ts, host, cpu").await,
+        rows("SELECT * FROM per_host ORDER BY host").await,
     )
 }
 
@@ -741,4 +751,31 @@ async fn an_empty_replica_joins() {
     assert_eq!(alert_states(&c).await.len(), 60);
     tokio::time::sleep(std::time::Duration::from_secs(6)).await;
     assert_eq!(hook.accepted().len(), 140, "c sent again what a delivered");
+}
+
+/// A dead replica replaced by a new one of the same id with an empty data dir: it is sent the
+/// catalog and rows, and the rows it takes reach the other replica (numbered above those of the
+/// replica it replaced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_replica_takes_part_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (da, db) = (dir.path().join("a"), dir.path().join("b"));
+    let a = replica("a", pa, &[("b", pb)], &da).await;
+    let b = replica("b", pb, &[("a", pa)], &db).await;
+    leads(&[&a, &b], "a").await;
+    a.rows(CATALOG).await;
+    for i in 0..4 {
+        push(&b, i).await;
+    }
+    converged(&a, &b, 200, "b's rows at a").await;
+    b.kill();
+    std::fs::remove_dir_all(&db).unwrap();
+    let b = replica("b", pb, &[("a", pa)], &db).await;
+    converged(&a, &b, 200, "the new b to be sent the catalog and rows").await;
+    for i in 4..6 {
+        push(&b, i).await;
+    }
+    converged(&a, &b, 300, "the new b's rows at a").await;
+    assert!(b.log().contains("replaced one of its id"), "{}", b.log());
 }
