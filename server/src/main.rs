@@ -162,24 +162,29 @@ enum Command {
         /// About the bytes those changes may take (e.g. 16MiB).
         #[arg(long, default_value = "16MiB")]
         subscriber_buffer: String,
+        /// A file with this replica's settings, `key = value` per line: replica-id, peers,
+        /// cluster-secret, peer-timeout, ack, cluster-ca-cert (flags given too win).
+        #[arg(long)]
+        cluster_config: Option<PathBuf>,
         /// This server's id among its replicas (with --peers; see docs/ha.md).
-        #[arg(long, requires = "peers")]
+        #[arg(long)]
         replica_id: Option<String>,
         /// The other replicas, ID=ws://HOST:PORT (wss:// with TLS), comma-separated: a set of
         /// replicas is 2 or 3 servers.
-        #[arg(long, value_delimiter = ',', requires = "replica_id")]
+        #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
         /// The secret replicas present to each other (at least 16 characters, the same on
         /// every replica); a link without it is refused.
         #[arg(long, env = "TOCSIN_CLUSTER_SECRET", hide_env_values = true)]
         cluster_secret: Option<String>,
-        /// How long a peer may be silent before its link is dropped and dialed again.
-        #[arg(long, default_value = "5s")]
-        peer_timeout: String,
-        /// When a client's batch is acknowledged: once durable on this replica (local) or on a
-        /// majority of replicas (quorum).
-        #[arg(long, default_value = "local")]
-        ack: String,
+        /// How long a peer may be silent before its link is dropped and dialed again (default
+        /// 5s).
+        #[arg(long)]
+        peer_timeout: Option<String>,
+        /// When a client's batch is acknowledged: once durable on this replica (local, the
+        /// default) or on a majority of replicas (quorum).
+        #[arg(long)]
+        ack: Option<String>,
         /// CA certificate (PEM) to trust for wss:// peers instead of the public roots.
         #[arg(long, env = "TOCSIN_CLUSTER_CA_CERT")]
         cluster_ca_cert: Option<PathBuf>,
@@ -274,6 +279,7 @@ fn main() {
                 history_flush,
                 subscriber_buffer_changes,
                 subscriber_buffer,
+                cluster_config,
                 replica_id,
                 peers,
                 cluster_secret,
@@ -281,15 +287,35 @@ fn main() {
                 ack,
                 cluster_ca_cert,
             } => {
-                let cluster = match replica_id {
+                let file = match &cluster_config {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|e| format!("--cluster-config {}: {e}", path.display()))?;
+                        tocsin_server::cluster::ClusterFile::parse(&text)
+                            .map_err(|e| format!("--cluster-config {}: {e}", path.display()))?
+                    }
+                    None => Default::default(),
+                };
+                let peers = if peers.is_empty() { file.peers } else { peers };
+                let cluster = match replica_id.or(file.replica_id) {
                     Some(id) => Some(tocsin_server::cluster::ClusterConfig::new(
                         &id,
                         &peers,
-                        cluster_secret.as_deref(),
-                        duration(&peer_timeout)?,
-                        tocsin_server::cluster::Ack::parse(&ack)?,
-                        cluster_ca_cert,
+                        cluster_secret.or(file.cluster_secret).as_deref(),
+                        duration(
+                            peer_timeout
+                                .or(file.peer_timeout)
+                                .as_deref()
+                                .unwrap_or("5s"),
+                        )?,
+                        tocsin_server::cluster::Ack::parse(
+                            ack.or(file.ack).as_deref().unwrap_or("local"),
+                        )?,
+                        cluster_ca_cert.or(file.cluster_ca_cert),
                     )?),
+                    None if !peers.is_empty() => {
+                        return Err("--peers needs --replica-id: this replica's own id".into())
+                    }
                     None => None,
                 };
                 let mut tokens = Vec::new();

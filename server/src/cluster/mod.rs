@@ -163,6 +163,49 @@ impl ClusterConfig {
     }
 }
 
+/// A replica's settings as `--cluster-config FILE` gives them: `key = value` per line, `#`
+/// comments; keys as the flags are named (`peers` may come on several lines).
+#[derive(Debug, Default, PartialEq)]
+pub struct ClusterFile {
+    pub replica_id: Option<String>,
+    pub peers: Vec<String>,
+    pub cluster_secret: Option<String>,
+    pub peer_timeout: Option<String>,
+    pub ack: Option<String>,
+    pub cluster_ca_cert: Option<PathBuf>,
+}
+
+impl ClusterFile {
+    pub fn parse(text: &str) -> Result<ClusterFile, String> {
+        let mut f = ClusterFile::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("line {}: write key = value", n + 1))?;
+            let value = value.trim().trim_matches('"').to_string();
+            match key.trim() {
+                "replica-id" => f.replica_id = Some(value),
+                "peers" => f.peers.extend(value.split(',').map(|p| p.trim().to_string())),
+                "cluster-secret" => f.cluster_secret = Some(value),
+                "peer-timeout" => f.peer_timeout = Some(value),
+                "ack" => f.ack = Some(value),
+                "cluster-ca-cert" => f.cluster_ca_cert = Some(PathBuf::from(value)),
+                other => {
+                    return Err(format!(
+                        "line {}: unknown key '{other}' (replica-id, peers, cluster-secret, peer-timeout, ack, cluster-ca-cert)",
+                        n + 1
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
 /// The state of the link this replica dials to a peer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LinkState {
@@ -800,6 +843,20 @@ mod tests {
             assert!(e.contains(why), "{id} {peers:?}: {e}");
         }
         assert_eq!(Ack::parse("quorum"), Ok(Ack::Quorum));
+        let f = ClusterFile::parse(
+            "# replica a\nreplica-id = a\npeers = b=wss://h-b:7654\npeers = c=wss://h-c:7654\n\ncluster-secret = \"s3cret with spaces\"\nack = quorum\n",
+        )
+        .unwrap();
+        assert_eq!(f.replica_id.as_deref(), Some("a"));
+        assert_eq!(f.peers, ["b=wss://h-b:7654", "c=wss://h-c:7654"]);
+        assert_eq!(f.cluster_secret.as_deref(), Some("s3cret with spaces"));
+        assert_eq!(f.ack.as_deref(), Some("quorum"));
+        assert!(ClusterFile::parse("replica_id = a")
+            .unwrap_err()
+            .contains("line 1: unknown key 'replica_id'"));
+        assert!(ClusterFile::parse("\npeers b")
+            .unwrap_err()
+            .contains("line 2: write key = value"));
         assert!(Ack::parse("all").unwrap_err().contains("local or quorum"));
     }
 }

@@ -779,3 +779,53 @@ async fn a_replaced_replica_takes_part_again() {
     converged(&a, &b, 300, "the new b's rows at a").await;
     assert!(b.log().contains("replaced one of its id"), "{}", b.log());
 }
+
+/// `--cluster-config FILE` gives a replica's settings; a bad file or `--peers` without an id is
+/// refused at start with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_settings_come_from_a_file_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let file = dir.path().join("cluster.conf");
+    std::fs::write(
+        &file,
+        format!(
+            "# replica a\nreplica-id = a\npeers = b=ws://127.0.0.1:{pb}\ncluster-secret = {SECRET}\npeer-timeout = 3s\nack = quorum\n"
+        ),
+    )
+    .unwrap();
+    let a = Server::start_on(
+        pa,
+        &dir.path().join("a"),
+        &["--cluster-config", file.to_str().unwrap()],
+    )
+    .await;
+    let (_, catalog) = a.get("/v1/catalog").await.unwrap();
+    let catalog: Value = serde_json::from_slice(&catalog).unwrap();
+    assert_eq!(catalog["cluster"]["replica_id"], "a");
+    assert_eq!(catalog["cluster"]["ack"], "quorum");
+    assert_eq!(catalog["cluster"]["peer_timeout_ms"], 3000);
+    assert_eq!(
+        catalog["cluster"]["peers"][0]["address"],
+        format!("ws://127.0.0.1:{pb}")
+    );
+    std::fs::write(&file, "replica-id = a\npeer = b=ws://h:1\n").unwrap();
+    for (args, why) in [
+        (
+            vec!["--cluster-config", file.to_str().unwrap()],
+            "line 2: unknown key 'peer'",
+        ),
+        (vec!["--peers", "b=ws://h:1"], "--peers needs --replica-id"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tocsin"))
+            .arg("serve")
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path().join("x"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,306 @@
+//! Replicas (docs/ha.md), measured through two `tocsin serve` processes this program starts on
+//! loopback:
+//!
+//! - **lag**: a row pushed to replica `a` (timed from the moment `a` acknowledged it, so after
+//!   its fsync) until it arrives in a subscription on replica `b`; `--samples` rows
+//!   `--interval-ms` apart; p50, p99, max.
+//! - **failover**: replica `a` (first in order, the one that delivers) is killed with -9, and at
+//!   that moment a row making a new alert is pushed to `b`; the time from the kill to that alert's
+//!   notification arriving at a webhook served by this program, `--rounds` times (`a` is started
+//!   again between rounds).
+//!
+//! ```sh
+//! habench --tocsin target/release/tocsin --dir /tmp/habench --samples 1000 --rounds 5
+//! ```
+//!
+//! Ingest throughput with a replica is the load generator's, pointed at `a` of two replicas
+//! (docs/benchmarks.md).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+const SECRET: &str = "habench-cluster-secret-0123";
+
+struct Replica {
+    id: &'static str,
+    addr: String,
+    child: Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(
+    tocsin: &Path,
+    dir: &Path,
+    id: &'static str,
+    port: u16,
+    peer: (&str, u16),
+    peer_timeout: &str,
+) -> Replica {
+    let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+    let child = Command::new(tocsin)
+        .args(["serve", "--no-default", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--replica-id", id, "--peers"])
+        .arg(format!("{}=ws://127.0.0.1:{}", peer.0, peer.1))
+        .args(["--cluster-secret", SECRET, "--peer-timeout", peer_timeout])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start tocsin");
+    Replica {
+        id,
+        addr: format!("127.0.0.1:{port}"),
+        child,
+    }
+}
+
+type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn post(client: &Http, addr: &str, path: &str, body: String) -> (u16, String) {
+    let req = hyper::Request::post(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    match client.request(req).await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Waits until both replicas take `a` for the leader.
+async fn linked(client: &Http, replicas: &[&Replica]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for r in replicas {
+        loop {
+            let (st, body) = post(
+                client,
+                &r.addr,
+                "/v1/sql",
+                "SELECT id FROM tocsin_replicas WHERE leader".into(),
+            )
+            .await;
+            if st == 200 && body.contains("[\"a\"]") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {} never saw a lead",
+                r.id
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn percentiles(mut ms: Vec<f64>) -> String {
+    ms.sort_by(f64::total_cmp);
+    if ms.is_empty() {
+        return "no samples".into();
+    }
+    let q = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    format!(
+        "samples {}  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+        ms.len(),
+        q(0.5),
+        q(0.99),
+        ms[ms.len() - 1]
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let mut tocsin = PathBuf::from("target/release/tocsin");
+    let mut dir = PathBuf::from("/tmp/habench");
+    let (mut samples, mut interval_ms, mut rounds) = (1000usize, 20u64, 5usize);
+    let mut peer_timeout = "5s".to_string();
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let v = pair.get(1).cloned().unwrap_or_default();
+        match pair[0].as_str() {
+            "--tocsin" => tocsin = v.into(),
+            "--dir" => dir = v.into(),
+            "--samples" => samples = v.parse().expect("--samples N"),
+            "--interval-ms" => interval_ms = v.parse().expect("--interval-ms N"),
+            "--rounds" => rounds = v.parse().expect("--rounds N"),
+            "--peer-timeout" => peer_timeout = v,
+            other => panic!(
+                "unknown argument {other}: --tocsin PATH --dir DIR --samples N --interval-ms N --rounds N --peer-timeout D"
+            ),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let client: Http = Client::builder(TokioExecutor::new()).build_http();
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = start(&tocsin, &dir, "a", pa, ("b", pb), &peer_timeout);
+    let b = start(&tocsin, &dir, "b", pb, ("a", pa), &peer_timeout);
+    linked(&client, &[&a, &b]).await;
+
+    // The webhook the failover rounds are timed at.
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let seen = arrivals.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                if let Some(h) = v["labels"]["host"].as_str() {
+                    seen.lock()
+                        .unwrap()
+                        .entry(h.to_string())
+                        .or_insert_with(Instant::now);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (st, body) = post(
+        &client,
+        &a.addr,
+        "/v1/sql",
+        format!(
+            "CREATE SOURCE probe (n BIGINT) FROM HTTP;
+             CREATE SOURCE fo (host TEXT, v DOUBLE) FROM HTTP;
+             CREATE SINK fo_hook TO WEBHOOK WITH (url = '{hook}');
+             CREATE RULE fo_rule AS SELECT host, v FROM fo WHERE v > 0 WITH (sink = 'fo_hook')"
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+
+    // Lag: pushed to a, seen in a subscription on b.
+    let url = format!(
+        "ws://{}/v1/subscribe?q={}",
+        b.addr, "SELECT%20n%20FROM%20probe"
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("subscribe on b");
+    let seen_at: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
+    let seen = seen_at.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            let at = Instant::now();
+            if let Ok(text) = m.to_text() {
+                // One frame per change: {"time": ..., "diff": 1, "row": {"n": ...}}.
+                let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                if let (Some(1), Some(n)) = (v["diff"].as_i64(), v["row"]["n"].as_i64()) {
+                    seen.lock().unwrap().entry(n).or_insert(at);
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut acked = HashMap::new();
+    for n in 0..samples as i64 {
+        let (st, body) = post(
+            &client,
+            &a.addr,
+            "/v1/ingest/probe",
+            format!("{{\"n\": {n}}}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        acked.insert(n, Instant::now());
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lag: Vec<f64> = {
+        let seen = seen_at.lock().unwrap();
+        acked
+            .iter()
+            .filter_map(|(n, t)| {
+                seen.get(n)
+                    .map(|s| s.saturating_duration_since(*t).as_secs_f64() * 1e3)
+            })
+            .collect()
+    };
+    println!(
+        "replication lag (acknowledged by a -> in b's subscription): {}",
+        percentiles(lag)
+    );
+
+    // Failover: kill -9 of a; a new alert pushed to b at that moment.
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        let host = format!("round{round}");
+        let warm = format!("warm{round}");
+        let (st, body) = post(
+            &client,
+            &a.addr,
+            "/v1/ingest/fo",
+            format!("{{\"host\": \"{warm}\", \"v\": 1}}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !arrivals.lock().unwrap().contains_key(&warm) {
+            assert!(
+                Instant::now() < deadline,
+                "the warm-up notification did not come"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        a.child.kill().unwrap();
+        a.child.wait().unwrap();
+        let killed = Instant::now();
+        let (st, body) = post(
+            &client,
+            &b.addr,
+            "/v1/ingest/fo",
+            format!("{{\"host\": \"{host}\", \"v\": 1}}"),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let arrived = loop {
+            if let Some(t) = arrivals.lock().unwrap().get(&host) {
+                break *t;
+            }
+            assert!(Instant::now() < deadline, "no notification from b");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let ms = arrived.saturating_duration_since(killed).as_secs_f64() * 1e3;
+        println!("failover round {round}: kill -9 of a -> b's notification {ms:.0} ms");
+        times.push(ms);
+        drop(a);
+        a = start(&tocsin, &dir, "a", pa, ("b", pb), &peer_timeout);
+        linked(&client, &[&a, &b]).await;
+    }
+    println!(
+        "failover (kill -9 of the delivering replica -> the other's first notification): {}",
+        percentiles(times)
+    );
+}
