@@ -214,18 +214,22 @@ impl Ingest {
     }
 
     /// Queues a batch another replica accepted (its record `seq`, accepted at `at`), waiting
-    /// for room as long as it takes, and waits for its outcome: a batch already held is
-    /// answered as a duplicate.
-    pub async fn push_forwarded(
+    /// for room as long as it takes; the returned future answers its outcome (a batch already
+    /// held is answered as a duplicate). Batches of one origin must be queued in order: a `seq`
+    /// below one already taken counts as held.
+    pub async fn enqueue_forwarded(
         &self,
         origin: Arc<str>,
         seq: u64,
         at: i64,
         source: &str,
         batch: RecordBatch,
-    ) -> Result<Outcome, IngestError> {
+    ) -> Result<
+        impl std::future::Future<Output = Result<Outcome, IngestError>> + Send + 'static,
+        IngestError,
+    > {
         let rows = (0..batch.num_rows()).collect();
-        self.push_to(
+        self.enqueue(
             source,
             None,
             batch,
@@ -256,8 +260,28 @@ impl Ingest {
         batch: RecordBatch,
         rows: Vec<usize>,
         patient: bool,
-        mut provenance: Provenance,
+        provenance: Provenance,
     ) -> Result<Outcome, IngestError> {
+        self.enqueue(source, generation, batch, rows, patient, provenance)
+            .await?
+            .await
+    }
+
+    /// Queues a batch as [`Ingest::push_to`] does; its outcome is what the returned future
+    /// answers. Batches queued one after the other are taken in that order, whenever their
+    /// answers are awaited.
+    pub async fn enqueue(
+        &self,
+        source: &str,
+        generation: Option<u64>,
+        batch: RecordBatch,
+        rows: Vec<usize>,
+        patient: bool,
+        mut provenance: Provenance,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Outcome, IngestError>> + Send + 'static,
+        IngestError,
+    > {
         if let Provenance::Local { replicated } = &mut provenance {
             *replicated &= self.replication.is_some();
         }
@@ -269,7 +293,7 @@ impl Ingest {
         };
         // tocsin's own relations (alert state and events) are bounded by the live alerts and
         // must keep working when users' data fills the budget.
-        let _reservation = if source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
+        let reservation = if source.starts_with(tocsin_sql::SYSTEM_PREFIX) {
             None
         } else {
             match self
@@ -309,15 +333,19 @@ impl Ingest {
                     mpsc::error::SendTimeoutError::Closed(_) => IngestError::Stopped,
                 })?;
         }
-        match quorum {
-            None => answer.await.map_err(|_| IngestError::Stopped)?,
-            Some(wait) => match tokio::time::timeout(wait, answer).await {
-                Ok(a) => a.map_err(|_| IngestError::Stopped)?,
-                Err(_) => Err(IngestError::Unconfirmed(format!(
-                    "the rows are durable on this replica, but a majority of the replicas did not confirm them within {wait:?} (--ack quorum); they reach the others when the replicas can talk, and sending them again may store them twice"
-                ))),
-            },
-        }
+        Ok(async move {
+            // The batch keeps its place in the memory budget until it is answered.
+            let _reservation = reservation;
+            match quorum {
+                None => answer.await.map_err(|_| IngestError::Stopped)?,
+                Some(wait) => match tokio::time::timeout(wait, answer).await {
+                    Ok(a) => a.map_err(|_| IngestError::Stopped)?,
+                    Err(_) => Err(IngestError::Unconfirmed(format!(
+                        "the rows are durable on this replica, but a majority of the replicas did not confirm them within {wait:?} (--ack quorum); they reach the others when the replicas can talk, and sending them again may store them twice"
+                    ))),
+                },
+            }
+        })
     }
 }
 

@@ -72,12 +72,12 @@ pub struct Budget {
 }
 
 /// A batch's place in the budget, held until the batch is answered.
-pub struct Reservation<'a> {
-    budget: &'a Budget,
+pub struct Reservation {
+    budget: std::sync::Arc<Budget>,
     bytes: u64,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget
             .inflight
@@ -117,10 +117,14 @@ impl Budget {
 
     /// Whether `source` may take a batch of `bytes` more Arrow memory; the refusal says why,
     /// naming the source and what it retains.
-    pub fn admit(&self, source: &str, bytes: u64) -> Result<Reservation<'_>, String> {
+    pub fn admit(
+        self: &std::sync::Arc<Self>,
+        source: &str,
+        bytes: u64,
+    ) -> Result<Reservation, String> {
         let inflight = self.inflight.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let reservation = Reservation {
-            budget: self,
+            budget: self.clone(),
             bytes,
         };
         let retained = self.engine.retained_bytes();

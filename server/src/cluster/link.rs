@@ -627,23 +627,45 @@ async fn take(
 ) -> String {
     let timeout = cluster.config.peer_timeout;
     let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    // Records read and not yet answered.
+    let mut outstanding = 0usize;
     let mut beat = tokio::time::interval(BEAT);
     let (mut sink, mut stream) = (&mut socket.ws).split();
+    // Records are queued on the ingest path one after the other, in the order they came (a
+    // record's seq below one already taken counts as held), by a task of their own so that this
+    // loop goes on answering and beating while the queue is full; their answers come back here.
+    let (records, mut to_queue) = mpsc::unbounded_channel::<Bytes>();
+    let (queued_tx, mut queued) = mpsc::unbounded_channel::<Pending>();
+    let queuer = {
+        let (app, cluster, origin) = (app.clone(), cluster.clone(), origin.clone());
+        tokio::spawn(async move {
+            while let Some(payload) = to_queue.recv().await {
+                let pending = match forwarded(&app, &cluster, &origin, payload).await {
+                    Ok(p) => p,
+                    Err(e) => Box::pin(async move { Err(e) }),
+                };
+                if queued_tx.send(pending).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let _stop_queuer = AbortOnDrop(queuer);
     // Answers to the catalog changes the peer asked this replica (as the leader) to make.
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Frame>();
     // The peer must say something within the timeout whenever this side is reading.
     let mut deadline = tokio::time::Instant::now() + timeout;
     let failed = |e: WsError| format!("send failed: {e}");
     loop {
-        let reading = in_flight.len() < IN_FLIGHT;
+        let reading = outstanding < IN_FLIGHT;
         tokio::select! {
             f = read_frame(&mut stream, peer), if reading => {
                 deadline = tokio::time::Instant::now() + timeout;
                 match f {
-                    Ok(Frame::Record(payload)) => match forwarded(app, cluster, origin, payload) {
-                        Ok(f) => in_flight.push_back(f),
-                        Err(e) => return e,
-                    },
+                    Ok(Frame::Record(payload)) => {
+                        outstanding += 1;
+                        let _ = records.send(payload);
+                    }
                     Ok(Frame::Beat { leader, .. }) => peer.saw_leader(leader),
                     Ok(Frame::Notices(json)) => {
                         if let Err(e) = cluster.peer_notices(peer, &json) {
@@ -652,15 +674,17 @@ async fn take(
                     }
                     Ok(Frame::Catalog(json)) => {
                         // The rows before a catalog change are taken before it.
-                        while let Some(done) = in_flight.next().await {
-                            match done {
-                                Ok(Some(frame)) => {
-                                    if let Err(e) = sink.send(binary(&frame)).await {
-                                        return failed(e);
-                                    }
+                        while outstanding > 0 {
+                            let done = tokio::select! {
+                                Some(p) = queued.recv() => {
+                                    in_flight.push_back(p);
+                                    continue;
                                 }
-                                Ok(None) => {}
-                                Err(e) => return e,
+                                Some(done) = in_flight.next() => done,
+                            };
+                            outstanding -= 1;
+                            if let Err(e) = send_answer(&mut sink, done).await {
+                                return e;
                             }
                         }
                         match apply_catalog(app, cluster, &json).await {
@@ -687,16 +711,12 @@ async fn take(
                     Err(e) => return e,
                 }
             }
+            Some(p) = queued.recv() => in_flight.push_back(p),
             Some(done) = in_flight.next() => {
                 deadline = deadline.max(tokio::time::Instant::now() + timeout);
-                match done {
-                    Ok(Some(frame)) => {
-                        if let Err(e) = sink.send(binary(&frame)).await {
-                            return failed(e);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => return e,
+                outstanding -= 1;
+                if let Err(e) = send_answer(&mut sink, done).await {
+                    return e;
                 }
             }
             Some(done) = done_rx.recv() => {
@@ -714,6 +734,29 @@ async fn take(
                 }
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends a record's answer (none for a record sent back); an error that ends the link as why.
+async fn send_answer<S>(sink: &mut S, done: Result<Option<Frame>, String>) -> Result<(), String>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    match done? {
+        Some(frame) => sink
+            .send(binary(&frame))
+            .await
+            .map_err(|e| format!("send failed: {e}")),
+        None => Ok(()),
     }
 }
 
@@ -773,8 +816,9 @@ async fn lead(app: &AppRef, sql: &str) -> String {
     }
 }
 
-/// A record from a peer, queued on the ingest path: its answer once it is durable here.
-fn forwarded(
+/// Queues a record from a peer on the ingest path (after the catalog change its source needs);
+/// answers the future of its answer once it is durable here.
+async fn forwarded(
     app: &AppRef,
     cluster: &Arc<Cluster>,
     origin: &Arc<str>,
@@ -804,17 +848,21 @@ fn forwarded(
         ));
     }
     let batch = batches.pop().expect("one batch");
-    let (app, cluster) = (app.clone(), cluster.clone());
+    // The source's catalog change reaches this replica before its rows (each link sends it
+    // first); rows of a change still on its way over another link wait for it.
+    let mut catalog = cluster.catalog.watch();
+    let wait = cluster.config.peer_timeout * 2;
+    let _ = tokio::time::timeout(wait, catalog.wait_for(|last| *last >= h.generation)).await;
+    let queued = app
+        .ingest
+        .enqueue_forwarded(origin.clone(), seq, h.stamp.at, &h.source, batch)
+        .await;
+    let cluster = cluster.clone();
     Ok(Box::pin(async move {
-        // The source's catalog change reaches this replica before its rows (each link sends it
-        // first); rows of a change still on its way over another link wait for it.
-        let mut catalog = cluster.catalog.watch();
-        let wait = cluster.config.peer_timeout * 2;
-        let _ = tokio::time::timeout(wait, catalog.wait_for(|last| *last >= h.generation)).await;
-        let out = app
-            .ingest
-            .push_forwarded(origin.clone(), seq, h.stamp.at, &h.source, batch)
-            .await;
+        let out = match queued {
+            Ok(answer) => answer.await,
+            Err(e) => Err(e),
+        };
         match answer(&cluster, &origin, seq, out)? {
             _ if returned => Ok(None),
             frame => Ok(Some(frame)),
