@@ -528,6 +528,7 @@ impl Tocsin {
             } => self.show_silences().await,
             Statement::Show { kind } => self.show(kind).await,
             Statement::ShowAlerts => self.show_alerts().await,
+            Statement::ShowReplicas => self.show_replicas().await,
             Statement::ShowColumns { name } => self.show_columns(name).await,
             Statement::Explain { kind, name } => self.explain(kind, name).await,
             Statement::ExplainQuery { query } => self.explain_query(query).await,
@@ -824,6 +825,7 @@ impl Tocsin {
 
 /// What `SHOW ALERTS` runs.
 const SHOW_ALERTS: &str = "SELECT * FROM tocsin_alerts ORDER BY rule, labels";
+const SHOW_REPLICAS: &str = "SELECT * FROM tocsin_replicas ORDER BY id";
 
 /// The columns that identify a rule's alert instances: the `labels` option, else the GROUP BY
 /// columns (found by following the plan's output columns down to a grouping's keys), else the

@@ -92,6 +92,8 @@ pub enum Statement {
         kind: ObjectKind,
     },
     ShowAlerts,
+    /// `SHOW REPLICAS`: this replica and its peers (`tocsin_replicas`).
+    ShowReplicas,
     ShowColumns {
         name: String,
     },
@@ -164,6 +166,7 @@ impl Statement {
             Statement::Insert { .. } => Access::Admin,
             Statement::Show { .. }
             | Statement::ShowAlerts
+            | Statement::ShowReplicas
             | Statement::ShowColumns { .. }
             | Statement::Explain { .. }
             | Statement::ExplainQuery { .. }
@@ -181,6 +184,7 @@ impl Statement {
             self,
             Statement::Show { .. }
                 | Statement::ShowAlerts
+                | Statement::ShowReplicas
                 | Statement::ShowColumns { .. }
                 | Statement::Explain { .. }
                 | Statement::ExplainQuery { .. }
@@ -507,6 +511,11 @@ impl P<'_> {
                 self.p.next_token();
                 self.p.next_token();
                 Ok(Statement::ShowAlerts)
+            }
+            (Some("SHOW"), Some("REPLICAS")) => {
+                self.p.next_token();
+                self.p.next_token();
+                Ok(Statement::ShowReplicas)
             }
             (Some("SHOW"), Some("COLUMNS")) => {
                 self.p.next_token();

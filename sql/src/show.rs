@@ -118,20 +118,38 @@ impl Tocsin {
 
     /// `SHOW ALERTS`: the alert manager's current instances.
     pub(crate) async fn show_alerts(&self) -> Result<StatementResult> {
-        if !self
-            .catalog
-            .lock()
-            .await
-            .entries
-            .contains_key("tocsin_alerts")
-        {
-            return Err(SqlError::unsupported(
-                "SHOW ALERTS: alerts are kept by the alert manager of tocsin serve",
-            ));
+        self.show_system(
+            "tocsin_alerts",
+            SHOW_ALERTS,
+            "SHOW ALERTS: alerts are kept by the alert manager of tocsin serve",
+        )
+        .await
+    }
+
+    /// `SHOW REPLICAS`.
+    pub(crate) async fn show_replicas(&self) -> Result<StatementResult> {
+        self.show_system(
+            "tocsin_replicas",
+            SHOW_REPLICAS,
+            "SHOW REPLICAS: this server is not a replica (see --replica-id and --peers in docs/ha.md)",
+        )
+        .await
+    }
+
+    /// A `SHOW` that reads a relation tocsin keeps (`relation`, with `query`), or says why it
+    /// has none.
+    async fn show_system(
+        &self,
+        relation: &str,
+        query: &str,
+        missing: &str,
+    ) -> Result<StatementResult> {
+        if !self.catalog.lock().await.entries.contains_key(relation) {
+            return Err(SqlError::unsupported(missing));
         }
-        let query = match parser::parse(SHOW_ALERTS)?.pop().map(|l| l.statement) {
+        let query = match parser::parse(query)?.pop().map(|l| l.statement) {
             Some(Statement::Query { query }) => query,
-            _ => return Err(SqlError::internal("SHOW ALERTS query")),
+            _ => return Err(SqlError::internal("SHOW query")),
         };
         let (schema, batches) = self.query(&query).await?;
         Ok(StatementResult::Rows { schema, batches })

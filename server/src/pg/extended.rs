@@ -80,6 +80,7 @@ impl Parser {
             // Read-only statements whose columns are known only by running them.
             Statement::Show { .. }
             | Statement::ShowAlerts
+            | Statement::ShowReplicas
             | Statement::ShowColumns { .. }
             | Statement::Explain { .. }
             | Statement::ExplainQuery { .. } => {

@@ -163,6 +163,46 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
         .rows("SELECT id, state FROM tocsin_replicas WHERE id = 'a'")
         .await;
     assert_eq!(own[0][1], "self");
+    // A collector every replica runs is not forwarded: each replica holds its own samples.
+    a.rows("CREATE SOURCE here FROM HOST WITH (interval = '300ms')")
+        .await;
+    let samples = |s: &Server| {
+        let s = s.addr.clone();
+        async move {
+            let (_, _, body) = crate::common::request(
+                &s,
+                "POST",
+                "/v1/sql",
+                Some("text/plain"),
+                b"SELECT DISTINCT ts FROM here ORDER BY ts".to_vec(),
+            )
+            .await
+            .unwrap();
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            v["results"][0]["rows"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+    };
+    let (ha, hb) = eventually(15, "both replicas to sample", || async {
+        let (ha, hb) = (samples(&a).await, samples(&b).await);
+        (ha.len() >= 5 && hb.len() >= 5).then_some((ha, hb))
+    })
+    .await;
+    assert!(
+        ha.iter().filter(|t| hb.contains(t)).count() < ha.len().min(hb.len()),
+        "the replicas hold the same samples: a collector's rows were forwarded\n{ha:?}\n{hb:?}"
+    );
+    let shown = a.rows("SHOW REPLICAS").await;
+    assert_eq!(
+        (
+            shown[0][0].as_str(),
+            shown[1][0].as_str(),
+            shown[1][2].as_str()
+        ),
+        (Some("a"), Some("b"), Some("up"))
+    );
 
     // b dies; a takes more rows, and shows b behind by them.
     b.kill();
@@ -859,4 +899,58 @@ async fn a_full_queue_keeps_forwarded_records_in_order() {
         .as_u64()
         .unwrap() as usize;
     converged(&a, &b, n, "every batch at b").await;
+}
+
+/// Replicas with `--tls-cert` link over wss:// and check each other's certificate against
+/// `--cluster-ca-cert`; one that does not trust the certificate does not link, and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_link_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::security::make_certificates(dir.path());
+    let file = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let (pa, pb) = (free_port(), free_port());
+    let tls = |me: &str, port: u16, peer: (&str, u16), ca: bool| {
+        let mut args = vec![
+            "--replica-id".to_string(),
+            me.to_string(),
+            "--peers".to_string(),
+            format!("{}=wss://localhost:{}", peer.0, peer.1),
+            "--cluster-secret".to_string(),
+            SECRET.to_string(),
+            "--peer-timeout".to_string(),
+            "2s".to_string(),
+            "--tls-cert".to_string(),
+            file("cert.pem"),
+            "--tls-key".to_string(),
+            file("key.pem"),
+        ];
+        if ca {
+            args.extend(["--cluster-ca-cert".to_string(), file("ca.pem")]);
+        }
+        (port, args)
+    };
+    let (port, args) = tls("a", pa, ("b", pb), true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Server::start_on(port, &dir.path().join("a"), &args).await;
+    // b does not trust the CA: its link to a fails on the certificate.
+    let (port, args) = tls("b", pb, ("a", pa), false);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Server::start_on(port, &dir.path().join("b"), &args).await;
+    eventually(10, "b to say why it cannot link", || async {
+        let r = b
+            .rows("SELECT state, detail FROM tocsin_replicas WHERE id = 'a'")
+            .await;
+        let detail = r[0][1].as_str().unwrap_or_default().to_string();
+        (r[0][0] == "down" && detail.to_lowercase().contains("certificate")).then_some(())
+    })
+    .await;
+    drop(b);
+    let (port, args) = tls("b", pb, ("a", pa), true);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let b = Server::start_on(port, &dir.path().join("b"), &args).await;
+    leads(&[&a, &b], "a").await;
+    b.rows(CATALOG).await;
+    push(&a, 0).await;
+    push(&b, 1).await;
+    converged(&a, &b, 100, "rows over wss:// both ways").await;
 }

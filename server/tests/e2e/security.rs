@@ -706,7 +706,7 @@ with psycopg.connect("host=127.0.0.1 port={port} user=grafana password=gr:pw dbn
 }
 
 /// A CA and a certificate it signed for localhost and 127.0.0.1, made with openssl.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let run = |args: &[&str]| {
         let out = Command::new("openssl")
             .current_dir(dir)
