@@ -45,8 +45,20 @@ async fn status(State(app): State<AppRef>) -> Response {
             config.push_str(&format!("- name: {}\n", Value::String(entry.name)));
         }
     }
+    // Replicas show as Alertmanager shows its cluster: this one's name, and the peers it reaches.
+    let cluster = match &app.cluster {
+        None => json!({"status": "disabled", "peers": []}),
+        Some(c) => json!({
+            "name": c.config.id,
+            "status": "ready",
+            "peers": c.peers.iter()
+                .filter(|p| p.state() == crate::cluster::LinkState::Up)
+                .map(|p| json!({"name": p.config.id, "address": p.config.url}))
+                .collect::<Vec<_>>(),
+        }),
+    };
     Json(json!({
-        "cluster": {"status": "disabled", "peers": []},
+        "cluster": cluster,
         "versionInfo": {
             "version": env!("CARGO_PKG_VERSION"),
             "revision": "",

@@ -224,6 +224,14 @@ async fn pushed_rows_reach_every_replica_and_a_returning_one_catches_up() {
         message.contains("need a majority of the replicas"),
         "{message}"
     );
+    let (_, status) = a.get("/api/v2/status").await.unwrap();
+    let status: Value = serde_json::from_slice(&status).unwrap();
+    assert_eq!(status["cluster"]["name"], "a");
+    assert_eq!(
+        status["cluster"]["peers"],
+        serde_json::json!([]),
+        "b is down"
+    );
     let (_, catalog) = a.get("/v1/catalog").await.unwrap();
     let catalog: Value = serde_json::from_slice(&catalog).unwrap();
     assert_eq!(catalog["cluster"]["replica_id"], "a");
