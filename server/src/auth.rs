@@ -407,7 +407,9 @@ pub async fn guard(State(app): State<AppRef>, mut req: Request, next: Next) -> R
         };
     let path = req.uri().path();
     // A replica link presents the cluster secret, which its handler checks.
-    if path != "/healthz" && path != crate::cluster::link::PATH && !crate::console::is_console(path)
+    if path != "/healthz"
+        && path != crate::cluster::proto::PATH
+        && !crate::console::is_console(path)
     {
         let need = endpoint_scope(req.method(), path);
         match caller {

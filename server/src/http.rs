@@ -37,7 +37,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
-            crate::cluster::link::PATH,
+            crate::cluster::proto::PATH,
             get(crate::cluster::link::accept),
         )
         .route("/metrics", get(metrics))

@@ -616,7 +616,7 @@ impl Writer {
                     && stamp.origin.is_none()
                     && pos.is_some() =>
             {
-                r.answer_at_quorum(stamp.lsn, (job.reply, outcome))
+                r.answer_at_quorum(stamp.lsn, Box::new((job.reply, outcome)))
             }
             _ => {
                 let _ = job.reply.send(Ok(outcome));
@@ -653,6 +653,18 @@ impl Writer {
         self.metrics
             .wal_segments
             .store(self.wal.segments() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A client's answer held for a majority (`--ack quorum`).
+impl crate::replicate::Held for (oneshot::Sender<Result<Outcome, IngestError>>, Outcome) {
+    fn give(self: Box<Self>) {
+        let (tx, outcome) = *self;
+        let _ = tx.send(Ok(outcome));
+    }
+
+    fn abandoned(&self) -> bool {
+        self.0.is_closed()
     }
 }
 

@@ -42,10 +42,15 @@ pub struct Lag {
 }
 
 /// A client's answer held until a majority of the replicas has its batch (`--ack quorum`).
-type Held = (
-    tokio::sync::oneshot::Sender<Result<crate::ingest::Outcome, crate::ingest::IngestError>>,
-    crate::ingest::Outcome,
-);
+pub trait Held: Send {
+    /// Gives the answer.
+    fn give(self: Box<Self>);
+    /// Whether the client stopped waiting for it.
+    fn abandoned(&self) -> bool;
+}
+
+/// Answers held for a majority, by the `lsn` of their batch.
+type HeldAnswers = std::collections::BTreeMap<u64, Vec<Box<dyn Held>>>;
 
 /// The shared side of replication. Cheap to share behind an `Arc`.
 pub struct Replication {
@@ -53,7 +58,7 @@ pub struct Replication {
     pub quorum: Option<std::time::Duration>,
     /// Answers held for a majority, by the `lsn` of their batch, and the `lsn` through which a
     /// majority has every batch.
-    held: Mutex<(std::collections::BTreeMap<u64, Vec<Held>>, u64)>,
+    held: Mutex<(HeldAnswers, u64)>,
     live: broadcast::Sender<Arc<Forward>>,
     synced: AtomicU64,
     /// The writer numbers records above this (see [`Replication::number_above`]).
@@ -169,17 +174,17 @@ impl Replication {
     }
 
     /// Answers `reply` with `outcome` once a majority holds the batch `lsn`.
-    pub(crate) fn answer_at_quorum(&self, lsn: u64, reply: Held) {
+    pub(crate) fn answer_at_quorum(&self, lsn: u64, reply: Box<dyn Held>) {
         let mut h = self.held.lock().expect("held");
         if lsn <= h.1 {
             drop(h);
-            let _ = reply.0.send(Ok(reply.1));
+            reply.give();
             return;
         }
         // Clients that gave up waiting (see `ingest`) leave their answers behind.
         if h.0.len() >= 1024 && h.0.len().is_power_of_two() {
             h.0.retain(|_, v| {
-                v.retain(|r| !r.0.is_closed());
+                v.retain(|r| !r.abandoned());
                 !v.is_empty()
             });
         }
@@ -197,8 +202,8 @@ impl Replication {
             let later = h.0.split_off(&(lsn + 1));
             std::mem::replace(&mut h.0, later)
         };
-        for (tx, outcome) in ready.into_values().flatten() {
-            let _ = tx.send(Ok(outcome));
+        for held in ready.into_values().flatten() {
+            held.give();
         }
     }
 

@@ -27,8 +27,7 @@ use crate::replicate::Replication;
 use crate::state::AppRef;
 use tocsin_sql::StatementResult;
 
-/// The path of the link endpoint.
-pub const PATH: &str = "/v1/cluster";
+use super::proto::PATH;
 /// How often each side of a link says it is there.
 const BEAT: Duration = Duration::from_secs(1);
 /// Records a replica takes from a link before it waits for the oldest to be durable.

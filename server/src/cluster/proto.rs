@@ -27,6 +27,9 @@
 
 use bytes::Bytes;
 
+/// The path of the link endpoint on the main port.
+pub const PATH: &str = "/v1/cluster";
+
 /// The version of this protocol; a peer of another version is refused.
 pub const VERSION: u8 = 1;
 
