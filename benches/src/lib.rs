@@ -101,6 +101,15 @@ pub mod server {
 
     pub type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
+    /// A port free on loopback now.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     pub fn client() -> HttpClient {
         Client::builder(TokioExecutor::new()).build_http()
     }

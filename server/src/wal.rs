@@ -459,7 +459,7 @@ impl Wal {
     }
 }
 
-/// A replicated record of this replica, as [`own_after`] found it.
+/// A replicated record, as [`records_after`] found it.
 #[derive(Clone)]
 pub struct Located {
     pub lsn: u64,
@@ -479,20 +479,14 @@ impl Located {
     }
 }
 
-/// The longest record header [`own_after`] reads to find a record's stamp.
+/// The longest record header [`records_after`] reads to find a record's stamp.
 const HEADER_PREFIX: usize = 4096;
-
-/// This replica's own replicated records in the log in `dir` with `after < lsn <= through`, in
-/// `lsn` order (the order they were written in, across the segments of every retention): what a
-/// replica that has the records through `after` is sent to catch up. Read while the log is
-/// written: records past `through` (not yet synced) are left out.
-pub fn own_after(dir: &Path, after: u64, through: u64) -> io::Result<Vec<Located>> {
-    records_after(dir, None, after, through)
-}
 
 /// The replicated records of `origin` (`None`: this replica) in the log in `dir` whose number
 /// (`seq`, which is the `lsn` of this replica's own) is above `after`, with `lsn <= through`, in
-/// `lsn` order.
+/// `lsn` order (the order they were written in, across the segments of every retention): for
+/// this replica's own, what a replica that has them through `after` is sent to catch up. Read
+/// while the log is written: records past `through` (not yet synced) are left out.
 pub fn records_after(
     dir: &Path,
     origin: Option<&str>,
@@ -673,7 +667,7 @@ mod tests {
         assert_eq!(wal.marks.get("b"), Some(&12));
         wal.sync().unwrap();
         let found = |after, through| -> Vec<u64> {
-            own_after(dir.path(), after, through)
+            records_after(dir.path(), None, after, through)
                 .unwrap()
                 .iter()
                 .map(|l| l.lsn)
@@ -681,7 +675,7 @@ mod tests {
         };
         assert_eq!(found(0, u64::MAX), [lsns[0], lsns[1], lsns[5]]);
         assert_eq!(found(lsns[0], lsns[4]), [lsns[1]]);
-        let l = own_after(dir.path(), lsns[4], u64::MAX).unwrap();
+        let l = records_after(dir.path(), None, lsns[4], u64::MAX).unwrap();
         let payload = l[0].read().unwrap().unwrap();
         let h = header(&payload).unwrap();
         assert_eq!(

@@ -23,10 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use tocsin_benches::server::{self, free_port, HttpClient};
 
 const SECRET: &str = "habench-cluster-secret-0123";
 
@@ -41,14 +38,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(
@@ -79,26 +68,37 @@ fn start(
     }
 }
 
-type Http = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn post(client: &Http, addr: &str, path: &str, body: String) -> (u16, String) {
-    let req = hyper::Request::post(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    match client.request(req).await {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-        Err(e) => (0, e.to_string()),
-    }
+/// POSTs `body` to `path` of the server at `addr` (SQL to `/v1/sql`, NDJSON rows to an ingest
+/// path); the status and the answer as text.
+async fn post(client: &HttpClient, addr: &str, path: &str, body: String) -> (u16, String) {
+    let ct = if path == "/v1/sql" {
+        "text/plain"
+    } else {
+        "application/x-ndjson"
+    };
+    let (status, body) = server::post(
+        client,
+        format!("http://{addr}{path}"),
+        ct,
+        body.into_bytes(),
+    )
+    .await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Waits until both replicas take `a` for the leader.
-async fn linked(client: &Http, replicas: &[&Replica]) {
+async fn linked(client: &HttpClient, replicas: &[&Replica]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for r in replicas {
+        // Started: it answers.
+        while server::get(client, format!("http://{}/healthz", r.addr))
+            .await
+            .0
+            != 200
+        {
+            assert!(Instant::now() < deadline, "replica {} did not start", r.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         loop {
             let (st, body) = post(
                 client,
@@ -158,7 +158,7 @@ async fn main() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let client: Http = Client::builder(TokioExecutor::new()).build_http();
+    let client = server::client();
     let (pa, pb) = (free_port(), free_port());
     let mut a = start(&tocsin, &dir, "a", pa, ("b", pb), &peer_timeout);
     let b = start(&tocsin, &dir, "b", pb, ("a", pa), &peer_timeout);

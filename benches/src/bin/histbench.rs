@@ -29,7 +29,7 @@ use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray, Timestamp
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use rand::{Rng, SeedableRng};
-use tocsin_benches::server::{self, client, get, post, HttpClient};
+use tocsin_benches::server::{self, client, free_port, get, post, HttpClient};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -553,14 +553,6 @@ fn du(dir: &std::path::Path) -> u64 {
         }
     }
     total
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts a store's server (output discarded) and waits until `ready` answers on `port`;

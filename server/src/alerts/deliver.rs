@@ -90,7 +90,8 @@ async fn wait_until(
     }
 }
 
-/// Tells the gate of the notifications queued for the sink after `announced` (an outbox seq).
+/// Tells the gate of the notifications queued for the sink after `announced` (an outbox seq):
+/// the gate decides only about notifications it was told of.
 fn announce(manager: &AlertManager, sink: &str, gate: Option<&dyn Gate>, announced: &mut u64) {
     if let Some(g) = gate {
         let new = manager.queued_after(sink, *announced);
@@ -107,13 +108,14 @@ async fn one_by_one(manager: &AlertManager, name: &str, sink: &dyn Sink, gate: O
     let mut delay = FIRST_RETRY;
     let mut announced = 0;
     loop {
-        announce(manager, name, gate, &mut announced);
         let Some(q) = manager.next_for(name) else {
             if changes.changed().await.is_err() {
                 return;
             }
             continue;
         };
+        // Everything queued so far, `q` among it, is told before anything is decided.
+        announce(manager, name, gate, &mut announced);
         let mut n = q.notification.clone();
         match gate.map(|g| g.decide(name, &q, manager.now())) {
             None => {}
@@ -186,6 +188,8 @@ async fn grouped(
         };
         let mut queued = queued;
         if let Some(g) = gate {
+            // The group's notifications are told before anything is decided about them.
+            announce(manager, name, gate, &mut announced);
             let mut later = None;
             let mut skipped = Vec::new();
             let mut kept = Vec::new();

@@ -587,16 +587,8 @@ impl Cluster {
             Datum::Null,
             Datum::Null,
         ]) as Row];
-        let replication = app.ingest.replication();
         for p in &self.peers {
-            let lag = replication
-                .map(|r| r.lag(p.acked(), now))
-                .unwrap_or_default();
-            let (state, detail) = match p.state() {
-                LinkState::Connecting => ("connecting", None),
-                LinkState::Up => ("up", None),
-                LinkState::Down(why) => ("down", Some(why)),
-            };
+            let (state, detail, lag) = self.status(app, p, now);
             rows.push(Box::from([
                 Datum::text(&p.config.id),
                 Datum::text(&p.config.url),
@@ -611,22 +603,35 @@ impl Cluster {
         rows
     }
 
+    /// A peer's link state, why it is down, and its lag at `now`.
+    fn status(
+        &self,
+        app: &AppRef,
+        p: &Peer,
+        now: i64,
+    ) -> (&'static str, Option<String>, crate::replicate::Lag) {
+        let lag = app
+            .ingest
+            .replication()
+            .map(|r| r.lag(p.acked(), now))
+            .unwrap_or_default();
+        match p.state() {
+            LinkState::Connecting => ("connecting", None, lag),
+            LinkState::Up => ("up", None, lag),
+            LinkState::Down(why) => ("down", Some(why), lag),
+        }
+    }
+
     /// The cluster as `/v1/catalog` shows it.
     pub fn describe(&self, app: &AppRef) -> serde_json::Value {
         let now = now_ms();
-        let replication = app.ingest.replication();
         serde_json::json!({
             "replica_id": self.config.id,
             "leader": self.leader(),
             "ack": match self.config.ack { Ack::Local => "local", Ack::Quorum => "quorum" },
             "peer_timeout_ms": self.config.peer_timeout.as_millis() as u64,
             "peers": self.peers.iter().map(|p| {
-                let lag = replication.map(|r| r.lag(p.acked(), now)).unwrap_or_default();
-                let (state, detail) = match p.state() {
-                    LinkState::Connecting => ("connecting", None),
-                    LinkState::Up => ("up", None),
-                    LinkState::Down(why) => ("down", Some(why)),
-                };
+                let (state, detail, lag) = self.status(app, p, now);
                 serde_json::json!({
                     "id": p.config.id,
                     "address": p.config.url,
@@ -654,10 +659,8 @@ impl crate::alerts::deliver::Gate for Cluster {
         q: &crate::alerts::store::Queued,
         now: i64,
     ) -> crate::alerts::deliver::Decision {
+        // Its intent went to the peers when it was queued (`queued`, before any decision).
         let mine = notices::Notice::of(&self.config.id, sink, &q.notification, false);
-        if let Some(n) = self.notices.own(mine.clone()) {
-            let _ = self.notice_tx.send(n);
-        }
         // Until every peer has sent its log, or been away for the peer timeout, this replica
         // does not know what they delivered.
         if !self
