@@ -8,7 +8,8 @@
 //! and compaction follow the clock. An advance moves only the dataflows that have work at it. A
 //! peek at time `T` first advances every input past `T` and moves what it reads, then asks each
 //! worker for its share once its frontiers have passed `T`, which makes the result consistent
-//! across relations and workers.
+//! across relations and workers. A [`Frontier`] (replicas) may hold time back: advances past it,
+//! a read's among them, are made when it moves on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -79,8 +80,31 @@ impl Clock {
     }
 }
 
+/// What holds the engine's time back: a replica's time may not pass what its peers have
+/// promised (every row they send later is stamped no earlier), so that rows forwarded with the
+/// time their origin gave them still land at that time, and every replica computes the same
+/// changes at the same times.
+pub trait Frontier: Send + Sync {
+    /// The engine's inputs may advance to this time and no further (`now`: the clock).
+    fn limit(&self, now: u64) -> u64;
+    /// The engine would advance to `to` but [`Frontier::limit`] holds it (asked each time it
+    /// is held; the frontier asks its peers and calls [`Engine::release`] when it moved).
+    fn wanted(&self, to: u64);
+}
+
+/// Tells an engine that its frontier moved: the advances it held back are made now.
+pub struct Release(Weak<Shared>);
+
+impl Release {
+    pub fn release(&self) {
+        if let Some(s) = self.0.upgrade() {
+            s.wakeups.wake_ticker();
+        }
+    }
+}
+
 /// How to run the engine.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Timely worker threads.
     pub workers: usize,
@@ -88,6 +112,19 @@ pub struct EngineConfig {
     /// retention and compaction. Pushes and wake-ups advance it within a millisecond.
     pub tick: Duration,
     pub clock: Clock,
+    /// What holds time back (replicas); `None`: time follows the clock alone.
+    pub frontier: Option<Arc<dyn Frontier>>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("workers", &self.workers)
+            .field("tick", &self.tick)
+            .field("clock", &self.clock)
+            .field("frontier", &self.frontier.is_some())
+            .finish()
+    }
 }
 
 impl Default for EngineConfig {
@@ -96,6 +133,7 @@ impl Default for EngineConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tick: Duration::from_secs(1),
             clock: Clock::system(),
+            frontier: None,
         }
     }
 }
@@ -138,6 +176,10 @@ struct Coord {
     pushed_at: HashMap<String, Time>,
     /// Sources and tables that took rows at these times, not yet completed by an advance.
     pushed: HashMap<String, Time>,
+    /// An advance the frontier held back (a read's or the ticker's), made once it allows.
+    held: Time,
+    /// Reads the frontier held back: their time and the relations they read.
+    held_reads: Vec<(Time, Vec<Arc<str>>)>,
     /// Live subscriptions and what they read; dropping what one reads ends it.
     subscriptions: HashMap<u64, Vec<String>>,
     /// Aggregations shared by views and rules.
@@ -146,6 +188,7 @@ struct Coord {
 
 struct Shared {
     clock: Clock,
+    frontier: Option<Arc<dyn Frontier>>,
     workers: usize,
     coord: Mutex<Coord>,
     threads: Vec<Thread>,
@@ -199,7 +242,7 @@ impl Coord {
     /// any row already pushed, or than what the inputs have completed. The inputs are advanced
     /// past it at once (so time may run a millisecond ahead of the clock), and the workers move
     /// what the read needs when they get it.
-    fn read_time(&mut self, shared: &Shared) -> Result<Time> {
+    fn read_time(&mut self, shared: &Shared, reads: &[String]) -> Result<Time> {
         let time = shared
             .clock
             .now()
@@ -207,16 +250,37 @@ impl Coord {
             .max(self.last_push)
             .max(self.created);
         self.advance(shared, time + 1)?;
+        if self.upper <= time {
+            // Held by the frontier: what the read needs moves with each advance until it is
+            // past the read.
+            self.held_reads
+                .push((time, reads.iter().map(|r| Arc::from(r.as_str())).collect()));
+        }
         Ok(time)
     }
 
-    /// Advances every input to `to`; the sources and tables pushed before `to`, and the
-    /// dataflows due before it, move there.
+    /// Advances every input to `to`, or as far as the frontier allows (the rest is made when it
+    /// allows); the sources and tables pushed before `to`, and the dataflows due before it,
+    /// move there.
     fn advance(&mut self, shared: &Shared, to: Time) -> Result<()> {
+        let to = match &shared.frontier {
+            Some(f) => {
+                let limit = f.limit(shared.clock.now());
+                if to > limit {
+                    self.held = self.held.max(to);
+                    f.wanted(self.held);
+                }
+                to.min(limit)
+            }
+            None => to,
+        };
         if to <= self.upper {
             return Ok(());
         }
         self.upper = to;
+        if self.held <= to {
+            self.held = 0;
+        }
         let mut pushed = Vec::new();
         self.pushed.retain(|name, at| {
             let complete = *at < to;
@@ -226,7 +290,12 @@ impl Coord {
             !complete
         });
         let pushed: Arc<[String]> = pushed.into();
-        let due: Arc<[Arc<str>]> = shared.wakeups.take_before(to).into();
+        let mut due = shared.wakeups.take_before(to);
+        for (_, reads) in &self.held_reads {
+            due.extend(reads.iter().cloned());
+        }
+        self.held_reads.retain(|(t, _)| *t >= to);
+        let due: Arc<[Arc<str>]> = due.into();
         self.broadcast(&shared.threads, || Command::AdvanceTo {
             to,
             pushed: pushed.clone(),
@@ -282,11 +351,19 @@ fn tick(shared: Weak<Shared>, tick: Duration) {
                 return;
             };
             let now = shared.clock.now();
+            let mut to = c.held;
             if now >= c.next_advance(&shared, tick_ms) {
-                let _ = c.advance(&shared, now);
+                to = to.max(now);
+            }
+            if to > c.upper {
+                let _ = c.advance(&shared, to);
             }
             let next = c.next_advance(&shared, tick_ms);
-            if shared.clock.is_manual() {
+            if c.held > c.upper {
+                // Held by the frontier: it releases the ticker when it moves, and the peers'
+                // promises that hold it lapse with the clock.
+                Duration::from_millis(2)
+            } else if shared.clock.is_manual() {
                 // A manual clock moves without telling the ticker: look again soon.
                 Duration::from_millis(next.saturating_sub(now).clamp(1, 10))
             } else {
@@ -423,6 +500,7 @@ impl Engine {
         let now = config.clock.now();
         let shared = Arc::new(Shared {
             clock: config.clock,
+            frontier: config.frontier,
             workers,
             coord: Mutex::new(Coord {
                 senders,
@@ -436,6 +514,8 @@ impl Engine {
                 created: 0,
                 pushed_at: HashMap::new(),
                 pushed: HashMap::new(),
+                held: 0,
+                held_reads: Vec::new(),
             }),
             threads: threads.into_iter().map(|t| t.expect("thread")).collect(),
             guards: Mutex::new(Some(guards)),
@@ -471,6 +551,18 @@ impl Engine {
 
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
+    }
+
+    /// What tells the engine that its frontier (see [`Frontier`]) moved, without keeping the
+    /// engine running.
+    pub fn releaser(&self) -> Release {
+        Release(Arc::downgrade(&self.shared))
+    }
+
+    /// The time every input has advanced to: changes before it are complete once the dataflows
+    /// have moved there.
+    pub fn upper(&self) -> u64 {
+        self.coord().map_or(0, |c| c.upper)
     }
 
     /// The engine's current logical time (milliseconds): what `now()` means right now.
@@ -783,8 +875,19 @@ impl Engine {
         name: &str,
         batch: RecordBatch,
     ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
+        self.admit_at(name, batch, None)
+    }
+
+    /// [`Engine::admit`] as of `at` (the time the rows will be pushed at, see
+    /// [`Engine::push_at`]) rather than now.
+    pub fn admit_at(
+        &self,
+        name: &str,
+        batch: RecordBatch,
+        at: Option<u64>,
+    ) -> Result<(RecordBatch, Vec<(usize, String)>)> {
         let c = self.coord()?;
-        let time = self.shared.clock.now().max(c.upper);
+        let time = at.unwrap_or_else(|| self.shared.clock.now()).max(c.upper);
         let info = Self::source_info(&c, name, &batch)?;
         admit(batch, info, time)
     }
@@ -821,8 +924,14 @@ impl Engine {
     /// source's retention, or more than five minutes in the future are rejected with a reason;
     /// the others are accepted.
     pub fn push(&self, name: &str, batch: RecordBatch) -> Result<PushOutcome> {
+        self.push_at(name, batch, None)
+    }
+
+    /// [`Engine::push`] at logical time `at` (`None`: now), or at the current upper if time has
+    /// already passed `at`: the outcome's `time` says which.
+    pub fn push_at(&self, name: &str, batch: RecordBatch, at: Option<u64>) -> Result<PushOutcome> {
         let mut c = self.coord()?;
-        let time = self.shared.clock.now().max(c.upper);
+        let time = at.unwrap_or_else(|| self.shared.clock.now()).max(c.upper);
         let info = Self::source_info(&c, name, &batch)?;
         let (batch, rejected) = admit(batch, info, time)?;
         let accepted = batch.num_rows();
@@ -870,7 +979,8 @@ impl Engine {
                     .ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
                 schemas.push(o.schema.clone());
             }
-            let time = c.read_time(&self.shared)?;
+            let reads: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            let time = c.read_time(&self.shared, &reads)?;
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
             c.broadcast(&self.shared.threads, || Command::Peek {
                 names: names.clone(),
@@ -951,9 +1061,9 @@ impl Engine {
             let deps = Self::check_plan(&c, &plan)?;
             let id = c.next_subscription;
             c.next_subscription += 1;
-            c.subscriptions.insert(id, deps);
+            c.subscriptions.insert(id, deps.clone());
             // The snapshot is the contents at `as_of`; rows pushed from now on land after it.
-            let as_of = c.read_time(&self.shared)?;
+            let as_of = c.read_time(&self.shared, &deps)?;
             c.broadcast(&self.shared.threads, || Command::Subscribe {
                 id,
                 plan: plan.clone(),

@@ -32,8 +32,8 @@ pub mod window;
 mod worker;
 
 pub use engine::{
-    fmt_ms, write_ms, Clock, Engine, EngineConfig, PeekResult, PushOutcome, SubscribeEvent,
-    Subscription,
+    fmt_ms, write_ms, Clock, Engine, EngineConfig, Frontier, PeekResult, PushOutcome, Release,
+    SubscribeEvent, Subscription,
 };
 pub use error::{EngineError, Result};
 pub use plan::{AggFunc, Aggregate, Expr, JoinKind, MfpStep, Node, Plan, SortKey, TimeBound};

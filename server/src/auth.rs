@@ -408,6 +408,7 @@ pub async fn guard(State(app): State<AppRef>, mut req: Request, next: Next) -> R
     let path = req.uri().path();
     // A replica link presents the cluster secret, which its handler checks.
     if path != "/healthz"
+        && path != "/readyz"
         && path != crate::cluster::proto::PATH
         && !crate::console::is_console(path)
     {

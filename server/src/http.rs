@@ -36,6 +36,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/catalog", get(catalog))
         .route("/v1/alerts", get(alerts))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route(
             crate::cluster::proto::PATH,
             get(crate::cluster::link::accept),
@@ -51,6 +52,10 @@ pub fn router(app: AppRef) -> Router {
         ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
+            serve_when_ready,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
             crate::auth::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -58,6 +63,44 @@ pub fn router(app: AppRef) -> Router {
             count_requests,
         ))
         .with_state(app)
+}
+
+/// `GET /readyz` (no credential): `200 ready` once the server serves clients; `503` while it
+/// does not (a replica started with an empty data dir, before its peers sent it their catalog
+/// and rows). Who its peers are and how their links fare is told only with a credential.
+async fn readyz(State(app): State<AppRef>) -> Response {
+    match app.joining() {
+        None => "ready\n".into_response(),
+        Some(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "joining: this replica started with an empty data dir and is being sent the catalog and rows of its peers before it serves (docs/ha.md)",
+        ),
+    }
+}
+
+/// While a replica joins (see [`crate::state::App::joining`]), refuses every request that
+/// passed the credential check but `/metrics`, with why.
+async fn serve_when_ready(
+    State(app): State<AppRef>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let always = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        crate::cluster::proto::PATH,
+    ];
+    if !always.contains(&path) {
+        if let Some(why) = app.joining() {
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, why);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return r;
+        }
+    }
+    next.run(req).await
 }
 
 /// Counts requests, and refuses agents' requests (ingest and WebSockets) on a connection let in

@@ -20,6 +20,7 @@ use crate::catalog_log::Generations;
 use crate::memory::Budget;
 use crate::metrics::{Metrics, Refusal};
 use crate::replicate::Replication;
+use crate::timeline::Timeline;
 use crate::wal::{Stamp, Wal};
 
 /// The engine may hold this many pushed rows not yet taken by a worker before the writer waits.
@@ -86,6 +87,11 @@ struct Job {
 
 enum Msg {
     Batch(Job),
+    /// A peer's mark (see [`Timeline`]), after the records it sent before it.
+    Mark {
+        origin: Arc<str>,
+        at: u64,
+    },
     /// Time to roll and prune WAL segments.
     Maintain,
 }
@@ -94,6 +100,8 @@ enum Msg {
 pub struct Replicas {
     /// With `--ack quorum`, how long a client waits for a majority (else `None`).
     pub quorum: Option<Duration>,
+    /// The replicas' shared time: the writer's stamps, the peers' marks.
+    pub timeline: Arc<Timeline>,
 }
 
 /// The producer side of the ingest queue. Cheap to clone.
@@ -129,6 +137,7 @@ impl Ingest {
                 wal.last_lsn(),
                 wal.marks.clone(),
                 r.quorum,
+                r.timeline,
             ))
         });
         let shared = replication.clone();
@@ -238,6 +247,15 @@ impl Ingest {
             Provenance::Peer { origin, seq, at },
         )
         .await
+    }
+
+    /// Queues a peer's mark after the records it sent before it (see [`Timeline`]): it counts
+    /// once they are in the engine.
+    pub async fn enqueue_mark(&self, origin: Arc<str>, at: u64) -> Result<(), IngestError> {
+        self.tx
+            .send(Msg::Mark { origin, at })
+            .await
+            .map_err(|_| IngestError::Stopped)
     }
 
     /// The current generation of a source (`None` if it does not exist).
@@ -392,11 +410,17 @@ impl Writer {
                 }
             }
             let mut maintain = false;
+            let mut marks = Vec::new();
             let mut staged = Vec::new();
+            let timeline = self.replication.as_ref().map(|r| r.timeline.clone());
+            if let Some(t) = &timeline {
+                t.begin();
+            }
             let marks_before = self.replication.as_ref().map(|_| self.marks.clone());
             for m in group {
                 match m {
                     Msg::Maintain => maintain = true,
+                    Msg::Mark { origin, at } => marks.push((origin, at)),
                     Msg::Batch(job) => {
                         if let Some(s) = self.stage(job) {
                             staged.push(s);
@@ -414,6 +438,9 @@ impl Writer {
                         .job
                         .reply
                         .send(Err(IngestError::Failed(format!("write-ahead log: {e}"))));
+                }
+                if let Some(t) = &timeline {
+                    t.end();
                 }
                 continue;
             }
@@ -435,6 +462,12 @@ impl Writer {
             for s in staged {
                 self.apply(s);
             }
+            if let Some(t) = &timeline {
+                t.end();
+                for (origin, at) in marks {
+                    t.peer_mark(&origin, at);
+                }
+            }
             self.metrics
                 .wal_bytes
                 .store(self.wal.bytes, Ordering::Relaxed);
@@ -454,7 +487,10 @@ impl Writer {
         }
         let mut stamp = match &job.provenance {
             Provenance::Local { replicated } => Stamp {
-                at: self.engine.clock().now() as i64,
+                at: match &self.replication {
+                    Some(r) => r.timeline.stamp(),
+                    None => self.engine.clock().now(),
+                } as i64,
                 replicated: *replicated,
                 ..Stamp::default()
             },
@@ -497,7 +533,8 @@ impl Writer {
             ))));
             return None;
         }
-        let (admitted, rejected) = match self.engine.admit(&job.source, job.batch.clone()) {
+        let at = Some(stamp.at.max(0) as u64);
+        let (admitted, rejected) = match self.engine.admit_at(&job.source, job.batch.clone(), at) {
             Ok(a) => a,
             Err(e) => {
                 let _ = job.reply.send(Err(IngestError::Refused(e.to_string())));
@@ -567,6 +604,7 @@ impl Writer {
                 .collect(),
         };
         if admitted.num_rows() > 0 {
+            let at = Some(stamp.at.max(0) as u64);
             while self.engine.pending_rows() > MAX_ENGINE_PENDING {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -576,14 +614,14 @@ impl Writer {
                 // The window and history take the rows in one step for queries (see
                 // `tocsin_history::table`).
                 Some((p, rel)) => rel.append_pushed(*p, || {
-                    let o = self.engine.push(&job.source, admitted.clone());
+                    let o = self.engine.push_at(&job.source, admitted.clone(), at);
                     let took = o
                         .as_ref()
                         .ok()
                         .map(|o| accepted_rows(&admitted, &o.rejected));
                     (o, took)
                 }),
-                None => self.engine.push(&job.source, admitted),
+                None => self.engine.push_at(&job.source, admitted, at),
             };
             match pushed {
                 Ok(o) => {

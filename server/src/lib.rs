@@ -18,7 +18,7 @@
 //! | [`amapi`] | the read side of Alertmanager's API v2 |
 //! | [`ingest`] | the bounded ingest queue and the group-commit writer |
 //! | [`wal`], [`catalog_log`], [`records`] | durable files |
-//! | [`cluster`], [`replicate`] | replicas: the links between them, what the ingest writer shares with them |
+//! | [`cluster`], [`replicate`], [`timeline`] | replicas: the links between them, what the ingest writer shares with them, their shared time |
 //! | [`sources`] | the connectors tocsin runs itself: `FROM HOST`, `FROM SNMP`, `FROM SNMP TRAP` |
 //! | [`alerts`] | the alert manager: the pure lifecycle, the durable store and outbox, grouped delivery, `tocsin_alerts` and `tocsin_alert_events` |
 //! | [`json`] | results as JSON |
@@ -49,6 +49,7 @@ pub mod sources;
 pub mod start;
 pub mod state;
 pub mod tasks;
+pub mod timeline;
 pub mod wal;
 pub mod writes;
 pub mod ws;

@@ -66,6 +66,8 @@ pub struct Replication {
     tracked: Mutex<(VecDeque<Tracked>, u64)>,
     /// The newest `seq` of each other replica that this one holds durably.
     marks: Mutex<HashMap<String, u64>>,
+    /// The replicas' shared time.
+    pub timeline: Arc<crate::timeline::Timeline>,
 }
 
 impl Replication {
@@ -74,6 +76,7 @@ impl Replication {
         synced: u64,
         marks: HashMap<String, u64>,
         quorum: Option<std::time::Duration>,
+        timeline: Arc<crate::timeline::Timeline>,
     ) -> Replication {
         Replication {
             quorum,
@@ -83,6 +86,7 @@ impl Replication {
             floor: AtomicU64::new(0),
             tracked: Mutex::new((VecDeque::new(), 0)),
             marks: Mutex::new(marks),
+            timeline,
         }
     }
 
@@ -222,7 +226,11 @@ mod tests {
 
     #[test]
     fn lag_counts_the_rows_and_age_of_what_a_peer_has_not_acknowledged() {
-        let r = Replication::new(0, HashMap::from([("b".to_string(), 4)]), None);
+        let timeline = Arc::new(crate::timeline::Timeline::new(
+            tocsin_engine::Clock::manual(0),
+            std::time::Duration::from_secs(1),
+        ));
+        let r = Replication::new(0, HashMap::from([("b".to_string(), 4)]), None, timeline);
         assert_eq!(r.mark("b"), 4);
         assert_eq!(r.mark("c"), 0);
         let mut rx = r.subscribe();

@@ -122,12 +122,26 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             config.data_dir.display()
         )
     })?;
+    // A replica's time waits for its peers' (see `timeline`), at most a fifth of the peer
+    // timeout behind the clock.
+    let timeline = config.cluster.as_ref().map(|c| {
+        Arc::new(crate::timeline::Timeline::new(
+            config.clock.clone(),
+            c.peer_timeout / 5,
+        ))
+    });
     let engine = Engine::start(EngineConfig {
         workers: config.workers.max(1),
         clock: config.clock.clone(),
+        frontier: timeline
+            .clone()
+            .map(|t| t as Arc<dyn tocsin_engine::Frontier>),
         ..EngineConfig::default()
     })
     .map_err(|e| e.to_string())?;
+    if let Some(t) = &timeline {
+        t.attach(engine.releaser());
+    }
     let tocsin = Arc::new(Tocsin::new(engine.clone()));
     let history_dir = config.data_dir.join("history");
     let history = History::open(&history_dir)
@@ -298,9 +312,14 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             config.memory_limit,
             engine.clone(),
         )),
-        config.cluster.as_ref().map(|c| crate::ingest::Replicas {
-            quorum: (c.ack == crate::cluster::Ack::Quorum).then_some(c.peer_timeout),
-        }),
+        config
+            .cluster
+            .as_ref()
+            .zip(timeline)
+            .map(|(c, timeline)| crate::ingest::Replicas {
+                quorum: (c.ack == crate::cluster::Ack::Quorum).then_some(c.peer_timeout),
+                timeline,
+            }),
     );
     let durability = Arc::new(ServerDurability {
         log: log.clone(),
@@ -329,7 +348,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
         cluster: config
             .cluster
             .clone()
-            .map(|c| Arc::new(crate::cluster::Cluster::new(c, log.clone()))),
+            .map(|c| Arc::new(crate::cluster::Cluster::new(c, log.clone(), fresh))),
         _lock: lock,
     });
     let _ = durability.app.set(Arc::downgrade(&app));

@@ -106,6 +106,14 @@ pub struct App {
 pub type AppRef = Arc<App>;
 
 impl App {
+    /// Why this server does not serve clients yet: a replica started with an empty data dir
+    /// that its peers are still sending their catalog and rows (`None`: it serves).
+    pub fn joining(&self) -> Option<String> {
+        let cluster = self.cluster.as_ref()?;
+        let replication = self.ingest.replication()?;
+        cluster.joining(&replication.timeline)
+    }
+
     /// Counts and logs a connection refused at the limit; the message it is answered with.
     /// `agent`: an agent's request on the reserve, rather than a connection past the reserve.
     pub fn refuse_connection(&self, peer: SocketAddr, agent: bool) -> String {

@@ -4,7 +4,7 @@
 //! running set is reconciled with the catalog: new objects get a task, dropped (or re-created)
 //! ones lose theirs, and the alert manager learns the current rules, sinks and silences.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -179,8 +179,8 @@ fn start_rule(
 
 /// Feeds a rule's output changes to the alert manager; its first progress after the snapshot
 /// tells the manager that the rule's output is complete. Whatever the subscription has ready is
-/// taken at once and consolidated, so a busy rule hands the manager each changed row once, with
-/// its newest values, however many times it changed in between.
+/// taken at once and consolidated per time: the manager steps each time's changes at that time
+/// (the engine's logical time, which replicas share: see `timeline`).
 async fn follow_rule(app: AppRef, rule: String) {
     use futures_util::FutureExt;
     let mut sub = match app.tocsin.follow(&rule).await {
@@ -191,7 +191,7 @@ async fn follow_rule(app: AppRef, rule: String) {
         }
     };
     let schema = sub.schema().clone();
-    let mut changes: HashMap<tocsin_engine::Row, isize> = HashMap::new();
+    let mut changes: BTreeMap<u64, HashMap<tocsin_engine::Row, isize>> = BTreeMap::new();
     while let Some(first) = sub.next().await {
         let mut progress = false;
         let mut event = Some(first);
@@ -199,9 +199,10 @@ async fn follow_rule(app: AppRef, rule: String) {
         while let Some(e) = event.take() {
             taken += 1;
             match e {
-                SubscribeEvent::Changes { updates, .. } => {
+                SubscribeEvent::Changes { time, updates } => {
+                    let at = changes.entry(time).or_default();
                     for (row, diff) in updates {
-                        *changes.entry(row).or_default() += diff;
+                        *at.entry(row).or_default() += diff;
                     }
                 }
                 SubscribeEvent::Progress(_) => progress = true,
@@ -212,7 +213,11 @@ async fn follow_rule(app: AppRef, rule: String) {
                 event = sub.next().now_or_never().flatten();
             }
         }
-        let updates: Vec<_> = changes.drain().filter(|(_, d)| *d != 0).collect();
+        let updates: Vec<_> = std::mem::take(&mut changes)
+            .into_iter()
+            .map(|(t, at)| (t as i64, at.into_iter().filter(|(_, d)| *d != 0).collect()))
+            .filter(|(_, at): &(i64, Vec<_>)| !at.is_empty())
+            .collect();
         if !updates.is_empty() {
             app.alerts.changes(&rule, &schema, updates);
         }

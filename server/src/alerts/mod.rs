@@ -3,7 +3,10 @@
 //! A rule's output row is an alert instance, identified by its label columns (see
 //! [`tocsin_sql::ObjectDef::Rule`]); the other columns are its values. An instance is `pending`
 //! from the row's arrival, `firing` once it has stayed `for`, and resolved when the row goes
-//! (after `keep_firing_for`). Timers run on the wall clock, without waiting for new rows.
+//! (after `keep_firing_for`). Each change is stepped at the engine's logical time it happened at,
+//! and each timer at its deadline (it runs once the wall clock reaches it, without waiting for
+//! new rows), so replicas that take the same rows at the same times (see `timeline`) stamp every
+//! transition alike.
 //!
 //! Instances and the notification outbox live in one durable store ([`store`]); a batch of
 //! changes is fsynced before any notification it queues is handed to a sink. After a restart a
@@ -329,6 +332,61 @@ impl Inner {
         }
     }
 
+    /// A rule's changes at logical time `now` (see [`AlertManager::changes`]).
+    fn changes_at(
+        &mut self,
+        rule: &str,
+        schema: &datafusion::arrow::datatypes::SchemaRef,
+        now: i64,
+        updates: Vec<(Row, isize)>,
+        b: &mut Batch,
+    ) {
+        let Some(rs) = self.rules.get_mut(rule) else {
+            return;
+        };
+        rs.evaluations += 1;
+        rs.changed_rows += updates.len() as u64;
+        let mut touched = HashSet::new();
+        // Retractions first, so that a row replaced by another with the same labels ends with
+        // the new values.
+        let mut updates = updates;
+        updates.sort_by_key(|(_, d)| *d > 0);
+        for (row, diff) in updates {
+            let Value::Object(obj) = crate::json::row_object(schema, &row) else {
+                continue;
+            };
+            let mut labels = BTreeMap::new();
+            let mut values = BTreeMap::new();
+            for (name, v) in obj {
+                if rs.spec.labels.contains(&name) {
+                    labels.insert(name, value_text(&v));
+                } else {
+                    values.insert(name, v);
+                }
+            }
+            let k = key(rule, &labels);
+            let e = rs.present.entry(k.clone()).or_insert(Present {
+                labels,
+                values: BTreeMap::new(),
+                count: 0,
+            });
+            e.count += diff as i64;
+            if diff > 0 {
+                e.values = values;
+            }
+            if e.count <= 0 {
+                rs.present.remove(&k);
+            }
+            touched.insert(k);
+        }
+        if !rs.synced {
+            return;
+        }
+        for k in touched {
+            self.reconcile(rule, &k, now, b);
+        }
+    }
+
     /// Brings the instance of `k` in line with whether the rule has a row for it.
     fn reconcile(&mut self, rule: &str, k: &str, now: i64, b: &mut Batch) {
         let Some(rs) = self.rules.get(rule) else {
@@ -440,61 +498,24 @@ impl AlertManager {
         );
     }
 
-    /// A rule's output changes (consolidated: each row once, with its net multiplicity).
+    /// A rule's output changes, by the logical time they happened at in time order (each time's
+    /// consolidated: each row once, with its net multiplicity). Each time's are stepped at that
+    /// time, which every replica shares: the same input makes the same transitions at the same
+    /// times, and so the same notification ids.
     pub fn changes(
         &self,
         rule: &str,
         schema: &datafusion::arrow::datatypes::SchemaRef,
-        updates: Vec<(Row, isize)>,
+        times: Vec<(i64, Vec<(Row, isize)>)>,
     ) {
-        let now = self.now();
         let mut inner = self.lock();
-        let Some(rs) = inner.rules.get_mut(rule) else {
-            return;
-        };
-        rs.evaluations += 1;
-        rs.changed_rows += updates.len() as u64;
-        let mut touched = HashSet::new();
-        // Retractions first, so that a row replaced by another with the same labels ends with
-        // the new values.
-        let mut updates = updates;
-        updates.sort_by_key(|(_, d)| *d > 0);
-        for (row, diff) in updates {
-            let Value::Object(obj) = crate::json::row_object(schema, &row) else {
-                continue;
-            };
-            let mut labels = BTreeMap::new();
-            let mut values = BTreeMap::new();
-            for (name, v) in obj {
-                if rs.spec.labels.contains(&name) {
-                    labels.insert(name, value_text(&v));
-                } else {
-                    values.insert(name, v);
-                }
-            }
-            let k = key(rule, &labels);
-            let e = rs.present.entry(k.clone()).or_insert(Present {
-                labels,
-                values: BTreeMap::new(),
-                count: 0,
-            });
-            e.count += diff as i64;
-            if diff > 0 {
-                e.values = values;
-            }
-            if e.count <= 0 {
-                rs.present.remove(&k);
-            }
-            touched.insert(k);
-        }
-        if !rs.synced {
-            return;
-        }
         let mut b = Batch::default();
-        for k in touched {
-            inner.reconcile(rule, &k, now, &mut b);
+        for (now, updates) in times {
+            inner.changes_at(rule, schema, now, updates, &mut b);
         }
-        self.commit(&mut inner, b);
+        if !b.changes.is_empty() || !b.out.is_empty() {
+            self.commit(&mut inner, b);
+        }
     }
 
     /// A rule's output is complete up to now: decide about every instance it has or had, and
@@ -601,7 +622,8 @@ impl AlertManager {
         }
     }
 
-    /// Runs every due timer; returns when the next one is due.
+    /// Runs every due timer, each at its deadline (not at the moment it runs, so that replicas
+    /// stamp its transition alike); returns when the next one is due.
     pub fn tick(&self) -> i64 {
         let now = self.now();
         let mut inner = self.lock();
@@ -610,13 +632,18 @@ impl AlertManager {
             if *d > now {
                 break;
             }
-            let (_, k) = inner.due.pop_first().expect("first");
+            let (d, k) = inner.due.pop_first().expect("first");
             inner.deadlines.remove(&k);
-            due.push(k);
+            due.push((d, k));
         }
         let mut b = Batch::default();
-        for k in due {
-            let Some(rule) = inner.store.instances.get(&k).map(|i| i.rule.clone()) else {
+        for (d, k) in due {
+            let Some((rule, published)) = inner
+                .store
+                .instances
+                .get(&k)
+                .map(|i| (i.rule.clone(), i.published))
+            else {
                 continue;
             };
             let Some(spec) = inner
@@ -627,7 +654,8 @@ impl AlertManager {
             else {
                 continue;
             };
-            inner.step(&spec, &k, Event::Tick, now, &mut b);
+            // Never before what the instance last saw (its row's changes may have come first).
+            inner.step(&spec, &k, Event::Tick, d.max(published), &mut b);
         }
         if !b.changes.is_empty() || !b.out.is_empty() {
             self.commit(&mut inner, b);

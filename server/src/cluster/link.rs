@@ -15,8 +15,8 @@ use axum::Extension;
 use bytes::Bytes;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::proto::{Frame, VERSION};
@@ -234,7 +234,8 @@ async fn send_records(
         }
     );
     let (mut sink, mut stream) = ws.split();
-    let answers = take_answers(cluster, replication, &mut stream, timeout, peer);
+    let (need_tx, need) = watch::channel(0);
+    let answers = take_answers(cluster, replication, &mut stream, timeout, peer, need_tx);
     let out = Outgoing {
         cluster,
         peer,
@@ -243,6 +244,7 @@ async fn send_records(
         send_back,
         catalog: relay_from,
         statements: &mut statements,
+        need,
     };
     let records = out.send(&mut sink, mark);
     tokio::select! {
@@ -258,12 +260,20 @@ async fn take_answers<S>(
     stream: &mut S,
     timeout: Duration,
     peer: &Peer,
+    need: watch::Sender<u64>,
 ) -> String
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
     loop {
         match next_frame(stream, timeout, peer).await {
+            Ok(Frame::Need(at)) => {
+                need.send_if_modified(|n| {
+                    let later = at > *n;
+                    *n = (*n).max(at);
+                    later
+                });
+            }
             Ok(Frame::Ack(seq)) => {
                 peer.ack(seq);
                 replication.majority_through(cluster.majority_has());
@@ -297,6 +307,8 @@ struct Outgoing<'a> {
     /// catalog differs, nothing is relayed).
     catalog: Option<u64>,
     statements: &'a mut mpsc::Receiver<(u64, String)>,
+    /// The time the peer's engine waits for (see `timeline`).
+    need: watch::Receiver<u64>,
 }
 
 impl Outgoing<'_> {
@@ -386,8 +398,47 @@ impl Outgoing<'_> {
             .map_err(|e| format!("send failed: {e}"))
     }
 
+    /// Sends this replica's mark (see `timeline`) if it moved, after the records stamped
+    /// before it; `false` when the link fell behind the writer (it reads the log first).
+    async fn send_mark<S>(
+        &mut self,
+        sink: &mut S,
+        live: &mut tokio::sync::broadcast::Receiver<Arc<crate::replicate::Forward>>,
+        sent: &mut u64,
+        marked: &mut u64,
+    ) -> Result<bool, String>
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let mark = self.replication.timeline.mark();
+        if mark <= *marked {
+            return Ok(true);
+        }
+        // Every record stamped before the mark has been published: it is sent first.
+        loop {
+            match live.try_recv() {
+                Ok(f) if f.lsn > *sent => {
+                    self.relay_catalog(sink).await?;
+                    sink.send(Message::Binary(f.payload.clone()))
+                        .await
+                        .map_err(|e| format!("send failed: {e}"))?;
+                    *sent = f.lsn;
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
+                Err(TryRecvError::Lagged(_)) => return Ok(false),
+            }
+        }
+        sink.send(binary(&Frame::Mark(mark)))
+            .await
+            .map_err(|e| format!("send failed: {e}"))?;
+        *marked = mark;
+        Ok(true)
+    }
+
     /// Sends this replica's records after `mark`, then each new one, each after the catalog
-    /// changes before it; catalog changes for the leader; a beat every second.
+    /// changes before it; catalog changes for the leader; its mark when the peer needs it; a
+    /// beat every second.
     async fn send<S>(mut self, sink: &mut S, mark: u64) -> String
     where
         S: Sink<Message, Error = WsError> + Unpin,
@@ -408,6 +459,8 @@ impl Outgoing<'_> {
         let mut notices = self.cluster.notice_tx.subscribe();
         let mut sent = mark;
         let mut beat = tokio::time::interval(BEAT);
+        // The time the peer waits for, and the last mark sent to it.
+        let (mut want, mut marked) = (0u64, 0u64);
         self.relay_catalog(sink).await?;
         self.send_notices(sink, self.cluster.notices.snapshot())
             .await?;
@@ -425,7 +478,23 @@ impl Outgoing<'_> {
             self.send_logged(sink, None, sent, through).await?;
             sent = sent.max(through);
             loop {
+                if want > marked
+                    && !self
+                        .send_mark(sink, &mut live, &mut sent, &mut marked)
+                        .await?
+                {
+                    break;
+                }
                 tokio::select! {
+                    changed = self.need.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                        want = *self.need.borrow_and_update();
+                    }
+                    // Its clock is ahead of this one's, or this replica's writer is busy: the
+                    // mark moves on within a millisecond.
+                    _ = tokio::time::sleep(Duration::from_millis(1)), if want > marked => {}
                     r = live.recv() => match r {
                         Ok(f) if f.lsn > sent => {
                             self.relay_catalog(sink).await?;
@@ -580,7 +649,9 @@ async fn take_records(
         return;
     }
     tracing::info!("replica {origin}: taking its records from {from}");
+    replication.timeline.linked(&origin, true);
     let why = take(&app, &cluster, &peer, &origin, &mut socket).await;
+    replication.timeline.linked(&origin, false);
     tracing::warn!("replica {origin}: link from {from} ended: {why}");
     socket.close(1011, why).await;
 }
@@ -613,6 +684,12 @@ fn answer(
     }
 }
 
+/// What comes over a link in order: a record, or the peer's mark after the records before it.
+enum Taken {
+    Record(Bytes),
+    Mark(u64),
+}
+
 /// A record being taken: its answer (none for a record sent back).
 type Pending =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Frame>, String>> + Send>>;
@@ -633,12 +710,21 @@ async fn take(
     // Records are queued on the ingest path one after the other, in the order they came (a
     // record's seq below one already taken counts as held), by a task of their own so that this
     // loop goes on answering and beating while the queue is full; their answers come back here.
-    let (records, mut to_queue) = mpsc::unbounded_channel::<Bytes>();
+    let (records, mut to_queue) = mpsc::unbounded_channel::<Taken>();
     let (queued_tx, mut queued) = mpsc::unbounded_channel::<Pending>();
     let queuer = {
         let (app, cluster, origin) = (app.clone(), cluster.clone(), origin.clone());
         tokio::spawn(async move {
-            while let Some(payload) = to_queue.recv().await {
+            while let Some(taken) = to_queue.recv().await {
+                let payload = match taken {
+                    Taken::Record(payload) => payload,
+                    Taken::Mark(at) => {
+                        if app.ingest.enqueue_mark(origin.clone(), at).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
                 let pending = match forwarded(&app, &cluster, &origin, payload).await {
                     Ok(p) => p,
                     Err(e) => Box::pin(async move { Err(e) }),
@@ -655,6 +741,18 @@ async fn take(
     // The peer must say something within the timeout whenever this side is reading.
     let mut deadline = tokio::time::Instant::now() + timeout;
     let failed = |e: WsError| format!("send failed: {e}");
+    // The time this replica's engine waits for, asked of the peer as it moves.
+    let timeline = app.ingest.replication().map(|r| r.timeline.clone());
+    let mut needed = match &timeline {
+        Some(t) => t.needed(),
+        None => watch::channel(0).1,
+    };
+    let now_needed = *needed.borrow_and_update();
+    if now_needed > 0 {
+        if let Err(e) = sink.send(binary(&Frame::Need(now_needed))).await {
+            return failed(e);
+        }
+    }
     loop {
         let reading = outstanding < IN_FLIGHT;
         tokio::select! {
@@ -663,7 +761,10 @@ async fn take(
                 match f {
                     Ok(Frame::Record(payload)) => {
                         outstanding += 1;
-                        let _ = records.send(payload);
+                        let _ = records.send(Taken::Record(payload));
+                    }
+                    Ok(Frame::Mark(at)) => {
+                        let _ = records.send(Taken::Mark(at));
                     }
                     Ok(Frame::Beat { leader, .. }) => peer.saw_leader(leader),
                     Ok(Frame::Notices(json)) => {
@@ -720,6 +821,12 @@ async fn take(
             }
             Some(done) = done_rx.recv() => {
                 if let Err(e) = sink.send(binary(&done)).await {
+                    return failed(e);
+                }
+            }
+            Ok(()) = needed.changed() => {
+                let at = *needed.borrow_and_update();
+                if let Err(e) = sink.send(binary(&Frame::Need(at))).await {
                     return failed(e);
                 }
             }

@@ -293,6 +293,62 @@ pub struct Cluster {
     /// The notification log, and this replica's entries for the links to send.
     pub notices: notices::Notices,
     pub(crate) notice_tx: tokio::sync::broadcast::Sender<notices::Notice>,
+    /// Started with an empty data dir, and not yet sent its peers' catalog and rows: it does
+    /// not serve clients (see [`Cluster::joining`]).
+    joining: std::sync::atomic::AtomicBool,
+}
+
+impl Cluster {
+    /// Why this replica does not serve clients yet (`None`: it does). A replica started with an
+    /// empty data dir serves once a peer has sent it the catalog and every row it holds (the
+    /// first mark it sends comes after them, see `timeline`), and every other peer whose link
+    /// is up has too.
+    pub fn joining(&self, timeline: &crate::timeline::Timeline) -> Option<String> {
+        if !self.joining.load(Ordering::Acquire) {
+            return None;
+        }
+        let sent: Vec<bool> = self
+            .peers
+            .iter()
+            .map(|p| timeline.has_marked(&p.config.id))
+            .collect();
+        let settled = sent.iter().any(|s| *s)
+            && self
+                .peers
+                .iter()
+                .zip(&sent)
+                .all(|(p, s)| *s || p.state() != LinkState::Up);
+        if settled {
+            if !self.joining.swap(false, Ordering::AcqRel) {
+                return None;
+            }
+            tracing::info!(
+                "replica {}: its peers sent the catalog (through change #{}) and their rows: serving",
+                self.config.id,
+                self.catalog.last()
+            );
+            return None;
+        }
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .zip(&sent)
+            .map(|(p, s)| {
+                let state = match (s, p.state()) {
+                    (true, _) => "sent".to_string(),
+                    (false, LinkState::Up) => "link up, sending".to_string(),
+                    (false, LinkState::Connecting) => "connecting".to_string(),
+                    (false, LinkState::Down(why)) => why,
+                };
+                format!("{}: {state}", p.config.id)
+            })
+            .collect();
+        Some(format!(
+            "replica {} started with an empty data dir and is being sent the catalog and rows of its peers before it serves ({}); see docs/ha.md",
+            self.config.id,
+            peers.join("; ")
+        ))
+    }
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -300,7 +356,8 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig, catalog: Arc<CatalogLog>) -> Cluster {
+    /// `fresh`: the replica started with an empty data dir.
+    pub fn new(config: ClusterConfig, catalog: Arc<CatalogLog>, fresh: bool) -> Cluster {
         let peers = config
             .peers
             .iter()
@@ -330,6 +387,7 @@ impl Cluster {
             applying: tokio::sync::Mutex::new(()),
             notices: Default::default(),
             notice_tx: tokio::sync::broadcast::channel(1024).0,
+            joining: std::sync::atomic::AtomicBool::new(fresh),
             unauthenticated: crate::limits::Throttled::new(Duration::from_secs(10)),
             refusals: crate::limits::Throttled::new(Duration::from_secs(10)),
             refused_records: crate::limits::Throttled::new(Duration::from_secs(10)),

@@ -7,7 +7,9 @@
 //! with the reason, when it can never be taken), each catalog change `CatalogAck` once it is
 //! applied. A replica that is not the leader sends a `Statement` (a catalog change a client asked
 //! of it) to the leader over its link, and is answered `Done`. Both sides send `Beat` every
-//! second with the replica they take for the leader, so that either notices a silent peer.
+//! second with the replica they take for the leader, so that either notices a silent peer. The
+//! taking replica sends `Need` when its engine waits for a time, and the dialer answers with its
+//! `Mark` once its records stamped before it have been sent (see `timeline`).
 //!
 //! | frame | bytes |
 //! |---|---|
@@ -21,6 +23,8 @@
 //! | `Catalog` | `9`, a catalog log record (JSON) |
 //! | `CatalogAck` | `10`, seq `u64` |
 //! | `Notices` | `11`, entries of the sender's notification log (JSON array, see `notices`); the first after `Welcome` holds all it keeps |
+//! | `Need` | `12`, epoch ms `u64`: the taking replica's engine waits for that time (see `timeline`) |
+//! | `Mark` | `13`, epoch ms `u64`: every record the dialing replica sends after it is stamped no earlier |
 //! | record | the record as the sender's write-ahead log holds it (see `wal::header`); it begins with eight `0xff` bytes |
 //!
 //! Integers are little-endian. A record is sent as its log holds it, without a copy.
@@ -31,7 +35,7 @@ use bytes::Bytes;
 pub const PATH: &str = "/v1/cluster";
 
 /// The version of this protocol; a peer of another version is refused.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 const HELLO: u8 = 1;
 const WELCOME: u8 = 2;
@@ -43,6 +47,8 @@ const DONE: u8 = 8;
 const CATALOG: u8 = 9;
 const CATALOG_ACK: u8 = 10;
 const NOTICES: u8 = 11;
+const NEED: u8 = 12;
+const MARK: u8 = 13;
 /// The first byte of a record (the first of its eight `0xff`).
 const RECORD: u8 = 0xff;
 
@@ -85,6 +91,8 @@ pub enum Frame {
     Catalog(String),
     CatalogAck(u64),
     Notices(String),
+    Need(u64),
+    Mark(u64),
 }
 
 impl Frame {
@@ -152,6 +160,14 @@ impl Frame {
             Frame::CatalogAck(seq) => {
                 out.push(CATALOG_ACK);
                 out.extend_from_slice(&seq.to_le_bytes());
+            }
+            Frame::Need(at) => {
+                out.push(NEED);
+                out.extend_from_slice(&at.to_le_bytes());
+            }
+            Frame::Mark(at) => {
+                out.push(MARK);
+                out.extend_from_slice(&at.to_le_bytes());
             }
         }
         Bytes::from(out)
@@ -240,6 +256,8 @@ impl Frame {
             CATALOG => Ok(Frame::Catalog(text_from(1)?)),
             NOTICES => Ok(Frame::Notices(text_from(1)?)),
             CATALOG_ACK => exact(9, Frame::CatalogAck(u64_at(1)?)),
+            NEED => exact(9, Frame::Need(u64_at(1)?)),
+            MARK => exact(9, Frame::Mark(u64_at(1)?)),
             RECORD if data.len() >= 8 && data[..8] == [RECORD; 8] => Ok(Frame::Record(data)),
             other => Err(format!("an unknown frame kind {other}")),
         }
@@ -293,6 +311,8 @@ mod tests {
             Frame::Catalog("{\"seq\": 1}".into()),
             Frame::CatalogAck(1),
             Frame::Notices("[]".into()),
+            Frame::Need(1_765_000_000_123),
+            Frame::Mark(1_765_000_000_124),
         ];
         for f in frames {
             assert_eq!(Frame::decode(f.encode()).unwrap(), f);

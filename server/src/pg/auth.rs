@@ -87,6 +87,7 @@ pub(super) struct Startup {
     pub(super) credentials: Credentials,
     pub(super) tls: bool,
     pub(super) metrics: Arc<crate::metrics::Metrics>,
+    pub(super) app: std::sync::Weak<crate::state::App>,
 }
 
 #[async_trait]
@@ -116,6 +117,9 @@ impl StartupHandler for Startup {
                         "28000",
                         "this server requires TLS from other machines: connect with sslmode=require (or verify-full)",
                     ));
+                }
+                if let Some(why) = self.app.upgrade().and_then(|a| a.joining()) {
+                    return Err(fatal("57P03", why));
                 }
                 let user = client.metadata().get("user").cloned().unwrap_or_default();
                 let c = &self.credentials;

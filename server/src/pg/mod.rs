@@ -86,6 +86,7 @@ impl Backend {
                 credentials,
                 tls: tls.is_some(),
                 metrics: app.metrics.clone(),
+                app: Arc::downgrade(&app),
             }),
             cancel: Arc::new(DefaultCancelHandler::new(connections)),
             tls,

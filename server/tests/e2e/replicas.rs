@@ -114,12 +114,23 @@ async fn converged(a: &Server, b: &Server, n: usize, what: &str) {
 /// Waits until every replica of `all` takes `leader` for the leader.
 async fn leads(all: &[&Server], leader: &str) {
     for s in all {
+        ready(s).await;
         eventually(15, "a leader", || async {
             let r = s.rows("SELECT id FROM tocsin_replicas WHERE leader").await;
             (r.len() == 1 && r[0][0] == leader).then_some(())
         })
         .await;
     }
+}
+
+/// Waits for a replica to serve (`/readyz`): one started with an empty data dir serves once its
+/// peers sent it their catalog and rows.
+async fn ready(s: &Server) {
+    eventually(20, "the replica to serve", || async {
+        let (status, _) = s.get("/readyz").await.ok()?;
+        (status == 200).then_some(())
+    })
+    .await;
 }
 
 /// The other replica as `tocsin_replicas` shows it: state and lag in rows.
@@ -387,7 +398,7 @@ async fn bad_peers_are_refused_with_a_reason() {
     while answers.len() < 3 {
         if let Message::Binary(b) = ws.next().await.unwrap().unwrap() {
             match Frame::decode(b).unwrap() {
-                Frame::Beat { .. } => {}
+                Frame::Beat { .. } | Frame::Need(_) => {}
                 f => answers.push(f),
             }
         }
@@ -593,6 +604,15 @@ async fn each_notification_arrives_once_from_two_replicas() {
         (hook.accepted().len() >= 500).then_some(())
     })
     .await;
+    // Each replica stamped every alert alike, to the millisecond: the same input at the same
+    // times (docs/ha.md).
+    let firing = "SELECT * FROM tocsin_alerts ORDER BY labels";
+    eventually(10, "500 firing alerts on both replicas", || async {
+        let (fa, fb) = (a.rows(firing).await, b.rows(firing).await);
+        (fa.len() == 500 && fb.len() == 500).then_some(())
+    })
+    .await;
+    assert_eq!(a.rows(firing).await, b.rows(firing).await);
     set_hosts(&[&a, &b], 0..500, 10.0, &mut seed).await;
     eventually(
         60,
@@ -625,6 +645,16 @@ async fn each_notification_arrives_once_from_two_replicas() {
         a.rows("SELECT * FROM latest ORDER BY host").await,
         b.rows("SELECT * FROM latest ORDER BY host").await
     );
+    // Every transition, with its times, on both: each replica computed each notification's id
+    // (rule, labels, transition, time) itself.
+    let events = "SELECT * FROM tocsin_alert_events ORDER BY ts, labels, state";
+    let (ea, eb) = (a.rows(events).await, b.rows(events).await);
+    assert_eq!(
+        ea.len(),
+        1_500,
+        "pending, firing and resolved for 500 hosts"
+    );
+    assert_eq!(ea, eb);
 }
 
 /// `kill -9` of the delivering replica in the middle of a burst: every notification arrives,
@@ -774,6 +804,24 @@ async fn an_empty_replica_joins() {
     })
     .await;
     let c = replica("c", pc, &[("a", pa), ("b", pb)], &dir.path().join("c")).await;
+    // c answers nothing until its peers sent it their catalog and rows: its first answer holds
+    // all of them.
+    let q = "SELECT * FROM latest ORDER BY host";
+    let first = eventually(20, "c to serve", || async {
+        let (status, v) = c.sql(q).await;
+        if status == 503 {
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("empty data dir")),
+                "{v}"
+            );
+        }
+        (status == 200).then(|| v["results"][0]["rows"].clone())
+    })
+    .await;
+    assert_eq!(first.as_array().map(Vec::len), Some(100), "{first}");
+    assert_eq!(first, Value::Array(a.rows(q).await));
     eventually(20, "c to reach a's catalog, view and alerts", || async {
         let q = "SELECT * FROM latest ORDER BY host";
         (catalog(&c).await == catalog(&a).await
@@ -806,6 +854,7 @@ async fn a_replaced_replica_takes_part_again() {
     b.kill();
     std::fs::remove_dir_all(&db).unwrap();
     let b = replica("b", pb, &[("a", pa)], &db).await;
+    ready(&b).await;
     converged(&a, &b, 200, "the new b to be sent the catalog and rows").await;
     for i in 4..6 {
         push(&b, i).await;
@@ -834,6 +883,30 @@ async fn replica_settings_come_from_a_file_too() {
         &["--cluster-config", file.to_str().unwrap()],
     )
     .await;
+    // Its data dir is empty and its peer is not up: it does not serve yet, and says why.
+    let (status, body) = a.get("/readyz").await.unwrap();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(a.get("/healthz").await.unwrap().0, 200);
+    let (status, v) = a.sql("SELECT 1").await;
+    assert_eq!(status, 503);
+    let why = v["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("empty data dir") && why.contains("b: "),
+        "{why}"
+    );
+    let pg = format!("host=127.0.0.1 port={pa} user=grafana dbname=tocsin sslmode=disable");
+    let e = tokio_postgres::connect(&pg, tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("refused while joining");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW),
+        "{e}"
+    );
+    let b = replica("b", pb, &[("a", pa)], &dir.path().join("b")).await;
+    ready(&a).await;
+    ready(&b).await;
     let (_, catalog) = a.get("/v1/catalog").await.unwrap();
     let catalog: Value = serde_json::from_slice(&catalog).unwrap();
     assert_eq!(catalog["cluster"]["replica_id"], "a");
@@ -930,6 +1003,8 @@ async fn replicas_link_over_tls() {
     let (port, args) = tls("b", pb, ("a", pa), false);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let b = Server::start_on(port, &dir.path().join("b"), &args).await;
+    // a's link to b carries a's catalog and rows: b serves.
+    ready(&b).await;
     eventually(10, "b to say why it cannot link", || async {
         let r = b
             .rows("SELECT state, detail FROM tocsin_replicas WHERE id = 'a'")

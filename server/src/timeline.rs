@@ -1,0 +1,242 @@
+//! The replicas' shared time. Every row a replica accepts is stamped with the time it took it,
+//! and every replica pushes it into its engine at that time, its origin's as much as its
+//! peers'. Identical input at identical times makes identical changes at identical times, so
+//! every replica stamps an alert's transitions alike, and a notification's id (rule, labels,
+//! transition, time) is the same wherever it is computed.
+//!
+//! For a forwarded row to land at its origin's time, a replica's engine may not have passed it
+//! when the row arrives. So each replica holds its engine's time (see
+//! [`tocsin_engine::Frontier`]) at the promises its peers make: a peer's *mark* says that every
+//! row it sends from then on is stamped at the mark or later. The engine asks for a mark when
+//! it needs to move on (a read, rows to complete, a timer); the peer answers on the link that
+//! carries its rows, after the rows stamped before the mark. A replica's own rows hold it too,
+//! from their stamp until they are in its engine.
+//!
+//! A peer that stops answering holds its replicas back by at most the slack (a fifth of
+//! `--peer-timeout`), and not at all once its link is down: rows that come later than that
+//! land at the time they arrive, and their alerts' times (and so the ids) may differ by as
+//! much, which the shared notification log's matching covers.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use tocsin_engine::{Clock, Frontier, Release};
+use tokio::sync::watch;
+
+/// A replica's time, as its ingest writer, its links and its engine share it.
+pub struct Timeline {
+    clock: Clock,
+    /// How far a silent peer holds the engine behind the clock, ms.
+    slack: u64,
+    times: Mutex<Times>,
+    release: OnceLock<Release>,
+    /// The time the engine waits for: sent to the peers, which answer with their marks.
+    needed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Times {
+    /// Every stamp and mark handed out is at least this: later ones never go below it.
+    floor: u64,
+    /// The writer is stamping a group of batches from this time on (`None`: it is idle).
+    busy: Option<u64>,
+    /// The linked peers: their links up (a new one may come up before an old one is found
+    /// dead) and marks (`None`: no mark yet).
+    peers: HashMap<String, (usize, Option<u64>)>,
+    /// The peers that have sent a mark since the start: what they sent before it is here.
+    marked: std::collections::HashSet<String>,
+}
+
+impl Timeline {
+    pub fn new(clock: Clock, slack: std::time::Duration) -> Timeline {
+        Timeline {
+            clock,
+            slack: slack.as_millis() as u64,
+            times: Mutex::new(Times::default()),
+            release: OnceLock::new(),
+            needed: watch::channel(0).0,
+        }
+    }
+
+    /// Tells the engine whenever the limit may have moved.
+    pub fn attach(&self, release: Release) {
+        let _ = self.release.set(release);
+    }
+
+    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.times.lock().expect("timeline")
+    }
+
+    fn released(&self) {
+        if let Some(r) = self.release.get() {
+            r.release();
+        }
+    }
+
+    /// The writer starts a group: the engine does not pass its stamps until [`Timeline::end`].
+    pub fn begin(&self) {
+        let now = self.clock.now();
+        let mut t = self.times();
+        let from = now.max(t.floor);
+        t.busy = Some(from);
+    }
+
+    /// A stamp for a batch of the group begun: no earlier than any stamp or mark before it.
+    pub fn stamp(&self) -> u64 {
+        let now = self.clock.now();
+        let mut t = self.times();
+        let at = now.max(t.floor).max(t.busy.unwrap_or(0));
+        t.floor = at;
+        at
+    }
+
+    /// The group's batches are in the engine (or refused).
+    pub fn end(&self) {
+        self.times().busy = None;
+        self.released();
+    }
+
+    /// What this replica promises its peers: every record it sends from now on is stamped at
+    /// this time or later (given once the records stamped before it have been sent).
+    pub fn mark(&self) -> u64 {
+        let now = self.clock.now();
+        let mut t = self.times();
+        let free = now.max(t.floor);
+        let m = t.busy.map_or(free, |b| b.min(free));
+        t.floor = t.floor.max(m);
+        m
+    }
+
+    /// A peer's link is up (its marks count) or down (they no longer do).
+    pub fn linked(&self, peer: &str, up: bool) {
+        {
+            let mut t = self.times();
+            let links = &mut t.peers.entry(peer.to_string()).or_default().0;
+            if up {
+                *links += 1;
+            } else {
+                *links = links.saturating_sub(1);
+                if *links == 0 {
+                    t.peers.remove(peer);
+                }
+            }
+        }
+        self.released();
+    }
+
+    /// A peer's mark, taken after the rows it sent before it.
+    pub fn peer_mark(&self, peer: &str, mark: u64) {
+        {
+            let mut t = self.times();
+            t.marked.insert(peer.to_string());
+            let Some((_, m)) = t.peers.get_mut(peer) else {
+                return;
+            };
+            *m = Some(m.map_or(mark, |m| m.max(mark)));
+        }
+        self.released();
+    }
+
+    /// Whether `peer` has sent a mark since the start: the catalog and the records it sent
+    /// before it are in this replica.
+    pub fn has_marked(&self, peer: &str) -> bool {
+        self.times().marked.contains(peer)
+    }
+
+    /// The time the engine waits for; changes when it waits for a later one.
+    pub fn needed(&self) -> watch::Receiver<u64> {
+        self.needed.subscribe()
+    }
+}
+
+impl Frontier for Timeline {
+    fn limit(&self, now: u64) -> u64 {
+        let t = self.times();
+        let peers = t.peers.values().map(|(_, m)| m.unwrap_or(0)).min();
+        let held = peers.map_or(u64::MAX, |m| m.max(now.saturating_sub(self.slack)));
+        t.busy.map_or(held, |b| b.min(held))
+    }
+
+    fn wanted(&self, to: u64) {
+        self.needed.send_if_modified(|n| {
+            let later = to > *n;
+            if later {
+                *n = to;
+            }
+            later
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn stamps_and_marks_never_go_back_and_hold_the_engine() {
+        let clock = Clock::manual(1_000);
+        let tl = Timeline::new(clock.clone(), Duration::from_millis(200));
+        // Alone: the clock.
+        assert_eq!(tl.limit(1_000), u64::MAX);
+        tl.begin();
+        let a = tl.stamp();
+        assert_eq!(a, 1_000);
+        // A group being stamped holds the engine at its start, and the mark with it.
+        assert_eq!(tl.limit(1_005), 1_000);
+        clock.set(1_010).unwrap();
+        assert_eq!(tl.mark(), 1_000);
+        let b = tl.stamp();
+        assert!(b >= a && b >= 1_000);
+        tl.end();
+        assert_eq!(tl.mark(), 1_010);
+        // A mark handed out is a floor for the stamps after it, even if the clock goes back.
+        let back = Clock::manual(2_000);
+        let tl = Timeline::new(back.clone(), Duration::from_millis(200));
+        assert_eq!(tl.mark(), 2_000);
+        let tl2 = Timeline::new(Clock::manual(1_500), Duration::from_millis(200));
+        tl2.times().floor = 2_000;
+        tl2.begin();
+        assert_eq!(tl2.stamp(), 2_000);
+        tl2.end();
+    }
+
+    #[test]
+    fn linked_peers_hold_the_engine_at_their_marks_within_the_slack() {
+        let tl = Timeline::new(Clock::manual(10_000), Duration::from_millis(200));
+        tl.linked("b", true);
+        // No mark yet: the slack behind the clock.
+        assert_eq!(tl.limit(10_000), 9_800);
+        tl.peer_mark("b", 9_990);
+        assert_eq!(tl.limit(10_000), 9_990);
+        // Marks only move on.
+        tl.peer_mark("b", 9_900);
+        assert_eq!(tl.limit(10_000), 9_990);
+        // A silent peer lapses with the clock.
+        assert_eq!(tl.limit(10_500), 10_300);
+        tl.linked("c", true);
+        tl.peer_mark("c", 9_950);
+        assert_eq!(tl.limit(10_000), 9_950);
+        // A peer whose link is down no longer counts; its marks are forgotten. One with a second
+        // link up still counts when the first goes.
+        tl.linked("b", true);
+        tl.linked("b", false);
+        assert_eq!(tl.limit(10_000), 9_950);
+        tl.linked("c", false);
+        tl.peer_mark("c", 1);
+        assert_eq!(tl.limit(10_000), 9_990);
+        tl.linked("b", false);
+        assert_eq!(tl.limit(10_000), u64::MAX);
+    }
+
+    #[test]
+    fn the_time_waited_for_only_moves_on() {
+        let tl = Timeline::new(Clock::manual(0), Duration::from_millis(200));
+        let mut rx = tl.needed();
+        tl.wanted(50);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 50);
+        tl.wanted(40);
+        assert!(!rx.has_changed().unwrap());
+    }
+}
