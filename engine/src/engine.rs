@@ -559,10 +559,14 @@ impl Engine {
         Release(Arc::downgrade(&self.shared))
     }
 
-    /// The time every input has advanced to: changes before it are complete once the dataflows
-    /// have moved there.
-    pub fn upper(&self) -> u64 {
-        self.coord().map_or(0, |c| c.upper)
+    /// Advances every input past now (as a read does), as far as the frontier allows; the time
+    /// they advanced to (every row pushed before it is in the engine).
+    pub fn advance_now(&self) -> u64 {
+        let Ok(mut c) = self.coord() else {
+            return 0;
+        };
+        let _ = c.advance(&self.shared, self.shared.clock.now() + 1);
+        c.upper
     }
 
     /// The engine's current logical time (milliseconds): what `now()` means right now.

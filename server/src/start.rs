@@ -163,7 +163,7 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
     let alerts = Arc::new(
         AlertManager::open(
             &alerts_dir,
-            engine.clock().clone(),
+            engine.clone(),
             config.alert_value_interval,
             publish,
         )

@@ -41,7 +41,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use tocsin_engine::{Clock, Datum, Row};
+use tocsin_engine::{Clock, Datum, Engine, Row};
 use tocsin_sql::options::RuleOptions;
 use tocsin_sql::Silence;
 use tokio::sync::{mpsc, watch, Notify};
@@ -132,6 +132,8 @@ struct Inner {
 pub struct AlertManager {
     inner: Mutex<Inner>,
     clock: Clock,
+    /// What the rules run on: a timer runs once the engine has taken every row before it.
+    engine: Engine,
     /// How often value changes are written (see [`Inner::later`]).
     value_interval: Duration,
     /// Wakes the timer loop when deadlines may have moved.
@@ -409,7 +411,7 @@ impl AlertManager {
     /// alert's values alone are written at most once per `value_interval`.
     pub fn open(
         dir: &Path,
-        clock: Clock,
+        engine: Engine,
         value_interval: Duration,
         publish: mpsc::UnboundedSender<Published>,
     ) -> std::io::Result<AlertManager> {
@@ -438,7 +440,8 @@ impl AlertManager {
                 inhibitors: RefCell::new(HashMap::new()),
                 firing_changed: HashSet::new(),
             }),
-            clock,
+            clock: engine.clock().clone(),
+            engine,
             value_interval,
             timers: Notify::new(),
             outbox: watch::channel(0).0,
@@ -625,7 +628,13 @@ impl AlertManager {
     /// Runs every due timer, each at its deadline (not at the moment it runs, so that replicas
     /// stamp its transition alike); returns when the next one is due.
     pub fn tick(&self) -> i64 {
-        let now = self.now();
+        let mut now = self.now();
+        if self.lock().due.first().is_some_and(|(d, _)| *d <= now) {
+            // Every row stamped before the deadline is in the engine first (a replica's engine
+            // waits for its peers' rows: see `timeline`), so that a row's change before the
+            // deadline is not overtaken by the timer.
+            now = now.min(self.engine.advance_now() as i64 - 1);
+        }
         let mut inner = self.lock();
         let mut due = Vec::new();
         while let Some((d, _)) = inner.due.first() {
@@ -697,10 +706,9 @@ impl AlertManager {
                 self.flush_values();
                 next_flush = now + interval;
             }
-            let wait = (next.min(next_flush) - now).clamp(0, 1000) as u64;
-            let _ =
-                tokio::time::timeout(Duration::from_millis(wait.max(1)), self.timers.notified())
-                    .await;
+            // A timer held back by the engine (see `tick`) is looked at again within 2 ms.
+            let wait = (next.min(next_flush) - now).clamp(2, 1000) as u64;
+            let _ = tokio::time::timeout(Duration::from_millis(wait), self.timers.notified()).await;
         }
     }
 }
