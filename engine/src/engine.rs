@@ -98,7 +98,9 @@ pub struct Release(Weak<Shared>);
 impl Release {
     pub fn release(&self) {
         if let Some(s) = self.0.upgrade() {
-            s.wakeups.wake_ticker();
+            if s.holding.load(Ordering::Acquire) {
+                s.wakeups.wake_ticker();
+            }
         }
     }
 }
@@ -189,6 +191,8 @@ struct Coord {
 struct Shared {
     clock: Clock,
     frontier: Option<Arc<dyn Frontier>>,
+    /// The frontier holds an advance back (see [`Release`]).
+    holding: AtomicBool,
     workers: usize,
     coord: Mutex<Coord>,
     threads: Vec<Thread>,
@@ -268,6 +272,7 @@ impl Coord {
                 let limit = f.limit(shared.clock.now());
                 if to > limit {
                     self.held = self.held.max(to);
+                    shared.holding.store(true, Ordering::Release);
                     f.wanted(self.held);
                 }
                 to.min(limit)
@@ -280,6 +285,7 @@ impl Coord {
         self.upper = to;
         if self.held <= to {
             self.held = 0;
+            shared.holding.store(false, Ordering::Release);
         }
         let mut pushed = Vec::new();
         self.pushed.retain(|name, at| {
@@ -360,9 +366,9 @@ fn tick(shared: Weak<Shared>, tick: Duration) {
             }
             let next = c.next_advance(&shared, tick_ms);
             if c.held > c.upper {
-                // Held by the frontier: it releases the ticker when it moves, and the peers'
-                // promises that hold it lapse with the clock.
-                Duration::from_millis(2)
+                // Held by the frontier: it releases the ticker when it moves; the peers'
+                // promises that hold it also lapse with the clock, looked at every 20 ms.
+                Duration::from_millis(20)
             } else if shared.clock.is_manual() {
                 // A manual clock moves without telling the ticker: look again soon.
                 Duration::from_millis(next.saturating_sub(now).clamp(1, 10))
@@ -501,6 +507,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             clock: config.clock,
             frontier: config.frontier,
+            holding: AtomicBool::new(false),
             workers,
             coord: Mutex::new(Coord {
                 senders,

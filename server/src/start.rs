@@ -411,6 +411,12 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
                 crate::cluster::Ack::Quorum => "once durable on a majority (--ack quorum)",
             }
         );
+        if fresh {
+            tracing::info!(
+                "replica {}: the data dir is new: clients are answered 503 (and /readyz) until a peer has sent its catalog and rows; the links to the peers are logged as they come up or fail",
+                cluster.config.id
+            );
+        }
     }
     Ok(app)
 }

@@ -2,7 +2,8 @@
 //! loopback:
 //!
 //! - **lag**: a row pushed to replica `a` (timed from the moment `a` acknowledged it, so after
-//!   its fsync) until it arrives in a subscription on replica `b`; `--samples` rows
+//!   its fsync) until it arrives in a subscription on replica `b`, and in one on `a` itself
+//!   (each replica's engine waits for the other's mark, see docs/ha.md#time); `--samples` rows
 //!   `--interval-ms` apart; p50, p99, max.
 //! - **failover**: replica `a` (first in order, the one that delivers) is killed with -9, and at
 //!   that moment a row making a new alert is pushed to `b`; the time from the kill to that alert's
@@ -135,6 +136,32 @@ fn percentiles(mut ms: Vec<f64>) -> String {
     )
 }
 
+/// When each row `n` of `probe` arrived in a subscription.
+type Seen = Arc<Mutex<HashMap<i64, Instant>>>;
+
+/// Subscribes to `probe` on the server at `addr`, noting when each row arrives.
+async fn watch(addr: &str) -> Seen {
+    let url = format!("ws://{addr}/v1/subscribe?q=SELECT%20n%20FROM%20probe");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("subscribe");
+    let seen_at: Seen = Default::default();
+    let seen = seen_at.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = ws.next().await {
+            let at = Instant::now();
+            if let Ok(text) = m.to_text() {
+                // One frame per change: {"time": ..., "diff": 1, "row": {"n": ...}}.
+                let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+                if let (Some(1), Some(n)) = (v["diff"].as_i64(), v["row"]["n"].as_i64()) {
+                    seen.lock().unwrap().entry(n).or_insert(at);
+                }
+            }
+        }
+    });
+    seen_at
+}
+
 #[tokio::main]
 async fn main() {
     let mut tocsin = PathBuf::from("target/release/tocsin");
@@ -200,28 +227,9 @@ async fn main() {
     .await;
     assert_eq!(st, 200, "{body}");
 
-    // Lag: pushed to a, seen in a subscription on b.
-    let url = format!(
-        "ws://{}/v1/subscribe?q={}",
-        b.addr, "SELECT%20n%20FROM%20probe"
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("subscribe on b");
-    let seen_at: Arc<Mutex<HashMap<i64, Instant>>> = Default::default();
-    let seen = seen_at.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(m)) = ws.next().await {
-            let at = Instant::now();
-            if let Ok(text) = m.to_text() {
-                // One frame per change: {"time": ..., "diff": 1, "row": {"n": ...}}.
-                let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-                if let (Some(1), Some(n)) = (v["diff"].as_i64(), v["row"]["n"].as_i64()) {
-                    seen.lock().unwrap().entry(n).or_insert(at);
-                }
-            }
-        }
-    });
+    // Lag: pushed to a, seen in a subscription on b and in one on a.
+    let seen_at = watch(&b.addr).await;
+    let seen_here = watch(&a.addr).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut acked = HashMap::new();
     for n in 0..samples as i64 {
@@ -237,8 +245,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let lag: Vec<f64> = {
-        let seen = seen_at.lock().unwrap();
+    let lag = |seen: &Seen| -> Vec<f64> {
+        let seen = seen.lock().unwrap();
         acked
             .iter()
             .filter_map(|(n, t)| {
@@ -249,7 +257,11 @@ async fn main() {
     };
     println!(
         "replication lag (acknowledged by a -> in b's subscription): {}",
-        percentiles(lag)
+        percentiles(lag(&seen_at))
+    );
+    println!(
+        "on the origin (acknowledged by a -> in a's own subscription): {}",
+        percentiles(lag(&seen_here))
     );
 
     // Failover: kill -9 of a; a new alert pushed to b at that moment.

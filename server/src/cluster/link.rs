@@ -493,8 +493,9 @@ impl Outgoing<'_> {
                         want = *self.need.borrow_and_update();
                     }
                     // Its clock is ahead of this one's, or this replica's writer is busy: the
-                    // mark moves on within a millisecond.
-                    _ = tokio::time::sleep(Duration::from_millis(1)), if want > marked => {}
+                    // mark is looked at again when this clock should have caught up (1 ms to
+                    // 1 s), so that a clock far behind does not send a mark every millisecond.
+                    _ = tokio::time::sleep(Duration::from_millis(want.saturating_sub(marked).clamp(1, 1000))), if want > marked => {}
                     r = live.recv() => match r {
                         Ok(f) if f.lsn > sent => {
                             self.relay_catalog(sink).await?;
