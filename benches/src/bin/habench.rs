@@ -3,8 +3,9 @@
 //!
 //! - **lag**: a row pushed to replica `a` (timed from the moment `a` acknowledged it, so after
 //!   its fsync) until it arrives in a subscription on replica `b`, and in one on `a` itself
-//!   (each replica's engine waits for the other's mark, see docs/ha.md#time); `--samples` rows
-//!   `--interval-ms` apart; p50, p99, max.
+//!   (each replica's engine waits for the other's mark, see docs/ha.md#time), and the same into
+//!   a single server first, for comparison; `--samples` rows `--interval-ms` apart; p50, p99,
+//!   max.
 //! - **failover**: replica `a` (first in order, the one that delivers) is killed with -9, and at
 //!   that moment a row making a new alert is pushed to `b`; the time from the kill to that alert's
 //!   notification arriving at a webhook served by this program, `--rounds` times (`a` is started
@@ -46,18 +47,21 @@ fn start(
     dir: &Path,
     id: &'static str,
     port: u16,
-    peer: (&str, u16),
+    peer: Option<(&str, u16)>,
     peer_timeout: &str,
 ) -> Replica {
     let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-    let child = Command::new(tocsin)
-        .args(["serve", "--no-default", "--listen"])
+    let mut cmd = Command::new(tocsin);
+    cmd.args(["serve", "--no-default", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
-        .arg(dir.join(id))
-        .args(["--replica-id", id, "--peers"])
-        .arg(format!("{}=ws://127.0.0.1:{}", peer.0, peer.1))
-        .args(["--cluster-secret", SECRET, "--peer-timeout", peer_timeout])
+        .arg(dir.join(id));
+    if let Some((peer, port)) = peer {
+        cmd.args(["--replica-id", id, "--peers"])
+            .arg(format!("{peer}=ws://127.0.0.1:{port}"))
+            .args(["--cluster-secret", SECRET, "--peer-timeout", peer_timeout]);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -87,19 +91,23 @@ async fn post(client: &HttpClient, addr: &str, path: &str, body: String) -> (u16
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Waits until both replicas take `a` for the leader.
+/// Waits until a server answers.
+async fn started(client: &HttpClient, r: &Replica, deadline: Instant) {
+    while server::get(client, format!("http://{}/healthz", r.addr))
+        .await
+        .0
+        != 200
+    {
+        assert!(Instant::now() < deadline, "replica {} did not start", r.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until both replicas answer and take `a` for the leader.
 async fn linked(client: &HttpClient, replicas: &[&Replica]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     for r in replicas {
-        // Started: it answers.
-        while server::get(client, format!("http://{}/healthz", r.addr))
-            .await
-            .0
-            != 200
-        {
-            assert!(Instant::now() < deadline, "replica {} did not start", r.id);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        started(client, r, deadline).await;
         loop {
             let (st, body) = post(
                 client,
@@ -162,6 +170,47 @@ async fn watch(addr: &str) -> Seen {
     seen_at
 }
 
+/// The source the lag is measured with.
+const PROBE: &str = "CREATE SOURCE probe (n BIGINT) FROM HTTP;";
+
+/// Pushes `samples` rows to `probe` on the server at `push`, `interval_ms` apart, each timed from
+/// its acknowledgement until it arrives in a subscription on each server of `watch_at`: the
+/// times in ms, per server.
+async fn probe(
+    client: &HttpClient,
+    push: &str,
+    watch_at: &[&str],
+    samples: usize,
+    interval_ms: u64,
+) -> Vec<Vec<f64>> {
+    let mut watched = Vec::new();
+    for addr in watch_at {
+        watched.push(watch(addr).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut acked = HashMap::new();
+    for n in 0..samples as i64 {
+        let (st, body) = post(client, push, "/v1/ingest/probe", format!("{{\"n\": {n}}}")).await;
+        assert_eq!(st, 200, "{body}");
+        acked.insert(n, Instant::now());
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watched
+        .iter()
+        .map(|seen| {
+            let seen = seen.lock().unwrap();
+            acked
+                .iter()
+                .filter_map(|(n, t)| {
+                    seen.get(n)
+                        .map(|s| s.saturating_duration_since(*t).as_secs_f64() * 1e3)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
     let mut tocsin = PathBuf::from("target/release/tocsin");
@@ -186,9 +235,20 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let client = server::client();
+    // The same rows into a single server, for comparison.
+    let single = start(&tocsin, &dir, "single", free_port(), None, &peer_timeout);
+    started(&client, &single, Instant::now() + Duration::from_secs(60)).await;
+    let (st, body) = post(&client, &single.addr, "/v1/sql", PROBE.to_string()).await;
+    assert_eq!(st, 200, "{body}");
+    let lags = probe(&client, &single.addr, &[&single.addr], samples, interval_ms).await;
+    println!(
+        "single server (acknowledged -> in its own subscription): {}",
+        percentiles(lags[0].clone())
+    );
+    drop(single);
     let (pa, pb) = (free_port(), free_port());
-    let mut a = start(&tocsin, &dir, "a", pa, ("b", pb), &peer_timeout);
-    let b = start(&tocsin, &dir, "b", pb, ("a", pa), &peer_timeout);
+    let mut a = start(&tocsin, &dir, "a", pa, Some(("b", pb)), &peer_timeout);
+    let b = start(&tocsin, &dir, "b", pb, Some(("a", pa)), &peer_timeout);
     linked(&client, &[&a, &b]).await;
 
     // The webhook the failover rounds are timed at.
@@ -218,7 +278,7 @@ async fn main() {
         &a.addr,
         "/v1/sql",
         format!(
-            "CREATE SOURCE probe (n BIGINT) FROM HTTP;
+            "{PROBE}
              CREATE SOURCE fo (host TEXT, v DOUBLE) FROM HTTP;
              CREATE SINK fo_hook TO WEBHOOK WITH (url = '{hook}');
              CREATE RULE fo_rule AS SELECT host, v FROM fo WHERE v > 0 WITH (sink = 'fo_hook')"
@@ -228,40 +288,14 @@ async fn main() {
     assert_eq!(st, 200, "{body}");
 
     // Lag: pushed to a, seen in a subscription on b and in one on a.
-    let seen_at = watch(&b.addr).await;
-    let seen_here = watch(&a.addr).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut acked = HashMap::new();
-    for n in 0..samples as i64 {
-        let (st, body) = post(
-            &client,
-            &a.addr,
-            "/v1/ingest/probe",
-            format!("{{\"n\": {n}}}"),
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
-        acked.insert(n, Instant::now());
-        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let lag = |seen: &Seen| -> Vec<f64> {
-        let seen = seen.lock().unwrap();
-        acked
-            .iter()
-            .filter_map(|(n, t)| {
-                seen.get(n)
-                    .map(|s| s.saturating_duration_since(*t).as_secs_f64() * 1e3)
-            })
-            .collect()
-    };
+    let lags = probe(&client, &a.addr, &[&b.addr, &a.addr], samples, interval_ms).await;
     println!(
         "replication lag (acknowledged by a -> in b's subscription): {}",
-        percentiles(lag(&seen_at))
+        percentiles(lags[0].clone())
     );
     println!(
         "on the origin (acknowledged by a -> in a's own subscription): {}",
-        percentiles(lag(&seen_here))
+        percentiles(lags[1].clone())
     );
 
     // Failover: kill -9 of a; a new alert pushed to b at that moment.
@@ -308,7 +342,7 @@ async fn main() {
         println!("failover round {round}: kill -9 of a -> b's notification {ms:.0} ms");
         times.push(ms);
         drop(a);
-        a = start(&tocsin, &dir, "a", pa, ("b", pb), &peer_timeout);
+        a = start(&tocsin, &dir, "a", pa, Some(("b", pb)), &peer_timeout);
         linked(&client, &[&a, &b]).await;
     }
     println!(
