@@ -67,6 +67,13 @@ impl Notice {
             && self.labels == other.labels
     }
 
+    /// What [`Notice::same_transition`] compares but the time, hashed: the index of the log.
+    fn key(&self) -> u64 {
+        let labels = serde_json::to_string(&self.labels).unwrap_or_default();
+        let repeat = self.repeat.to_string();
+        tocsin_connectors::sink::fnv(&[&self.sink, &self.rule, &self.state, &repeat, &labels])
+    }
+
     fn same_transition(&self, other: &Notice) -> bool {
         self.sink == other.sink
             && self.rule == other.rule
@@ -88,12 +95,68 @@ pub struct Turn {
     pub held_until: i64,
 }
 
+/// One replica's entries, newest last, each with the local outbox seq that claimed it (a
+/// peer's), indexed by [`Notice::key`] so that an alert storm does not make every decision read
+/// the whole log.
+#[derive(Default)]
+struct Entries {
+    list: VecDeque<(Notice, Option<u64>)>,
+    /// The position (counted since the start) of the first entry of `list`.
+    first: u64,
+    /// Positions by key.
+    by_key: HashMap<u64, Vec<u64>>,
+    /// The position each outbox seq claimed.
+    claims: HashMap<u64, u64>,
+}
+
+impl Entries {
+    fn push(&mut self, n: Notice) {
+        let at = self.first + self.list.len() as u64;
+        self.by_key.entry(n.key()).or_default().push(at);
+        self.list.push_back((n, None));
+        if self.list.len() > KEPT {
+            if let Some((old, claim)) = self.list.pop_front() {
+                let key = old.key();
+                if let Some(v) = self.by_key.get_mut(&key) {
+                    v.retain(|p| *p != self.first);
+                    if v.is_empty() {
+                        self.by_key.remove(&key);
+                    }
+                }
+                if let Some(seq) = claim {
+                    self.claims.remove(&seq);
+                }
+            }
+            self.first += 1;
+        }
+    }
+
+    /// The positions of the entries with the key of `n`.
+    fn candidates(&self, n: &Notice) -> Vec<u64> {
+        self.by_key.get(&n.key()).cloned().unwrap_or_default()
+    }
+
+    fn at(&mut self, pos: u64) -> Option<&mut (Notice, Option<u64>)> {
+        let i = pos.checked_sub(self.first)?;
+        self.list.get_mut(i as usize)
+    }
+
+    /// The entry of the same notification of the same replica as `n`.
+    fn entry(&mut self, n: &Notice) -> Option<&mut Notice> {
+        let pos = self.candidates(n).into_iter().rev().find(|p| {
+            let i = (p - self.first) as usize;
+            self.list.get(i).is_some_and(|(e, _)| e.same_entry(n))
+        })?;
+        self.at(pos).map(|(e, _)| e)
+    }
+}
+
 #[derive(Default)]
 struct Log {
-    /// This replica's entries, newest last, by (sink, id).
-    own: VecDeque<Notice>,
-    /// Each peer's entries, newest last, with the local outbox seq that claimed each.
-    peers: HashMap<String, VecDeque<(Notice, Option<u64>)>>,
+    /// This replica's entries.
+    own: Entries,
+    /// Each peer's entries.
+    peers: HashMap<String, Entries>,
 }
 
 /// The log: this replica's entries and those its peers sent.
@@ -109,19 +172,14 @@ impl Notices {
     pub fn peer(&self, n: Notice) {
         let mut log = self.log.lock().expect("notices");
         let list = log.peers.entry(n.replica.clone()).or_default();
-        match list.iter_mut().rev().find(|(e, _)| e.same_entry(&n)) {
-            Some((e, _)) => {
+        match list.entry(&n) {
+            Some(e) => {
                 if n.delivered {
                     e.delivered = true;
                     e.id = n.id;
                 }
             }
-            None => {
-                list.push_back((n, None));
-                if list.len() > KEPT {
-                    list.pop_front();
-                }
-            }
+            None => list.push(n),
         }
         drop(log);
         self.changed.notify_waiters();
@@ -131,7 +189,7 @@ impl Notices {
     /// delivered).
     pub fn own(&self, n: Notice) -> Option<Notice> {
         let mut log = self.log.lock().expect("notices");
-        match log.own.iter_mut().rev().find(|e| e.same_entry(&n)) {
+        match log.own.entry(&n) {
             Some(e) if e.delivered || !n.delivered => None,
             Some(e) => {
                 e.delivered = true;
@@ -139,10 +197,7 @@ impl Notices {
                 Some(n)
             }
             None => {
-                log.own.push_back(n.clone());
-                if log.own.len() > KEPT {
-                    log.own.pop_front();
-                }
+                log.own.push(n.clone());
                 Some(n)
             }
         }
@@ -154,8 +209,9 @@ impl Notices {
             .lock()
             .expect("notices")
             .own
+            .list
             .iter()
-            .cloned()
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -168,16 +224,24 @@ impl Notices {
         let mut adopted: Option<(usize, String)> = None;
         for (replica, list) in log.peers.iter_mut() {
             // The entry this notification claimed, or the closest unclaimed one.
-            let claimed = list.iter().position(|(_, c)| *c == Some(seq));
+            let claimed = list.claims.get(&seq).copied();
             let found = claimed.or_else(|| {
-                list.iter()
-                    .enumerate()
-                    .filter(|(_, (e, c))| c.is_none() && e.same_transition(mine))
-                    .min_by_key(|(_, (e, _))| (e.active_since - mine.active_since).abs())
-                    .map(|(i, _)| i)
+                list.candidates(mine)
+                    .into_iter()
+                    .filter_map(|p| {
+                        let i = (p - list.first) as usize;
+                        let (e, c) = list.list.get(i)?;
+                        (c.is_none() && e.same_transition(mine))
+                            .then(|| (p, (e.active_since - mine.active_since).abs()))
+                    })
+                    .min_by_key(|(_, d)| *d)
+                    .map(|(p, _)| p)
             });
-            let Some(i) = found else { continue };
-            let (e, claim) = &mut list[i];
+            let Some(pos) = found else { continue };
+            list.claims.insert(seq, pos);
+            let Some((e, claim)) = list.at(pos) else {
+                continue;
+            };
             *claim = Some(seq);
             delivered |= e.delivered;
             if let Some(rank) = turn.ahead.iter().position(|(a, _)| a == replica) {
@@ -309,5 +373,42 @@ mod tests {
         sent.delivered = true;
         assert_eq!(log.own(sent.clone()), Some(sent.clone()));
         assert_eq!(log.snapshot(), [sent]);
+    }
+
+    #[test]
+    fn the_log_keeps_its_newest_entries_and_finds_them_by_transition() {
+        let log = Notices::default();
+        let host = |i: usize| {
+            let mut n = notice("a", &format!("a{i}"), "firing", 1_000);
+            n.labels = BTreeMap::from([("host".to_string(), format!("h{i}"))]);
+            n.delivered = true;
+            n
+        };
+        for i in 0..=KEPT {
+            log.peer(host(i));
+        }
+        let mine = |i: usize| {
+            let mut n = host(i);
+            n.replica = "b".into();
+            n.id = format!("b{i}");
+            n.delivered = false;
+            n
+        };
+        // The oldest entry went: b would send it; the others are found delivered.
+        assert_eq!(
+            log.decide(&mine(0), 1, 99_000, &turn(5_000, &["a"])),
+            Decision::Send("b0".into())
+        );
+        for (seq, i) in [(2, 1), (3, KEPT / 2), (4, KEPT)] {
+            assert_eq!(
+                log.decide(&mine(i), seq, 99_000, &turn(5_000, &["a"])),
+                Decision::Skip,
+                "h{i}"
+            );
+        }
+        // An entry told again (delivered) is updated, not added.
+        log.peer(host(KEPT));
+        let kept = log.log.lock().unwrap().peers["a"].list.len();
+        assert_eq!(kept, KEPT);
     }
 }
