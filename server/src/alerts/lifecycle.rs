@@ -156,9 +156,16 @@ fn advance(cx: &Context, mut i: Instance, before: Option<Instance>, o: &mut Outc
     let silenced = cx.silenced(&i);
     let held = silenced || cx.inhibited;
     let mut event = None;
-    if i.state == State::Pending && now >= i.active_since + Context::ms(opts.r#for) {
+    // When the first notification counts as sent, for reminders: the moment it fired, when it
+    // fires now.
+    let mut sent_at = now;
+    let fires_at = i.active_since + Context::ms(opts.r#for);
+    if i.state == State::Pending && now >= fires_at {
+        // It fired at its deadline, whatever step saw it first (a timer or a change of its
+        // values), so that every replica stamps it alike.
         i.state = State::Firing;
-        i.firing_since = Some(now);
+        i.firing_since = Some(fires_at);
+        sent_at = fires_at;
         event = Some("firing");
     }
     if i.state == State::Firing {
@@ -171,7 +178,7 @@ fn advance(cx: &Context, mut i: Instance, before: Option<Instance>, o: &mut Outc
         if !held {
             if !i.notified {
                 i.notified = true;
-                i.last_notified = Some(now);
+                i.last_notified = Some(sent_at);
                 o.notify.push(notification(cx, &i, Transition::Firing));
             } else if i
                 .last_notified
@@ -186,7 +193,9 @@ fn advance(cx: &Context, mut i: Instance, before: Option<Instance>, o: &mut Outc
     i.silenced = silenced;
     i.inhibited = cx.inhibited;
     if let Some(e) = event {
-        o.events.push(row(cx, &i, e, silenced));
+        let mut r = row(cx, &i, e, silenced);
+        r["ts"] = json!(fires_at);
+        o.events.push(r);
     }
     let urgent = match &before {
         None => true,

@@ -342,6 +342,7 @@ impl Inner {
         now: i64,
         updates: Vec<(Row, isize)>,
         b: &mut Batch,
+        later: &mut HashMap<String, i64>,
     ) {
         let Some(rs) = self.rules.get_mut(rule) else {
             return;
@@ -385,6 +386,17 @@ impl Inner {
             return;
         }
         for k in touched {
+            // An alert that appears or goes is stepped at its time; one whose values alone
+            // changed, once for all its changes taken together, at the time of the last.
+            let is = self
+                .rules
+                .get(rule)
+                .is_some_and(|r| r.present.contains_key(&k));
+            if self.store.instances.contains_key(&k) == is {
+                later.insert(k, now);
+                continue;
+            }
+            later.remove(&k);
             self.reconcile(rule, &k, now, b);
         }
     }
@@ -502,9 +514,11 @@ impl AlertManager {
     }
 
     /// A rule's output changes, by the logical time they happened at in time order (each time's
-    /// consolidated: each row once, with its net multiplicity). Each time's are stepped at that
-    /// time, which every replica shares: the same input makes the same transitions at the same
-    /// times, and so the same notification ids.
+    /// consolidated: each row once, with its net multiplicity). An alert that appears or goes is
+    /// stepped at the time it did, which every replica shares: the same input makes the same
+    /// transitions at the same times, and so the same notification ids. Changes of an alert's
+    /// values alone are stepped once, at the time of the last, so that a busy rule costs a step
+    /// per changed alert rather than one per change.
     pub fn changes(
         &self,
         rule: &str,
@@ -513,8 +527,12 @@ impl AlertManager {
     ) {
         let mut inner = self.lock();
         let mut b = Batch::default();
+        let mut later = HashMap::new();
         for (now, updates) in times {
-            inner.changes_at(rule, schema, now, updates, &mut b);
+            inner.changes_at(rule, schema, now, updates, &mut b, &mut later);
+        }
+        for (k, now) in later {
+            inner.reconcile(rule, &k, now, &mut b);
         }
         if !b.changes.is_empty() || !b.out.is_empty() {
             self.commit(&mut inner, b);
