@@ -114,6 +114,35 @@ pub mod server {
         Client::builder(TokioExecutor::new()).build_http()
     }
 
+    /// When the first notification about each host (its `host` label) arrived.
+    pub type Arrivals =
+        std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>;
+
+    /// Serves a webhook receiver on loopback that notes when each host's first notification
+    /// arrives; its URL and the arrivals.
+    pub async fn webhook() -> (String, Arrivals) {
+        let arrivals: Arrivals = Default::default();
+        let seen = arrivals.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = seen.clone();
+                async move {
+                    let at = std::time::Instant::now();
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(h) = v["labels"]["host"].as_str() {
+                        seen.lock().unwrap().entry(h.to_string()).or_insert(at);
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (url, arrivals)
+    }
+
     /// POSTs `body`; the status and the answer's body.
     pub async fn post(client: &HttpClient, url: String, ct: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
         let req = hyper::Request::post(url)

@@ -88,7 +88,7 @@ pub trait Frontier: Send + Sync {
     /// The engine's inputs may advance to this time and no further (`now`: the clock).
     fn limit(&self, now: u64) -> u64;
     /// The engine would advance to `to` but [`Frontier::limit`] holds it (asked each time it
-    /// is held; the frontier asks its peers and calls [`Engine::release`] when it moved).
+    /// is held; the frontier asks its peers and calls [`Release::release`] when it moved).
     fn wanted(&self, to: u64);
 }
 
@@ -990,9 +990,8 @@ impl Engine {
                     .ok_or_else(|| EngineError::Plan(format!("relation \"{n}\" does not exist")))?;
                 schemas.push(o.schema.clone());
             }
-            let reads: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            let time = c.read_time(&self.shared, &reads)?;
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+            let time = c.read_time(&self.shared, &names)?;
             c.broadcast(&self.shared.threads, || Command::Peek {
                 names: names.clone(),
                 time,

@@ -158,14 +158,19 @@ impl Frontier for Timeline {
     }
 
     fn wanted(&self, to: u64) {
-        self.needed.send_if_modified(|n| {
-            let later = to > *n;
-            if later {
-                *n = to;
-            }
-            later
-        });
+        raise(&self.needed, to);
     }
+}
+
+/// Moves a watched time on to `to`, telling the watchers only when it moved.
+pub(crate) fn raise(time: &watch::Sender<u64>, to: u64) {
+    time.send_if_modified(|n| {
+        let later = to > *n;
+        if later {
+            *n = to;
+        }
+        later
+    });
 }
 
 #[cfg(test)]

@@ -16,15 +16,12 @@
 //! `lat_rule`; drop them to run again on the same server.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
-type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
 #[tokio::main]
 async fn main() {
@@ -43,25 +40,7 @@ async fn main() {
         }
     }
     // The receiver notes when each host's notification arrives.
-    let arrivals: Arrivals = Default::default();
-    let seen = arrivals.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let seen = seen.clone();
-            async move {
-                let at = Instant::now();
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(h) = v["labels"]["host"].as_str() {
-                    seen.lock().unwrap().entry(h.to_string()).or_insert(at);
-                }
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, arrivals) = tocsin_benches::server::webhook().await;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let post = |path: String, body: String| {

@@ -170,6 +170,13 @@ async fn watch(addr: &str) -> Seen {
     seen_at
 }
 
+/// Pushes a row of `fo` for `host` to the server at `addr`: a new alert of `fo_rule`.
+async fn alert(client: &HttpClient, addr: &str, host: &str) {
+    let row = format!("{{\"host\": \"{host}\", \"v\": 1}}");
+    let (st, body) = post(client, addr, "/v1/ingest/fo", row).await;
+    assert_eq!(st, 200, "{body}");
+}
+
 /// The source the lag is measured with.
 const PROBE: &str = "CREATE SOURCE probe (n BIGINT) FROM HTTP;";
 
@@ -252,27 +259,7 @@ async fn main() {
     linked(&client, &[&a, &b]).await;
 
     // The webhook the failover rounds are timed at.
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
-    let seen = arrivals.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let seen = seen.clone();
-            async move {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(h) = v["labels"]["host"].as_str() {
-                    seen.lock()
-                        .unwrap()
-                        .entry(h.to_string())
-                        .or_insert_with(Instant::now);
-                }
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (hook, arrivals) = server::webhook().await;
     let (st, body) = post(
         &client,
         &a.addr,
@@ -303,14 +290,7 @@ async fn main() {
     for round in 0..rounds {
         let host = format!("round{round}");
         let warm = format!("warm{round}");
-        let (st, body) = post(
-            &client,
-            &a.addr,
-            "/v1/ingest/fo",
-            format!("{{\"host\": \"{warm}\", \"v\": 1}}"),
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
+        alert(&client, &a.addr, &warm).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !arrivals.lock().unwrap().contains_key(&warm) {
             assert!(
@@ -322,14 +302,7 @@ async fn main() {
         a.child.kill().unwrap();
         a.child.wait().unwrap();
         let killed = Instant::now();
-        let (st, body) = post(
-            &client,
-            &b.addr,
-            "/v1/ingest/fo",
-            format!("{{\"host\": \"{host}\", \"v\": 1}}"),
-        )
-        .await;
-        assert_eq!(st, 200, "{body}");
+        alert(&client, &b.addr, &host).await;
         let deadline = Instant::now() + Duration::from_secs(120);
         let arrived = loop {
             if let Some(t) = arrivals.lock().unwrap().get(&host) {

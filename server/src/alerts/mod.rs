@@ -3,9 +3,10 @@
 //! A rule's output row is an alert instance, identified by its label columns (see
 //! [`tocsin_sql::ObjectDef::Rule`]); the other columns are its values. An instance is `pending`
 //! from the row's arrival, `firing` once it has stayed `for`, and resolved when the row goes
-//! (after `keep_firing_for`). Each change is stepped at the engine's logical time it happened at,
-//! and each timer at its deadline (it runs once the wall clock reaches it, without waiting for
-//! new rows), so replicas that take the same rows at the same times (see `timeline`) stamp every
+//! (after `keep_firing_for`). An alert that appears or goes is stepped at the engine's logical
+//! time it did, changes of its values alone once per batch taken, and each timer at its deadline
+//! (it runs once the wall clock reaches it, without waiting for new rows); an alert fires at its
+//! deadline. So replicas that take the same rows at the same times (see `timeline`) stamp every
 //! transition alike.
 //!
 //! Instances and the notification outbox live in one durable store ([`store`]); a batch of

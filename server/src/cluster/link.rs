@@ -267,13 +267,7 @@ where
 {
     loop {
         match next_frame(stream, timeout, peer).await {
-            Ok(Frame::Need(at)) => {
-                need.send_if_modified(|n| {
-                    let later = at > *n;
-                    *n = (*n).max(at);
-                    later
-                });
-            }
+            Ok(Frame::Need(at)) => crate::timeline::raise(&need, at),
             Ok(Frame::Ack(seq)) => {
                 peer.ack(seq);
                 replication.majority_through(cluster.majority_has());
@@ -651,7 +645,15 @@ async fn take_records(
     }
     tracing::info!("replica {origin}: taking its records from {from}");
     replication.timeline.linked(&origin, true);
-    let why = take(&app, &cluster, &peer, &origin, &mut socket).await;
+    let why = take(
+        &app,
+        &cluster,
+        &peer,
+        &origin,
+        &replication.timeline,
+        &mut socket,
+    )
+    .await;
     replication.timeline.linked(&origin, false);
     tracing::warn!("replica {origin}: link from {from} ended: {why}");
     socket.close(1011, why).await;
@@ -700,6 +702,7 @@ async fn take(
     cluster: &Arc<Cluster>,
     peer: &Peer,
     origin: &Arc<str>,
+    timeline: &crate::timeline::Timeline,
     socket: &mut crate::ws::Socket,
 ) -> String {
     let timeout = cluster.config.peer_timeout;
@@ -743,11 +746,7 @@ async fn take(
     let mut deadline = tokio::time::Instant::now() + timeout;
     let failed = |e: WsError| format!("send failed: {e}");
     // The time this replica's engine waits for, asked of the peer as it moves.
-    let timeline = app.ingest.replication().map(|r| r.timeline.clone());
-    let mut needed = match &timeline {
-        Some(t) => t.needed(),
-        None => watch::channel(0).1,
-    };
+    let mut needed = timeline.needed();
     let now_needed = *needed.borrow_and_update();
     if now_needed > 0 {
         if let Err(e) = sink.send(binary(&Frame::Need(now_needed))).await {
