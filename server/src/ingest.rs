@@ -604,7 +604,8 @@ impl Writer {
                 .collect(),
         };
         if admitted.num_rows() > 0 {
-            let at = Some(stamp.at.max(0) as u64);
+            let asked = stamp.at.max(0) as u64;
+            let at = Some(asked);
             while self.engine.pending_rows() > MAX_ENGINE_PENDING {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -625,6 +626,14 @@ impl Writer {
             };
             match pushed {
                 Ok(o) => {
+                    if stamp.origin.is_some() && o.accepted > 0 && o.time > asked {
+                        self.metrics
+                            .rows_late
+                            .fetch_add(o.accepted as u64, Ordering::Relaxed);
+                        self.metrics
+                            .rows_late_ms
+                            .fetch_add(o.time - asked, Ordering::Relaxed);
+                    }
                     outcome.accepted = o.accepted;
                     outcome
                         .rejected

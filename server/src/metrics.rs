@@ -107,6 +107,10 @@ pub struct Metrics {
     pub ingest_refused_full: AtomicU64,
     pub wal_bytes: AtomicU64,
     pub wal_syncs: AtomicU64,
+    /// A peer's rows taken into the engine later than their origin's time (the engine had passed
+    /// it: they came after the slack), and by how much in all, ms.
+    pub rows_late: AtomicU64,
+    pub rows_late_ms: AtomicU64,
     pub wal_segments: AtomicU64,
     pub connections: AtomicU64,
     /// Connections open now, on every port.
@@ -275,6 +279,18 @@ impl Metrics {
                 "counter",
                 "Group commits (fsyncs) of the write-ahead log.",
                 self.wal_syncs.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_replica_rows_late_total",
+                "counter",
+                "Rows of a peer replica taken into the engine later than their origin's time, because they arrived after the engine had moved past it (their alerts' times, and so notification ids, may differ from the peer's).",
+                self.rows_late.load(Ordering::Relaxed),
+            ),
+            (
+                "tocsin_replica_rows_late_ms_total",
+                "counter",
+                "How much later than their stamp those rows were taken, summed over batches, ms.",
+                self.rows_late_ms.load(Ordering::Relaxed),
             ),
             (
                 "tocsin_wal_segments",

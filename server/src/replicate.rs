@@ -229,6 +229,7 @@ mod tests {
         let timeline = Arc::new(crate::timeline::Timeline::new(
             tocsin_engine::Clock::manual(0),
             std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
         ));
         let r = Replication::new(0, HashMap::from([("b".to_string(), 4)]), None, timeline);
         assert_eq!(r.mark("b"), 4);

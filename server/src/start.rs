@@ -122,12 +122,13 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             config.data_dir.display()
         )
     })?;
-    // A replica's time waits for its peers' (see `timeline`), at most a fifth of the peer
-    // timeout behind the clock.
+    // A replica's time waits for its peers' (see `timeline`): one that is heard from at most
+    // the peer timeout behind the clock, a silent one at most a fifth of it.
     let timeline = config.cluster.as_ref().map(|c| {
         Arc::new(crate::timeline::Timeline::new(
             config.clock.clone(),
             c.peer_timeout / 5,
+            c.peer_timeout,
         ))
     });
     let engine = Engine::start(EngineConfig {

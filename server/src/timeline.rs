@@ -12,10 +12,14 @@
 //! carries its rows, after the rows stamped before the mark. A replica's own rows hold it too,
 //! from their stamp until they are in its engine.
 //!
-//! A peer that stops answering holds its replicas back by at most the slack (a fifth of
-//! `--peer-timeout`), and not at all once its link is down: rows that come later than that
-//! land at the time they arrive, and their alerts' times (and so the ids) may differ by as
-//! much, which the shared notification log's matching covers.
+//! A peer that is heard from holds its replicas at its mark, at most the peer timeout behind
+//! the clock: the mark may trail because the peer is busy, or because this replica is (its
+//! marks are taken in order behind its rows, which wait in this replica's ingest queue), and
+//! either way its rows still land at their origin's time. A peer that falls silent holds them
+//! at most the slack (a fifth of `--peer-timeout`) after it was last heard from, and not at all
+//! once its link is down. Rows that come later than that land at the time they arrive
+//! (`tocsin_replica_rows_late_total` counts them), and their alerts' times (and so the ids) may
+//! differ by as much, which the shared notification log's matching covers.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -28,6 +32,8 @@ pub struct Timeline {
     clock: Clock,
     /// How far a silent peer holds the engine behind the clock, ms.
     slack: u64,
+    /// How far a peer that is heard from holds it, ms.
+    lag: u64,
     times: Mutex<Times>,
     release: OnceLock<Release>,
     /// The time the engine waits for: sent to the peers, which answer with their marks.
@@ -40,18 +46,47 @@ struct Times {
     floor: u64,
     /// The writer is stamping a group of batches from this time on (`None`: it is idle).
     busy: Option<u64>,
-    /// The linked peers: their links up (a new one may come up before an old one is found
-    /// dead) and marks (`None`: no mark yet).
-    peers: HashMap<String, (usize, Option<u64>)>,
+    /// The linked peers.
+    peers: HashMap<String, Linked>,
     /// The peers that have sent a mark since the start: what they sent before it is here.
     marked: std::collections::HashSet<String>,
 }
 
+/// A linked peer, as it holds the engine.
+#[derive(Default)]
+struct Linked {
+    /// Its links up (a new one may come up before an old one is found dead).
+    links: usize,
+    /// Its latest mark (`None`: no mark yet).
+    mark: Option<u64>,
+    /// When a frame last came from it, by the clock.
+    heard: u64,
+    /// Links on which this replica does not read for now (busy taking what came before):
+    /// while there is one, the peer is not taken as silent.
+    deaf: usize,
+}
+
+impl Linked {
+    /// The time this peer holds the engine at: its mark, or the clock less the lag while it is
+    /// heard from, less the slack once it is silent.
+    fn holds(&self, now: u64, slack: u64, lag: u64) -> u64 {
+        let within = if self.deaf > 0 || now.saturating_sub(self.heard) <= slack {
+            lag
+        } else {
+            slack
+        };
+        self.mark.unwrap_or(0).max(now.saturating_sub(within))
+    }
+}
+
 impl Timeline {
-    pub fn new(clock: Clock, slack: std::time::Duration) -> Timeline {
+    /// `slack`: how far a silent peer holds the engine behind the clock; `lag`: how far one that
+    /// is heard from does (at least the slack).
+    pub fn new(clock: Clock, slack: std::time::Duration, lag: std::time::Duration) -> Timeline {
         Timeline {
             clock,
             slack: slack.as_millis() as u64,
+            lag: lag.max(slack).as_millis() as u64,
             times: Mutex::new(Times::default()),
             release: OnceLock::new(),
             needed: watch::channel(0).0,
@@ -109,14 +144,16 @@ impl Timeline {
 
     /// A peer's link is up (its marks count) or down (they no longer do).
     pub fn linked(&self, peer: &str, up: bool) {
+        let now = self.clock.now();
         {
             let mut t = self.times();
-            let links = &mut t.peers.entry(peer.to_string()).or_default().0;
+            let linked = t.peers.entry(peer.to_string()).or_default();
             if up {
-                *links += 1;
+                linked.links += 1;
+                linked.heard = linked.heard.max(now);
             } else {
-                *links = links.saturating_sub(1);
-                if *links == 0 {
+                linked.links = linked.links.saturating_sub(1);
+                if linked.links == 0 {
                     t.peers.remove(peer);
                 }
             }
@@ -124,17 +161,37 @@ impl Timeline {
         self.released();
     }
 
+    /// A frame came from a linked peer (or one of its records was taken): it is not silent.
+    pub fn heard(&self, peer: &str) {
+        let now = self.clock.now();
+        if let Some(linked) = self.times().peers.get_mut(peer) {
+            linked.heard = linked.heard.max(now);
+        }
+    }
+
     /// A peer's mark, taken after the rows it sent before it.
     pub fn peer_mark(&self, peer: &str, mark: u64) {
         {
             let mut t = self.times();
             t.marked.insert(peer.to_string());
-            let Some((_, m)) = t.peers.get_mut(peer) else {
+            let Some(linked) = t.peers.get_mut(peer) else {
                 return;
             };
-            *m = Some(m.map_or(mark, |m| m.max(mark)));
+            linked.mark = Some(linked.mark.map_or(mark, |m| m.max(mark)));
         }
         self.released();
+    }
+
+    /// This replica stops reading a peer's link for a while (it is busy taking what came
+    /// before): the peer is not silent until the guard is dropped, and it reads again.
+    pub fn deaf<'a>(&'a self, peer: &'a str) -> Deaf<'a> {
+        if let Some(linked) = self.times().peers.get_mut(peer) {
+            linked.deaf += 1;
+        }
+        Deaf {
+            timeline: self,
+            peer,
+        }
     }
 
     /// Whether `peer` has sent a mark since the start: the catalog and the records it sent
@@ -149,11 +206,31 @@ impl Timeline {
     }
 }
 
+/// See [`Timeline::deaf`].
+pub struct Deaf<'a> {
+    timeline: &'a Timeline,
+    peer: &'a str,
+}
+
+impl Drop for Deaf<'_> {
+    fn drop(&mut self) {
+        let now = self.timeline.clock.now();
+        if let Some(linked) = self.timeline.times().peers.get_mut(self.peer) {
+            linked.deaf = linked.deaf.saturating_sub(1);
+            linked.heard = linked.heard.max(now);
+        }
+    }
+}
+
 impl Frontier for Timeline {
     fn limit(&self, now: u64) -> u64 {
         let t = self.times();
-        let peers = t.peers.values().map(|(_, m)| m.unwrap_or(0)).min();
-        let held = peers.map_or(u64::MAX, |m| m.max(now.saturating_sub(self.slack)));
+        let held = t
+            .peers
+            .values()
+            .map(|p| p.holds(now, self.slack, self.lag))
+            .min()
+            .unwrap_or(u64::MAX);
         t.busy.map_or(held, |b| b.min(held))
     }
 
@@ -181,7 +258,11 @@ mod tests {
     #[test]
     fn stamps_and_marks_never_go_back_and_hold_the_engine() {
         let clock = Clock::manual(1_000);
-        let tl = Timeline::new(clock.clone(), Duration::from_millis(200));
+        let tl = Timeline::new(
+            clock.clone(),
+            Duration::from_millis(200),
+            Duration::from_millis(1_000),
+        );
         // Alone: the clock.
         assert_eq!(tl.limit(1_000), u64::MAX);
         tl.begin();
@@ -197,9 +278,17 @@ mod tests {
         assert_eq!(tl.mark(), 1_010);
         // A mark handed out is a floor for the stamps after it, even if the clock goes back.
         let back = Clock::manual(2_000);
-        let tl = Timeline::new(back.clone(), Duration::from_millis(200));
+        let tl = Timeline::new(
+            back.clone(),
+            Duration::from_millis(200),
+            Duration::from_millis(1_000),
+        );
         assert_eq!(tl.mark(), 2_000);
-        let tl2 = Timeline::new(Clock::manual(1_500), Duration::from_millis(200));
+        let tl2 = Timeline::new(
+            Clock::manual(1_500),
+            Duration::from_millis(200),
+            Duration::from_millis(1_000),
+        );
         tl2.times().floor = 2_000;
         tl2.begin();
         assert_eq!(tl2.stamp(), 2_000);
@@ -208,17 +297,36 @@ mod tests {
 
     #[test]
     fn linked_peers_hold_the_engine_at_their_marks_within_the_slack() {
-        let tl = Timeline::new(Clock::manual(10_000), Duration::from_millis(200));
+        let clock = Clock::manual(10_000);
+        let ms = Duration::from_millis;
+        let tl = Timeline::new(clock.clone(), ms(200), ms(1_000));
         tl.linked("b", true);
-        // No mark yet: the slack behind the clock.
-        assert_eq!(tl.limit(10_000), 9_800);
+        // No mark yet, heard from: the lag behind the clock.
+        assert_eq!(tl.limit(10_000), 9_000);
         tl.peer_mark("b", 9_990);
         assert_eq!(tl.limit(10_000), 9_990);
         // Marks only move on.
         tl.peer_mark("b", 9_900);
         assert_eq!(tl.limit(10_000), 9_990);
-        // A silent peer lapses with the clock.
+        // A peer heard from holds the engine at its mark, however busy (within the lag)...
+        clock.set(10_150).unwrap();
+        tl.heard("b");
+        assert_eq!(tl.limit(10_300), 9_990);
+        // ... a silent one lapses with the clock, a slack after it was last heard...
         assert_eq!(tl.limit(10_500), 10_300);
+        // ... and one heard from, the lag behind.
+        clock.set(11_100).unwrap();
+        tl.heard("b");
+        assert_eq!(tl.limit(11_100), 10_100);
+        // A peer this replica does not read for now is not silent, however long.
+        {
+            let _busy = tl.deaf("b");
+            assert_eq!(tl.limit(11_800), 10_800);
+            clock.set(11_800).unwrap();
+        }
+        // It is heard from when it is read again.
+        assert_eq!(tl.limit(12_000), 11_000);
+        assert_eq!(tl.limit(12_100), 11_900);
         tl.linked("c", true);
         tl.peer_mark("c", 9_950);
         assert_eq!(tl.limit(10_000), 9_950);
@@ -229,6 +337,7 @@ mod tests {
         assert_eq!(tl.limit(10_000), 9_950);
         tl.linked("c", false);
         tl.peer_mark("c", 1);
+        tl.heard("c");
         assert_eq!(tl.limit(10_000), 9_990);
         tl.linked("b", false);
         assert_eq!(tl.limit(10_000), u64::MAX);
@@ -236,7 +345,11 @@ mod tests {
 
     #[test]
     fn the_time_waited_for_only_moves_on() {
-        let tl = Timeline::new(Clock::manual(0), Duration::from_millis(200));
+        let tl = Timeline::new(
+            Clock::manual(0),
+            Duration::from_millis(200),
+            Duration::from_millis(1_000),
+        );
         let mut rx = tl.needed();
         tl.wanted(50);
         assert!(rx.has_changed().unwrap());

@@ -28,8 +28,15 @@ use crate::state::AppRef;
 use tocsin_sql::StatementResult;
 
 use super::proto::PATH;
-/// How often each side of a link says it is there.
-const BEAT: Duration = Duration::from_secs(1);
+/// How often each side of a link says it is there: a tenth of the peer timeout (at most a
+/// second), so that a peer is heard from well within the slack its silence is given (a fifth:
+/// see `timeline`).
+fn beat(peer_timeout: Duration) -> tokio::time::Interval {
+    let every = (peer_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut beat = tokio::time::interval(every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat
+}
 /// Records a replica takes from a link before it waits for the oldest to be durable.
 const IN_FLIGHT: usize = 64;
 /// Records read back from the log at a time while a peer catches up.
@@ -452,7 +459,7 @@ impl Outgoing<'_> {
         let mut catalog = self.cluster.catalog.watch();
         let mut notices = self.cluster.notice_tx.subscribe();
         let mut sent = mark;
-        let mut beat = tokio::time::interval(BEAT);
+        let mut beat = beat(self.cluster.config.peer_timeout);
         // The time the peer waits for, and the last mark sent to it.
         let (mut want, mut marked) = (0u64, 0u64);
         self.relay_catalog(sink).await?;
@@ -709,7 +716,7 @@ async fn take(
     let mut in_flight: FuturesOrdered<Pending> = FuturesOrdered::new();
     // Records read and not yet answered.
     let mut outstanding = 0usize;
-    let mut beat = tokio::time::interval(BEAT);
+    let mut beat = beat(timeout);
     let (mut sink, mut stream) = (&mut socket.ws).split();
     // Records are queued on the ingest path one after the other, in the order they came (a
     // record's seq below one already taken counts as held), by a task of their own so that this
@@ -753,11 +760,19 @@ async fn take(
             return failed(e);
         }
     }
+    // While this side does not read (records wait to be taken), the peer is not silent.
+    let mut deaf = None;
     loop {
         let reading = outstanding < IN_FLIGHT;
+        match (reading, &deaf) {
+            (false, None) => deaf = Some(timeline.deaf(origin)),
+            (true, Some(_)) => deaf = None,
+            _ => {}
+        }
         tokio::select! {
             f = read_frame(&mut stream, peer), if reading => {
                 deadline = tokio::time::Instant::now() + timeout;
+                timeline.heard(origin);
                 match f {
                     Ok(Frame::Record(payload)) => {
                         outstanding += 1;
@@ -773,6 +788,7 @@ async fn take(
                         }
                     }
                     Ok(Frame::Catalog(json)) => {
+                        let _busy = timeline.deaf(origin);
                         // The rows before a catalog change are taken before it.
                         while outstanding > 0 {
                             let done = tokio::select! {
@@ -814,6 +830,8 @@ async fn take(
             Some(p) = queued.recv() => in_flight.push_back(p),
             Some(done) = in_flight.next() => {
                 deadline = deadline.max(tokio::time::Instant::now() + timeout);
+                // Not reading while records are taken: the peer is waiting on this replica.
+                timeline.heard(origin);
                 outstanding -= 1;
                 if let Err(e) = send_answer(&mut sink, done).await {
                     return e;

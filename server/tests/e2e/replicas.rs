@@ -655,6 +655,18 @@ async fn each_notification_arrives_once_from_two_replicas() {
         "pending, firing and resolved for 500 hosts"
     );
     assert_eq!(ea, eb);
+    // Every forwarded row was taken at its origin's time: none came after its peer's slack.
+    for s in [&a, &b] {
+        let text = String::from_utf8(s.get("/metrics").await.unwrap().1).unwrap();
+        assert!(
+            text.lines().any(|l| l == "tocsin_replica_rows_late_total 0"),
+            "rows taken late: {}",
+            text.lines()
+                .filter(|l| l.starts_with("tocsin_replica_rows_late"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
 }
 
 /// `kill -9` of the delivering replica in the middle of a burst: every notification arrives,
