@@ -383,6 +383,9 @@ pub async fn open(config: &Config) -> Result<AppRef, String> {
             tokio::time::sleep(every).await;
         }
     }));
+    app.alerts
+        .start()
+        .map_err(|e| format!("cannot start the alert thread: {e}"))?;
     let timers = app.alerts.clone();
     app.tasks
         .background(tokio::spawn(async move { timers.run_timers().await }));

@@ -218,11 +218,15 @@ async fn follow_rule(app: AppRef, rule: String) {
             .map(|(t, at)| (t as i64, at.into_iter().filter(|(_, d)| *d != 0).collect()))
             .filter(|(_, at): &(i64, Vec<_>)| !at.is_empty())
             .collect();
-        if !updates.is_empty() {
-            app.alerts.changes(&rule, &schema, updates);
-        }
-        if progress {
-            app.alerts.synced(&rule);
+        if !updates.is_empty() || progress {
+            app.alerts
+                .take(crate::alerts::RuleChanges {
+                    rule: rule.clone(),
+                    schema: schema.clone(),
+                    times: updates,
+                    synced: progress,
+                })
+                .await;
         }
     }
 }

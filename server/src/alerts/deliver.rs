@@ -102,53 +102,78 @@ fn announce(manager: &AlertManager, sink: &str, gate: Option<&dyn Gate>, announc
     }
 }
 
+/// Notifications a one-by-one sink takes from the outbox at a time. Each is recorded as
+/// delivered as soon as the receiver took it, unless the manager is busy taking an alert storm's
+/// changes: then they are recorded together (one wait for the manager and one fsync), and a
+/// crash meanwhile sends them again (at least once).
+const BATCH: usize = 64;
+
 /// Each notification by itself, in outbox order.
 async fn one_by_one(manager: &AlertManager, name: &str, sink: &dyn Sink, gate: Option<&dyn Gate>) {
     let mut changes = manager.outbox_changes();
     let mut delay = FIRST_RETRY;
     let mut announced = 0;
     loop {
-        let Some(q) = manager.next_for(name) else {
+        let queued = manager.next_for(name, BATCH);
+        if queued.is_empty() {
             if changes.changed().await.is_err() {
                 return;
             }
             continue;
-        };
-        // Everything queued so far, `q` among it, is told before anything is decided.
+        }
+        // Everything queued so far is told before anything is decided.
         announce(manager, name, gate, &mut announced);
-        let mut n = q.notification.clone();
-        match gate.map(|g| g.decide(name, &q, manager.now())) {
-            None => {}
-            Some(Decision::Send(id)) => n.id = id,
-            Some(Decision::Skip) => {
-                manager.done_elsewhere(name, vec![q.seq]);
-                continue;
-            }
-            Some(Decision::Wait(at)) => {
-                if !wait_until(manager, &mut changes, gate, at).await {
-                    return;
+        let (mut sent, mut skipped) = (Vec::new(), Vec::new());
+        let (mut wait, mut failed) = (None, None);
+        for q in queued {
+            let mut n = q.notification.clone();
+            match gate.map(|g| g.decide(name, &q, manager.now())) {
+                None => {}
+                Some(Decision::Send(id)) => n.id = id,
+                Some(Decision::Skip) => {
+                    skipped.push(q.seq);
+                    continue;
                 }
-                continue;
+                // The later ones wait behind it, in outbox order.
+                Some(Decision::Wait(at)) => {
+                    wait = Some(at);
+                    break;
+                }
+            }
+            match sink.send(&n).await {
+                Ok(()) => {
+                    sent.push(q.seq);
+                    manager.delivered_if_free(name, &mut sent);
+                    if let Some(g) = gate {
+                        g.delivered(name, &n);
+                    }
+                    delay = FIRST_RETRY;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "sink {name}: delivery of {} ({} {}) failed, retrying in {delay:?}: {e}",
+                        q.notification.id,
+                        q.notification.rule,
+                        q.notification.state.as_str()
+                    );
+                    failed = Some(e.to_string());
+                    break;
+                }
             }
         }
-        match sink.send(&n).await {
-            Ok(()) => {
-                manager.delivered(name, q.seq);
-                if let Some(g) = gate {
-                    g.delivered(name, &n);
-                }
-                delay = FIRST_RETRY;
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "sink {name}: delivery of {} ({} {}) failed, retrying in {delay:?}: {e}",
-                    q.notification.id,
-                    q.notification.rule,
-                    q.notification.state.as_str()
-                );
-                manager.failed(name, &e.to_string());
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(MAX_RETRY);
+        if !skipped.is_empty() {
+            manager.done_elsewhere(name, skipped);
+        }
+        if !sent.is_empty() {
+            manager.delivered(name, sent);
+        }
+        if let Some(e) = failed {
+            manager.failed(name, &e);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        } else if let Some(at) = wait {
+            if !wait_until(manager, &mut changes, gate, at).await {
+                return;
             }
         }
     }

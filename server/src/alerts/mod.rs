@@ -38,7 +38,9 @@ pub use views::{alert_json, FiringAlert};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -50,6 +52,33 @@ use tokio::sync::{mpsc, watch, Notify};
 pub use crate::alerts::lifecycle::{render, value_text};
 use crate::alerts::lifecycle::{Context, Event};
 use crate::alerts::store::{Changes, Instance, Queued, State, Store};
+
+/// A rule's output changes, as its follower hands them to the alert thread (see
+/// [`AlertManager::start`]).
+pub struct RuleChanges {
+    pub rule: String,
+    pub schema: datafusion::arrow::datatypes::SchemaRef,
+    /// By logical time in time order, each time's changes consolidated (each row once, with its
+    /// net multiplicity).
+    pub times: Vec<(i64, Vec<(Row, isize)>)>,
+    /// The rule's output is complete up to now (see [`AlertManager::synced`]).
+    pub synced: bool,
+}
+
+/// What the alert thread is handed.
+enum Work {
+    Changes(RuleChanges),
+    /// A timer or the value interval may be due.
+    Tick,
+}
+
+/// Rule changes the alert thread takes under one lock and one fsync, at most: a storm's backlog
+/// is taken in rounds, between which delivery and the API get the lock.
+const ROUND_ROWS: usize = 10_000;
+
+/// Rule changes handed over and not yet taken, at most: a rule's follower waits beyond that
+/// (and gathers its later changes into its next hand-over).
+const QUEUED_CHANGES: usize = 256;
 
 /// What the manager needs to know about a rule.
 #[derive(Clone, Debug)]
@@ -139,6 +168,11 @@ pub struct AlertManager {
     value_interval: Duration,
     /// Wakes the timer loop when deadlines may have moved.
     timers: Notify,
+    /// What the alert thread is handed, and (until it starts) what it takes them from.
+    work: mpsc::Sender<Work>,
+    queue: Mutex<Option<mpsc::Receiver<Work>>>,
+    /// When the alert thread next has a timer or value write due.
+    next_due: watch::Sender<i64>,
     /// Bumped whenever the outbox gains entries.
     outbox: watch::Sender<u64>,
     publish: mpsc::UnboundedSender<Published>,
@@ -429,6 +463,7 @@ impl AlertManager {
         publish: mpsc::UnboundedSender<Published>,
     ) -> std::io::Result<AlertManager> {
         let store = Store::open(dir)?;
+        let (work, queue) = mpsc::channel(QUEUED_CHANGES);
         if !store.instances.is_empty() || !store.outbox.is_empty() {
             tracing::info!(
                 "alert store: {} alert(s) and {} queued notification(s) resumed",
@@ -457,6 +492,9 @@ impl AlertManager {
             engine,
             value_interval,
             timers: Notify::new(),
+            work,
+            queue: Mutex::new(Some(queue)),
+            next_due: watch::channel(i64::MAX).0,
             outbox: watch::channel(0).0,
             publish,
         })
@@ -466,8 +504,12 @@ impl AlertManager {
         self.clock.now() as i64
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("alert manager")
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock()
+    }
+
+    fn try_lock(&self) -> Option<MutexGuard<'_, Inner>> {
+        self.inner.try_lock()
     }
 
     /// Writes a batch of changes, then lets delivery and the relations see it. The alerts of
@@ -514,37 +556,71 @@ impl AlertManager {
         );
     }
 
+    /// Hands a rule's output changes to the alert thread; waits while it is behind.
+    pub async fn take(&self, changes: RuleChanges) {
+        let _ = self.work.send(Work::Changes(changes)).await;
+    }
+
+    /// Starts the alert thread. It takes the rules' output changes, runs the timers and writes
+    /// value changes, on a thread of its own: an alert storm's work (and its fsyncs) never holds
+    /// up the async runtime, which serves the connections and the replicas' links.
+    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let Some(queue) = self.queue.lock().take() else {
+            return Ok(());
+        };
+        let manager = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("tocsin-alerts".into())
+            .spawn(move || run(manager, queue))?;
+        Ok(())
+    }
+
+    /// Takes what the rules' followers handed over, under one lock and one fsync.
+    fn take_work(&self, work: Vec<Work>) {
+        let mut inner = self.lock();
+        let mut b = Batch::default();
+        for w in work {
+            if let Work::Changes(c) = w {
+                self.changes(&mut inner, &c.rule, &c.schema, c.times, &mut b);
+                if c.synced {
+                    self.synced(&mut inner, &c.rule, &mut b);
+                }
+            }
+        }
+        if !b.changes.is_empty() || !b.out.is_empty() {
+            self.commit(&mut inner, b);
+        }
+        // Whoever waits for the manager (delivery, the API) goes next.
+        MutexGuard::unlock_fair(inner);
+    }
+
     /// A rule's output changes, by the logical time they happened at in time order (each time's
     /// consolidated: each row once, with its net multiplicity). An alert that appears or goes is
     /// stepped at the time it did, which every replica shares: the same input makes the same
     /// transitions at the same times, and so the same notification ids. Changes of an alert's
     /// values alone are stepped once, at the time of the last, so that a busy rule costs a step
     /// per changed alert rather than one per change.
-    pub fn changes(
+    fn changes(
         &self,
+        inner: &mut Inner,
         rule: &str,
         schema: &datafusion::arrow::datatypes::SchemaRef,
         times: Vec<(i64, Vec<(Row, isize)>)>,
+        b: &mut Batch,
     ) {
-        let mut inner = self.lock();
-        let mut b = Batch::default();
         let mut later = HashMap::new();
         for (now, updates) in times {
-            inner.changes_at(rule, schema, now, updates, &mut b, &mut later);
+            inner.changes_at(rule, schema, now, updates, b, &mut later);
         }
         for (k, now) in later {
-            inner.reconcile(rule, &k, now, &mut b);
-        }
-        if !b.changes.is_empty() || !b.out.is_empty() {
-            self.commit(&mut inner, b);
+            inner.reconcile(rule, &k, now, b);
         }
     }
 
     /// A rule's output is complete up to now: decide about every instance it has or had, and
     /// (re)write their rows of `tocsin_alerts` with the rule's texts.
-    pub fn synced(&self, rule: &str) {
+    fn synced(&self, inner: &mut Inner, rule: &str, b: &mut Batch) {
         let now = self.now();
-        let mut inner = self.lock();
         let Some(rs) = inner.rules.get_mut(rule) else {
             return;
         };
@@ -555,9 +631,8 @@ impl AlertManager {
         let spec = rs.spec.clone();
         let mut keys: HashSet<String> = rs.present.keys().cloned().collect();
         keys.extend(inner.by_rule.get(rule).into_iter().flatten().cloned());
-        let mut b = Batch::default();
         for k in keys {
-            inner.reconcile(rule, &k, now, &mut b);
+            inner.reconcile(rule, &k, now, b);
         }
         for k in inner.by_rule.get(rule).into_iter().flatten() {
             if let Some(i) = inner.store.instances.get(k) {
@@ -567,7 +642,6 @@ impl AlertManager {
                 });
             }
         }
-        self.commit(&mut inner, b);
     }
 
     /// Keeps only the rules named: the alerts of any other (dropped) rule resolve.
@@ -713,21 +787,58 @@ impl AlertManager {
         self.commit(&mut inner, b);
     }
 
-    /// Runs timers, and writes value changes every value interval, for as long as the server
-    /// runs.
+    /// Wakes the alert thread when a timer or the value interval is due, for as long as the
+    /// server runs (the thread does the work: see [`AlertManager::start`]).
     pub async fn run_timers(&self) {
-        let interval = self.value_interval.as_millis().max(1) as i64;
-        let mut next_flush = self.now() + interval;
+        let mut due = self.next_due.subscribe();
         loop {
-            let next = self.tick();
-            let now = self.now();
-            if now >= next_flush {
-                self.flush_values();
-                next_flush = now + interval;
-            }
+            let next = *due.borrow_and_update();
             // A timer held back by the engine (see `tick`) is looked at again within 2 ms.
-            let wait = (next.min(next_flush) - now).clamp(2, 1000) as u64;
-            let _ = tokio::time::timeout(Duration::from_millis(wait), self.timers.notified()).await;
+            let wait = next.saturating_sub(self.now()).clamp(2, 1000) as u64;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                _ = self.timers.notified() => {}
+                Ok(()) = due.changed() => continue,
+            }
+            // A full queue: the thread is busy, and ticks after what it takes.
+            let _ = self.work.try_send(Work::Tick);
         }
+    }
+}
+
+/// The alert thread: takes what it is handed in rounds, then runs the timers due and, every
+/// value interval, writes value changes.
+fn run(manager: Weak<AlertManager>, mut queue: mpsc::Receiver<Work>) {
+    let mut next_flush: Option<i64> = None;
+    while let Some(first) = queue.blocking_recv() {
+        let Some(m) = manager.upgrade() else {
+            return;
+        };
+        let size = |w: &Work| match w {
+            Work::Changes(c) => c.times.iter().map(|(_, u)| u.len()).sum::<usize>().max(1),
+            Work::Tick => 0,
+        };
+        let mut rows = size(&first);
+        let mut work = vec![first];
+        while rows < ROUND_ROWS {
+            match queue.try_recv() {
+                Ok(w) => {
+                    rows += size(&w);
+                    work.push(w);
+                }
+                Err(_) => break,
+            }
+        }
+        m.take_work(work);
+        let next = m.tick();
+        let now = m.now();
+        let interval = m.value_interval.as_millis().max(1) as i64;
+        let flush = *next_flush.get_or_insert(now + interval);
+        if now >= flush {
+            m.flush_values();
+            next_flush = Some(now + interval);
+        }
+        m.next_due
+            .send_replace(next.min(next_flush.unwrap_or(i64::MAX)));
     }
 }

@@ -8,7 +8,7 @@ use tocsin_sql::SinkStatus;
 use tokio::sync::watch;
 
 use super::store::{Changes, Queued};
-use super::AlertManager;
+use super::{AlertManager, Inner};
 
 /// What a grouping sink is to do next.
 #[derive(Debug)]
@@ -22,11 +22,16 @@ pub enum NextGroup {
 }
 
 impl AlertManager {
-    /// The oldest queued notification for a sink.
-    pub fn next_for(&self, sink: &str) -> Option<Queued> {
+    /// The oldest notifications queued for a sink, at most `max`.
+    pub fn next_for(&self, sink: &str, max: usize) -> Vec<Queued> {
         let inner = self.lock();
-        let seq = inner.store.by_sink.get(sink)?.first()?;
-        inner.store.outbox.get(seq).cloned()
+        let Some(seqs) = inner.store.by_sink.get(sink) else {
+            return Vec::new();
+        };
+        seqs.iter()
+            .take(max)
+            .filter_map(|s| inner.store.outbox.get(s).cloned())
+            .collect()
     }
 
     /// The notifications queued for a sink after outbox seq `after`, oldest first.
@@ -105,14 +110,28 @@ impl AlertManager {
         self.outbox.subscribe()
     }
 
-    pub fn delivered(&self, sink: &str, seq: u64) {
-        let mut inner = self.lock();
+    /// The receiver took these notifications (one message each): they leave the outbox (one
+    /// fsync).
+    pub fn delivered(&self, sink: &str, seqs: Vec<u64>) {
+        Self::record_delivered(&mut self.lock(), sink, seqs);
+    }
+
+    /// [`AlertManager::delivered`] at once if nothing holds the manager (`seqs` is emptied),
+    /// else nothing (an alert storm's changes are being taken): they are recorded later, with
+    /// the next ones.
+    pub fn delivered_if_free(&self, sink: &str, seqs: &mut Vec<u64>) {
+        if let Some(mut inner) = self.try_lock() {
+            Self::record_delivered(&mut inner, sink, std::mem::take(seqs));
+        }
+    }
+
+    fn record_delivered(inner: &mut Inner, sink: &str, seqs: Vec<u64>) {
         let c = inner.sinks.entry(sink.to_string()).or_default();
-        c.delivered += 1;
-        c.messages += 1;
+        c.delivered += seqs.len() as u64;
+        c.messages += seqs.len() as u64;
         c.last_error = None;
         let changes = Changes {
-            done: vec![seq],
+            done: seqs,
             ..Default::default()
         };
         if let Err(e) = inner.store.apply(changes) {
