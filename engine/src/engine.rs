@@ -205,6 +205,8 @@ struct Shared {
     retained_bytes: Arc<AtomicU64>,
     /// Dataflows to move when their held updates fall due.
     wakeups: Arc<Wakeups>,
+    /// The backlogs of the followers (see [`Engine::follow`]).
+    followers: Mutex<Vec<std::sync::Weak<Backlog>>>,
 }
 
 /// A running engine. Cheap to clone; the workers stop when the last clone (and subscription) is gone.
@@ -505,6 +507,7 @@ impl Engine {
         }
         let now = config.clock.now();
         let shared = Arc::new(Shared {
+            followers: Mutex::new(Vec::new()),
             clock: config.clock,
             frontier: config.frontier,
             holding: AtomicBool::new(false),
@@ -878,6 +881,18 @@ impl Engine {
         self.shared.pending.load(Ordering::SeqCst)
     }
 
+    /// Changes the followers (see [`Engine::follow`]) have been sent and not yet taken.
+    pub fn followers_behind(&self) -> usize {
+        let Ok(mut list) = self.shared.followers.lock() else {
+            return 0;
+        };
+        list.retain(|b| b.strong_count() > 0);
+        list.iter()
+            .filter_map(|b| b.upgrade())
+            .map(|b| b.held().0)
+            .sum()
+    }
+
     /// Checks a batch against a source without pushing it: the rows the source would take, and
     /// the rows it refuses (null `ts`, already older than the retention, more than five minutes
     /// in the future) by row number with the reason.
@@ -1085,6 +1100,12 @@ impl Engine {
             })?;
             (id, as_of)
         };
+        if sparse {
+            if let Ok(mut list) = self.shared.followers.lock() {
+                list.retain(|b| b.strong_count() > 0);
+                list.push(Arc::downgrade(&backlog));
+            }
+        }
         let sub = Subscription {
             engine: self.clone(),
             id,

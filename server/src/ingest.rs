@@ -25,6 +25,10 @@ use crate::wal::{Stamp, Wal};
 
 /// The engine may hold this many pushed rows not yet taken by a worker before the writer waits.
 const MAX_ENGINE_PENDING: usize = 4_000_000;
+/// The rules' followers may hold this many changes not yet taken by the alert manager before the
+/// writer waits: an alert storm beyond what the manager takes slows ingest down (clients wait for
+/// their acknowledgements, then get 503 from a full queue) instead of growing memory.
+const MAX_FOLLOWERS_BEHIND: usize = 500_000;
 /// A group commit takes at most this many batches ...
 const GROUP_BATCHES: usize = 1024;
 /// ... or this many rows.
@@ -606,7 +610,9 @@ impl Writer {
         if admitted.num_rows() > 0 {
             let asked = stamp.at.max(0) as u64;
             let at = Some(asked);
-            while self.engine.pending_rows() > MAX_ENGINE_PENDING {
+            while self.engine.pending_rows() > MAX_ENGINE_PENDING
+                || self.engine.followers_behind() > MAX_FOLLOWERS_BEHIND
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             let history =

@@ -78,7 +78,7 @@ const ROUND_ROWS: usize = 10_000;
 
 /// Rule changes handed over and not yet taken, at most: a rule's follower waits beyond that
 /// (and gathers its later changes into its next hand-over).
-const QUEUED_CHANGES: usize = 256;
+const QUEUED_CHANGES: usize = 16;
 
 /// What the manager needs to know about a rule.
 #[derive(Clone, Debug)]
