@@ -659,7 +659,8 @@ async fn each_notification_arrives_once_from_two_replicas() {
     for s in [&a, &b] {
         let text = String::from_utf8(s.get("/metrics").await.unwrap().1).unwrap();
         assert!(
-            text.lines().any(|l| l == "tocsin_replica_rows_late_total 0"),
+            text.lines()
+                .any(|l| l == "tocsin_replica_rows_late_total 0"),
             "rows taken late: {}",
             text.lines()
                 .filter(|l| l.starts_with("tocsin_replica_rows_late"))
